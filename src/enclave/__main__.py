@@ -1,0 +1,3 @@
+from enclave.cli import app
+
+app()

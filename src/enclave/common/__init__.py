@@ -1,0 +1,1 @@
+"""Pieces shared by every role: settings, logging, wire-format constants, process helpers."""

@@ -1,0 +1,123 @@
+"""JSON logs, one object per line, with secrets redacted by one shared filter.
+
+Every log line has ``ts``, ``level``, ``event`` and ``component``; request lines add
+``request_id``, ``method``, ``route``, ``status`` and ``duration_ms``. The redaction filter runs
+last on every line, whatever logged it, so an API key or token that slips into an event never
+reaches the output.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import orjson
+import structlog
+
+# Keys whose values are secrets whatever they hold.
+_SECRET_KEYS = re.compile(
+    r"(api[_-]?key|token|secret|password|authorization|private[_-]?token|cookie|credential)",
+    re.IGNORECASE,
+)
+# Values that look like secrets wherever they appear: JWTs, bearer headers, our PATs and keys.
+_SECRET_VALUES = re.compile(
+    r"(eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"  # JWT
+    r"|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}"  # Authorization: Bearer ...
+    r"|encl(?:pat|key)-[A-Za-z0-9_-]{8,}"  # Enclave PATs and model API keys
+    r"|sk-[A-Za-z0-9_-]{16,})"  # OpenAI-style keys
+)
+REDACTED = "[REDACTED]"
+
+
+def redact_text(text: str) -> str:
+    """Replace anything in ``text`` that looks like a token or key."""
+    return _SECRET_VALUES.sub(REDACTED, text)
+
+
+def redact(value: Any, key: str | None = None) -> Any:
+    """Redact a log value: secret keys lose their values, strings lose secret-looking parts."""
+    if key is not None and _SECRET_KEYS.search(key) and value not in (None, "", [], {}):
+        # ``token_lifetime_s`` style numbers are not secrets.
+        if not isinstance(value, bool | int | float):
+            return REDACTED
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
+def _redact_processor(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key in list(event_dict):
+        event_dict[key] = redact(event_dict[key], key)
+    return event_dict
+
+
+def _orjson_dumps(obj: Any, default: Any = None) -> str:
+    return orjson.dumps(obj, default=default or str).decode()
+
+
+def configure_logging(component: str, level: str = "info", fmt: str = "json") -> None:
+    """Configure structlog and the standard library for one process."""
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        structlog.processors.format_exc_info,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[*shared, _redact_processor, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(component=component)
+
+    # Route the standard library (uvicorn, alembic, aiohttp) through the same JSON pipeline.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, _add_component(component)],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _redact_processor,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    # uvicorn's access log is replaced by our own request log line.
+    logging.getLogger("uvicorn.access").disabled = True
+    for name in ("uvicorn", "uvicorn.error", "alembic"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
+def _add_component(component: str) -> Any:
+    def processor(
+        logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        event_dict.setdefault("component", component)
+        return event_dict
+
+    return processor
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,36 @@
+"""Wire-format constants shared by the instance and the gateway.
+
+These mirror what GitLab's instance sends to GitLab's AI gateway, so that each half of Enclave
+is a drop-in for the real one (see ``shared/reference/gitlab-ai-gateway.md`` §2).
+"""
+
+from typing import Final
+
+# JWT claims and values (DESIGN.md §3).
+AUDIENCE: Final = "gitlab-ai-gateway"
+REALM_SELF_MANAGED: Final = "self-managed"
+REALM_SAAS: Final = "saas"
+TOKEN_LIFETIME_S: Final = 3600
+NOT_BEFORE_SKEW_S: Final = 5
+
+# Headers the instance sends with every forwarded request (lower-case: HTTP/2 and ASGI style).
+H_AUTHORIZATION: Final = "authorization"
+H_AUTH_TYPE: Final = "x-gitlab-authentication-type"
+AUTH_TYPE_OIDC: Final = "oidc"
+H_INSTANCE_ID: Final = "x-gitlab-instance-id"
+H_REALM: Final = "x-gitlab-realm"
+H_GLOBAL_USER_ID: Final = "x-gitlab-global-user-id"
+H_HOST_NAME: Final = "x-gitlab-host-name"
+H_VERSION: Final = "x-gitlab-version"
+H_REQUEST_ID: Final = "x-request-id"
+H_ERROR_ORIGIN: Final = "x-gitlab-error-origin"
+H_VERBOSE_AI_LOGS: Final = "x-gitlab-enabled-instance-verbose-ai-logs"
+
+# Unit primitives (token scopes) per feature.
+UP_COMPLETE_CODE: Final = "complete_code"
+UP_GENERATE_CODE: Final = "generate_code"
+UP_CODE_SUGGESTIONS: Final = "code_suggestions"  # legacy scope GitLab's gateway still accepts
+UP_DUO_CHAT: Final = "duo_chat"
+
+# Version string the instance reports in X-Gitlab-Version (GitLab's gateway logs it).
+INSTANCE_VERSION: Final = "17.9.0-enclave"

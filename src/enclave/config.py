@@ -1,0 +1,214 @@
+"""Settings for every role, from defaults, a TOML file and ``ENCLAVE_*`` environment variables.
+
+Precedence (highest first): explicit arguments (CLI flags), environment variables, the config
+file, defaults. Environment variables use ``ENCLAVE_<ROLE>__<KEY>`` (for example
+``ENCLAVE_GATEWAY__PORT=5053``); the most common ones also have short aliases
+(``ENCLAVE_DATA_DIR``, ``ENCLAVE_DATABASE_URL``, ``ENCLAVE_SECRET_KEY``). The config file has the
+same keys as TOML tables (``[instance]``, ``[gateway]``, ``[model]``) and is read from
+``ENCLAVE_CONFIG`` or ``--config``.
+
+Defaults are safe and local: everything binds to 127.0.0.1 and keeps its state in the data dir.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def default_model_threads() -> int:
+    """llama.cpp slows 3-10x when it competes with the gateway for every core; leave one free."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+class InstanceSettings(BaseModel):
+    """The control plane: users, tokens, model registry, signing keys."""
+
+    host: str = Field("127.0.0.1", description="Address the instance listens on.")
+    port: int = Field(8080, ge=1, le=65535, description="Port the instance listens on.")
+    external_url: str | None = Field(
+        None,
+        description="URL clients and the gateway use to reach the instance; it is the `iss` of "
+        "every token. Default: http://<host>:<port>.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL (alias ENCLAVE_DATABASE_URL). Default: SQLite file "
+        "instance.db in the data dir.",
+    )
+    gateway_url: str = Field(
+        "http://127.0.0.1:5052", description="Where the instance forwards AI requests."
+    )
+    gateway_timeout_s: float = Field(
+        60, ge=1, le=600, description="How long the instance waits for the gateway."
+    )
+    token_lifetime_s: int = Field(
+        3600, ge=60, le=86400, description="Lifetime of the JWTs the instance mints."
+    )
+    embedded_model_endpoint: str | None = Field(
+        None,
+        description="OpenAI-compatible base URL (ending in /v1) of the embedded model; when set, "
+        "the instance registers it as the self-hosted model for code completions.",
+    )
+    workers: int = Field(1, ge=1, le=64, description="Server worker processes.")
+
+    def issuer(self) -> str:
+        return (self.external_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+class GatewaySettings(BaseModel):
+    """The data plane: token verification, prompts, model calls."""
+
+    host: str = Field("127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(5052, ge=1, le=65535, description="Port the gateway listens on.")
+    issuer_url: str = Field(
+        "http://127.0.0.1:8080",
+        description="The instance this gateway trusts; its keys are found through "
+        "<issuer_url>/.well-known/openid-configuration.",
+    )
+    jwks_url: str | None = Field(
+        None, description="Fetch keys from this JWKS URL instead of OIDC discovery."
+    )
+    jwks_file: Path | None = Field(
+        None, description="Read keys from this static JWKS file (fully offline setups)."
+    )
+    jwks_cache_ttl_s: float = Field(86400, ge=10, description="How long fetched keys are fresh.")
+    jwks_stale_s: float = Field(
+        6 * 3600, ge=0, description="How long the last good keys keep serving when the issuer "
+        "is down after they went stale.",
+    )
+    jwks_refresh_cooldown_s: float = Field(
+        30, ge=0, description="Minimum time between two key fetches caused by unknown key ids."
+    )
+    jwks_fetch_timeout_s: float = Field(5, gt=0, le=60, description="Timeout of one key fetch.")
+    leeway_s: int = Field(30, ge=0, le=300, description="Clock leeway for exp/nbf/iat.")
+    model_timeout_s: float = Field(60, gt=0, le=600, description="Timeout of one model call.")
+    workers: int = Field(1, ge=1, le=64, description="Server worker processes.")
+
+
+class ModelSettings(BaseModel):
+    """The embedded default model: llama.cpp's OpenAI-compatible server."""
+
+    host: str = Field("127.0.0.1", description="Address the model server listens on.")
+    port: int = Field(0, ge=0, le=65535, description="Port; 0 picks a free loopback port.")
+    gguf: Path | None = Field(
+        None, description="GGUF file to serve. Default: the bundled SmolLM2-135M-Instruct."
+    )
+    served_name: str = Field("smollm2", description="Model id the server answers to.")
+    threads: int = Field(
+        default_factory=default_model_threads, ge=1, description="CPU threads for inference."
+    )
+    ctx_size: int = Field(4096, ge=256, description="Context window in tokens.")
+    parallel: int = Field(1, ge=1, le=64, description="Requests decoded in parallel.")
+
+
+class EnclaveSettings(BaseSettings):
+    """All settings. One instance of this is built per process at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ENCLAVE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        populate_by_name=True,
+    )
+
+    data_dir: Path = Field(
+        Path("data"),
+        description="Where state lives: SQLite database, signing keys, saved tokens.",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Key (base64, 32 bytes) that encrypts model API keys at rest. Default: a "
+        "generated 0600 key file in the data dir.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    instance: InstanceSettings = Field(default_factory=InstanceSettings)  # type: ignore[arg-type]
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)  # type: ignore[arg-type]
+    model: ModelSettings = Field(default_factory=ModelSettings)  # type: ignore[arg-type]
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _ShortAliases(settings_cls)]
+        sources.append(env_settings)
+        config_file = os.environ.get("ENCLAVE_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    # Derived paths -------------------------------------------------------------------------
+    @property
+    def database_url(self) -> str:
+        return self.instance.database_url or f"sqlite:///{self.data_dir / 'instance.db'}"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def secret_key_file(self) -> Path:
+        return self.keys_dir / "secret.key"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin-token.txt"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.data_dir / "model"
+
+    @property
+    def model_api_key_file(self) -> Path:
+        return self.model_dir / "api-key"
+
+
+class _ShortAliases(PydanticBaseSettingsSource):
+    """Short environment aliases for the settings people change most."""
+
+    _ALIASES: dict[str, tuple[str, ...]] = {
+        "ENCLAVE_DATABASE_URL": ("instance", "database_url"),
+        "ENCLAVE_GATEWAY_URL": ("instance", "gateway_url"),
+        "ENCLAVE_ISSUER_URL": ("gateway", "issuer_url"),
+    }
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for env_name, (section, key) in self._ALIASES.items():
+            value = os.environ.get(env_name)
+            if value:
+                found.setdefault(section, {})[key] = value
+        return found
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> EnclaveSettings:
+    """Build settings; ``config_file`` wins over ``ENCLAVE_CONFIG``."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise FileNotFoundError(f"config file {config_file} does not exist")
+        os.environ["ENCLAVE_CONFIG"] = str(config_file)
+    return EnclaveSettings(**overrides)
