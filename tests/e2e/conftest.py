@@ -1,0 +1,79 @@
+"""End-to-end fixtures: the real ``enclave`` processes on free loopback ports.
+
+The stack runs exactly as ``enclave up`` runs it (same supervisor, one process per role), with a
+temporary data dir and the tiny deterministic GGUF model, so tests can assert exact text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from enclave.common.net import free_port
+from enclave.model.tiny_gguf import TINY_ANSWER, write_tiny_gguf
+from enclave.supervisor import Plan, make_plan, start_all, stop_all
+
+
+@dataclass
+class Stack:
+    plan: Plan
+    data_dir: Path
+    env: dict[str, str]
+
+    @property
+    def instance_url(self) -> str:
+        return self.plan.instance_url
+
+    @property
+    def gateway_url(self) -> str:
+        return self.plan.gateway_url
+
+    @property
+    def model_url(self) -> str:
+        return self.plan.model_url
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin-token.txt").read_text().strip()
+
+    @property
+    def model_api_key(self) -> str:
+        return (self.data_dir / "model" / "api-key").read_text().strip()
+
+
+def stack_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENCLAVE_")}
+    env.update({"ENCLAVE_DATA_DIR": str(data_dir), "ENCLAVE_MODEL__THREADS": "1"})
+    return env
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def expected_answer() -> str:
+    return TINY_ANSWER
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("enclave-data")
+    env = stack_env(data_dir)
+    plan = make_plan(
+        instance_host="127.0.0.1",
+        instance_port=free_port(),
+        gateway_host="127.0.0.1",
+        gateway_port=free_port(),
+        gguf=tiny_gguf,
+    )
+    start_all(plan, data_dir / "logs", lambda role, elapsed: None, env=env)
+    try:
+        yield Stack(plan, data_dir, env)
+    finally:
+        stop_all(plan)

@@ -1,0 +1,81 @@
+"""A code completion through the whole path: PAT → instance → JWT → gateway → llama.cpp."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Stack
+
+pytestmark = pytest.mark.e2e
+
+BODY = {
+    "current_file": {
+        "file_name": "calc.py",
+        "content_above_cursor": "def add(a, b):\n    ",
+        "content_below_cursor": "\n",
+    },
+    "intent": "completion",
+    "stream": False,
+}
+
+
+def completions_url(stack: Stack) -> str:
+    return f"{stack.instance_url}/api/v4/code_suggestions/completions"
+
+
+def test_completion_with_private_token(stack: Stack, expected_answer: str) -> None:
+    response = httpx.post(
+        completions_url(stack), json=BODY, headers={"PRIVATE-TOKEN": stack.admin_token}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "text_completion"
+    assert body["model"]["lang"] == "python"
+    assert [c["text"] for c in body["choices"]] == [expected_answer]
+    assert body["choices"][0]["finish_reason"] == "stop"
+
+
+def test_completion_with_bearer_token(stack: Stack, expected_answer: str) -> None:
+    response = httpx.post(
+        completions_url(stack),
+        json=BODY,
+        headers={"Authorization": f"Bearer {stack.admin_token}"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["text"] == expected_answer
+
+
+def test_streamed_completion_arrives_in_chunks(stack: Stack, expected_answer: str) -> None:
+    chunks: list[str] = []
+    with httpx.stream(
+        "POST",
+        completions_url(stack),
+        json={**BODY, "stream": True},
+        headers={"PRIVATE-TOKEN": stack.admin_token},
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        chunks = [chunk for chunk in response.iter_text() if chunk]
+    assert "".join(chunks) == expected_answer
+    # The tiny model emits one piece per token; the gateway and the instance must not merge
+    # them into one buffered body.
+    assert len(chunks) > 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ({}, "missing"),
+        ({"PRIVATE-TOKEN": "enclpat-this-is-not-a-real-token-000000"}, "wrong"),
+        ({"Authorization": "Bearer enclpat-this-is-not-a-real-token-000000"}, "wrong bearer"),
+        ({"Authorization": "Basic cm9vdDpwYXNzd29yZA=="}, "not a token"),
+    ],
+)
+def test_bad_personal_access_token_is_401(stack: Stack, headers: dict[str, str], why: str) -> None:
+    response = httpx.post(completions_url(stack), json=BODY, headers=headers, timeout=30)
+    assert response.status_code == 401, why
+    assert response.json() == {"message": "401 Unauthorized"}
+    assert response.headers.get("x-gitlab-error-origin") == "monolith"
