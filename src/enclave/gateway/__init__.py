@@ -1,0 +1,11 @@
+"""The AI gateway (data plane): verifies instance-issued JWTs, renders prompts, calls models.
+
+Layout follows GitLab's AI gateway, domain first:
+
+* :mod:`enclave.gateway.app` — ``create_app`` / ``create_app_from_env`` and the lifespan;
+* :mod:`enclave.gateway.auth` — JWKS key cache (``jwks``) and request verification (``verify``);
+* :mod:`enclave.gateway.api` — the HTTP endpoints, by API version;
+* :mod:`enclave.gateway.prompts` — per-model-family prompt building (one data-driven table);
+* :mod:`enclave.gateway.models` — model clients behind one small interface;
+* :mod:`enclave.gateway.egress` — which model endpoints the gateway may call.
+"""

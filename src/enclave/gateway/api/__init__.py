@@ -1,0 +1,1 @@
+"""HTTP endpoints, by API version (mirrors GitLab's AI gateway routes)."""

@@ -1,0 +1,1 @@
+"""Code suggestions: completions and generations."""

@@ -1,0 +1,79 @@
+"""``POST /v2/code/generations``: the instance's prompt, verbatim, as one user message.
+
+Parameters as GitLab's gateway sends them (``max_tokens`` 2048, ``stop ["</new_code>"]``,
+``temperature`` 0.2, ``top_p`` 0.95); ``model.name`` is ``custom_openai/<family>``. Without a
+prompt the gateway writes its own instruction from the file around the cursor.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from enclave.common import wire
+from enclave.gateway.api.v2.code.schemas import SuggestionsRequest
+from enclave.gateway.api.v2.code.suggestions import (
+    Plan,
+    UseCase,
+    messages_as_text,
+    messages_from,
+    model_target,
+    serve,
+)
+from enclave.gateway.models.base import Api, ChatMessage, ModelRequest
+from enclave.gateway.prompts import code_generations as prompts
+from enclave.gateway.prompts.code_completions import FAMILY_GENERAL, detect_language
+from enclave.gateway.streaming import RawTextStreamResponse
+
+
+def plan_generation(payload: SuggestionsRequest) -> Plan:
+    target = model_target(payload)
+    family = (payload.model_name or FAMILY_GENERAL).strip().lower() or FAMILY_GENERAL
+    current = payload.current_file
+    lang = detect_language(current.language_identifier, current.file_name)
+
+    messages: tuple[ChatMessage, ...]
+    if payload.prompt_version == 3 and isinstance(payload.prompt, list):
+        messages = messages_from(payload.prompt)
+    elif isinstance(payload.prompt, str) and payload.prompt:
+        messages = (ChatMessage("user", payload.prompt),)
+    else:
+        instruction = prompts.generation_instruction(
+            current.content_above_cursor, current.content_below_cursor, current.file_name, lang
+        )
+        messages = (ChatMessage("user", instruction),)
+
+    prompt: str | None = None
+    api: Api = "chat"
+    if target.force_text_completion:
+        prompt, messages, api = messages_as_text(messages), (), "completions"
+    request = ModelRequest(
+        endpoint=target.endpoint,
+        model=target.model,
+        api=api,
+        api_key=target.api_key,
+        prompt=prompt,
+        messages=messages,
+        max_tokens=prompts.MAX_TOKENS,
+        temperature=prompts.TEMPERATURE,
+        top_p=prompts.TOP_P,
+        stop=prompts.STOP,
+    )
+    return Plan(
+        request=request,
+        model_name=f"custom_openai/{family}",
+        lang=lang,
+        postprocess=prompts.postprocess_generation,
+        stream_filter=prompts.GenerationStreamFilter,
+    )
+
+
+GENERATIONS = UseCase(
+    name="code generations",
+    scopes=(wire.UP_GENERATE_CODE, wire.UP_CODE_SUGGESTIONS),
+    plan=plan_generation,
+)
+
+
+async def generations(request: Request) -> Response | RawTextStreamResponse:
+    return await serve(request, GENERATIONS)

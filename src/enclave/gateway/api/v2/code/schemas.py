@@ -1,0 +1,106 @@
+"""Request bodies of ``/v2/code/completions`` and ``/v2/code/generations`` (GitLab's format).
+
+Validation errors are rendered the way FastAPI renders them (``422 {"detail": [{"type", "loc",
+"msg", "input", ...}]}``), so clients written against GitLab's gateway read them unchanged;
+unlike FastAPI we never echo an API key or a 100 000-character file back.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from enclave.common.logging import REDACTED, redact
+
+Str255 = Annotated[str, StringConstraints(max_length=255)]
+FileContent = Annotated[str, StringConstraints(max_length=100_000)]
+
+
+class _Model(BaseModel):
+    # Unknown fields are ignored: the instance may send newer fields than we know.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class CurrentFile(_Model):
+    file_name: Str255
+    language_identifier: Str255 | None = None
+    content_above_cursor: FileContent
+    content_below_cursor: FileContent = ""
+
+
+class CodeContextPayload(_Model):
+    type: Str255 = "file"
+    name: Str255 = ""
+    content: FileContent = ""
+
+
+class PromptMessage(_Model):
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, StringConstraints(max_length=200_000)]
+
+
+class SuggestionsRequest(_Model):
+    """What a GitLab instance sends for code completions and generations."""
+
+    current_file: CurrentFile
+    project_path: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    project_id: int | None = None
+    stream: bool = False
+    choices_count: Annotated[int, Field(ge=0)] = 0  # accepted; one choice is returned
+    context: Annotated[list[CodeContextPayload], Field(max_length=100)] = []
+    telemetry: Annotated[list[dict[str, Any]], Field(max_length=10)] = []
+    prompt_version: Literal[1, 2, 3] = 1
+    prompt: str | list[PromptMessage] | None = None
+    prompt_id: Str255 | None = None
+    model_provider: Str255 | None = None
+    model_name: Annotated[str, StringConstraints(max_length=50)] | None = None
+    model_endpoint: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    model_api_key: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    model_identifier: Str255 | None = None
+
+
+_MAX_INPUT_ECHO = 200
+
+
+def _safe_input(value: Any) -> Any:
+    """The offending input, without secrets and cut short (FastAPI echoes it whole)."""
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("utf-8", "replace")
+    value = redact(value)
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if key == "model_api_key" and item is not None else _safe_input(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_safe_input(item) for item in value[:20]]
+    if isinstance(value, str) and len(value) > _MAX_INPUT_ECHO:
+        return value[:_MAX_INPUT_ECHO] + "..."
+    return value
+
+
+def validation_detail(error: ValidationError) -> list[dict[str, Any]]:
+    """FastAPI's 422 ``detail`` list for a pydantic error raised on the request body."""
+    details: list[dict[str, Any]] = []
+    for item in error.errors(include_url=False):
+        entry: dict[str, Any] = {
+            "type": item["type"],
+            "loc": ["body", *item["loc"]],
+            "msg": item["msg"],
+            "input": _safe_input(item.get("input")),
+        }
+        if "ctx" in item:
+            entry["ctx"] = {
+                key: value if isinstance(value, str | int | float | bool) else str(value)
+                for key, value in item["ctx"].items()
+            }
+        details.append(entry)
+    return details
+
+
+def field_error(
+    loc: list[str | int], msg: str, value: Any, kind: str = "value_error"
+) -> dict[str, Any]:
+    """One FastAPI-style error entry for checks made after parsing."""
+    return {"type": kind, "loc": ["body", *loc], "msg": msg, "input": _safe_input(value)}

@@ -1,0 +1,260 @@
+"""What code completions and generations share: the request pipeline and the model target.
+
+Per request: authenticate (401/503) → scope (403) → parse and validate the body (413/422) →
+plan the model call (422) → check the endpoint (403) → call the model, whole or streamed
+(503/429 on model errors) → GitLab's ``text_completion`` response.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from enclave.common.logging import get_logger
+from enclave.gateway.api.v2.code.schemas import (
+    PromptMessage,
+    SuggestionsRequest,
+    field_error,
+    validation_detail,
+)
+from enclave.gateway.auth.verify import AuthError
+from enclave.gateway.http import MAX_BODY_BYTES, BodyTooLarge, detail, json_response, read_body
+from enclave.gateway.models.base import (
+    ChatMessage,
+    EndpointNotAllowed,
+    ModelError,
+    ModelRequest,
+    ModelResult,
+)
+from enclave.gateway.streaming import RawTextStreamResponse, TextFilter
+
+if TYPE_CHECKING:
+    from enclave.gateway.app import Gateway
+
+log = get_logger(__name__)
+
+ENGINE: Final = "litellm"
+PROVIDER_LITELLM: Final = "litellm"
+
+# LiteLLM-style identifier prefixes that mean "an OpenAI-compatible server".
+_OPENAI_PROVIDERS: Final = frozenset({"custom_openai", "openai", "hosted_vllm"})
+_TEXT_COMPLETION_PROVIDERS: Final = frozenset(
+    {"text-completion-custom_openai", "text-completion-openai"}
+)
+# Providers LiteLLM knows that speak something else; refused with a hint instead of guessed.
+_OTHER_PROVIDERS: Final = frozenset(
+    {
+        "bedrock",
+        "azure",
+        "azure_ai",
+        "vertex_ai",
+        "anthropic",
+        "gemini",
+        "ollama",
+        "sagemaker",
+        "fireworks_ai",
+        "mistral",
+        "codestral",
+        "huggingface",
+        "cohere",
+        "groq",
+    }
+)
+
+
+class PlanError(Exception):
+    """The request is valid JSON but cannot be served as asked (422 unless told otherwise)."""
+
+    def __init__(self, detail: str | list[dict[str, Any]], status: int = 422) -> None:
+        super().__init__(str(detail))
+        self.detail = detail
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTarget:
+    endpoint: str  # without trailing slash
+    model: str  # the served model name sent as "model"
+    api_key: str | None
+    force_text_completion: bool
+
+
+def model_target(payload: SuggestionsRequest) -> ModelTarget:
+    """Where and what to call, from the LiteLLM-style fields GitLab's instance sends."""
+    provider = (payload.model_provider or PROVIDER_LITELLM).strip().lower()
+    if provider != PROVIDER_LITELLM:
+        raise PlanError(
+            f"model provider '{provider}' is not supported by this gateway yet; use "
+            "model_provider 'litellm' with an OpenAI-compatible model_endpoint"
+        )
+    endpoint = (payload.model_endpoint or "").strip().rstrip("/")
+    if not endpoint:
+        raise PlanError(
+            [
+                field_error(
+                    ["model_endpoint"],
+                    "model_endpoint is required for model_provider litellm: the "
+                    "OpenAI-compatible API base, e.g. http://model-host:8000/v1",
+                    payload.model_endpoint,
+                    kind="missing",
+                )
+            ]
+        )
+    identifier = (payload.model_identifier or "").strip()
+    force_text = False
+    if not identifier:
+        model = (payload.model_name or "").strip()
+    else:
+        prefix, slash, rest = identifier.partition("/")
+        if not slash:
+            model = identifier
+        elif prefix in _OPENAI_PROVIDERS:
+            model = rest
+        elif prefix in _TEXT_COMPLETION_PROVIDERS:
+            model, force_text = rest, True
+        elif prefix in _OTHER_PROVIDERS:
+            raise PlanError(
+                f"model identifier provider '{prefix}' is not supported by this gateway yet; "
+                "use custom_openai/<served model name> with an OpenAI-compatible endpoint"
+            )
+        else:
+            model = identifier  # e.g. a Hugging Face style name such as Qwen/Qwen2.5-Coder
+    if not model:
+        raise PlanError(
+            [
+                field_error(
+                    ["model_identifier"],
+                    "model_identifier is required: custom_openai/<served model name>",
+                    payload.model_identifier,
+                    kind="missing",
+                )
+            ]
+        )
+    return ModelTarget(endpoint, model, payload.model_api_key or None, force_text)
+
+
+def messages_from(prompt: list[PromptMessage]) -> tuple[ChatMessage, ...]:
+    return tuple(ChatMessage(m.role, m.content) for m in prompt)
+
+
+def messages_as_text(messages: tuple[ChatMessage, ...]) -> str:
+    """Chat messages as one raw prompt, for identifiers that force the completions API."""
+    return "\n\n".join(
+        m.content if m.role == "user" else f"{m.role}: {m.content}" for m in messages
+    )
+
+
+def check_prompt_shape(payload: SuggestionsRequest) -> None:
+    """``prompt_version`` is the discriminator of ``prompt``'s type (as in GitLab's schema)."""
+    version, prompt = payload.prompt_version, payload.prompt
+    if version == 2 and isinstance(prompt, list):
+        raise PlanError(
+            [field_error(["prompt"], "prompt_version 2 expects prompt to be a string", "[...]")]
+        )
+    if version == 3 and not (isinstance(prompt, list) and prompt):
+        raise PlanError(
+            [
+                field_error(
+                    ["prompt"],
+                    "prompt_version 3 expects prompt to be a non-empty list of messages",
+                    prompt,
+                )
+            ]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A model call ready to send, and how to present its answer."""
+
+    request: ModelRequest
+    model_name: str  # model.name in the response
+    lang: str | None
+    postprocess: Callable[[str], str]
+    stream_filter: Callable[[], TextFilter] | None
+
+
+@dataclass(frozen=True, slots=True)
+class UseCase:
+    name: str  # "code completions"
+    scopes: tuple[str, ...]  # any of these unit primitives grants access
+    plan: Callable[[SuggestionsRequest], Plan]
+
+    @property
+    def unauthorized(self) -> str:
+        return f"Unauthorized to access {self.name}"
+
+
+def response_body(plan: Plan, result: ModelResult, text: str) -> dict[str, Any]:
+    usage = result.usage
+    return {
+        "id": uuid.uuid4().hex,
+        "model": {
+            "engine": ENGINE,
+            "name": plan.model_name,
+            "lang": plan.lang,
+            "tokens_consumption_metadata": {
+                "input_tokens": usage.input_tokens if usage else 0,
+                "output_tokens": usage.output_tokens if usage else 0,
+                "context_tokens_sent": 0,
+                "context_tokens_used": 0,
+            },
+        },
+        "experiments": [],
+        "object": "text_completion",
+        "created": int(time.time()),
+        "choices": [{"text": text, "index": 0, "finish_reason": result.finish_reason}],
+    }
+
+
+def model_error_response(error: ModelError) -> Response:
+    log.warning("model_call_failed", status=error.status, reason=error.reason)
+    headers = {"Retry-After": error.retry_after} if error.retry_after else None
+    return detail(f"Inference failed: {error.reason}", error.status, headers)
+
+
+async def serve(request: Request, use_case: UseCase) -> Response | RawTextStreamResponse:
+    """The whole pipeline for one code-suggestions request."""
+    gateway: Gateway = request.app.state.gateway
+    try:
+        principal = await gateway.authenticator.authenticate(request.headers)
+    except AuthError as exc:
+        return json_response(exc.body, exc.status)
+    if not principal.can(*use_case.scopes):
+        return detail(use_case.unauthorized, 403)
+
+    try:
+        body = await read_body(request)
+    except BodyTooLarge:
+        return detail(f"Request body larger than {MAX_BODY_BYTES} bytes", 413)
+    try:
+        payload = SuggestionsRequest.model_validate_json(body)
+    except ValidationError as exc:
+        return json_response({"detail": validation_detail(exc)}, 422)
+    try:
+        check_prompt_shape(payload)
+        plan = use_case.plan(payload)
+    except PlanError as exc:
+        return json_response({"detail": exc.detail}, exc.status)
+
+    try:
+        await gateway.egress.check(plan.request.endpoint)
+        if payload.stream:
+            stream = await gateway.models.stream(plan.request)
+            return RawTextStreamResponse(
+                stream, plan.stream_filter() if plan.stream_filter else None
+            )
+        result = await gateway.models.complete(plan.request)
+    except EndpointNotAllowed as exc:
+        log.warning("model_endpoint_refused", reason=exc.reason)
+        return detail(exc.reason, 403)
+    except ModelError as exc:
+        return model_error_response(exc)
+    return json_response(response_body(plan, result, plan.postprocess(result.text)))

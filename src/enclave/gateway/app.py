@@ -1,0 +1,194 @@
+"""The gateway's ASGI application.
+
+``create_app(settings)`` builds it; ``create_app_from_env()`` is the factory uvicorn imports in
+each worker process (``uvicorn --factory enclave.gateway.app:create_app_from_env``). Hot
+endpoints are plain Starlette routes with orjson bodies; the only outbound client is one pooled
+aiohttp session opened in the lifespan; the issuer's keys are fetched in the background at
+start-up (never blocking it, even when the issuer is down) and cached in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Final
+
+import aiohttp
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from enclave import __version__
+from enclave.common.logging import configure_logging, get_logger
+from enclave.config import EnclaveSettings, load_settings
+from enclave.gateway.api import monitoring
+from enclave.gateway.api.v2.code.completions import completions
+from enclave.gateway.api.v2.code.generations import generations
+from enclave.gateway.auth.jwks import KeyStore, build_key_stores
+from enclave.gateway.auth.verify import Authenticator
+from enclave.gateway.egress import EgressGuard, GuardedResolver
+from enclave.gateway.http import json_response
+from enclave.gateway.middleware import RequestContextMiddleware
+from enclave.gateway.models.base import ModelRequest, ModelResult, TextModelClient, TextStream
+from enclave.gateway.models.openai_compat import OpenAICompatClient
+
+log = get_logger(__name__)
+
+USER_AGENT: Final = f"enclave-gateway/{__version__}"
+# Outbound connections kept at once (streams hold theirs for the whole answer).
+MAX_CONNECTIONS: Final = 1024
+
+
+class _NotStarted:
+    """Model client placeholder until the lifespan has opened the HTTP session."""
+
+    async def complete(self, request: ModelRequest) -> ModelResult:
+        raise RuntimeError("the gateway's HTTP session is not open (lifespan not started)")
+
+    async def stream(self, request: ModelRequest) -> TextStream:
+        raise RuntimeError("the gateway's HTTP session is not open (lifespan not started)")
+
+
+class Gateway:
+    """Everything the endpoints share, built once per process (``app.state.gateway``)."""
+
+    def __init__(
+        self,
+        settings: EnclaveSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        refresh_keys_in_background: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.session: aiohttp.ClientSession | None = None
+        self.models: TextModelClient = _NotStarted()
+        self.stores: dict[str, KeyStore] = build_key_stores(settings.gateway, self.http, clock)
+        self.authenticator = Authenticator(self.stores, leeway_s=settings.gateway.leeway_s)
+        self.egress = EgressGuard(clock)
+        self._refresh_in_background = refresh_keys_in_background
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def started(self) -> bool:
+        return self.session is not None
+
+    def http(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            raise RuntimeError("the gateway's HTTP session is not open (lifespan not started)")
+        return self.session
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=MAX_CONNECTIONS,
+            limit_per_host=0,
+            ttl_dns_cache=60,
+            keepalive_timeout=30,
+            resolver=GuardedResolver(),
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            headers={"User-Agent": USER_AGENT},
+            json_serialize=lambda obj: orjson.dumps(obj).decode(),
+            trust_env=False,  # model endpoints are inside the network; no surprise proxies
+        )
+        self.models = OpenAICompatClient(self.session, self.settings.gateway.model_timeout_s)
+        if self._refresh_in_background:
+            for store in self.stores.values():
+                self._tasks.append(asyncio.create_task(store.run_refresher()))
+        log.info(
+            "gateway_started",
+            issuers=sorted(self.stores),
+            key_sources=[store.source.location for store in self.stores.values()],
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for store in self.stores.values():
+            await store.aclose()
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+        self.models = _NotStarted()
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    # Unknown routes and wrong methods answer in JSON like every other gateway error.
+    assert isinstance(exc, HTTPException)
+    return json_response({"detail": exc.detail}, exc.status_code, exc.headers)
+
+
+ROUTES: Final = (
+    Route("/v2/code/completions", completions, methods=["POST"]),
+    Route("/v2/completions", completions, methods=["POST"]),  # GitLab's legacy alias
+    Route("/v2/code/generations", generations, methods=["POST"]),
+    Route("/monitoring/healthz", monitoring.healthz, methods=["GET"]),
+    Route("/monitoring/ready", monitoring.ready, methods=["GET"]),
+)
+
+
+def create_app(
+    settings: EnclaveSettings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    refresh_keys_in_background: bool = True,
+) -> Starlette:
+    """The gateway application for ``settings``.
+
+    ``clock`` (monotonic seconds) drives key-cache expiry and ``refresh_keys_in_background``
+    the start-up prefetch and periodic refresh; both exist for tests and embedding.
+    """
+    gateway = Gateway(settings, clock=clock, refresh_keys_in_background=refresh_keys_in_background)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = Starlette(
+        routes=list(ROUTES),
+        middleware=[Middleware(RequestContextMiddleware, routes=[route.path for route in ROUTES])],
+        exception_handlers={HTTPException: _http_exception},
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """uvicorn factory for worker processes: settings from ``ENCLAVE_*`` / the config file."""
+    settings = load_settings()
+    configure_logging("gateway", settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
+def run(settings: EnclaveSettings) -> None:
+    """Serve the gateway on ``settings.gateway.host:port`` until interrupted."""
+    from enclave.common.serve import serve
+
+    gateway_settings = settings.gateway
+    if gateway_settings.workers > 1:
+        # Each worker builds its own app (and key cache) from the environment / config file.
+        serve(
+            "enclave.gateway.app:create_app_from_env",
+            gateway_settings.host,
+            gateway_settings.port,
+            workers=gateway_settings.workers,
+            factory=True,
+        )
+    else:
+        serve(create_app(settings), gateway_settings.host, gateway_settings.port)
+
+
+__all__ = ["Gateway", "create_app", "create_app_from_env", "run"]

@@ -1,0 +1,1 @@
+"""Token verification: the JWKS key cache and the per-request checks."""

@@ -1,0 +1,84 @@
+"""Small HTTP helpers shared by the gateway's endpoints: orjson responses, bounded body reads."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+JSON_MEDIA_TYPE = "application/json"
+
+# The largest request body the gateway reads: two 100 000-character file halves, up to 100
+# context items and a prompt fit comfortably; anything bigger is refused before parsing.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def json_response(
+    content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """A JSON response rendered with orjson (several times faster than the stdlib encoder)."""
+    return Response(
+        orjson.dumps(content, default=str),
+        status_code=status_code,
+        headers=headers,
+        media_type=JSON_MEDIA_TYPE,
+    )
+
+
+def detail(message: str, status_code: int, headers: Mapping[str, str] | None = None) -> Response:
+    """FastAPI-style error body ``{"detail": "..."}`` (GitLab's gateway shape for 403/5xx)."""
+    return json_response({"detail": message}, status_code, headers)
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeds :data:`MAX_BODY_BYTES`."""
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """Read the whole body, refusing early when it is larger than ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """An outbound response's body, or :class:`ValueError` when it exceeds ``limit`` bytes."""
+    if response.content_length is not None and response.content_length > limit:
+        raise ValueError(f"response of {response.content_length} bytes exceeds {limit}")
+    buffer = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        buffer += chunk
+        if len(buffer) > limit:
+            raise ValueError(f"response exceeds {limit} bytes")
+    return bytes(buffer)
+
+
+_ERRNO_TEXT = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ETIMEDOUT: "connection timed out",
+}
+
+
+def connect_failure(error: OSError) -> str:
+    """A short reason for a failed outbound connection ("connection refused", ...)."""
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if error.errno in _ERRNO_TEXT:
+        return _ERRNO_TEXT[error.errno]
+    return error.strerror or str(error) or type(error).__name__

@@ -1,0 +1,101 @@
+"""Request context: ``x-request-id`` / ``x-process-time`` on every response, one log line each.
+
+A pure ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs time and breaks streaming).
+It also turns an unexpected exception into a JSON 500 that names the request id, so no stack
+trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Collection
+from typing import Any, Final
+
+import orjson
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from enclave.common import wire
+from enclave.common.logging import get_logger
+
+log = get_logger("enclave.gateway.request")
+
+_REQUEST_ID_HEADER: Final = wire.H_REQUEST_ID.encode()
+# Accept the caller's request id only when it is short and plain (it ends up in our logs).
+_VALID_REQUEST_ID: Final = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == _REQUEST_ID_HEADER:
+            return value.decode("ascii") if _VALID_REQUEST_ID.match(value) else None
+    return None
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, routes: Collection[str] = ()) -> None:
+        self.app = app
+        self._routes = frozenset(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        request_id_bytes = request_id.encode("ascii")
+        status = 500
+        started = False
+
+        async def send_with_context(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                elapsed = time.perf_counter() - start
+                headers = list(message.get("headers", ()))
+                headers.append((_REQUEST_ID_HEADER, request_id_bytes))
+                headers.append((b"x-process-time", f"{elapsed:.6f}".encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_context)
+        except Exception:
+            log.exception("unhandled_error", path=scope.get("path"))
+            status = 500
+            if not started:
+                await send_with_context(_internal_error_start())
+                await send(_internal_error_body(request_id))
+        finally:
+            path: str = scope.get("path", "")
+            fields: dict[str, Any] = {
+                "method": scope.get("method"),
+                "route": path if path in self._routes else "<unmatched>",
+                "status": status,
+                "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+            }
+            log.info("request", **fields)
+            structlog.contextvars.reset_contextvars(**tokens)
+
+
+def _internal_error_start() -> Message:
+    return {
+        "type": "http.response.start",
+        "status": 500,
+        "headers": [(b"content-type", b"application/json")],
+    }
+
+
+def _internal_error_body(request_id: str) -> Message:
+    body = orjson.dumps(
+        {
+            "detail": f"Internal error in the AI gateway (request id {request_id}); the gateway "
+            "log has the details"
+        }
+    )
+    return {"type": "http.response.body", "body": body, "more_body": False}

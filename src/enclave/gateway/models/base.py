@@ -1,0 +1,96 @@
+"""The interface every model client implements, and the errors they raise.
+
+A client turns a :class:`ModelRequest` (already rendered prompt, sampling parameters, where to
+send it) into text, either whole (:meth:`TextModelClient.complete`) or as a stream of text
+deltas (:meth:`TextModelClient.stream`). Clients know nothing about GitLab's wire format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Api = Literal["completions", "chat"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """One model call. ``prompt`` for the completions API, ``messages`` for the chat API."""
+
+    endpoint: str  # base URL, e.g. http://model-host:8000/v1 (no trailing slash)
+    model: str
+    api: Api
+    api_key: str | None = None
+    prompt: str | None = None
+    messages: Sequence[ChatMessage] = ()
+    max_tokens: int = 128
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: Sequence[str] = ()
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelResult:
+    text: str
+    finish_reason: str  # "stop" or "length"
+    usage: Usage | None  # None when the model server reports none
+
+
+class ModelError(Exception):
+    """A model call failed. ``status`` is what the gateway answers (503, or 429 passed through).
+
+    ``reason`` is safe to show to the caller: it names the endpoint and the cause, never the
+    API key.
+    """
+
+    def __init__(self, reason: str, status: int = 503, retry_after: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+class EndpointNotAllowed(Exception):
+    """The model endpoint is one the gateway never calls (see :mod:`enclave.gateway.egress`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TextStream(Protocol):
+    """Text deltas of one streamed answer; must be closed (also when abandoned early)."""
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class TextModelClient(Protocol):
+    """What the endpoints need from a model provider."""
+
+    async def complete(self, request: ModelRequest) -> ModelResult:
+        """The whole answer. Raises :class:`ModelError` or :class:`EndpointNotAllowed`."""
+        ...
+
+    async def stream(self, request: ModelRequest) -> TextStream:
+        """Start a streamed answer.
+
+        Errors that happen before the first byte (connection, HTTP status) raise here, so the
+        endpoint can still answer with a proper status; later failures raise from iteration.
+        """
+        ...

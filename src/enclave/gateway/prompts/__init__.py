@@ -1,0 +1,1 @@
+"""Prompt building per use case and model family."""

@@ -1,0 +1,103 @@
+"""Relaying a model's streamed answer to the client, chunk by chunk.
+
+GitLab's gateway streams code suggestions as raw text deltas (no SSE ``data:`` framing) with
+``content-type: text/event-stream``. Each delta is sent as soon as it arrives (no buffering).
+If the client goes away the upstream request is cancelled and its connection dropped, so the
+model server stops generating for nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Final, Protocol
+
+from starlette.types import Receive, Scope, Send
+
+from enclave.common.logging import get_logger
+from enclave.gateway.models.base import ModelError, TextStream
+
+log = get_logger(__name__)
+
+STREAM_MEDIA_TYPE: Final = "text/event-stream; charset=utf-8"
+
+
+class TextFilter(Protocol):
+    """Incremental post-processing of a streamed answer (e.g. removing markdown fences)."""
+
+    def feed(self, delta: str) -> str: ...
+
+    def flush(self) -> str: ...
+
+
+class _Aborted(Exception):
+    """The upstream failed mid-answer: end the response without completing it."""
+
+
+class RawTextStreamResponse:
+    """ASGI response that relays a :class:`TextStream` as raw text chunks."""
+
+    def __init__(
+        self,
+        stream: TextStream,
+        text_filter: TextFilter | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._stream = stream
+        self._filter = text_filter
+        raw = {
+            "content-type": STREAM_MEDIA_TYPE,
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",  # tell nginx-style proxies not to buffer either
+        }
+        raw.update({k.lower(): v for k, v in (headers or {}).items()})
+        self._headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in raw.items()]
+        self.status_code = 200
+        self.client_disconnected = False
+
+    async def _pump(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+        try:
+            async for delta in self._stream:
+                text = self._filter.feed(delta) if self._filter is not None else delta
+                if text:
+                    await send(
+                        {"type": "http.response.body", "body": text.encode(), "more_body": True}
+                    )
+            tail = self._filter.flush() if self._filter is not None else ""
+        except ModelError as exc:
+            log.warning("model_stream_failed", reason=exc.reason)
+            raise _Aborted from None
+        await send({"type": "http.response.body", "body": tail.encode(), "more_body": False})
+
+    @staticmethod
+    async def _wait_for_disconnect(receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pump = asyncio.ensure_future(self._pump(send))
+        watch = asyncio.ensure_future(self._wait_for_disconnect(receive))
+        try:
+            await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if not pump.done():
+                self.client_disconnected = True
+                log.info("client_disconnected_during_stream")
+        finally:
+            for task in (pump, watch):
+                task.cancel()
+            await asyncio.gather(pump, watch, return_exceptions=True)
+            # Releases the connection when the answer was complete, drops it otherwise.
+            await self._stream.aclose()
+        if pump.cancelled():
+            return
+        error = pump.exception()
+        if isinstance(error, _Aborted):
+            return  # the server closes the connection: the client sees an incomplete answer
+        if isinstance(error, OSError):
+            self.client_disconnected = True  # some servers raise on send after a disconnect
+            return
+        if error is not None:
+            raise error

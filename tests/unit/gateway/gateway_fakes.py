@@ -1,0 +1,367 @@
+"""Fakes for the gateway tests: an OIDC issuer, an OpenAI-compatible model server, tokens.
+
+Everything runs on 127.0.0.1 in the test's own event loop. (A plain module, not conftest, so
+test modules can import it without a package.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+import orjson
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from starlette.applications import Starlette
+from starlette.types import Message
+
+from enclave.common import wire
+
+INSTANCE_ID = "5f0f0f0f-1111-4222-8333-444455556666"
+MODEL_API_KEY = "sk-test-model-key-0123456789abcdef"
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Keys:
+    rsa: rsa.RSAPrivateKey
+    rsa_other: rsa.RSAPrivateKey
+    ec: ec.EllipticCurvePrivateKey
+    ed: ed25519.Ed25519PrivateKey
+
+
+def new_keys() -> Keys:
+    return Keys(
+        rsa=rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        rsa_other=rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        ec=ec.generate_private_key(ec.SECP256R1()),
+        ed=ed25519.Ed25519PrivateKey.generate(),
+    )
+
+
+def jwk_of(private_key: Any, kid: str, alg: str | None = None) -> dict[str, Any]:
+    public = private_key.public_key()
+    if isinstance(public, rsa.RSAPublicKey):
+        data = RSAAlgorithm.to_jwk(public, as_dict=True)
+    elif isinstance(public, ec.EllipticCurvePublicKey):
+        data = ECAlgorithm.to_jwk(public, as_dict=True)
+    else:
+        data = OKPAlgorithm.to_jwk(public, as_dict=True)
+    data["kid"] = kid
+    data["use"] = "sig"
+    if alg:
+        data["alg"] = alg
+    return dict(data)
+
+
+# -- fake issuer ----------------------------------------------------------------------------
+
+
+class FakeIssuer:
+    """Serves OIDC discovery and a JWKS; counts fetches; can fail on demand."""
+
+    def __init__(self) -> None:
+        self.base = ""
+        self.jwks: dict[str, Any] = {"keys": []}
+        self.discovery_hits = 0
+        self.jwks_hits = 0
+        self.fail_status: int | None = None
+        self.advertised_issuer: str | None = None
+        self._runner: web.AppRunner | None = None
+
+    async def _discovery(self, request: web.Request) -> web.Response:
+        self.discovery_hits += 1
+        if self.fail_status:
+            return web.Response(status=self.fail_status)
+        return web.json_response(
+            {
+                "issuer": self.advertised_issuer or self.base,
+                "jwks_uri": f"{self.base}/oauth/discovery/keys",
+                "id_token_signing_alg_values_supported": ["RS256"],
+            }
+        )
+
+    async def _keys(self, request: web.Request) -> web.Response:
+        self.jwks_hits += 1
+        if self.fail_status:
+            return web.Response(status=self.fail_status)
+        return web.json_response(self.jwks)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/.well-known/openid-configuration", self._discovery)
+        app.router.add_get("/oauth/discovery/keys", self._keys)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.base = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+# -- fake model server ----------------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    json: dict[str, Any]
+
+
+@dataclass
+class FakeModel:
+    """OpenAI-compatible /v1/completions and /v1/chat/completions."""
+
+    base: str = ""
+    text: str = "    return a + b\n"
+    finish_reason: str = "stop"
+    usage: dict[str, int] | None = field(
+        default_factory=lambda: {"prompt_tokens": 27, "completion_tokens": 9}
+    )
+    chunks: list[str] = field(default_factory=lambda: ["    return", " a", " + b", "\n"])
+    status: int = 200
+    error_body: dict[str, Any] | None = None
+    retry_after: str | None = None
+    endless_stream: bool = False  # keeps sending chunks until the client goes away
+    stream_error: str | None = None  # an error event after the chunks, instead of the end
+    ignore_stream: bool = False  # answer a stream request with one JSON body
+    requests: list[Recorded] = field(default_factory=list)
+    stream_closed: asyncio.Event = field(default_factory=asyncio.Event)
+    _runner: web.AppRunner | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.base}/v1"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(Recorded(request.path, dict(request.headers), body))
+        if self.status != 200:
+            headers = {"Retry-After": self.retry_after} if self.retry_after else None
+            return web.json_response(
+                self.error_body or {"error": {"message": "upstream says no"}},
+                status=self.status,
+                headers=headers,
+            )
+        chat = request.path.endswith("/chat/completions")
+        if body.get("stream") and not self.ignore_stream:
+            return await self._stream(request, chat)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": self.finish_reason}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": self.text}
+        else:
+            choice["text"] = self.text
+        answer: dict[str, Any] = {
+            "id": "cmpl-1",
+            "object": "chat.completion" if chat else "text_completion",
+            "model": body.get("model"),
+            "choices": [choice],
+        }
+        if self.usage is not None:
+            answer["usage"] = self.usage
+        return web.json_response(answer)
+
+    def _event(self, text: str, chat: bool, finish: str | None = None) -> bytes:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+        if chat:
+            choice["delta"] = {"content": text}
+        else:
+            choice["text"] = text
+        return b"data: " + orjson.dumps({"id": "c", "choices": [choice]}) + b"\n\n"
+
+    async def _stream(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            await response.write(b": keep-alive comment\n\n")
+            for chunk in self.chunks:
+                await response.write(self._event(chunk, chat))
+                await asyncio.sleep(0)
+            if self.stream_error:
+                error = {"error": {"message": self.stream_error, "code": 500}}
+                await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
+                return response
+            while self.endless_stream:
+                await asyncio.sleep(0.01)
+                await response.write(self._event("x", chat))
+            await response.write(self._event("", chat, self.finish_reason))
+            await response.write(b"data: [DONE]\n\n")
+        except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
+            self.stream_closed.set()
+            raise
+        return response
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/completions", self._handle)
+        app.router.add_post("/v1/chat/completions", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.base = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+# -- tokens and requests --------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Harness:
+    app: Starlette
+    client: httpx.AsyncClient
+    issuer: FakeIssuer
+    model: FakeModel
+    clock: FakeClock
+    keys: Keys
+
+    def token(
+        self,
+        *,
+        key: Any = None,
+        kid: str = "key-1",
+        alg: str = "RS256",
+        headers: dict[str, Any] | None = None,
+        **claims: Any,
+    ) -> str:
+        now = int(time.time())
+        payload: dict[str, Any] = {
+            "iss": self.issuer.base,
+            "sub": INSTANCE_ID,
+            "gitlab_instance_id": INSTANCE_ID,
+            "aud": wire.AUDIENCE,
+            "gitlab_realm": wire.REALM_SELF_MANAGED,
+            "scopes": [wire.UP_COMPLETE_CODE, wire.UP_GENERATE_CODE],
+            "iat": now,
+            "nbf": now - 5,
+            "exp": now + 3600,
+            "jti": uuid.uuid4().hex,
+        }
+        for name, value in claims.items():
+            if value is None:
+                payload.pop(name, None)
+            else:
+                payload[name] = value
+        signing_key = key if key is not None else self.keys.rsa
+        return jwt.encode(
+            payload, signing_key, algorithm=alg, headers={"kid": kid, **(headers or {})}
+        )
+
+    def headers(self, token: str | None = None, **overrides: str | None) -> dict[str, str]:
+        values: dict[str, str | None] = {
+            "Authorization": f"Bearer {token or self.token()}",
+            "X-Gitlab-Authentication-Type": "oidc",
+            "X-Gitlab-Instance-Id": INSTANCE_ID,
+            "X-Gitlab-Realm": wire.REALM_SELF_MANAGED,
+            "X-Gitlab-Global-User-Id": "user-1",
+        }
+        values.update(overrides)
+        return {name: value for name, value in values.items() if value is not None}
+
+    def body(self, **overrides: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "project_path": "group/project",
+            "project_id": 42,
+            "current_file": {
+                "file_name": "app/calc.py",
+                "language_identifier": "python",
+                "content_above_cursor": "def add(a, b):\n",
+                "content_below_cursor": "\n\nprint(add(1, 2))\n",
+            },
+            "stream": False,
+            "choices_count": 0,
+            "context": [],
+            "telemetry": [],
+            "prompt_version": 2,
+            "prompt": "",
+            "model_provider": "litellm",
+            "model_name": "codestral",
+            "model_endpoint": self.model.endpoint,
+            "model_api_key": MODEL_API_KEY,
+            "model_identifier": "custom_openai/codestral-local",
+        }
+        body.update(overrides)
+        return body
+
+    async def complete(
+        self, body: dict[str, Any] | None = None, path: str = "/v2/code/completions", **kw: Any
+    ) -> httpx.Response:
+        headers = kw.pop("headers", None) or self.headers()
+        return await self.client.post(path, json=body or self.body(), headers=headers, **kw)
+
+
+async def call_asgi(
+    gw: Harness,
+    body: dict[str, Any],
+    disconnect: asyncio.Event | None = None,
+    on_body: Any = None,
+) -> list[Message]:
+    """Call the app directly to see every ASGI message it sends (httpx buffers them)."""
+    headers = [(k.lower().encode(), v.encode()) for k, v in gw.headers().items()]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v2/code/completions",
+        "raw_path": b"/v2/code/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [*headers, (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("gw", 80),
+        "state": {},
+    }
+    sent: list[Message] = []
+    delivered = False
+    never = asyncio.Event()
+
+    async def receive() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": orjson.dumps(body), "more_body": False}
+        await (disconnect or never).wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if on_body is not None and message["type"] == "http.response.body":
+            on_body(message)
+
+    await gw.app(scope, receive, send)
+    return sent
+
+
+HarnessFactory = Callable[..., Any]

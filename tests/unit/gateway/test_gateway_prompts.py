@@ -1,0 +1,126 @@
+"""Prompt building and answer post-processing (pure functions, no I/O)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from enclave.gateway.prompts import code_completions as cc
+from enclave.gateway.prompts import code_generations as cg
+
+
+def test_every_family_is_consistent() -> None:
+    for name, spec in cc.FAMILIES.items():
+        assert spec.name == name
+        if spec.api == "completions":
+            assert spec.fim_template and "{prefix}" in spec.fim_template
+            assert "{suffix}" in spec.fim_template
+        else:
+            assert spec.fim_template is None
+        assert spec.max_tokens == 128
+        assert 0 <= spec.temperature <= 0.3
+
+
+def test_family_lookup() -> None:
+    assert cc.family_spec("Codestral").name == "codestral"
+    assert cc.family_spec(None).name == "general"
+    with pytest.raises(cc.UnsupportedFamily, match="model foo is not supported by use case"):
+        cc.family_spec("foo")
+
+
+def test_fim_prompt_keeps_braces_in_code() -> None:
+    spec = cc.family_spec("codegemma")
+    prompt = cc.fim_prompt(spec, "x = {'a': '{suffix}'}\n", "}\n")
+    assert prompt == "<|fim_prefix|>x = {'a': '{suffix}'}\n<|fim_suffix|>}\n<|fim_middle|>"
+
+
+def test_trim_context_cuts_at_line_boundaries() -> None:
+    spec = cc.FamilySpec(
+        "t", "completions", "{prefix}{suffix}", max_prefix_chars=10, max_suffix_chars=10
+    )
+    prefix, suffix = cc.trim_context("line one\nline two\nab", "cd\nline three\n", spec)
+    assert (prefix, suffix) == ("ab", "cd\n")
+
+
+@pytest.mark.parametrize(
+    ("identifier", "file_name", "lang"),
+    [("Python", "x.txt", "python"), (None, "src/main.rs", "rust"), ("", "a.TSX", "typescript"),
+     (None, "Makefile", None)],
+)  # fmt: skip
+def test_detect_language(identifier: str | None, file_name: str, lang: str | None) -> None:
+    assert cc.detect_language(identifier, file_name) == lang
+
+
+@pytest.mark.parametrize(
+    ("answer", "cleaned"),
+    [
+        ("    return a + b\n", "    return a + b\n"),
+        ("```python\n    return a + b\n```", "    return a + b"),
+        ("```\nx = 1\n```\nThis adds numbers.", "x = 1"),
+        ("```python\nx = 1\n", "x = 1\n"),  # truncated: no closing fence
+        ("```python", ""),
+        ("  ```py\nx\n  ```  \n", "x"),
+        ("``not a fence", "``not a fence"),
+        ("a ``` b", "a ``` b"),
+    ],
+)
+def test_strip_fences(answer: str, cleaned: str) -> None:
+    assert cc.strip_fences(answer) == cleaned
+
+
+_FENCY = st.text(alphabet=["`", "\n", " ", "a", "p", "y"], max_size=40)
+
+
+@given(text=_FENCY, cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=8))
+def test_fence_stripper_does_not_depend_on_chunking(text: str, cuts: list[int]) -> None:
+    bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
+    stripper = cc.FenceStripper()
+    out = "".join(stripper.feed(text[a:b]) for a, b in itertools.pairwise(bounds))
+    out += stripper.flush()
+    assert out == cc.strip_fences(text)
+
+
+@pytest.mark.parametrize(
+    ("answer", "prefix", "cleaned"),
+    [
+        ("def add(a, b):\n    return a + b", "def add(a, b):\n", "    return a + b"),
+        ("    total = a + b\n    return total", "def f(a, b):\n    total = ",
+         "a + b\n    return total"),
+        ("return a + b", "def add(a, b):\n    ", "return a + b"),
+        ("    return a + b", "def add(a, b):\n    ", "return a + b"),
+        ("x = 1", "", "x = 1"),
+    ],
+)  # fmt: skip
+def test_strip_echoed_prefix(answer: str, prefix: str, cleaned: str) -> None:
+    assert cc.strip_echoed_prefix(answer, prefix) == cleaned
+
+
+def test_echoed_current_line_is_dropped() -> None:
+    prefix = "def add(a, b):\n    return a"
+    assert cc.strip_echoed_prefix("    return a + b", prefix) == " + b"
+
+
+def test_chat_instruction_has_the_file_around_the_cursor() -> None:
+    text = cc.chat_completion_instruction("a = 1\n", "\nb = 2", "m.py", "python")
+    assert "a = 1\n<CURSOR>\nb = 2" in text
+    assert "python file `m.py`" in text
+
+
+def test_postprocess_generation() -> None:
+    assert cg.postprocess_generation("<new_code>\nx = 1\n") == "x = 1\n"
+    assert cg.postprocess_generation("<new_code>x = 1</new_code> trailing") == "x = 1"
+    assert cg.postprocess_generation("```python\nx = 1\n```") == "x = 1"
+    assert cg.postprocess_generation("x = 1\n") == "x = 1\n"
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=30), max_size=6))
+def test_generation_stream_filter_matches_the_whole_answer(cuts: list[int]) -> None:
+    for text in ("<new_code>\nx = 1\n", "  <new_code>```py\ny\n```", "plain\n", "<new", ""):
+        bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
+        stream = cg.GenerationStreamFilter()
+        out = "".join(stream.feed(text[a:b]) for a, b in itertools.pairwise(bounds))
+        out += stream.flush()
+        assert out == cg.postprocess_generation(text)
