@@ -179,7 +179,7 @@ def _print_welcome(instance_url: str, gateway_url: str, model_url: str, token_fi
     )
     console.print(
         "\n[bold green]Enclave is up.[/bold green]\n"
-        f"  instance   {instance_url}   (API docs: {instance_url}/docs)\n"
+        f"  instance   {instance_url}   (OpenAPI: {instance_url}/openapi.json)\n"
         f"  gateway    {gateway_url}\n"
         f"  model      {model_url}   (llama.cpp server, API key required)\n"
         f"  admin personal access token: {token_note}\n\n"

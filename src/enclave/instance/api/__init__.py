@@ -1,0 +1,11 @@
+"""HTTP routes of the instance, one module per surface; :func:`all_routers` mounts them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from enclave.instance.api import code_suggestions, discovery, health, users
+
+
+def all_routers() -> list[APIRouter]:
+    return [discovery.router, health.router, users.router, code_suggestions.router]

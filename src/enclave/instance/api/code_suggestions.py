@@ -1,0 +1,120 @@
+"""``POST /api/v4/code_suggestions/completions``: GitLab's Code Suggestions endpoint.
+
+Flow (DESIGN.md §4): authenticate the PAT (``api`` or ``ai_features``) → validate the body →
+completion or generation → the feature's self-hosted model (decrypted key) → a token for the
+feature's unit primitive (cached) → forward to the gateway with GitLab's body and headers →
+relay the answer, streamed when asked. Database work runs in the thread pool; the event loop
+only parses, signs (rarely, tokens are reused) and relays.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from enclave.common.logging import get_logger
+from enclave.instance.api.deps import authenticated, context_of
+from enclave.instance.api.errors import InstanceAPIError
+from enclave.instance.api.middleware import annotate
+from enclave.instance.api.relay import gateway_error, relay
+from enclave.instance.code_suggestions import (
+    CompletionRequest,
+    describe_validation_error,
+    detect_intent,
+    feature_for,
+    gateway_body,
+    gateway_path,
+)
+from enclave.instance.context import InstanceContext
+from enclave.instance.features import (
+    FEATURE_UNIT_PRIMITIVES,
+    Feature,
+    FeatureMisconfiguredError,
+    FeatureUnavailableError,
+    ResolvedModel,
+    resolve_feature,
+)
+from enclave.instance.gateway_client import (
+    ForwardIdentity,
+    GatewayUnavailableError,
+    gateway_headers,
+    pseudonymous_user_id,
+)
+from enclave.instance.pats import AI_SCOPES, Principal
+
+log = get_logger(__name__)
+
+router = APIRouter()
+
+# GitLab refuses bodies over 600 kB with 413 (two 100 k-char sides plus context fit easily).
+MAX_BODY_BYTES = 600 * 1024
+
+
+async def read_json_body(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The JSON object in the body; 413 past ``limit`` bytes (checked while reading), else 400."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise InstanceAPIError(413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise InstanceAPIError(413)
+    if not body:
+        raise InstanceAPIError(400, "the body is empty; send a JSON object with current_file")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InstanceAPIError(400, "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InstanceAPIError(400, "the body must be a JSON object")
+    return data
+
+
+def _resolve(ctx: InstanceContext, feature: Feature) -> ResolvedModel:
+    with ctx.sessions() as session, session.begin():
+        return resolve_feature(session, ctx.secret_box, feature)
+
+
+@router.post("/api/v4/code_suggestions/completions")
+async def completions(
+    request: Request, principal: Annotated[Principal, Depends(authenticated(AI_SCOPES))]
+) -> Response:
+    ctx = context_of(request)
+    try:
+        suggestion = CompletionRequest.model_validate(await read_json_body(request))
+    except ValidationError as exc:
+        raise InstanceAPIError(400, describe_validation_error(exc)) from None
+    intent = detect_intent(suggestion)
+    feature = feature_for(intent)
+    annotate(request, feature=feature.value, stream=suggestion.stream)
+    try:
+        model = await run_in_threadpool(_resolve, ctx, feature)
+    except FeatureUnavailableError as exc:
+        raise InstanceAPIError(403, str(exc)) from None
+    except FeatureMisconfiguredError as exc:
+        log.error("feature_misconfigured", error=str(exc))
+        raise InstanceAPIError(500, f"{exc}. Ask an administrator to fix the model.") from None
+    annotate(request, model=model.name)
+
+    minted = ctx.minter.token([FEATURE_UNIT_PRIMITIVES[feature]])
+    identity = ForwardIdentity(
+        instance_id=str(ctx.instance_id),
+        host_name=ctx.host_name,
+        global_user_id=pseudonymous_user_id(ctx.user_id_salt, principal.user_id),
+        request_id=str(request.state.request_id),
+    )
+    try:
+        upstream = await ctx.gateway.post(
+            gateway_path(intent),
+            orjson.dumps(gateway_body(suggestion, intent, model)),
+            gateway_headers(minted.token, identity),
+        )
+    except GatewayUnavailableError as exc:
+        raise gateway_error(exc) from None
+    return await relay(upstream, stream=suggestion.stream)

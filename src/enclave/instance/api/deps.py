@@ -1,0 +1,57 @@
+"""Dependencies shared by routes: the runtime context and PAT authentication."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import cast
+
+from fastapi import Request
+
+from enclave.common.logging import get_logger
+from enclave.instance.api.errors import InstanceAPIError, unauthorized
+from enclave.instance.context import InstanceContext
+from enclave.instance.pats import (
+    AuthError,
+    InsufficientScopeError,
+    Principal,
+    authenticate_request,
+    token_from_headers,
+)
+
+log = get_logger(__name__)
+
+
+def context_of(request: Request) -> InstanceContext:
+    return cast(InstanceContext, request.app.state.ctx)
+
+
+def authenticated(accepted_scopes: Iterable[str]) -> Callable[[Request], Principal]:
+    """A dependency that authenticates the caller's PAT and checks its scopes.
+
+    It is a plain (sync) function on purpose: FastAPI runs it in the thread pool, so the
+    database lookup never blocks the event loop.
+    """
+    scopes = frozenset(accepted_scopes)
+
+    def dependency(request: Request) -> Principal:
+        token = token_from_headers(
+            request.headers.get("private-token"), request.headers.get("authorization")
+        )
+        try:
+            principal = authenticate_request(
+                context_of(request).sessions, token, accepted_scopes=scopes
+            )
+        except AuthError as exc:
+            log.info("authentication_failed", reason=exc.reason)
+            raise unauthorized() from None
+        except InsufficientScopeError as exc:
+            log.info("insufficient_scope", accepted=list(exc.accepted))
+            raise InstanceAPIError(
+                403,
+                "insufficient_scope: the personal access token needs one of the scopes "
+                f"{', '.join(exc.accepted)}; create a token with one of them",
+            ) from None
+        request.state.user_id = principal.user_id
+        return principal
+
+    return dependency

@@ -1,0 +1,106 @@
+"""Errors in the GitLab REST dialect: ``{"message": "..."}`` with GitLab's status codes.
+
+Every error the instance raises itself carries ``X-GitLab-Error-Origin: monolith`` so IDEs can
+tell instance failures from gateway failures (which are relayed untouched). Messages say what
+to do next and never carry tokens, keys or stack traces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from enclave.common import wire
+from enclave.common.logging import get_logger
+
+log = get_logger(__name__)
+
+ERROR_ORIGIN_MONOLITH = "monolith"
+
+# GitLab's reason phrases in its API messages ("401 Unauthorized", "400 Bad request").
+_REASONS = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Request Entity Too Large",
+    415: "Unsupported Media Type",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def status_message(status: int, detail: str | None = None) -> str:
+    reason = _REASONS.get(status, "Error")
+    return f"{status} {reason}" + (f" - {detail}" if detail else "")
+
+
+class InstanceAPIError(Exception):
+    """Raise in a route to answer ``{"message": ...}`` with ``status``."""
+
+    def __init__(
+        self, status: int, detail: str | None = None, *, headers: dict[str, str] | None = None
+    ) -> None:
+        self.status = status
+        self.message = status_message(status, detail)
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse(
+        {"message": message, **extra},
+        status_code=status,
+        headers={**(headers or {}), wire.H_ERROR_ORIGIN: ERROR_ORIGIN_MONOLITH},
+    )
+
+
+def unauthorized() -> InstanceAPIError:
+    # Deliberately the same body for every cause (missing, unknown, revoked, expired,
+    # blocked): the cause goes to the log, not to whoever holds the token.
+    return InstanceAPIError(401)
+
+
+async def _instance_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InstanceAPIError)
+    return error_response(exc.status, exc.message, exc.headers)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(exc.status_code, status_message(exc.status_code), dict(exc.headers or {}))
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    location = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    detail = f"{location or 'request'} is invalid: {first.get('msg', 'bad value')}"
+    return error_response(400, status_message(400, detail))
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    log.error("database_unavailable", error=type(exc).__name__)
+    return error_response(
+        503,
+        status_message(
+            503, "the instance database is unavailable; check /-/readiness and the database server"
+        ),
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(InstanceAPIError, _instance_error)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(OperationalError, _database_error)

@@ -1,0 +1,107 @@
+"""Per-request plumbing as plain ASGI middleware (no per-request overhead of BaseHTTPMiddleware,
+and streaming and client-disconnect handling pass through untouched).
+
+* a request id: the client's ``X-Request-ID`` when it is sane, else a new one; bound to every
+  log line of the request, returned as ``X-Request-Id`` and forwarded to the gateway;
+* one structured log line per request: method, route, status, duration_ms, request_id;
+* a GitLab-style 500 with ``X-GitLab-Error-Origin: monolith`` for any unhandled error, without
+  the exception text (it goes to the log).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from enclave.common.logging import get_logger
+from enclave.instance.api.errors import error_response, status_message
+from enclave.instance.api.relay import UpstreamStreamError
+
+log = get_logger("enclave.instance.request")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _REQUEST_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+def annotate(request: Request, **fields: Any) -> None:
+    """Add fields to the request's log line (and to every later log line of the request)."""
+    request.scope.setdefault("state", {}).setdefault("log_fields", {}).update(fields)
+    structlog.contextvars.bind_contextvars(**fields)
+
+
+def _route(scope: Scope) -> str:
+    # The route template, not the raw path: bounded cardinality, and no ids in log keys.
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 0
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                started = True
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            except UpstreamStreamError:
+                pass  # logged where it happened; returning unfinished aborts the response
+            except Exception:
+                if started:
+                    log.exception("response_aborted")
+                else:
+                    log.exception("unhandled_error")
+                    response = error_response(
+                        500,
+                        status_message(
+                            500,
+                            f"unexpected error; the instance log has the details under "
+                            f"request_id {request_id}",
+                        ),
+                    )
+                    await response(scope, receive, send_with_id)
+            finally:
+                log.info(
+                    "request",
+                    **scope.get("state", {}).get("log_fields", {}),
+                    method=scope["method"],
+                    route=_route(scope),
+                    status=status,
+                    duration_ms=round((time.perf_counter() - start) * 1000, 2),
+                    request_id=request_id,  # also bound; explicit so the line always has it
+                )

@@ -1,0 +1,104 @@
+"""Relaying a gateway response to the client: status, body and content type, as they came.
+
+Streamed answers are passed on chunk by chunk as they arrive (no buffering), and the upstream
+request is aborted as soon as the client goes away, so the model stops generating for nobody.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import anyio
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from enclave.common.logging import get_logger
+from enclave.instance.api.errors import InstanceAPIError
+from enclave.instance.gateway_client import GatewayUnavailableError
+
+log = get_logger(__name__)
+
+DEFAULT_CONTENT_TYPE = "application/json"
+
+
+class UpstreamStreamError(Exception):
+    """The gateway's stream broke after the response started; the connection is aborted so the
+    client sees an incomplete response instead of a silently truncated one."""
+
+
+class DisconnectAwareStreamingResponse(StreamingResponse):
+    """A streaming response that always watches for the client going away.
+
+    Starlette only does so for servers speaking ASGI < 2.4; newer ones report a disconnect on
+    the next write, which for a slow model can be many seconds later. Watching ``receive``
+    cancels the body iterator at once, whatever the server.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def stream_then_stop() -> None:
+                    await self.stream_response(send)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(stream_then_stop)
+                await self.listen_for_disconnect(receive)
+                group.cancel_scope.cancel()
+        except BaseExceptionGroup as errors:  # anyio wraps task errors; unwrap a single one
+            if len(errors.exceptions) == 1:
+                raise errors.exceptions[0] from None
+            raise
+
+
+async def _chunks(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    finished = False
+    try:
+        async for chunk in upstream.content.iter_any():
+            yield chunk
+        finished = True
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        log.warning("gateway_stream_interrupted", error=type(exc).__name__)
+        raise UpstreamStreamError(type(exc).__name__) from exc
+    finally:
+        if finished:
+            upstream.release()  # back to the pool
+        else:
+            upstream.close()  # client gone or stream broken: drop the connection upstream
+
+
+def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+    return {"content-type": upstream.headers.get("Content-Type", DEFAULT_CONTENT_TYPE)}
+
+
+async def relay(upstream: aiohttp.ClientResponse, *, stream: bool) -> Response:
+    """The client response for ``upstream``; streams successful answers when ``stream``."""
+    headers = _response_headers(upstream)
+    if stream and upstream.status < 300:
+        return DisconnectAwareStreamingResponse(
+            _chunks(upstream),
+            status_code=upstream.status,
+            headers=headers,
+        )
+    try:
+        content = await upstream.read()
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        upstream.close()
+        raise InstanceAPIError(
+            504,
+            "the AI gateway stopped answering in the middle of a response. Check the gateway "
+            "and model server logs; for slow models raise ENCLAVE_INSTANCE__GATEWAY_TIMEOUT_S.",
+        ) from exc
+    except aiohttp.ClientError as exc:
+        upstream.close()
+        raise InstanceAPIError(
+            502, f"the AI gateway's response broke off ({type(exc).__name__}); check its logs."
+        ) from exc
+    upstream.release()
+    return Response(content, status_code=upstream.status, headers=headers)
+
+
+def gateway_error(error: GatewayUnavailableError) -> InstanceAPIError:
+    """The client-facing error for a gateway that could not be reached."""
+    return InstanceAPIError(error.status, error.message)

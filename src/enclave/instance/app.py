@@ -1,0 +1,73 @@
+"""The instance's ASGI application.
+
+``create_app(settings)`` initialises the instance (migrations, keys, admin; idempotent) and
+returns the FastAPI app; ``create_app_from_env()`` is the factory for uvicorn
+(``uvicorn --factory enclave.instance.app:create_app_from_env``): settings from the environment
+and config file, JSON logs with component ``instance``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from enclave import __version__
+from enclave.common.logging import configure_logging, get_logger
+from enclave.config import EnclaveSettings, load_settings
+from enclave.instance.api import all_routers
+from enclave.instance.api.errors import install_error_handlers
+from enclave.instance.api.middleware import RequestContextMiddleware
+from enclave.instance.bootstrap import BootstrapResult, initialise
+from enclave.instance.context import InstanceContext
+
+log = get_logger(__name__)
+
+COMPONENT = "instance"
+
+
+def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None) -> FastAPI:
+    """The instance app for ``settings``; runs :func:`initialise` unless ``boot`` is given."""
+    boot = boot if boot is not None else initialise(settings)
+    ctx = InstanceContext.build(settings, boot)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The HTTP client needs a running loop, so it is made here and not at import.
+        await ctx.gateway.start()
+        log.info(
+            "instance_started",
+            issuer=ctx.issuer,
+            instance_id=str(ctx.instance_id),
+            gateway_url=ctx.gateway.base_url,
+        )
+        try:
+            yield
+        finally:
+            await ctx.gateway.close()
+            ctx.engine.dispose()
+
+    app = FastAPI(
+        title="Enclave instance",
+        version=__version__,
+        # The OpenAPI document, but no interactive docs page: Swagger UI and ReDoc load their
+        # scripts from a CDN, which an air-gapped browser cannot reach.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    for router in all_routers():
+        app.include_router(router)
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn factory: settings from ``ENCLAVE_*`` / the config file, JSON logging."""
+    settings = load_settings()
+    configure_logging(COMPONENT, settings.log_level, settings.log_format)
+    return create_app(settings)

@@ -1,0 +1,167 @@
+"""The instance's tables (SQLAlchemy 2 typed ORM).
+
+They follow GitLab's own model (``shared/reference/gitlab-instance.md`` §1) where it matters to
+clients and admins: integer user ids (``GET /api/v4/user``), one feature-setting row per feature
+with the provider enum disabled / vendored / self_hosted / unassigned, and self-hosted model
+records with an encrypted API key. Every schema change goes through an Alembic migration in
+``enclave/instance/migrations/versions``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Uuid,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from enclave.instance.db.base import Base, UTCDateTime, utcnow
+
+
+class FeatureProvider(StrEnum):
+    """Who serves a feature (GitLab's ``Ai::FeatureSetting#provider``)."""
+
+    DISABLED = "disabled"
+    VENDORED = "vendored"
+    SELF_HOSTED = "self_hosted"
+    UNASSIGNED = "unassigned"
+
+
+class ModelProvider(StrEnum):
+    """How the gateway reaches a self-hosted model (GitLab's ``Ai::SelfHostedModel#provider``)."""
+
+    API = "api"
+    BEDROCK = "bedrock"
+    VERTEX_AI = "vertex_ai"
+
+
+class InstanceSetting(Base):
+    """Singleton row (id = 1): who this instance is."""
+
+    __tablename__ = "instance_settings"
+    __table_args__ = (CheckConstraint("id = 1", name="singleton"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False, default=1)
+    instance_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    # Salt for X-Gitlab-Global-User-Id: the gateway sees a stable pseudonym per user, never
+    # the raw id, and without the salt the pseudonym cannot be reversed by trying small ids.
+    user_id_salt: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str] = mapped_column(String(255), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    blocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    tokens: Mapped[list[PersonalAccessToken]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def state(self) -> str:
+        return "blocked" if self.blocked else "active"
+
+
+class PersonalAccessToken(Base):
+    """A PAT, stored as a SHA-256 digest: the plaintext exists only in the creator's hands."""
+
+    __tablename__ = "personal_access_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    token_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    # The first characters, so people can tell their tokens apart in lists.
+    token_prefix: Mapped[str] = mapped_column(String(16))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    user: Mapped[User] = relationship(back_populates="tokens")
+
+
+class SelfHostedModel(Base):
+    """A model deployment the gateway can call (GitLab's ``Ai::SelfHostedModel``)."""
+
+    __tablename__ = "ai_self_hosted_models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    # Model family (mistral, codestral, llama3, gpt, claude_3, general, …): picks the prompts.
+    family: Mapped[str] = mapped_column(String(50))
+    provider: Mapped[str] = mapped_column(String(32), default=ModelProvider.API.value)
+    endpoint: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    # LiteLLM-style id such as custom_openai/<served-name>.
+    identifier: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    api_token_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    feature_settings: Mapped[list[FeatureSetting]] = relationship(
+        back_populates="self_hosted_model"
+    )
+
+
+class FeatureSetting(Base):
+    """Which model serves a feature (GitLab's ``Ai::FeatureSetting``); one row per feature."""
+
+    __tablename__ = "ai_feature_settings"
+    __table_args__ = (
+        CheckConstraint(
+            "provider IN ('disabled', 'vendored', 'self_hosted', 'unassigned')", name="provider"
+        ),
+        CheckConstraint(
+            "provider <> 'self_hosted' OR self_hosted_model_id IS NOT NULL",
+            name="self_hosted_needs_model",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    feature: Mapped[str] = mapped_column(String(64), unique=True)
+    provider: Mapped[str] = mapped_column(String(16), default=FeatureProvider.UNASSIGNED.value)
+    # RESTRICT: a model that still serves a feature cannot be deleted by accident.
+    self_hosted_model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("ai_self_hosted_models.id", ondelete="RESTRICT"), nullable=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    self_hosted_model: Mapped[SelfHostedModel | None] = relationship(
+        back_populates="feature_settings"
+    )
+
+
+class AuditEvent(Base):
+    """Who changed what. ``details`` never holds secrets (API keys, tokens)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # NULL for changes the instance made itself (bootstrap); kept when the user is deleted.
+    author_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(255))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

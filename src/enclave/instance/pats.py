@@ -1,0 +1,234 @@
+"""Personal access tokens: create, read from request headers, authenticate.
+
+A token is ``enclpat-`` + 32 random bytes (URL-safe base64). Only its SHA-256 digest is stored:
+the token is high-entropy random, so a fast hash is enough (no salt, no slow KDF — there is
+nothing to brute-force), and it allows an indexed lookup by digest. GitLab stores its tokens
+the same way. The plaintext exists once, in the hands of whoever created it.
+
+Authentication checks, in order: token present and well-formed, known, not revoked, not expired,
+user not blocked, and one of the scopes the endpoint accepts. ``last_used_at`` is written at
+most once a minute per token, in its own short transaction, so the hot path is read-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from enclave.common.logging import get_logger
+from enclave.instance.db.base import utcnow
+from enclave.instance.db.models import PersonalAccessToken, User
+
+log = get_logger(__name__)
+
+TOKEN_PREFIX = "enclpat-"  # noqa: S105 - the public prefix
+TOKEN_RANDOM_BYTES = 32
+_MAX_TOKEN_LENGTH = 256  # anything longer is not ours; refuse before hashing or querying
+DISPLAY_PREFIX_CHARS = 12
+
+# Scopes (GitLab's names). AI endpoints accept ``api`` or ``ai_features``.
+SCOPE_API = "api"
+SCOPE_READ_API = "read_api"
+SCOPE_READ_USER = "read_user"
+SCOPE_AI_FEATURES = "ai_features"
+KNOWN_SCOPES = frozenset({SCOPE_API, SCOPE_READ_API, SCOPE_READ_USER, SCOPE_AI_FEATURES})
+AI_SCOPES = frozenset({SCOPE_API, SCOPE_AI_FEATURES})
+READ_USER_SCOPES = frozenset({SCOPE_API, SCOPE_READ_API, SCOPE_READ_USER})
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+AuthFailure = Literal["missing", "malformed", "unknown", "revoked", "expired", "blocked"]
+
+
+class AuthError(Exception):
+    """The request is not authenticated (HTTP 401); ``reason`` is for logs only."""
+
+    def __init__(self, reason: AuthFailure) -> None:
+        super().__init__(reason)
+        self.reason: AuthFailure = reason
+
+
+class InsufficientScopeError(Exception):
+    """The token is valid but lacks every scope the endpoint accepts (HTTP 403)."""
+
+    def __init__(self, accepted: Iterable[str]) -> None:
+        self.accepted = tuple(sorted(accepted))
+        super().__init__(f"token needs one of the scopes: {', '.join(self.accepted)}")
+
+
+@dataclass(frozen=True)
+class CreatedToken:
+    """A new token: ``plaintext`` is shown once and never stored."""
+
+    id: int
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    expires_at: datetime | None
+    plaintext: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller: the user and the token they used."""
+
+    user_id: int
+    username: str
+    name: str
+    email: str
+    is_admin: bool
+    created_at: datetime
+    token_id: int
+    scopes: tuple[str, ...]
+    # Whether last_used_at is older than LAST_USED_RESOLUTION (the caller then touches it).
+    stale_last_used: bool = False
+
+
+def generate_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_RANDOM_BYTES)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(
+    session: Session,
+    user: User,
+    *,
+    name: str,
+    scopes: Iterable[str],
+    expires_at: datetime | None = None,
+) -> CreatedToken:
+    """Add a token for ``user`` to ``session`` and return its plaintext (once)."""
+    wanted = tuple(sorted(set(scopes)))
+    unknown = set(wanted) - KNOWN_SCOPES
+    if not wanted or unknown:
+        raise ValueError(
+            f"scopes must be a non-empty subset of {sorted(KNOWN_SCOPES)}; got {list(wanted)}"
+        )
+    plaintext = generate_token()
+    record = PersonalAccessToken(
+        user_id=user.id,
+        name=name,
+        token_digest=token_digest(plaintext),
+        token_prefix=plaintext[:DISPLAY_PREFIX_CHARS],
+        scopes=list(wanted),
+        expires_at=expires_at,
+        revoked=False,
+    )
+    session.add(record)
+    session.flush()
+    return CreatedToken(
+        record.id, name, record.token_prefix, wanted, expires_at, plaintext=plaintext
+    )
+
+
+def token_from_headers(private_token: str | None, authorization: str | None) -> str | None:
+    """The token from ``PRIVATE-TOKEN`` or ``Authorization: Bearer`` (GitLab's order)."""
+    if private_token and private_token.strip():
+        return private_token.strip()
+    if authorization:
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+    return None
+
+
+def authenticate(
+    session: Session,
+    token: str | None,
+    *,
+    accepted_scopes: Iterable[str],
+    now: datetime | None = None,
+) -> Principal:
+    """Check ``token``; raise :class:`AuthError` or :class:`InsufficientScopeError`."""
+    if not token:
+        raise AuthError("missing")
+    if not token.startswith(TOKEN_PREFIX) or len(token) > _MAX_TOKEN_LENGTH:
+        raise AuthError("malformed")
+    row = session.execute(
+        select(PersonalAccessToken, User)
+        .join(User, PersonalAccessToken.user_id == User.id)
+        .where(PersonalAccessToken.token_digest == token_digest(token))
+    ).one_or_none()
+    if row is None:
+        raise AuthError("unknown")
+    pat, user = row
+    now = now or utcnow()
+    if pat.revoked:
+        raise AuthError("revoked")
+    if pat.expires_at is not None and pat.expires_at <= now:
+        raise AuthError("expired")
+    if user.blocked:
+        raise AuthError("blocked")
+    accepted = frozenset(accepted_scopes)
+    if not accepted.intersection(pat.scopes):
+        raise InsufficientScopeError(accepted)
+    stale = pat.last_used_at is None or now - pat.last_used_at >= LAST_USED_RESOLUTION
+    return Principal(
+        user_id=user.id,
+        username=user.username,
+        name=user.name,
+        email=user.email,
+        is_admin=user.is_admin,
+        created_at=user.created_at,
+        token_id=pat.id,
+        scopes=tuple(pat.scopes),
+        stale_last_used=stale,
+    )
+
+
+def touch_last_used(session: Session, token_id: int, now: datetime | None = None) -> bool:
+    """Set ``last_used_at`` unless another request did within the last minute."""
+    now = now or utcnow()
+    result = session.execute(
+        update(PersonalAccessToken)
+        .where(PersonalAccessToken.id == token_id)
+        .where(
+            or_(
+                PersonalAccessToken.last_used_at.is_(None),
+                PersonalAccessToken.last_used_at <= now - LAST_USED_RESOLUTION,
+            )
+        )
+        .values(last_used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def authenticate_request(
+    sessions: sessionmaker[Session],
+    token: str | None,
+    *,
+    accepted_scopes: Iterable[str],
+    now: datetime | None = None,
+) -> Principal:
+    """Authenticate in a read-only transaction, then touch ``last_used_at`` if it is stale.
+
+    Blocking (database I/O): call it from a thread pool, not the event loop.
+    """
+    now = now or utcnow()
+    with sessions() as session:
+        with session.begin():
+            principal = authenticate(session, token, accepted_scopes=accepted_scopes, now=now)
+        if principal.stale_last_used:
+            try:
+                with session.begin():
+                    touch_last_used(session, principal.token_id, now)
+            except OperationalError as exc:
+                # Best effort: a busy database must not turn a valid request into an error.
+                log.warning(
+                    "pat_last_used_not_updated",
+                    token_id=principal.token_id,
+                    error=type(exc).__name__,
+                )
+    return principal

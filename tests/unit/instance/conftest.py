@@ -1,0 +1,288 @@
+"""Fixtures for the instance: settings in a temporary data dir, a live instance served by
+uvicorn on a free loopback port, and a fake AI gateway (aiohttp) that records what it gets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from aiohttp import web
+from sqlalchemy import select
+
+from enclave.common.net import free_port
+from enclave.config import EnclaveSettings
+from enclave.instance.app import create_app
+from enclave.instance.context import InstanceContext
+from enclave.instance.db.models import FeatureSetting, PersonalAccessToken, User
+from enclave.instance.pats import create_token
+
+COMPLETION_RESPONSE: dict[str, Any] = {
+    "id": "id",
+    "model": {"engine": "litellm", "name": "custom_openai/general", "lang": "python"},
+    "experiments": [],
+    "object": "text_completion",
+    "created": 1795633607,
+    "choices": [{"text": "    return a + b\n", "index": 0, "finish_reason": "stop"}],
+}
+
+
+MODEL_API_KEY = "enclkey-model-secret-0123456789abcdef"
+EMBEDDED_ENDPOINT = "http://127.0.0.1:1/v1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_env() -> Iterator[None]:
+    """No ENCLAVE_* variable from the developer's shell may leak into a test."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith("ENCLAVE_"):
+                patch.delenv(name)
+        yield
+
+
+def make_settings(data_dir: Path, **instance: Any) -> EnclaveSettings:
+    return EnclaveSettings(data_dir=data_dir, instance=instance)
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> EnclaveSettings:
+    return make_settings(tmp_path / "data")
+
+
+# --- fake gateway ----------------------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+Handler = Callable[[web.Request, "FakeGateway"], Awaitable[web.StreamResponse]]
+
+
+async def answer_json(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
+    return web.json_response(COMPLETION_RESPONSE)
+
+
+@dataclass
+class FakeGateway:
+    """An AI gateway stand-in on a loopback port; ``handler`` decides each answer."""
+
+    handler: Handler = answer_json
+    requests: list[Recorded] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    disconnected: threading.Event = field(default_factory=threading.Event)
+    port: int = 0
+    _loop: asyncio.AbstractEventLoop | None = None
+    _runner: web.AppRunner | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def reset(self, handler: Handler = answer_json) -> None:
+        self.handler = handler
+        self.requests.clear()
+        self.release.clear()
+        self.disconnected.clear()
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(Recorded(request.path, dict(request.headers), await request.json()))
+        return await self.handler(request, self)
+
+    def start(self) -> None:
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        def run() -> None:
+            assert self._loop is not None
+            asyncio.set_event_loop(self._loop)
+            app = web.Application()
+            app.router.add_post("/v2/code/completions", self._dispatch)
+            app.router.add_post("/v2/code/generations", self._dispatch)
+            self._runner = web.AppRunner(app, access_log=None)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            self._loop.run_until_complete(site.start())
+            self.port = int(self._runner.addresses[0][1])
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="fake-gateway", daemon=True)
+        self._thread.start()
+        assert ready.wait(10), "fake gateway did not start"
+
+    def stop(self) -> None:
+        assert self._loop is not None and self._runner is not None and self._thread is not None
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+async def wait_for(event: threading.Event, seconds: float) -> bool:
+    """Wait for a thread event (set by the test) from the gateway's loop without blocking it."""
+    return await asyncio.to_thread(event.wait, seconds)
+
+
+def request_lines(
+    logs: list[MutableMapping[str, Any]], request_id: str
+) -> list[MutableMapping[str, Any]]:
+    """The request log lines for ``request_id``, waiting briefly: the line is written after the
+    response went out, so the client can be faster than the log."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [e for e in logs if e.get("event") == "request" and e["request_id"] == request_id]
+        if lines:
+            return lines
+        time.sleep(0.01)
+    return []
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[FakeGateway]:
+    fake = FakeGateway()
+    fake.start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+# --- live instance ---------------------------------------------------------------------------
+
+
+@dataclass
+class LiveInstance:
+    url: str
+    settings: EnclaveSettings
+    ctx: InstanceContext
+    admin_token: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    # Helpers that change state straight in the database -----------------------------------
+    def new_token(
+        self,
+        scopes: tuple[str, ...] = ("api",),
+        *,
+        username: str | None = None,
+        expires_at: datetime | None = None,
+        revoked: bool = False,
+        blocked: bool = False,
+    ) -> str:
+        username = username or f"user{time.monotonic_ns()}"
+        with self.ctx.sessions() as session, session.begin():
+            user = session.scalar(select(User).where(User.username == username))
+            if user is None:
+                user = User(
+                    username=username,
+                    name=username,
+                    email=f"{username}@example.com",
+                    is_admin=False,
+                    blocked=blocked,
+                )
+                session.add(user)
+                session.flush()
+            created = create_token(session, user, name="test", scopes=scopes, expires_at=expires_at)
+            record = session.get(PersonalAccessToken, created.id)
+            assert record is not None
+            record.revoked = revoked
+            return created.plaintext
+
+    def set_feature(self, feature: str, provider: str, model_id: int | None = None) -> None:
+        with self.ctx.sessions() as session, session.begin():
+            row = session.scalar(select(FeatureSetting).where(FeatureSetting.feature == feature))
+            if row is None:
+                row = FeatureSetting(feature=feature)
+                session.add(row)
+            row.provider = provider
+            row.self_hosted_model_id = model_id
+
+
+def start_instance(settings: EnclaveSettings, port: int) -> LiveInstance:
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", loop="asyncio"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="instance", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert thread.is_alive(), "the instance server died at start-up"
+        assert time.monotonic() < deadline, "the instance server did not start"
+        time.sleep(0.01)
+    admin_token = settings.admin_token_file.read_text().strip()
+    return LiveInstance(
+        f"http://127.0.0.1:{port}", settings, app.state.ctx, admin_token, server, thread
+    )
+
+
+@pytest.fixture()
+def live_instance_factory(tmp_path: Path) -> Iterator[Callable[..., LiveInstance]]:
+    """Start instances with given instance settings; all are stopped at the end of the test."""
+    started: list[LiveInstance] = []
+
+    def factory(data_dir: Path | None = None, **instance: Any) -> LiveInstance:
+        port = free_port()
+        instance.setdefault("external_url", f"http://127.0.0.1:{port}")
+        live = start_instance(
+            make_settings(data_dir or tmp_path / f"data{len(started)}", **instance), port
+        )
+        started.append(live)
+        return live
+
+    yield factory
+    for live in started:
+        live.stop()
+
+
+def write_model_api_key(data_dir: Path, key: str = MODEL_API_KEY) -> None:
+    (data_dir / "model").mkdir(parents=True, exist_ok=True)
+    (data_dir / "model" / "api-key").write_text(key + "\n")
+
+
+@pytest.fixture(scope="module")
+def instance(
+    gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveInstance]:
+    """One instance per module, with the embedded model registered and the fake gateway."""
+    data_dir = tmp_path_factory.mktemp("instance") / "data"
+    write_model_api_key(data_dir)
+    port = free_port()
+    live = start_instance(
+        make_settings(
+            data_dir,
+            external_url=f"http://127.0.0.1:{port}",
+            gateway_url=gateway.url,
+            embedded_model_endpoint=EMBEDDED_ENDPOINT,
+        ),
+        port,
+    )
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+@pytest.fixture()
+def fresh_gateway(gateway: FakeGateway) -> FakeGateway:
+    gateway.reset()
+    return gateway

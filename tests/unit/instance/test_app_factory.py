@@ -1,0 +1,74 @@
+"""The uvicorn factory: settings from the environment, JSON logs, no secret in them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.unit.instance.conftest import EMBEDDED_ENDPOINT, MODEL_API_KEY, write_model_api_key
+
+SCRIPT = """
+import json, warnings
+warnings.simplefilter("ignore")
+from fastapi.testclient import TestClient
+from enclave.instance.app import create_app_from_env
+paths = ["/.well-known/openid-configuration", "/oauth/discovery/keys", "/-/readiness",
+         "/api/v4/user", "/docs", "/openapi.json"]
+with TestClient(create_app_from_env()) as client:
+    print(json.dumps({path: client.get(path).status_code for path in paths}))
+"""
+
+
+def run_factory(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENCLAVE_")}
+    env.update(
+        {
+            "ENCLAVE_DATA_DIR": str(data_dir),
+            "ENCLAVE_INSTANCE__EMBEDDED_MODEL_ENDPOINT": EMBEDDED_ENDPOINT,
+        }
+    )
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
+def test_factory_builds_the_app_from_the_environment(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    write_model_api_key(data_dir)
+    result = run_factory(data_dir)
+    assert json.loads(result.stdout) == {
+        "/.well-known/openid-configuration": 200,
+        "/oauth/discovery/keys": 200,
+        "/-/readiness": 200,
+        "/api/v4/user": 401,
+        "/docs": 404,
+        "/openapi.json": 200,
+    }
+    token = (data_dir / "admin-token.txt").read_text().strip()
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    assert lines, "the factory logged nothing"
+    assert all(line["component"] == "instance" for line in lines)
+    assert all({"ts", "level", "event"} <= set(line) for line in lines)
+    events = [line["event"] for line in lines]
+    assert "admin_created" in events and "instance_initialised" in events
+    created = next(line for line in lines if line["event"] == "admin_created")
+    assert created["path"] == str(data_dir / "admin-token.txt")
+    requests = [line for line in lines if line["event"] == "request"]
+    assert len(requests) == 6
+    assert {"method", "route", "status", "duration_ms", "request_id"} <= set(requests[0])
+    assert token not in result.stderr
+    assert MODEL_API_KEY not in result.stderr
+    # Second start: same token file, still nothing secret logged.
+    again = run_factory(data_dir)
+    assert (data_dir / "admin-token.txt").read_text().strip() == token
+    again_events = [json.loads(line)["event"] for line in again.stderr.splitlines() if line]
+    assert "admin_created" not in again_events and "instance_initialised" in again_events
+    assert token not in again.stderr
