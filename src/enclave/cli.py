@@ -26,7 +26,8 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-console = Console(stderr=True, highlight=False)
+# soft_wrap: never break the printed curl or paths at the terminal width (copy-paste safe).
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _set_env(name: str, value: object | None) -> None:
@@ -193,7 +194,9 @@ def instance(
     host: Annotated[
         str | None, typer.Option(help="Bind address [env ENCLAVE_INSTANCE__HOST; 127.0.0.1].")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port [env ENCLAVE_INSTANCE__PORT; 8080].")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port [env ENCLAVE_INSTANCE__PORT; 8080].")
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Worker processes [env ENCLAVE_INSTANCE__WORKERS; 1].")
     ] = None,
@@ -245,7 +248,9 @@ def gateway(
     host: Annotated[
         str | None, typer.Option(help="Bind address [env ENCLAVE_GATEWAY__HOST; 127.0.0.1].")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port [env ENCLAVE_GATEWAY__PORT; 5052].")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port [env ENCLAVE_GATEWAY__PORT; 5052].")
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Worker processes [env ENCLAVE_GATEWAY__WORKERS; 1].")
     ] = None,
@@ -301,8 +306,7 @@ def model(
     gguf: Annotated[
         Path | None,
         typer.Option(
-            help="GGUF file to serve [env ENCLAVE_MODEL__GGUF; the bundled "
-            "SmolLM2-135M-Instruct].",
+            help="GGUF file to serve [env ENCLAVE_MODEL__GGUF; the bundled SmolLM2-135M-Instruct].",
             exists=True,
             dir_okay=False,
         ),
@@ -312,11 +316,14 @@ def model(
         typer.Option(help="CPU threads [env ENCLAVE_MODEL__THREADS; cores - 1, at least 1]."),
     ] = None,
     ctx_size: Annotated[
-        int | None, typer.Option(help="Context window in tokens [env ENCLAVE_MODEL__CTX_SIZE; 4096].")
+        int | None,
+        typer.Option(help="Context window in tokens [env ENCLAVE_MODEL__CTX_SIZE; 4096]."),
     ] = None,
     served_name: Annotated[
         str | None,
-        typer.Option(help="Model id the server answers to [env ENCLAVE_MODEL__SERVED_NAME; smollm2]."),
+        typer.Option(
+            help="Model id the server answers to [env ENCLAVE_MODEL__SERVED_NAME; smollm2]."
+        ),
     ] = None,
 ) -> None:
     """Run the embedded model alone: llama.cpp's OpenAI-compatible server on loopback.

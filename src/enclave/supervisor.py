@@ -132,7 +132,7 @@ def make_plan(
 
 def _client_host(bind_host: str) -> str:
     """Where a local client reaches a server bound to ``bind_host``."""
-    return "127.0.0.1" if bind_host in ("0.0.0.0", "", "::") else bind_host  # noqa: S104
+    return "127.0.0.1" if bind_host in ("0.0.0.0", "", "::") else bind_host
 
 
 def start_all(
@@ -159,8 +159,7 @@ def _wait_ready(role: Role, on_progress: Callable[[str, float], None]) -> None:
         elapsed = time.monotonic() - started
         if not role.alive():
             raise StartupFailed(
-                f"the {role.name} exited during start-up (log: {role.log_path}):\n"
-                f"{role.log_tail()}"
+                f"the {role.name} exited during start-up (log: {role.log_path}):\n{role.log_tail()}"
             )
         if http_ok(role.ready_url, timeout=1.0):
             return

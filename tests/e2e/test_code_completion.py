@@ -80,3 +80,53 @@ def test_bad_personal_access_token_is_401(stack: Stack, headers: dict[str, str],
     assert response.status_code == 401, why
     assert response.json() == {"message": "401 Unauthorized"}
     assert response.headers.get("x-gitlab-error-origin") == "monolith"
+
+
+def test_revoked_and_expired_tokens_stop_working_at_once(stack: Stack) -> None:
+    """Revocation is read from the database on every request: no cache lets a token live on."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select
+
+    from enclave.instance.db.engine import make_engine, make_session_factory
+    from enclave.instance.db.models import PersonalAccessToken, User
+    from enclave.instance.pats import create_token
+
+    engine = make_engine(f"sqlite:///{stack.data_dir / 'instance.db'}")
+    sessions = make_session_factory(engine)
+    try:
+        with sessions.begin() as session:
+            root = session.scalars(select(User).where(User.username == "root")).one()
+            revocable = create_token(session, root, name="e2e", scopes=["ai_features"])
+            expiring = create_token(
+                session,
+                root,
+                name="e2e-expiring",
+                scopes=["ai_features"],
+                expires_at=datetime.now(UTC) + timedelta(days=1),
+            )
+        for created in (revocable, expiring):
+            ok = httpx.post(
+                completions_url(stack),
+                json=BODY,
+                headers={"PRIVATE-TOKEN": created.plaintext},
+                timeout=60,
+            )
+            assert ok.status_code == 200, ok.text
+
+        with sessions.begin() as session:
+            session.get_one(PersonalAccessToken, revocable.id).revoked = True
+            session.get_one(PersonalAccessToken, expiring.id).expires_at = datetime.now(
+                UTC
+            ) - timedelta(seconds=1)
+        for created in (revocable, expiring):
+            refused = httpx.post(
+                completions_url(stack),
+                json=BODY,
+                headers={"PRIVATE-TOKEN": created.plaintext},
+                timeout=60,
+            )
+            assert refused.status_code == 401
+            assert refused.json() == {"message": "401 Unauthorized"}
+    finally:
+        engine.dispose()

@@ -26,11 +26,11 @@ INSTANCE_ID = str(uuid.uuid4())
 
 
 def instance_private_key(data_dir: Path) -> Any:
-    """The instance's signing key, read from its data dir (tests only: it never leaves it)."""
-    for path in sorted((data_dir / "keys").rglob("*")):
-        if path.is_file() and b"PRIVATE KEY" in path.read_bytes():
-            return serialization.load_pem_private_key(path.read_bytes(), password=None)
-    raise AssertionError(f"no signing key under {data_dir / 'keys'}")
+    """The instance's active signing key, read from its data dir (tests only: it never leaves
+    it). ``keys/signing/active`` names the key id; the key is ``keys/signing/<kid>.pem``."""
+    signing = data_dir / "keys" / "signing"
+    kid = (signing / "active").read_text().strip()
+    return serialization.load_pem_private_key((signing / f"{kid}.pem").read_bytes(), password=None)
 
 
 def instance_kid(stack: Stack) -> str:
@@ -144,7 +144,9 @@ def test_wrong_issuer_is_401(stack: Stack) -> None:
 
 
 def test_alg_none_is_401(stack: Stack) -> None:
-    token = f"{b64({'alg': 'none', 'typ': 'JWT', 'kid': instance_kid(stack)})}.{b64(claims(stack))}."
+    token = (
+        f"{b64({'alg': 'none', 'typ': 'JWT', 'kid': instance_kid(stack)})}.{b64(claims(stack))}."
+    )
     response = call_gateway(stack, token)
     assert response.status_code == 401
 
@@ -177,7 +179,10 @@ def orphan_gateway(tmp_path: Path) -> Iterator[str]:
         "gateway",
         ["gateway", "--port", str(port)],
         f"http://127.0.0.1:{port}/monitoring/healthz",
-        env={"ENCLAVE_GATEWAY__ISSUER_URL": dead_issuer, "ENCLAVE_GATEWAY__JWKS_FETCH_TIMEOUT_S": "1"},
+        env={
+            "ENCLAVE_GATEWAY__ISSUER_URL": dead_issuer,
+            "ENCLAVE_GATEWAY__JWKS_FETCH_TIMEOUT_S": "1",
+        },
     )
     role.start(tmp_path / "logs", stack_env(tmp_path))
     try:

@@ -39,10 +39,14 @@ def redact_text(text: str) -> str:
 
 def redact(value: Any, key: str | None = None) -> Any:
     """Redact a log value: secret keys lose their values, strings lose secret-looking parts."""
-    if key is not None and _SECRET_KEYS.search(key) and value not in (None, "", [], {}):
+    if (
+        key is not None
+        and _SECRET_KEYS.search(key)
+        and value not in (None, "", [], {})
         # ``token_lifetime_s`` style numbers are not secrets.
-        if not isinstance(value, bool | int | float):
-            return REDACTED
+        and not isinstance(value, bool | int | float)
+    ):
+        return REDACTED
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
