@@ -13,16 +13,20 @@ Defaults are safe and local: everything binds to 127.0.0.1 and keeps its state i
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from enclave.gateway.netrules import LOOPBACK_AND_PRIVATE as _LOOPBACK_AND_PRIVATE
+from enclave.gateway.netrules import EgressPolicy, parse_networks
 
 
 def default_model_threads() -> int:
@@ -74,8 +78,50 @@ class InstanceSettings(BaseModel):
         return (self.external_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
+# The `iss` (and `aud`) of the user tokens the gateway signs itself (GitLab's service name).
+SELF_SIGNED_ISSUER = "gitlab-ai-gateway"
+
+
+class TrustedIssuer(BaseModel):
+    """One instance a shared gateway trusts (an entry of ``gateway.trusted_issuers``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        description="The instance's external URL, exactly as in the `iss` of its tokens; its "
+        "keys are found through <url>/.well-known/openid-configuration."
+    )
+    jwks_url: str | None = Field(
+        None, description="Fetch this instance's keys from this JWKS URL instead."
+    )
+    jwks_file: Path | None = Field(
+        None, description="Read this instance's keys from this static JWKS file instead."
+    )
+
+    @field_validator("url", "jwks_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _not_the_gateway(cls, value: str) -> str:
+        if value.rstrip("/") == SELF_SIGNED_ISSUER:
+            raise ValueError(
+                f"'{SELF_SIGNED_ISSUER}' is the gateway's own issuer name; it is always trusted"
+            )
+        return value
+
+
 class GatewaySettings(BaseModel):
-    """The data plane: token verification, prompts, model calls."""
+    """The data plane: token verification, prompts, model calls.
+
+    Lists come as JSON in environment variables, e.g.
+    ``ENCLAVE_GATEWAY__ALLOWED_CLIENT_CIDRS='["10.0.0.0/8"]'`` or
+    ``ENCLAVE_GATEWAY__TRUSTED_ISSUERS='[{"url": "https://gitlab.a.example"}]'``.
+    """
 
     host: str = Field("127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(5052, ge=1, le=65535, description="Port the gateway listens on.")
@@ -92,7 +138,9 @@ class GatewaySettings(BaseModel):
     )
     jwks_cache_ttl_s: float = Field(86400, ge=10, description="How long fetched keys are fresh.")
     jwks_stale_s: float = Field(
-        6 * 3600, ge=0, description="How long the last good keys keep serving when the issuer "
+        6 * 3600,
+        ge=0,
+        description="How long the last good keys keep serving when the issuer "
         "is down after they went stale.",
     )
     jwks_refresh_cooldown_s: float = Field(
@@ -102,6 +150,87 @@ class GatewaySettings(BaseModel):
     leeway_s: int = Field(30, ge=0, le=300, description="Clock leeway for exp/nbf/iat.")
     model_timeout_s: float = Field(60, gt=0, le=600, description="Timeout of one model call.")
     workers: int = Field(1, ge=1, le=64, description="Server worker processes.")
+    trusted_issuers: list[TrustedIssuer] = Field(
+        default_factory=list,
+        description="Shared-gateway mode: the instances this gateway trusts, each with `url` "
+        "and optionally `jwks_url` or `jwks_file`. When set, issuer_url is trusted too only if "
+        "it is set explicitly; when empty, issuer_url (with jwks_url / jwks_file) is the one "
+        "trusted instance.",
+    )
+    allowed_client_cidrs: list[str] = Field(
+        default_factory=lambda: list(_LOOPBACK_AND_PRIVATE),
+        description="Client addresses (CIDRs) that may call the gateway; everyone else gets "
+        '403. Default: loopback and the private ranges. ["0.0.0.0/0", "::/0"] allows all; '
+        "an empty list refuses everyone.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Reverse proxies (CIDRs) whose X-Forwarded-For is believed: the client is "
+        "the rightmost address in it that is not a trusted proxy. Default: none (the TCP peer "
+        "is the client).",
+    )
+    model_egress_allow: list[str] = Field(
+        default_factory=lambda: [*_LOOPBACK_AND_PRIVATE, "localhost"],
+        description="Where model endpoints may point: CIDRs or addresses (10.0.0.0/8, "
+        "10.1.2.3:8000, [fd12::5]:8000), host names (vllm.internal, vllm.internal:8000) or "
+        "wildcard domains (*.models.internal). A host name that is not listed is resolved and "
+        "every address must be allowed. Link-local and cloud metadata addresses are always "
+        "refused. Default: loopback and the private ranges; an empty list refuses every "
+        "model endpoint.",
+    )
+    self_signing_key_file: Path | None = Field(
+        None,
+        description="RSA private key (PEM) that signs the user tokens of "
+        "/v1/code/user_access_token. Default: <data_dir>/keys/gateway-signing.pem, generated "
+        "(0600) on first start. Replicas behind one load balancer must share this file.",
+    )
+    user_token_lifetime_s: int = Field(
+        3600, ge=60, le=86400, description="Lifetime of the user tokens the gateway signs."
+    )
+
+    @field_validator("allowed_client_cidrs", "trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("allowed_client_cidrs", "trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        parse_networks(value, str(info.field_name))
+        return value
+
+    @field_validator("model_egress_allow", mode="before")
+    @classmethod
+    def _egress_comma_separated(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("model_egress_allow")
+    @classmethod
+    def _egress_entries(cls, value: list[str]) -> list[str]:
+        EgressPolicy.parse(value)
+        return value
+
+    def trusted_issuer_list(self) -> list[TrustedIssuer]:
+        """The instances this gateway trusts, in order, without duplicates."""
+        issuers = list(self.trusted_issuers)
+        if not issuers or "issuer_url" in self.model_fields_set:
+            issuers.insert(
+                0,
+                TrustedIssuer(
+                    url=self.issuer_url, jwks_url=self.jwks_url, jwks_file=self.jwks_file
+                ),
+            )
+        unique: dict[str, TrustedIssuer] = {}
+        for issuer in issuers:
+            unique.setdefault(issuer.url.rstrip("/"), issuer)
+        return list(unique.values())
+
+
+def _split_list(value: Any) -> Any:
+    """A plain string (config file or a non-JSON env value) as a comma-separated list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 class ModelSettings(BaseModel):
@@ -142,9 +271,9 @@ class EnclaveSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
-    instance: InstanceSettings = Field(default_factory=InstanceSettings)  # type: ignore[arg-type]
-    gateway: GatewaySettings = Field(default_factory=GatewaySettings)  # type: ignore[arg-type]
-    model: ModelSettings = Field(default_factory=ModelSettings)  # type: ignore[arg-type]
+    instance: InstanceSettings = Field(default_factory=InstanceSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
 
     @field_validator("data_dir")
     @classmethod
@@ -162,7 +291,7 @@ class EnclaveSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, _ShortAliases(settings_cls)]
         sources.append(env_settings)
-        config_file = os.environ.get("ENCLAVE_CONFIG")
+        config_file = _explicit_config_file.get() or os.environ.get("ENCLAVE_CONFIG")
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
@@ -196,7 +325,7 @@ class EnclaveSettings(BaseSettings):
 class _ShortAliases(PydanticBaseSettingsSource):
     """Short environment aliases for the settings people change most."""
 
-    _ALIASES: dict[str, tuple[str, ...]] = {
+    _ALIASES: ClassVar[dict[str, tuple[str, ...]]] = {
         "ENCLAVE_DATABASE_URL": ("instance", "database_url"),
         "ENCLAVE_GATEWAY_URL": ("instance", "gateway_url"),
         "ENCLAVE_ISSUER_URL": ("gateway", "issuer_url"),
@@ -214,10 +343,19 @@ class _ShortAliases(PydanticBaseSettingsSource):
         return found
 
 
+# Set only while ``load_settings`` builds settings from an explicit file, so that loading never
+# changes the process environment.
+_explicit_config_file: ContextVar[str | None] = ContextVar("enclave_config_file", default=None)
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> EnclaveSettings:
     """Build settings; ``config_file`` wins over ``ENCLAVE_CONFIG``."""
-    if config_file is not None:
-        if not config_file.is_file():
-            raise FileNotFoundError(f"config file {config_file} does not exist")
-        os.environ["ENCLAVE_CONFIG"] = str(config_file)
-    return EnclaveSettings(**overrides)
+    if config_file is None:
+        return EnclaveSettings(**overrides)
+    if not config_file.is_file():
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    reset = _explicit_config_file.set(str(config_file))
+    try:
+        return EnclaveSettings(**overrides)
+    finally:
+        _explicit_config_file.reset(reset)
