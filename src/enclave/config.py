@@ -25,8 +25,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from enclave.gateway.netrules import LOOPBACK_AND_PRIVATE as _LOOPBACK_AND_PRIVATE
-from enclave.gateway.netrules import EgressPolicy, parse_networks
+from enclave.common.netrules import LOOPBACK_AND_PRIVATE as _LOOPBACK_AND_PRIVATE
+from enclave.common.netrules import EgressPolicy, parse_networks
 
 
 def default_model_threads() -> int:
@@ -103,15 +103,6 @@ class TrustedIssuer(BaseModel):
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError(f"{value!r} is not an http(s) URL")
-        return value
-
-    @field_validator("url")
-    @classmethod
-    def _not_the_gateway(cls, value: str) -> str:
-        if value.rstrip("/") == SELF_SIGNED_ISSUER:
-            raise ValueError(
-                f"'{SELF_SIGNED_ISSUER}' is the gateway's own issuer name; it is always trusted"
-            )
         return value
 
 

@@ -23,6 +23,9 @@ def serve(app: Any, host: str, port: int, workers: int = 1, factory: bool = Fals
         http="httptools",
         log_config=None,  # logging is configured already (enclave.common.logging)
         access_log=False,  # each app writes its own structured request line
+        # Never let uvicorn rewrite the client address from X-Forwarded-For: the apps honour
+        # that header only from configured trusted proxies (enclave.common.netrules).
+        proxy_headers=False,
         server_header=False,
         date_header=False,
         timeout_graceful_shutdown=5,

@@ -2,9 +2,12 @@
 
 ``create_app(settings)`` builds it; ``create_app_from_env()`` is the factory uvicorn imports in
 each worker process (``uvicorn --factory enclave.gateway.app:create_app_from_env``). Hot
-endpoints are plain Starlette routes with orjson bodies; the only outbound client is one pooled
-aiohttp session opened in the lifespan; the issuer's keys are fetched in the background at
-start-up (never blocking it, even when the issuer is down) and cached in memory.
+endpoints are plain Starlette routes with orjson bodies behind two pure ASGI middlewares
+(request context, client address allow-list); the outbound clients are two pooled aiohttp
+sessions opened in the lifespan: one for model calls, whose resolver enforces the model egress
+allow-list, and one for the issuers' keys, which are fetched in the background at start-up
+(never blocking it, even when an issuer is down) and cached in memory. The gateway's own
+signing key (user tokens) is loaded, or generated, when the app is built.
 """
 
 from __future__ import annotations
@@ -26,15 +29,22 @@ from starlette.routing import Route
 
 from enclave import __version__
 from enclave.common.logging import configure_logging, get_logger
-from enclave.config import EnclaveSettings, load_settings
+from enclave.common.netrules import EgressPolicy, parse_networks
+from enclave.config import SELF_SIGNED_ISSUER, EnclaveSettings, load_settings
 from enclave.gateway.api import monitoring
+from enclave.gateway.api.v1.code.user_access_token import user_access_token
 from enclave.gateway.api.v2.code.completions import completions
 from enclave.gateway.api.v2.code.generations import generations
-from enclave.gateway.auth.jwks import KeyStore, build_key_stores
+from enclave.gateway.auth.jwks import KeyStore, build_key_stores, local_key_store
+from enclave.gateway.auth.self_signed import (
+    SigningKeyError,
+    UserTokenIssuer,
+    load_or_create_signing_key,
+)
 from enclave.gateway.auth.verify import Authenticator
 from enclave.gateway.egress import EgressGuard, GuardedResolver
 from enclave.gateway.http import json_response
-from enclave.gateway.middleware import RequestContextMiddleware
+from enclave.gateway.middleware import ClientAddressMiddleware, RequestContextMiddleware
 from enclave.gateway.models.base import ModelRequest, ModelResult, TextModelClient, TextStream
 from enclave.gateway.models.openai_compat import OpenAICompatClient
 
@@ -66,11 +76,33 @@ class Gateway:
         refresh_keys_in_background: bool = True,
     ) -> None:
         self.settings = settings
-        self.session: aiohttp.ClientSession | None = None
+        gateway_settings = settings.gateway
+        self.session: aiohttp.ClientSession | None = None  # model calls
+        self.issuer_session: aiohttp.ClientSession | None = None  # issuers' keys
         self.models: TextModelClient = _NotStarted()
-        self.stores: dict[str, KeyStore] = build_key_stores(settings.gateway, self.http, clock)
-        self.authenticator = Authenticator(self.stores, leeway_s=settings.gateway.leeway_s)
-        self.egress = EgressGuard(clock)
+        self.stores: dict[str, KeyStore] = build_key_stores(
+            gateway_settings, self.issuer_http, clock
+        )
+        self.user_tokens: UserTokenIssuer | None = None
+        self.signing_key_problem: str | None = None
+        local: KeyStore | None = None
+        try:
+            key, path = load_or_create_signing_key(settings)
+        except SigningKeyError as exc:
+            if gateway_settings.self_signing_key_file is not None:
+                raise  # a configured key that cannot be used is a configuration error
+            # The generated default could not be written (read-only data dir): everything but
+            # direct access still works.
+            self.signing_key_problem = str(exc)
+            log.warning("gateway_signing_key_unavailable", reason=str(exc))
+        else:
+            self.user_tokens = UserTokenIssuer(key, gateway_settings.user_token_lifetime_s)
+            local = local_key_store(SELF_SIGNED_ISSUER, self.user_tokens.jwks, str(path), clock)
+        self.authenticator = Authenticator(
+            self.stores, local=local, leeway_s=gateway_settings.leeway_s
+        )
+        self.egress_policy = EgressPolicy.parse(gateway_settings.model_egress_allow)
+        self.egress = EgressGuard(clock, self.egress_policy)
         self._refresh_in_background = refresh_keys_in_background
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -79,9 +111,16 @@ class Gateway:
         return self.session is not None
 
     def http(self) -> aiohttp.ClientSession:
+        """The model-call session."""
         if self.session is None:
             raise RuntimeError("the gateway's HTTP session is not open (lifespan not started)")
         return self.session
+
+    def issuer_http(self) -> aiohttp.ClientSession:
+        """The session for the issuers' keys."""
+        if self.issuer_session is None:
+            raise RuntimeError("the gateway's HTTP session is not open (lifespan not started)")
+        return self.issuer_session
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -89,13 +128,20 @@ class Gateway:
             limit_per_host=0,
             ttl_dns_cache=60,
             keepalive_timeout=30,
-            resolver=GuardedResolver(),
+            resolver=GuardedResolver(policy=self.egress_policy),
         )
         self.session = aiohttp.ClientSession(
             connector=connector,
             headers={"User-Agent": USER_AGENT},
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
             trust_env=False,  # model endpoints are inside the network; no surprise proxies
+        )
+        # Issuers are configured by the administrator, not by requests: only metadata
+        # addresses are refused there.
+        self.issuer_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=16, ttl_dns_cache=60, resolver=GuardedResolver()),
+            headers={"User-Agent": USER_AGENT},
+            trust_env=False,
         )
         self.models = OpenAICompatClient(self.session, self.settings.gateway.model_timeout_s)
         if self._refresh_in_background:
@@ -105,6 +151,7 @@ class Gateway:
             "gateway_started",
             issuers=sorted(self.stores),
             key_sources=[store.source.location for store in self.stores.values()],
+            direct_access=self.user_tokens is not None,
         )
 
     async def stop(self) -> None:
@@ -114,9 +161,10 @@ class Gateway:
         self._tasks.clear()
         for store in self.stores.values():
             await store.aclose()
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        for session in (self.session, self.issuer_session):
+            if session is not None:
+                await session.close()
+        self.session = self.issuer_session = None
         self.models = _NotStarted()
 
 
@@ -130,6 +178,7 @@ ROUTES: Final = (
     Route("/v2/code/completions", completions, methods=["POST"]),
     Route("/v2/completions", completions, methods=["POST"]),  # GitLab's legacy alias
     Route("/v2/code/generations", generations, methods=["POST"]),
+    Route("/v1/code/user_access_token", user_access_token, methods=["POST"]),
     Route("/monitoring/healthz", monitoring.healthz, methods=["GET"]),
     Route("/monitoring/ready", monitoring.ready, methods=["GET"]),
 )
@@ -158,7 +207,16 @@ def create_app(
 
     app = Starlette(
         routes=list(ROUTES),
-        middleware=[Middleware(RequestContextMiddleware, routes=[route.path for route in ROUTES])],
+        middleware=[
+            Middleware(RequestContextMiddleware, routes=[route.path for route in ROUTES]),
+            Middleware(
+                ClientAddressMiddleware,
+                allowed=parse_networks(
+                    settings.gateway.allowed_client_cidrs, "allowed_client_cidrs"
+                ),
+                trusted_proxies=parse_networks(settings.gateway.trusted_proxies, "trusted_proxies"),
+            ),
+        ],
         exception_handlers={HTTPException: _http_exception},
         lifespan=lifespan,
     )

@@ -1,17 +1,19 @@
-"""Which model endpoints the gateway may call (minimal SSRF safety).
+"""Which model endpoints the gateway may call (SSRF safety).
 
 The model endpoint comes with each request, so the gateway must not become a way to reach
-things the caller could not reach itself. For now it always refuses non-HTTP schemes and
-link-local / cloud metadata addresses (a configurable allow-list comes later). The check runs
-twice, cheaply: before the call (clear 403, hostname resolutions cached) and inside the HTTP
-client's resolver (:class:`GuardedResolver`), so a DNS answer that changes between the two
-(rebinding) still cannot reach a metadata address.
+things the caller could not reach itself. Rules (:class:`~enclave.common.netrules.EgressPolicy`,
+from ``gateway.model_egress_allow``): http(s) only; link-local and cloud metadata addresses
+always refused; otherwise the host must be allowed by name, or every address it resolves to must
+be in the allow-list. The check runs twice, cheaply: before the call (clear 403, verdicts cached
+for a minute) and inside the HTTP client's resolver (:class:`GuardedResolver`) for the very
+addresses it is about to connect to, so a DNS answer that changes between the two (rebinding)
+still cannot reach anything outside the list. Address literals are not resolved at all, so the
+pre-call check is the whole story for them; redirects are never followed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import time
 from collections.abc import Callable
@@ -21,19 +23,27 @@ from urllib.parse import SplitResult, urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from enclave.common.netrules import (
+    BLOCKED_NETWORKS,
+    DEFAULT_EGRESS,
+    EgressPolicy,
+    blocked_ip,
+    parse_ip,
+)
 from enclave.gateway.models.base import EndpointNotAllowed
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+__all__ = [
+    "BLOCKED_NETWORKS",
+    "BlockedAddressError",
+    "EgressGuard",
+    "EgressRefused",
+    "GuardedResolver",
+    "blocked_address",
+    "display_url",
+]
 
-# Never reachable from the gateway, whatever the configuration: link-local (includes the
-# AWS/GCP/Azure metadata address 169.254.169.254), AWS's IPv6 metadata address and Alibaba's.
-BLOCKED_NETWORKS: Final = (
-    ipaddress.ip_network("169.254.0.0/16"),
-    ipaddress.ip_network("fe80::/10"),
-    ipaddress.ip_network("fd00:ec2::254/128"),
-    ipaddress.ip_network("100.100.100.200/32"),
-)
 ALLOWED_SCHEMES: Final = ("http", "https")
+SETTING: Final = "ENCLAVE_GATEWAY__MODEL_EGRESS_ALLOW"
 _RESOLVE_TTL_S: Final = 60.0
 _RESOLVE_CACHE_MAX: Final = 1024
 _RESOLVE_TIMEOUT_S: Final = 5.0
@@ -41,13 +51,8 @@ _RESOLVE_TIMEOUT_S: Final = 5.0
 
 def blocked_address(address: str) -> bool:
     """True when ``address`` (an IP literal, possibly with a zone) is never to be called."""
-    try:
-        ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is the same host
-    return any(ip in network for network in BLOCKED_NETWORKS)
+    ip = parse_ip(address)
+    return ip is not None and blocked_ip(ip)
 
 
 def display_url(url: str) -> str:
@@ -73,14 +78,32 @@ def _refusal(endpoint: str, why: str) -> EndpointNotAllowed:
     )
 
 
-class EgressGuard:
-    """Pre-call check of model endpoints, with a small TTL cache of hostname resolutions."""
+def _not_listed(endpoint: str, why: str) -> EndpointNotAllowed:
+    return EndpointNotAllowed(
+        f"The model endpoint {display_url(endpoint)} is not allowed: {why}. The gateway "
+        f"administrator can allow it by adding the host, host:port or its network to {SETTING}."
+    )
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+
+def _metadata(host: str, address: str | None = None) -> str:
+    if address is None:
+        return f"{host} is a link-local or cloud metadata address"
+    return f"{host} resolves to {address}, a link-local or cloud metadata address"
+
+
+class EgressGuard:
+    """Pre-call check of model endpoints, with small TTL caches of verdicts and resolutions."""
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, policy: EgressPolicy | None = None
+    ) -> None:
         self._clock = clock
+        self.policy = policy if policy is not None else DEFAULT_EGRESS
+        # (host, port) -> (until, reason it is refused or None)
         self._cache: dict[tuple[str, int], tuple[float, str | None]] = {}
         # Endpoints found allowed, until when: the same few endpoints come with every request.
         self._allowed: dict[str, float] = {}
+        self.resolutions = 0  # DNS look-ups made, for tests and metrics
 
     async def check(self, endpoint: str) -> None:
         """Raise :class:`EndpointNotAllowed` when ``endpoint`` must not be called."""
@@ -98,71 +121,108 @@ class EgressGuard:
             port = parts.port
         except ValueError:
             raise _refusal(endpoint, "it is not a valid URL") from None
-        if parts.scheme.lower() not in ALLOWED_SCHEMES:
+        scheme = parts.scheme.lower()
+        if scheme not in ALLOWED_SCHEMES:
             raise _refusal(endpoint, "only http and https URLs are called")
         host = parts.hostname
         if not host:
             raise _refusal(endpoint, "it has no host")
         if port is None:
-            port = 443 if parts.scheme.lower() == "https" else 80
-        if blocked_address(host):
-            raise _refusal(endpoint, f"{host} is a link-local or cloud metadata address")
-        try:
-            ipaddress.ip_address(host.split("%", 1)[0])
-            return  # an allowed IP literal: nothing to resolve
-        except ValueError:
-            pass
-        blocked = await self._resolve_blocked(host, port)
-        if blocked is not None:
-            raise _refusal(
-                endpoint, f"{host} resolves to {blocked}, a link-local or cloud metadata address"
-            )
+            port = 443 if scheme == "https" else 80
+        ip = parse_ip(host)
+        if ip is not None and blocked_ip(ip):
+            raise _refusal(endpoint, _metadata(host))
+        if self.policy.deny_all:
+            raise _not_listed(endpoint, "the allow-list of model endpoints is empty")
+        if ip is not None:
+            if not self.policy.allows_ip(ip, port):
+                raise _not_listed(endpoint, f"{host} port {port} is not in the allow-list")
+            return
+        refused = await self._check_name(host, port)
+        if refused is not None:
+            if "metadata" in refused:
+                raise _refusal(endpoint, refused)
+            raise _not_listed(endpoint, refused)
 
-    async def _resolve_blocked(self, host: str, port: int) -> str | None:
+    async def _check_name(self, host: str, port: int) -> str | None:
+        """Why ``host:port`` is refused, or None; cached for a minute."""
         key = (host.lower(), port)
         now = self._clock()
         cached = self._cache.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
+        reason = await self._judge_name(host, port)
+        if len(self._cache) >= _RESOLVE_CACHE_MAX:
+            self._cache.clear()  # rare; a full clear keeps this O(1) and bounded
+        self._cache[key] = (now + _RESOLVE_TTL_S, reason)
+        return reason
+
+    async def _judge_name(self, host: str, port: int) -> str | None:
+        by_name = self.policy.allows_name(host, port)
         loop = asyncio.get_running_loop()
+        self.resolutions += 1
         try:
             infos = await asyncio.wait_for(
                 loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), _RESOLVE_TIMEOUT_S
             )
-        except (OSError, TimeoutError):
-            # Unresolvable now: the model call reports it precisely (and re-checks the answer).
+        except (OSError, TimeoutError, UnicodeError):
+            # Unresolvable now: the model call reports it precisely, and the resolver checks
+            # whatever answer it gets then.
             return None
-        blocked = next(
-            (str(info[4][0]) for info in infos if blocked_address(str(info[4][0]))), None
-        )
-        if len(self._cache) >= _RESOLVE_CACHE_MAX:
-            self._cache.clear()  # rare; a full clear keeps this O(1) and bounded
-        self._cache[key] = (now + _RESOLVE_TTL_S, blocked)
-        return blocked
+        for info in infos:
+            address = str(info[4][0])
+            ip = parse_ip(address)
+            if ip is None:
+                return f"{host} resolves to {address}, which is not an IP address"
+            if blocked_ip(ip):
+                return _metadata(host, address)
+            if not by_name and not self.policy.allows_ip(ip, port):
+                return f"{host} resolves to {address}, which is not in the allow-list"
+        return None
 
 
-class BlockedAddressError(OSError):
-    """Raised inside the HTTP client when a hostname resolves to a blocked address."""
+class EgressRefused(OSError):
+    """Raised inside the HTTP client when a host resolves to an address that is not allowed."""
 
-    def __init__(self, host: str, address: str) -> None:
-        super().__init__(f"{host} resolves to {address}, a link-local or cloud metadata address")
+    def __init__(self, host: str, address: str, why: str) -> None:
+        super().__init__(f"{host} resolves to {address}, {why}")
         self.host = host
         self.address = address
 
 
-class GuardedResolver(AbstractResolver):
-    """aiohttp resolver that refuses blocked addresses at connect time (DNS rebinding guard)."""
+class BlockedAddressError(EgressRefused):
+    """Raised inside the HTTP client when a hostname resolves to a blocked address."""
 
-    def __init__(self, inner: AbstractResolver | None = None) -> None:
+    def __init__(self, host: str, address: str) -> None:
+        super().__init__(host, address, "a link-local or cloud metadata address")
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp resolver that checks the addresses it is about to connect to (DNS rebinding guard).
+
+    Blocked addresses are always refused; with a ``policy``, addresses outside it too (unless the
+    host is allowed by name).
+    """
+
+    def __init__(
+        self, inner: AbstractResolver | None = None, policy: EgressPolicy | None = None
+    ) -> None:
         self._inner: AbstractResolver = inner if inner is not None else DefaultResolver()
+        self._policy = policy
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
+        policy = self._policy
+        by_name = policy is not None and policy.allows_name(host, port)
         for result in results:
-            if blocked_address(str(result["host"])):
-                raise BlockedAddressError(host, str(result["host"]))
+            address = str(result["host"])
+            ip = parse_ip(address)
+            if ip is None or blocked_ip(ip):
+                raise BlockedAddressError(host, address)
+            if policy is not None and not by_name and not policy.allows_ip(ip, port):
+                raise EgressRefused(host, address, f"which is not in {SETTING}")
         return results
 
     async def close(self) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from enclave.common.logging import REDACTED, configure_logging, get_logger, redact, redact_text
 
@@ -58,6 +60,19 @@ def test_plain_text_is_untouched() -> None:
     )
 
 
+@pytest.fixture()
+def restore_logging() -> Iterator[None]:
+    """configure_logging binds loggers to capsys's stream; undo it for the tests that follow."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_logging")
 def test_log_lines_are_json_with_the_standard_fields_and_no_secrets(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

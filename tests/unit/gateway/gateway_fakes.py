@@ -17,6 +17,7 @@ import httpx
 import jwt
 import orjson
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from starlette.applications import Starlette
@@ -37,6 +38,7 @@ class Keys:
     rsa_other: rsa.RSAPrivateKey
     ec: ec.EllipticCurvePrivateKey
     ed: ed25519.Ed25519PrivateKey
+    gateway: rsa.RSAPrivateKey  # the gateway's own signing key (user tokens)
 
 
 def new_keys() -> Keys:
@@ -45,6 +47,17 @@ def new_keys() -> Keys:
         rsa_other=rsa.generate_private_key(public_exponent=65537, key_size=2048),
         ec=ec.generate_private_key(ec.SECP256R1()),
         ed=ed25519.Ed25519PrivateKey.generate(),
+        gateway=rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    )
+
+
+def pem_of(private_key: Any) -> bytes:
+    return bytes(
+        private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     )
 
 
@@ -76,6 +89,8 @@ class FakeIssuer:
         self.jwks_hits = 0
         self.fail_status: int | None = None
         self.advertised_issuer: str | None = None
+        self.delay_s = 0.0  # answer the key endpoint this late
+        self.raw_keys: bytes | None = None  # answer the key endpoint with these bytes instead
         self._runner: web.AppRunner | None = None
 
     async def _discovery(self, request: web.Request) -> web.Response:
@@ -92,9 +107,17 @@ class FakeIssuer:
 
     async def _keys(self, request: web.Request) -> web.Response:
         self.jwks_hits += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.fail_status:
             return web.Response(status=self.fail_status)
+        if self.raw_keys is not None:
+            return web.Response(body=self.raw_keys, content_type="application/json")
         return web.json_response(self.jwks)
+
+    @property
+    def hits(self) -> int:
+        return self.discovery_hits + self.jwks_hits
 
     async def start(self) -> None:
         app = web.Application()
@@ -140,6 +163,7 @@ class FakeModel:
     endless_stream: bool = False  # keeps sending chunks until the client goes away
     stream_error: str | None = None  # an error event after the chunks, instead of the end
     ignore_stream: bool = False  # answer a stream request with one JSON body
+    location: str | None = None  # Location header of non-200 answers (redirects)
     requests: list[Recorded] = field(default_factory=list)
     stream_closed: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
@@ -152,7 +176,9 @@ class FakeModel:
         body = await request.json()
         self.requests.append(Recorded(request.path, dict(request.headers), body))
         if self.status != 200:
-            headers = {"Retry-After": self.retry_after} if self.retry_after else None
+            headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+            if self.location:
+                headers["Location"] = self.location
             return web.json_response(
                 self.error_body or {"error": {"message": "upstream says no"}},
                 status=self.status,
@@ -318,6 +344,33 @@ class Harness:
     ) -> httpx.Response:
         headers = kw.pop("headers", None) or self.headers()
         return await self.client.post(path, json=body or self.body(), headers=headers, **kw)
+
+    async def post_from(
+        self, client_host: str, path: str = "/v2/code/completions", **kw: Any
+    ) -> httpx.Response:
+        """POST as if from ``client_host`` (the ASGI ``client`` address)."""
+        transport = httpx.ASGITransport(app=self.app, client=(client_host, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            kw.setdefault("headers", self.headers())
+            kw.setdefault("json", self.body())
+            return await client.post(path, **kw)
+
+    async def user_token(self, user_id: str = "user-1", **header_overrides: str | None) -> str:
+        """A user token from /v1/code/user_access_token (direct access)."""
+        headers = self.headers(**{"X-Gitlab-Global-User-Id": user_id, **header_overrides})
+        response = await self.client.post("/v1/code/user_access_token", headers=headers)
+        assert response.status_code == 200, response.text
+        return str(response.json()["token"])
+
+    def user_headers(
+        self, token: str, user_id: str = "user-1", **overrides: str | None
+    ) -> dict[str, str]:
+        return self.headers(token, **{"X-Gitlab-Global-User-Id": user_id, **overrides})
+
+    async def warm_keys(self) -> None:
+        """Load the issuer's keys without a model call (readiness fetches them)."""
+        response = await self.client.get("/monitoring/ready")
+        assert response.status_code == 200, response.text
 
 
 async def call_asgi(

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
+from gateway_fakes import Harness
+from pydantic import ValidationError
 
+from enclave.common.netrules import EgressPolicy
+from enclave.config import GatewaySettings
 from enclave.gateway.egress import (
     BlockedAddressError,
     EgressGuard,
+    EgressRefused,
     GuardedResolver,
     blocked_address,
     display_url,
@@ -121,3 +127,131 @@ async def test_dns_rebinding_is_refused_at_connect_time() -> None:
         with pytest.raises(EndpointNotAllowed) as refused:
             await client.complete(request)
     assert "169.254.169.254" in refused.value.reason
+
+
+# -- the allow-list -------------------------------------------------------------------------
+
+
+def test_egress_entries_parse() -> None:
+    policy = EgressPolicy.parse(
+        [
+            "10.0.0.0/8",
+            "192.168.1.20",
+            "10.9.9.9:8000",
+            "[fd12::5]:8443",
+            "vllm.internal",
+            "Ollama.Internal.:11434",
+            "*.models.internal",
+        ]
+    )
+    ip = ipaddress.ip_address
+    assert policy.allows_ip(ip("10.2.3.4"), 80)
+    assert policy.allows_ip(ip("192.168.1.20"), 1)
+    assert not policy.allows_ip(ip("192.168.1.21"), 1)
+    assert policy.allows_ip(ip("fd12::5"), 8443)
+    assert not policy.allows_ip(ip("fd12::5"), 8444)
+    assert policy.allows_name("vllm.internal", 8000)
+    assert policy.allows_name("VLLM.internal.", 1)
+    assert policy.allows_name("ollama.internal", 11434)
+    assert not policy.allows_name("ollama.internal", 11435)
+    assert policy.allows_name("a.models.internal", 80)
+    assert policy.allows_name("a.b.models.internal", 80)
+    assert not policy.allows_name("models.internal", 80)  # the wildcard needs a subdomain
+    assert not policy.allows_name("evilmodels.internal", 80)
+
+
+@pytest.mark.parametrize(
+    "entry", ["http://vllm.internal", "10.0.0.0/33", "host:99999", "bad host", "", "[::1]", "a..b"]
+)
+def test_bad_egress_entries_are_refused(entry: str) -> None:
+    with pytest.raises(ValueError, match="model_egress_allow"):
+        EgressPolicy.parse([entry])
+
+
+def test_egress_setting_is_validated_at_start_up() -> None:
+    with pytest.raises(ValidationError, match="is a URL"):
+        GatewaySettings(model_egress_allow=["http://vllm.internal:8000/v1"])
+    assert GatewaySettings(model_egress_allow=[]).model_egress_allow == []
+
+
+def test_metadata_addresses_are_refused_even_when_allowed() -> None:
+    policy = EgressPolicy.parse(["0.0.0.0/0", "::/0"])
+    assert not policy.allows_ip(ipaddress.ip_address("169.254.169.254"), 80)
+    assert not policy.allows_ip(ipaddress.ip_address("fd00:ec2::254"), 80)
+    assert policy.allows_ip(ipaddress.ip_address("203.0.113.7"), 80)
+
+
+async def test_allow_list_is_applied_before_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    loop = asyncio.get_running_loop()
+    answers = {
+        "model.internal": "10.1.2.3",
+        "public.example": "203.0.113.7",
+        "named.example": "203.0.113.8",
+    }
+    monkeypatch.setattr(loop, "getaddrinfo", _fake_getaddrinfo(answers, calls))
+    guard = EgressGuard(policy=EgressPolicy.parse(["10.0.0.0/8", "named.example:8000"]))
+
+    await guard.check("http://model.internal:8000/v1")
+    await guard.check("http://10.9.8.7/v1")
+    await guard.check("http://named.example:8000/v1")  # allowed by name, resolved anyway
+    for endpoint, why in [
+        ("http://public.example/v1", "resolves to 203.0.113.7, which is not in the allow-list"),
+        ("http://named.example:8001/v1", "resolves to 203.0.113.8"),
+        ("http://203.0.113.7:8000/v1", "203.0.113.7 port 8000 is not in the allow-list"),
+        ("http://127.0.0.1:8000/v1", "127.0.0.1 port 8000 is not in the allow-list"),
+    ]:
+        with pytest.raises(EndpointNotAllowed) as refused:
+            await guard.check(endpoint)
+        assert why in refused.value.reason
+        assert "ENCLAVE_GATEWAY__MODEL_EGRESS_ALLOW" in refused.value.reason
+
+
+async def test_empty_allow_list_refuses_everything() -> None:
+    guard = EgressGuard(policy=EgressPolicy.parse([]))
+    with pytest.raises(EndpointNotAllowed, match="allow-list of model endpoints is empty"):
+        await guard.check("http://127.0.0.1:8000/v1")
+    with pytest.raises(EndpointNotAllowed, match="allow-list of model endpoints is empty"):
+        await guard.check("http://localhost:8000/v1")
+
+
+async def test_guarded_resolver_applies_the_policy() -> None:
+    policy = EgressPolicy.parse(["10.0.0.0/8", "trusted.example"])
+    with pytest.raises(EgressRefused, match="not in ENCLAVE_GATEWAY__MODEL_EGRESS_ALLOW"):
+        await GuardedResolver(_StaticResolver("203.0.113.7"), policy).resolve("x.example", 80)
+    ok = await GuardedResolver(_StaticResolver("10.0.0.9"), policy).resolve("x.example", 80)
+    assert ok[0]["host"] == "10.0.0.9"
+    by_name = await GuardedResolver(_StaticResolver("203.0.113.7"), policy).resolve(
+        "trusted.example", 80
+    )
+    assert by_name[0]["host"] == "203.0.113.7"
+    with pytest.raises(BlockedAddressError):  # a name never unlocks a metadata address
+        await GuardedResolver(_StaticResolver("169.254.169.254"), policy).resolve(
+            "trusted.example", 80
+        )
+
+
+async def test_rebinding_outside_the_allow_list_is_refused_at_connect_time() -> None:
+    policy = EgressPolicy.parse(["10.0.0.0/8"])
+    connector = aiohttp.TCPConnector(resolver=GuardedResolver(_StaticResolver("127.0.0.1"), policy))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        client = OpenAICompatClient(session, timeout_s=5)
+        request = ModelRequest(
+            endpoint="http://rebinding.example:9/v1", model="m", api="completions", prompt="x"
+        )
+        with pytest.raises(EndpointNotAllowed) as refused:
+            await client.complete(request)
+    assert "127.0.0.1" in refused.value.reason
+    assert "ENCLAVE_GATEWAY__MODEL_EGRESS_ALLOW" in refused.value.reason
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_model_redirects_are_not_followed(gw: Harness, stream: bool) -> None:
+    # A model server (or something pretending to be one) redirecting to the metadata address
+    # must not get the gateway to follow, nor the API key to travel on.
+    gw.model.status = 307
+    gw.model.location = "http://169.254.169.254/latest/meta-data"
+    response = await gw.complete(gw.body(stream=stream))
+    assert response.status_code == 503
+    assert "redirect (HTTP 307), which the gateway does not follow" in response.json()["detail"]
+    assert len(gw.model.requests) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -45,12 +46,14 @@ class _Server:
 
 
 @pytest.fixture
-async def served(keys: Keys) -> AsyncIterator[tuple[Harness, str]]:
+async def served(keys: Keys, tmp_path: Path) -> AsyncIterator[tuple[Harness, str]]:
     issuer, model = FakeIssuer(), FakeModel()
     await issuer.start()
     await model.start()
     issuer.jwks = {"keys": [jwk_of(keys.rsa, "key-1")]}
-    settings = EnclaveSettings(gateway=GatewaySettings(issuer_url=issuer.base))
+    settings = EnclaveSettings(
+        data_dir=tmp_path / "data", gateway=GatewaySettings(issuer_url=issuer.base)
+    )
     app = create_app(settings)  # real clock, background key refresh: as deployed
     harness = Harness(app, None, issuer, model, FakeClock(), keys)  # type: ignore[arg-type]
     try:
@@ -128,7 +131,8 @@ async def test_unexpected_errors_are_json_500_with_request_id(gw: Harness) -> No
     assert response.headers["x-request-id"] == "r-1"
 
 
-async def test_create_app_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_create_app_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ENCLAVE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("ENCLAVE_ISSUER_URL", "http://issuer.test:8080/")
     monkeypatch.setenv("ENCLAVE_GATEWAY__LEEWAY_S", "5")
     monkeypatch.delenv("ENCLAVE_CONFIG", raising=False)

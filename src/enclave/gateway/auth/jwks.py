@@ -310,6 +310,10 @@ class KeyStore:
     def kids(self) -> list[str]:
         return sorted(self._keys)
 
+    @property
+    def key_count(self) -> int:
+        return len(self._keys)
+
     def _may_fetch(self, now: float, have_keys: bool) -> bool:
         if self._inflight is not None and not self._inflight.done():
             return True  # joining a fetch costs nothing extra
@@ -384,12 +388,7 @@ class KeyStore:
         self.fetches += 1
         try:
             document = await self.source.fetch()
-            keys, fingerprint = parse_jwks(document, self._max_keys)
-            if not keys:
-                raise JwksError(
-                    f"{self.source.location} has no usable signing key (RS256 with an RSA key "
-                    "of at least 2048 bits, ES256 on P-256, or EdDSA)"
-                )
+            self.install(document)
         except JwksError as exc:
             self.last_error = str(exc)
             log.warning("jwks_fetch_failed", issuer=self.issuer, reason=self.last_error)
@@ -398,6 +397,16 @@ class KeyStore:
             self.last_error = f"unexpected error ({type(exc).__name__})"
             log.exception("jwks_fetch_failed", issuer=self.issuer)
             return False
+        return True
+
+    def install(self, document: Any) -> None:
+        """Take the keys of ``document`` (a JWKS) as fresh; :class:`JwksError` when unusable."""
+        keys, fingerprint = parse_jwks(document, self._max_keys)
+        if not keys:
+            raise JwksError(
+                f"{self.source.location} has no usable signing key (RS256 with an RSA key "
+                "of at least 2048 bits, ES256 on P-256, or EdDSA)"
+            )
         now = self._clock()
         if fingerprint != self._fingerprint:
             self._keys, self._fingerprint = keys, fingerprint
@@ -407,8 +416,8 @@ class KeyStore:
             )
         self._fresh_until = now + self._ttl_s
         self._usable_until = self._fresh_until + self._stale_s
+        self._last_attempt = now
         self.last_error = None
-        return True
 
     async def ensure_usable(self) -> None:
         """For readiness: fetch when nothing is usable (within the same limits as requests)."""
@@ -442,25 +451,59 @@ class KeyStore:
             await asyncio.gather(task, return_exceptions=True)
 
 
+class LocalKeySource:
+    """The gateway's own public key (it signs user tokens): always loaded, never fetched."""
+
+    def __init__(self, document: dict[str, Any], location: str) -> None:
+        self._document = document
+        self._location = location
+
+    @property
+    def location(self) -> str:
+        return self._location
+
+    async def fetch(self) -> Any:
+        return self._document
+
+
+def local_key_store(
+    issuer: str, document: dict[str, Any], location: str, clock: Callable[[], float]
+) -> KeyStore:
+    """A store that holds ``document``'s keys forever and never fetches (the gateway's own)."""
+    store = KeyStore(
+        issuer,
+        LocalKeySource(document, location),
+        ttl_s=math.inf,
+        stale_s=0,
+        cooldown_s=math.inf,
+        clock=clock,
+    )
+    store.install(document)
+    return store
+
+
 def build_key_stores(
     settings: GatewaySettings,
     session: SessionGetter,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, KeyStore]:
-    """The trusted issuers (one for now: the configured instance), by normalized issuer."""
-    source: KeySource
-    if settings.jwks_file is not None:
-        source = FileSource(settings.jwks_file)
-    elif settings.jwks_url:
-        source = UrlSource(settings.jwks_url, session, settings.jwks_fetch_timeout_s)
-    else:
-        source = DiscoverySource(settings.issuer_url, session, settings.jwks_fetch_timeout_s)
-    store = KeyStore(
-        settings.issuer_url,
-        source,
-        ttl_s=settings.jwks_cache_ttl_s,
-        stale_s=settings.jwks_stale_s,
-        cooldown_s=settings.jwks_refresh_cooldown_s,
-        clock=clock,
-    )
-    return {store.issuer: store}
+    """The trusted instances' key stores, by normalized issuer (see ``trusted_issuer_list``)."""
+    stores: dict[str, KeyStore] = {}
+    for issuer in settings.trusted_issuer_list():
+        source: KeySource
+        if issuer.jwks_file is not None:
+            source = FileSource(issuer.jwks_file)
+        elif issuer.jwks_url:
+            source = UrlSource(issuer.jwks_url, session, settings.jwks_fetch_timeout_s)
+        else:
+            source = DiscoverySource(issuer.url, session, settings.jwks_fetch_timeout_s)
+        store = KeyStore(
+            issuer.url,
+            source,
+            ttl_s=settings.jwks_cache_ttl_s,
+            stale_s=settings.jwks_stale_s,
+            cooldown_s=settings.jwks_refresh_cooldown_s,
+            clock=clock,
+        )
+        stores.setdefault(store.issuer, store)
+    return stores

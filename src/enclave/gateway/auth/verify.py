@@ -6,41 +6,51 @@ Checks, in GitLab's order (headers are case-insensitive):
 2. ``Bearer <token>`` → else 401 ``Invalid authorization header``;
 3. ``X-Gitlab-Authentication-Type: oidc`` → else 401
    ``Invalid authentication token type - only OIDC is supported``;
-4. the token verifies (trusted ``iss``, known ``kid``, allowed algorithm matching the key,
-   signature, ``aud``, ``exp``/``nbf``/``iat`` with leeway) → else 401
+4. the token verifies (well-formed, trusted ``iss``, known ``kid``, allowed algorithm matching
+   the key, signature, ``aud``, ``exp``/``nbf``/``iat`` with leeway) → else 401
    ``Forbidden by auth provider: <why>`` (GitLab says only the prefix), or 503 when the
    issuer's keys cannot be fetched;
-5. ``X-Gitlab-Realm`` equals ``gitlab_realm`` and ``X-Gitlab-Instance-Id`` equals
-   ``gitlab_instance_id`` (or ``sub``) → else 401 ``Header mismatch '<header>'``.
+5. ``X-Gitlab-Realm`` equals ``gitlab_realm``, ``X-Gitlab-Instance-Id`` equals
+   ``gitlab_instance_id`` (or ``sub``), and for user tokens the gateway signed itself
+   (``iss`` ``gitlab-ai-gateway``) ``X-Gitlab-Global-User-Id`` equals ``sub`` → else 401
+   ``Header mismatch '<header>'``.
 
-Verified tokens are cached (bounded, until ``exp``, dropped when the issuer's keys change), so
-the instance's practice of reusing a token until shortly before it expires makes repeated
-verification nearly free.
+Trusted issuers: the configured instances (one :class:`~enclave.gateway.auth.jwks.KeyStore`
+each) and the gateway itself (its own key, always loaded). User tokens only ever grant
+``complete_code``, whatever they say.
+
+Verified tokens are cached (bounded, until ``exp`` plus leeway, dropped when the issuer's keys
+change), so the instance's practice of reusing a token until shortly before it expires makes
+repeated verification nearly free.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-import jwt
-import orjson
-from jwt import exceptions as jwt_errors
-
 from enclave.common import wire
+from enclave.config import SELF_SIGNED_ISSUER
 from enclave.gateway.auth.jwks import (
     ALLOWED_ALGORITHMS,
     IssuerUnavailable,
     KeyStore,
+    SigningKey,
     UnknownSigningKey,
 )
+from enclave.gateway.auth.jws import (
+    MAX_TOKEN_BYTES,
+    TokenError,
+    numeric_date,
+    parse_token,
+    signature_valid,
+)
 
-MAX_TOKEN_BYTES: Final = 16 * 1024
 TOKEN_CACHE_SIZE: Final = 10_000
+# The only unit primitive a user token (signed by the gateway itself) can ever grant.
+USER_TOKEN_SCOPES: Final = frozenset({wire.UP_COMPLETE_CODE})
 
 # Error texts (bodies are {"error": text}, GitLab's shape for authentication failures).
 NO_AUTH_HEADER: Final = "No authorization header presented"
@@ -53,14 +63,17 @@ def forbidden(reason: str) -> str:
     return f"{FORBIDDEN}: {reason}"
 
 
-TOKEN_EXPIRED: Final = forbidden(
+EXPIRED_REASON: Final = (
     "token expired (the instance mints a new one per request; check that the instance's and "
     "the gateway's clocks agree)"
 )
-TOKEN_NOT_YET_VALID: Final = forbidden(
+NOT_YET_VALID_REASON: Final = (
     "token not yet valid (check that the instance's and the gateway's clocks agree)"
 )
-WRONG_AUDIENCE: Final = forbidden(f"wrong audience (expected '{wire.AUDIENCE}')")
+WRONG_AUDIENCE_REASON: Final = f"wrong audience (expected '{wire.AUDIENCE}')"
+TOKEN_EXPIRED: Final = forbidden(EXPIRED_REASON)
+TOKEN_NOT_YET_VALID: Final = forbidden(NOT_YET_VALID_REASON)
+WRONG_AUDIENCE: Final = forbidden(WRONG_AUDIENCE_REASON)
 UNKNOWN_KEY: Final = forbidden("unknown signing key (the issuer does not publish this key id)")
 INVALID_SIGNATURE: Final = forbidden("invalid signature")
 ALGORITHM_NOT_ALLOWED: Final = forbidden(
@@ -70,6 +83,9 @@ ALGORITHM_MISMATCH: Final = forbidden("signing algorithm does not match the sign
 MALFORMED_TOKEN: Final = forbidden("malformed token")
 TOKEN_TOO_LARGE: Final = forbidden(f"token larger than {MAX_TOKEN_BYTES} bytes")
 INVALID_TOKEN: Final = forbidden("invalid token")
+AMBIGUOUS_KEY: Final = forbidden(
+    "the token names no signing key ('kid') and the issuer publishes several"
+)
 
 
 def header_mismatch(header: str) -> str:
@@ -95,11 +111,12 @@ class Principal:
 
     issuer: str
     subject: str | None
-    instance_id: str | None  # gitlab_instance_id, falling back to sub
+    instance_id: str | None  # gitlab_instance_id, falling back to sub for instance tokens
     realm: str | None
     scopes: frozenset[str]
     expires_at: float
     claims: Mapping[str, Any]
+    user_token: bool = False  # signed by this gateway for one user (direct access)
 
     def can(self, *scopes: str) -> bool:
         """True when the token grants any of ``scopes`` (unit primitives)."""
@@ -109,27 +126,9 @@ class Principal:
 @dataclass(slots=True)
 class _Cached:
     principal: Principal
+    valid_until: float
     store: KeyStore
     generation: int
-
-
-def _b64decode(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def _unverified_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Header and claims, unverified: only to pick the issuer and key."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise AuthError(401, MALFORMED_TOKEN)
-    try:
-        header = orjson.loads(_b64decode(parts[0]))
-        claims = orjson.loads(_b64decode(parts[1]))
-    except (binascii.Error, ValueError):
-        raise AuthError(401, MALFORMED_TOKEN) from None
-    if not isinstance(header, dict) or not isinstance(claims, dict):
-        raise AuthError(401, MALFORMED_TOKEN)
-    return header, claims
 
 
 def _optional_str(value: Any) -> str | None:
@@ -143,21 +142,31 @@ class Authenticator:
         self,
         stores: Mapping[str, KeyStore],
         *,
+        local: KeyStore | None = None,
         audience: str = wire.AUDIENCE,
         leeway_s: float = 30,
         cache_size: int = TOKEN_CACHE_SIZE,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._stores = dict(stores)
+        self._local = local
         self._audience = audience
         self._leeway_s = leeway_s
         self._cache_size = cache_size
+        self._now = wall_clock
         self._cache: dict[str, _Cached] = {}
         self.cache_hits = 0
         self.verifications = 0
 
     @property
     def stores(self) -> Mapping[str, KeyStore]:
+        """The trusted instances' key stores (not the gateway's own)."""
         return self._stores
+
+    @property
+    def local(self) -> KeyStore | None:
+        """The gateway's own key (user tokens), when it has one."""
+        return self._local
 
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
         """Verify one request's headers; raises :class:`AuthError`.
@@ -173,15 +182,23 @@ class Authenticator:
             raise AuthError(401, INVALID_AUTH_HEADER)
         if (headers.get(wire.H_AUTH_TYPE) or "").strip().lower() != wire.AUTH_TYPE_OIDC:
             raise AuthError(401, INVALID_AUTH_TYPE)
+        if len(token) > MAX_TOKEN_BYTES:
+            raise AuthError(401, TOKEN_TOO_LARGE)
 
         principal = self._cached(token)
         if principal is None:
             principal = await self._verify(token)
 
-        if principal.realm != headers.get(wire.H_REALM):
+        realm = principal.realm
+        if realm is None or realm != headers.get(wire.H_REALM):
             raise AuthError(401, header_mismatch("X-Gitlab-Realm"))
-        if principal.instance_id != headers.get(wire.H_INSTANCE_ID):
+        instance_id = principal.instance_id
+        if instance_id is None or instance_id != headers.get(wire.H_INSTANCE_ID):
             raise AuthError(401, header_mismatch("X-Gitlab-Instance-Id"))
+        if principal.user_token:
+            subject = principal.subject
+            if subject is None or subject != headers.get(wire.H_GLOBAL_USER_ID):
+                raise AuthError(401, header_mismatch("X-Gitlab-Global-User-Id"))
         return principal
 
     # -- verified-token cache ---------------------------------------------------------------
@@ -191,7 +208,7 @@ class Authenticator:
         if entry is None:
             return None
         if (
-            entry.principal.expires_at <= time.time()
+            entry.valid_until <= self._now()
             or entry.generation != entry.store.generation
             or not entry.store.touch()
         ):
@@ -204,7 +221,8 @@ class Authenticator:
         if len(self._cache) >= self._cache_size:
             # Drop the oldest entry (dicts keep insertion order): O(1), bounded memory.
             self._cache.pop(next(iter(self._cache)), None)
-        self._cache[token] = _Cached(principal, store, generation)
+        valid_until = principal.expires_at + self._leeway_s
+        self._cache[token] = _Cached(principal, valid_until, store, generation)
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -212,16 +230,44 @@ class Authenticator:
     # -- verification -----------------------------------------------------------------------
 
     async def _verify(self, token: str) -> Principal:
-        if len(token) > MAX_TOKEN_BYTES:
-            raise AuthError(401, TOKEN_TOO_LARGE)
-        header, unverified = _unverified_parts(token)
+        try:
+            parsed = parse_token(token)
+        except TokenError as exc:
+            raise AuthError(401, forbidden(exc.reason)) from None
+        header, claims = parsed.header, parsed.claims
 
         algorithm = header.get("alg")
-        if algorithm not in ALLOWED_ALGORITHMS:
+        if not isinstance(algorithm, str) or algorithm not in ALLOWED_ALGORITHMS:
             raise AuthError(401, ALGORITHM_NOT_ALLOWED)
-        issuer = unverified.get("iss")
+        issuer = claims.get("iss")
         if not isinstance(issuer, str) or not issuer:
             raise AuthError(401, forbidden("the token has no 'iss' claim"))
+        store = await self._store_for(issuer)
+        kid: str | None = header.get("kid")
+
+        generation = store.generation
+        key = store.lookup(kid)
+        if key is None:
+            key = await self._fetch_key(store, kid)
+            generation = store.generation
+        if key.algorithm != algorithm:
+            raise AuthError(401, ALGORITHM_MISMATCH)
+
+        self.verifications += 1
+        if not signature_valid(algorithm, key.key, parsed.signing_input, parsed.signature):
+            raise AuthError(401, INVALID_SIGNATURE)
+        try:
+            expires_at = self._check_claims(claims)
+        except TokenError as exc:
+            raise AuthError(401, forbidden(exc.reason)) from None
+
+        principal = _principal(store.issuer, claims, expires_at, user_token=store is self._local)
+        self._remember(token, principal, store, generation)
+        return principal
+
+    async def _store_for(self, issuer: str) -> KeyStore:
+        if issuer == SELF_SIGNED_ISSUER and self._local is not None:
+            return self._local
         store = self._stores.get(issuer.rstrip("/"))
         if store is None:
             await self._raise_if_no_issuer_is_usable()
@@ -229,59 +275,46 @@ class Authenticator:
             raise AuthError(
                 401,
                 forbidden(
-                    f"untrusted issuer (this gateway trusts {trusted}; "
-                    "see ENCLAVE_GATEWAY__ISSUER_URL)"
+                    f"untrusted issuer (this gateway trusts {trusted}; see "
+                    "ENCLAVE_GATEWAY__ISSUER_URL and ENCLAVE_GATEWAY__TRUSTED_ISSUERS)"
                 ),
             )
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise AuthError(401, MALFORMED_TOKEN)
+        return store
 
-        generation = store.generation
-        key = store.lookup(kid)
-        if key is None:
-            try:
-                key = await store.get(kid)
-            except UnknownSigningKey:
-                raise AuthError(401, UNKNOWN_KEY) from None
-            except IssuerUnavailable as exc:
-                raise AuthError(503, str(exc)) from None
-            generation = store.generation
-        if key.algorithm != algorithm:
-            raise AuthError(401, ALGORITHM_MISMATCH)
-
-        self.verifications += 1
+    @staticmethod
+    async def _fetch_key(store: KeyStore, kid: str | None) -> SigningKey:
         try:
-            claims = jwt.decode(
-                token,
-                key.key,
-                algorithms=[key.algorithm],
-                audience=self._audience,
-                leeway=self._leeway_s,
-                options={"require": ["exp", "iss", "aud"]},
-            )
-        except jwt_errors.ExpiredSignatureError:
-            raise AuthError(401, TOKEN_EXPIRED) from None
-        except jwt_errors.ImmatureSignatureError:
-            raise AuthError(401, TOKEN_NOT_YET_VALID) from None
-        except jwt_errors.InvalidAudienceError:
-            raise AuthError(401, WRONG_AUDIENCE) from None
-        except jwt_errors.MissingRequiredClaimError as exc:
-            raise AuthError(401, forbidden(f"the token has no '{exc.claim}' claim")) from None
-        except jwt_errors.InvalidSignatureError:
-            raise AuthError(401, INVALID_SIGNATURE) from None
-        except jwt_errors.InvalidAlgorithmError:
-            raise AuthError(401, ALGORITHM_NOT_ALLOWED) from None
-        except jwt_errors.InvalidIssuedAtError:
-            raise AuthError(401, forbidden("the token's 'iat' claim is not a number")) from None
-        except jwt_errors.DecodeError:
-            raise AuthError(401, MALFORMED_TOKEN) from None
-        except jwt_errors.InvalidTokenError:
-            raise AuthError(401, INVALID_TOKEN) from None
+            return await store.get(kid)
+        except UnknownSigningKey:
+            if kid is None and store.key_count > 1:
+                raise AuthError(401, AMBIGUOUS_KEY) from None
+            raise AuthError(401, UNKNOWN_KEY) from None
+        except IssuerUnavailable as exc:
+            raise AuthError(503, str(exc)) from None
 
-        principal = _principal(store.issuer, claims)
-        self._remember(token, principal, store, generation)
-        return principal
+    def _check_claims(self, claims: dict[str, Any]) -> float:
+        """``exp`` (required), ``nbf``, ``iat`` and ``aud``; returns ``exp``."""
+        now = self._now()
+        leeway = self._leeway_s
+        if "aud" not in claims:
+            raise TokenError("the token has no 'aud' claim")
+        expires_at = numeric_date(claims, "exp")
+        if expires_at is None:
+            raise TokenError("the token has no 'exp' claim")
+        not_before = numeric_date(claims, "nbf")
+        issued_at = numeric_date(claims, "iat")
+        if expires_at + leeway <= now:
+            raise TokenError(EXPIRED_REASON)
+        if (not_before is not None and not_before > now + leeway) or (
+            issued_at is not None and issued_at > now + leeway
+        ):
+            raise TokenError(NOT_YET_VALID_REASON)
+        audience = claims["aud"]
+        if isinstance(audience, str):
+            audience = [audience]
+        if not isinstance(audience, list) or self._audience not in audience:
+            raise TokenError(WRONG_AUDIENCE_REASON)
+        return expires_at
 
     async def _raise_if_no_issuer_is_usable(self) -> None:
         """503 while no trusted issuer's keys can be had, whatever the token says.
@@ -303,22 +336,31 @@ class Authenticator:
 
 
 def _scopes(value: Any) -> frozenset[str]:
+    """A JSON list of unit primitives (or one space-separated string); anything else: none."""
+    if isinstance(value, list):
+        return frozenset(scope for scope in value if isinstance(scope, str))
     if isinstance(value, str):
         return frozenset(value.split())
-    if isinstance(value, Iterable):
-        return frozenset(scope for scope in value if isinstance(scope, str))
     return frozenset()
 
 
-def _principal(issuer: str, claims: dict[str, Any]) -> Principal:
+def _principal(
+    issuer: str, claims: dict[str, Any], expires_at: float, *, user_token: bool
+) -> Principal:
     subject = _optional_str(claims.get("sub"))
-    instance_id = _optional_str(claims.get("gitlab_instance_id")) or subject
+    instance_id = _optional_str(claims.get("gitlab_instance_id"))
+    scopes = _scopes(claims.get("scopes"))
+    if user_token:
+        scopes &= USER_TOKEN_SCOPES
+    elif instance_id is None:
+        instance_id = subject
     return Principal(
         issuer=issuer,
         subject=subject,
         instance_id=instance_id,
         realm=_optional_str(claims.get("gitlab_realm")),
-        scopes=_scopes(claims.get("scopes")),
-        expires_at=float(claims["exp"]),
+        scopes=scopes,
+        expires_at=expires_at,
         claims=claims,
+        user_token=user_token,
     )

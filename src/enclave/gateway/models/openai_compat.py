@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 
 from enclave.common.logging import redact_text
-from enclave.gateway.egress import BlockedAddressError, display_url
+from enclave.gateway.egress import EgressRefused, display_url
 from enclave.gateway.http import connect_failure, read_limited
 from enclave.gateway.models.base import (
     EndpointNotAllowed,
@@ -146,6 +146,11 @@ class OpenAICompatClient:
                 "check that the endpoint URL is the API base (usually ending in /v1) and that "
                 f"the model '{request.model}' is served there"
             )
+        if 300 <= status < 400:
+            return ModelError(
+                f"the model endpoint {endpoint} answered with a redirect (HTTP {status}), which "
+                "the gateway does not follow; register the URL it redirects to instead"
+            )
         if 400 <= status < 500:
             return ModelError(
                 f"the model endpoint {endpoint} rejected the request (HTTP {status}){said}"
@@ -159,7 +164,7 @@ class OpenAICompatClient:
                 f"the model endpoint {endpoint} did not answer within {self._timeout_s:g} s"
             )
         if isinstance(exc, aiohttp.ClientConnectorError):
-            if isinstance(exc.os_error, BlockedAddressError):
+            if isinstance(exc.os_error, EgressRefused):
                 return EndpointNotAllowed(
                     f"The model endpoint {endpoint} is not allowed: {exc.os_error}. Register the "
                     "model with the address of the model server itself (http or https)."
@@ -227,6 +232,7 @@ class OpenAICompatClient:
                 data=self._payload(request, stream=False),
                 headers=self._headers(request, stream=False),
                 timeout=self._timeout,
+                allow_redirects=False,  # the API key goes to this endpoint and nowhere else
             ) as response:
                 if response.status != 200:
                     body = await response.content.read(_MAX_ERROR_BODY_BYTES)
@@ -249,6 +255,7 @@ class OpenAICompatClient:
                 data=self._payload(request, stream=True),
                 headers=self._headers(request, stream=True),
                 timeout=self._stream_timeout,
+                allow_redirects=False,
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise self._transport_error(request, exc) from None
