@@ -8,6 +8,6 @@
 * :mod:`enclave.model.requant` — optional one-time Q4_1 -> Q8_0 conversion of the bundled model.
 * :mod:`enclave.model.tiny_gguf` — a tiny deterministic GGUF for tests.
 
-Nothing here imports ``xllamacpp`` at module import time except :mod:`enclave.model.server`, so
-the instance and the gateway can use the helpers without loading llama.cpp.
+``xllamacpp`` (llama.cpp) is imported only when a server starts, so the instance and the
+gateway can use the helpers (the API key, the tiny model) without loading it.
 """

@@ -20,8 +20,9 @@ tokenize to a piece token, or a prompt ending with, say, ``" b"`` would skip hal
 llama.cpp's SPM tokenizer writes every space of the input as U+2581 and only forms multi-char
 tokens by merging pairs that are themselves in the vocabulary; so a piece is unreachable when it
 holds a literal ASCII space, or when it is at least 3 characters long (the vocabulary has no
-2-character tokens to merge through). Pieces also have to be distinct (llama.cpp rejects
-duplicate token texts). ``split_answer`` merges word-ish pieces until both rules hold.
+2-character tokens to merge through). Pieces also have to differ from each other and from the
+fixed tokens (llama.cpp aborts the whole process on a duplicate token text). ``split_answer``
+merges word-ish pieces until these rules hold.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ _UNK, _BOS, _EOS = 0, 1, 2
 _FIRST_BYTE = 3
 _CONTROL_TEXTS = ("<|im_start|>", "<|im_end|>")
 _FIRST_PIECE = _FIRST_BYTE + 256 + len(_CONTROL_TEXTS)
+_BYTE_TEXTS = tuple(f"<0x{b:02X}>" for b in range(256))
+_RESERVED = frozenset(("<unk>", "<s>", "</s>", *_BYTE_TEXTS, *_CONTROL_TEXTS))
 
 # Logit of the one allowed next token; every other logit is 0. exp(-50) * vocab stays far below
 # any sampling threshold even at temperature 2, so sampling is as deterministic as greedy.
@@ -69,8 +72,9 @@ def split_answer(answer: str) -> list[str]:
     """The pieces (one token each) the tiny model answers with; they concatenate to ``answer``.
 
     Word-ish first (leading spaces + a word, or a run of whitespace), then a piece that the
-    tokenizer could produce from a prompt (shorter than 3 characters without a space) or that
-    repeats an earlier piece is merged into its neighbour:
+    tokenizer could produce from a prompt (shorter than 3 characters without a space), that
+    repeats an earlier piece or that is the text of a fixed token (``</s>``, ``<0x0A>``...) is
+    merged into its neighbour:
     ``"return a + b\\n"`` -> ``["return", " a", " +", " b\\n"]``.
     """
     if not answer:
@@ -79,23 +83,23 @@ def split_answer(answer: str) -> list[str]:
         raise ValueError("the tiny model cannot answer U+2581: llama.cpp renders it as a space")
     pieces: list[str] = re.findall(r"[ \t]*[^\s]+|\s+", answer)
     while len(pieces) > 1:
-        bad = next(
-            (i for i, p in enumerate(pieces) if not _unreachable(p) or p in pieces[:i]), None
-        )
+        bad = next((i for i, p in enumerate(pieces) if not _usable(p) or p in pieces[:i]), None)
         if bad is None:
             break
         at = bad - 1 if bad > 0 else 0  # merge into the previous piece, the first into the next
         pieces[at : at + 2] = [pieces[at] + pieces[at + 1]]
-    if not _unreachable(pieces[0]):
+    if not _usable(pieces[0]):
         raise ValueError(
-            "the tiny model's answer must be at least 3 characters long or contain a space"
+            "the tiny model's answer must be at least 3 characters long or contain a space, "
+            "and must not be a special token such as </s>"
         )
     return pieces
 
 
-def _unreachable(piece: str) -> bool:
-    """True when llama.cpp's SPM tokenizer can never produce ``piece`` from text (see above)."""
-    return " " in piece or len(piece) >= 3
+def _usable(piece: str) -> bool:
+    """A piece can be a token: llama.cpp's SPM tokenizer can never produce it from a prompt
+    (see above) and no fixed token has the same text (llama.cpp aborts on duplicates)."""
+    return (" " in piece or len(piece) >= 3) and piece not in _RESERVED
 
 
 def write_tiny_gguf(path: Path, answer: str = TINY_ANSWER) -> Path:
@@ -106,7 +110,7 @@ def write_tiny_gguf(path: Path, answer: str = TINY_ANSWER) -> Path:
 
     tokens: list[str] = ["<unk>", "<s>", "</s>"]
     types: list[int] = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
-    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    tokens += _BYTE_TEXTS
     types += [gguf.TokenType.BYTE] * 256
     tokens += list(_CONTROL_TEXTS)
     types += [gguf.TokenType.CONTROL] * len(_CONTROL_TEXTS)

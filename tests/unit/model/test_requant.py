@@ -11,7 +11,7 @@ from gguf.quants import quantize
 from enclave.model import requant
 from enclave.model.requant import ensure_q8_0, q8_0_name, requantize_q8_0
 from enclave.model.server import EmbeddedModelServer
-from enclave.model.tiny_gguf import TINY_ANSWER
+from enclave.model.tiny_gguf import TINY_ANSWER, write_tiny_gguf
 
 from .helpers import TEST_API_KEY, call
 
@@ -58,7 +58,10 @@ def test_q8_0_name(name: str, expected: str) -> None:
 def test_requantized_model_keeps_answering(tiny_gguf: Path, tmp_path: Path) -> None:
     q4 = _tiny_q4_1(tiny_gguf, tmp_path / "tiny.Q4_1.gguf")
     q8 = requantize_q8_0(q4, tmp_path / "out" / "tiny.Q8_0.gguf")
-    assert [p.name for p in q8.parent.iterdir()] == ["tiny.Q8_0.gguf"]
+    assert sorted(p.name for p in q8.parent.iterdir()) == [
+        "tiny.Q8_0.gguf",
+        "tiny.Q8_0.gguf.source",
+    ]
 
     reader = gguf.GGUFReader(q8)
     types = {t.name: t.tensor_type for t in reader.tensors}
@@ -66,7 +69,8 @@ def test_requantized_model_keeps_answering(tiny_gguf: Path, tmp_path: Path) -> N
     assert types["output.weight"] == Q.Q8_0
     assert types["output_norm.weight"] == Q.F32  # norms stay exact
     assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
-    assert reader.fields["enclave.requantized_from"].contents() == "tiny.Q4_1.gguf"
+    source_id = f"tiny.Q4_1.gguf:{q4.stat().st_size}"
+    assert reader.fields["enclave.requantized_from"].contents() == source_id
     assert reader.fields["tokenizer.chat_template"].contents()
 
     for path in (q4, q8):
@@ -89,8 +93,23 @@ def test_ensure_q8_0_converts_once(
     def must_not_run(source: Path, target: Path) -> Path:
         raise AssertionError("converted twice")
 
-    monkeypatch.setattr(requant, "requantize_q8_0", must_not_run)
-    assert ensure_q8_0(q4, tmp_path / "model") == target
+    with monkeypatch.context() as patch:
+        patch.setattr(requant, "requantize_q8_0", must_not_run)
+        assert ensure_q8_0(q4, tmp_path / "model") == target
+
+
+def test_ensure_q8_0_redoes_a_stale_or_corrupt_copy(tiny_gguf: Path, tmp_path: Path) -> None:
+    q4 = _tiny_q4_1(tiny_gguf, tmp_path / "tiny.Q4_1.gguf")
+    target = tmp_path / "model" / "tiny.Q8_0.gguf"
+    target.parent.mkdir()
+    target.write_bytes(b"GGUF but truncated")
+    assert ensure_q8_0(q4, target.parent) == target
+    first = target.read_bytes()
+    assert gguf.GGUFReader(target).tensors
+    # A different source (a new bundled model) is converted again.
+    q4_new = _tiny_q4_1(write_tiny_gguf(tmp_path / "new.gguf", "other answer"), q4)
+    assert ensure_q8_0(q4_new, target.parent) == target
+    assert target.read_bytes() != first
 
 
 def test_ensure_q8_0_falls_back_to_the_source(

@@ -22,16 +22,26 @@ def test_split_answer_default() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["return a + b\n", "a + b + a + b", "aaaa", "x = 1\nx = 1\n", "héllo wörld ✓", "\n\n\n"],
+    [
+        "return a + b\n",
+        "a + b + a + b",
+        "aaaa",
+        "x = 1\nx = 1\n",
+        "héllo wörld ✓",
+        "\n\n\n",
+        "<|im_end|> x",
+        "x </s> <0x0A>",
+    ],
 )
 def test_split_answer_pieces_are_distinct_and_unreachable(text: str) -> None:
     pieces = split_answer(text)
     assert "".join(pieces) == text
     assert len(set(pieces)) == len(pieces)
     assert all(" " in p or len(p) >= 3 for p in pieces)
+    assert not {"</s>", "<|im_end|>", "<0x0A>"} & set(pieces)
 
 
-@pytest.mark.parametrize("text", ["", "ok", "a\u2581b"])
+@pytest.mark.parametrize("text", ["", "ok", "a\u2581b", "</s>"])
 def test_split_answer_refuses_unservable_answers(text: str) -> None:
     with pytest.raises(ValueError):
         split_answer(text)
@@ -161,8 +171,11 @@ def test_chat_max_tokens(tiny_server: EmbeddedModelServer) -> None:
 
 
 # Other answers --------------------------------------------------------------------------------
-def test_custom_answer_with_repeats_and_unicode(tmp_path: Path) -> None:
-    answer = "héllo wörld ✓ — a + a + a\n"
+@pytest.mark.parametrize(
+    "answer",
+    ["héllo wörld ✓ — a + a + a\n", " leading space", "\tdef f():\n\t\treturn 1", "💡 x </s>"],
+)
+def test_custom_answers(tmp_path: Path, answer: str) -> None:
     path = write_tiny_gguf(tmp_path / "custom.gguf", answer)
     with EmbeddedModelServer(path, api_key=TEST_API_KEY, ctx_size=256) as server:
         for prompt in ["", "héllo", " a", "a + a"]:
