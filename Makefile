@@ -7,12 +7,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.9
 
-.PHONY: up test lint typecheck unit e2e install lock clean help
+.PHONY: up test lint typecheck unit e2e install lock clean help bench
 
 help:
 	@echo "make up      set everything up and run Enclave (model + instance + gateway)"
 	@echo "make test    set everything up and run lint, type check and the whole test suite"
 	@echo "make lock    re-resolve requirements/*.txt from pyproject.toml (with hashes)"
+	@echo "make bench   measure the gateway against a direct call and LiteLLM (< 10 min;"
+	@echo "             BENCH_ARGS=--quick for a 2-minute smoke run) -> bench/results/"
 
 install: $(STAMP)
 
@@ -39,6 +41,11 @@ unit: $(STAMP)
 
 test: $(STAMP) lint typecheck
 	$(BIN)/pytest
+
+# Loopback only, bounded (< 10 min); installs wrk and a pinned LiteLLM (bench/.venv-litellm)
+# when missing. Writes bench/results/report.md, latency.png, results.json and profile.txt.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --generate-hashes --python-version 3.11 \

@@ -13,6 +13,7 @@ signing key (user tokens) is loaded, or generated, when the app is built.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -200,6 +201,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
+        # Everything allocated so far (modules, settings, keys, the HTTP session) lives as long
+        # as the process: move it out of the collector's view. Full collections over it were
+        # the gateway's p99 spikes under load (50-120 ms each, seen in bench/ profiles).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
