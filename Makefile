@@ -39,8 +39,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
+# ENCLAVE_TEST_POSTGRES=1: the instance tests must also run on a real PostgreSQL (never skip).
 test: $(STAMP) lint typecheck
-	$(BIN)/pytest
+	scripts/install-test-services.sh
+	ENCLAVE_TEST_POSTGRES=1 $(BIN)/pytest
 
 # Loopback only, bounded (< 10 min); installs wrk and a pinned LiteLLM (bench/.venv-litellm)
 # when missing. Writes bench/results/report.md, latency.png, results.json and profile.txt.

@@ -345,3 +345,8 @@ def model(
     settings = load_settings()
     configure_logging("model", settings.log_level, settings.log_format)
     run_model(settings)
+
+
+from enclave.admin_cli import register as _register_admin_commands  # noqa: E402
+
+_register_admin_commands(app)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
+import yarl
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
@@ -55,8 +56,10 @@ def host_name(url: str) -> str:
     return urlsplit(url).hostname or ""
 
 
-def gateway_headers(token: str, identity: ForwardIdentity) -> dict[str, str]:
-    return {
+def gateway_headers(
+    token: str, identity: ForwardIdentity, *, verbose_ai_logs: bool | None = None
+) -> dict[str, str]:
+    headers = {
         "Authorization": f"Bearer {token}",
         "X-Gitlab-Authentication-Type": wire.AUTH_TYPE_OIDC,
         "X-Gitlab-Instance-Id": identity.instance_id,
@@ -67,6 +70,9 @@ def gateway_headers(token: str, identity: ForwardIdentity) -> dict[str, str]:
         "X-Request-ID": identity.request_id,
         "Content-Type": "application/json",
     }
+    if verbose_ai_logs is not None:
+        headers["X-Gitlab-Enabled-Instance-Verbose-Ai-Logs"] = str(verbose_ai_logs).lower()
+    return headers
 
 
 class GatewayClient:
@@ -100,36 +106,71 @@ class GatewayClient:
             await self._session.close()
             self._session = None
 
-    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async def post(
+        self,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        base_url: str | None = None,
+        timeout_s: float | None = None,
+    ) -> aiohttp.ClientResponse:
         """POST ``body`` to ``<gateway>/<path>`` and return the response with headers read.
 
-        The caller reads the body and must release the response. Transport failures become
-        :class:`GatewayUnavailableError` with a message that says what to check.
+        ``base_url`` and ``timeout_s`` override the configured ones for this request (the
+        administrator's AI settings, read per request). ``path`` is sent as given: encoded
+        characters such as ``%2F`` stay encoded. The caller reads the body and must release
+        the response. Transport failures become :class:`GatewayUnavailableError` with a
+        message that says what to check.
         """
         if self._session is None:
             raise RuntimeError("GatewayClient.start() was not called")
-        url = f"{self.base_url}{path}"
+        base = (base_url or self.base_url).rstrip("/")
+        timeout = timeout_s or self.timeout_s
+        url = f"{base}{path}"
+        options: dict[str, object] = {}
+        if timeout_s is not None:
+            options["timeout"] = aiohttp.ClientTimeout(
+                total=None, sock_connect=min(CONNECT_TIMEOUT_S, timeout), sock_read=timeout
+            )
         try:
-            return await self._session.post(url, data=body, headers=headers, allow_redirects=False)
+            return await self._session.post(
+                yarl.URL(url, encoded=True),
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                **options,  # type: ignore[arg-type]
+            )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             log.warning("gateway_timeout", url=url, error=type(exc).__name__)
             raise GatewayUnavailableError(
                 504,
-                f"the AI gateway at {self.base_url} did not answer within "
-                f"{self.timeout_s:g} s. Check the gateway and model server logs; for slow models "
-                "raise ENCLAVE_INSTANCE__GATEWAY_TIMEOUT_S.",
+                f"the AI gateway at {base} did not answer within "
+                f"{timeout:g} s. Check the gateway and model server logs; for slow models "
+                "raise the AI gateway timeout (admin AI settings, 60-600 s).",
             ) from exc
         except aiohttp.ClientConnectorError as exc:
             log.warning("gateway_unreachable", url=url, error=str(exc.os_error or exc))
             raise GatewayUnavailableError(
                 502,
-                f"could not connect to the AI gateway at {self.base_url}. Check that the gateway "
-                "is running and that ENCLAVE_GATEWAY_URL (instance.gateway_url) points to it.",
+                f"could not connect to the AI gateway at {base}. Check that the gateway "
+                "is running and that the AI gateway URL (admin AI settings, or "
+                "ENCLAVE_GATEWAY_URL) points to it.",
             ) from exc
         except aiohttp.ClientError as exc:
             log.warning("gateway_connection_failed", url=url, error=type(exc).__name__)
             raise GatewayUnavailableError(
                 502,
-                f"the connection to the AI gateway at {self.base_url} failed "
+                f"the connection to the AI gateway at {base} failed "
                 f"({type(exc).__name__}). Check the gateway logs.",
             ) from exc
+
+    async def get(self, url: str, timeout_s: float) -> int:
+        """GET an absolute URL (health checks); the status, or raises aiohttp errors."""
+        if self._session is None:
+            raise RuntimeError("GatewayClient.start() was not called")
+        async with self._session.get(
+            url, timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False
+        ) as response:
+            await response.read()
+            return response.status

@@ -159,6 +159,15 @@ class KeyStore:
             keys = _load_keys(directory)
         return cls(list(keys.values()), _active_kid(directory, keys)), created
 
+    @classmethod
+    def load(cls, keys_dir: Path) -> KeyStore:
+        """The existing keys; :class:`KeyStoreError` when there are none (nothing is created)."""
+        directory = keys_dir / SIGNING_SUBDIR
+        keys = _load_keys(directory) if directory.is_dir() else {}
+        if not keys:
+            raise KeyStoreError(f"no signing key in {directory}")
+        return cls(list(keys.values()), _active_kid(directory, keys))
+
 
 def _load_keys(directory: Path) -> dict[str, SigningKey]:
     keys: dict[str, SigningKey] = {}

@@ -24,6 +24,7 @@ from enclave.instance.app import create_app
 from enclave.instance.context import InstanceContext
 from enclave.instance.db.models import FeatureSetting, PersonalAccessToken, User
 from enclave.instance.pats import create_token
+from tests.unit.instance.pg import PostgresServer, postgres_server, postgres_wanted
 
 COMPLETION_RESPONSE: dict[str, Any] = {
     "id": "id",
@@ -49,12 +50,73 @@ def _isolated_env() -> Iterator[None]:
         yield
 
 
+# --- database backends ------------------------------------------------------------------------
+# Every test that touches the database runs on SQLite and on PostgreSQL: it asks for the
+# ``db_backend`` fixture (directly, through ``settings`` / ``instance`` / ..., or with
+# ``pytestmark = pytest.mark.usefixtures("db_backend")``) and ``make_settings`` then points the
+# data dir at a database of that backend.
+
+
+@dataclass
+class Backend:
+    name: str
+    server: PostgresServer | None = None
+
+    def database_url_for(self, data_dir: Path) -> str | None:
+        """None for SQLite (the default file in the data dir); one database per data dir else."""
+        if self.server is None:
+            return None
+        return self.server.database_for(str(data_dir))
+
+    def new_database_url(self, tmp_path: Path) -> str:
+        if self.server is None:
+            return f"sqlite:///{tmp_path / f'db{time.monotonic_ns()}' / 'instance.db'}"
+        return self.server.create_database()
+
+
+_current_backend = Backend("sqlite")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    wanted, reason = postgres_wanted()
+    if not wanted:
+        pytest.skip(reason)
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def db_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    global _current_backend
+    backend = (
+        Backend("postgresql", request.getfixturevalue("postgres"))
+        if request.param == "postgresql"
+        else Backend("sqlite")
+    )
+    previous, _current_backend = _current_backend, backend
+    try:
+        yield backend
+    finally:
+        _current_backend = previous
+
+
+@pytest.fixture()
+def sqlite_only(db_backend: Backend) -> None:
+    if db_backend.name != "sqlite":
+        pytest.skip("checks SQLite-specific behaviour")
+
+
 def make_settings(data_dir: Path, **instance: Any) -> EnclaveSettings:
+    if "database_url" not in instance:
+        url = _current_backend.database_url_for(data_dir)
+        if url is not None:
+            instance["database_url"] = url
     return EnclaveSettings(data_dir=data_dir, instance=instance)
 
 
 @pytest.fixture()
-def settings(tmp_path: Path) -> EnclaveSettings:
+def settings(tmp_path: Path, db_backend: Backend) -> EnclaveSettings:
     return make_settings(tmp_path / "data")
 
 
@@ -66,6 +128,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    raw_path: str = ""
 
 
 Handler = Callable[[web.Request, "FakeGateway"], Awaitable[web.StreamResponse]]
@@ -99,8 +162,13 @@ class FakeGateway:
         self.disconnected.clear()
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append(Recorded(request.path, dict(request.headers), await request.json()))
+        self.requests.append(
+            Recorded(request.path, dict(request.headers), await request.json(), request.raw_path)
+        )
         return await self.handler(request, self)
+
+    async def _healthz(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "ok"})
 
     def start(self) -> None:
         ready = threading.Event()
@@ -112,6 +180,9 @@ class FakeGateway:
             app = web.Application()
             app.router.add_post("/v2/code/completions", self._dispatch)
             app.router.add_post("/v2/code/generations", self._dispatch)
+            app.router.add_post("/v1/prompts/{prompt_id:.*}", self._dispatch)
+            app.router.add_post("/v1/chat/{invokable}", self._dispatch)
+            app.router.add_get("/monitoring/healthz", self._healthz)
             self._runner = web.AppRunner(app, access_log=None)
             self._loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -236,7 +307,9 @@ def start_instance(settings: EnclaveSettings, port: int) -> LiveInstance:
 
 
 @pytest.fixture()
-def live_instance_factory(tmp_path: Path) -> Iterator[Callable[..., LiveInstance]]:
+def live_instance_factory(
+    tmp_path: Path, db_backend: Backend
+) -> Iterator[Callable[..., LiveInstance]]:
     """Start instances with given instance settings; all are stopped at the end of the test."""
     started: list[LiveInstance] = []
 
@@ -261,7 +334,7 @@ def write_model_api_key(data_dir: Path, key: str = MODEL_API_KEY) -> None:
 
 @pytest.fixture(scope="module")
 def instance(
-    gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory
+    gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory, db_backend: Backend
 ) -> Iterator[LiveInstance]:
     """One instance per module, with the embedded model registered and the fake gateway."""
     data_dir = tmp_path_factory.mktemp("instance") / "data"

@@ -6,6 +6,7 @@ import stat
 import threading
 from pathlib import Path
 
+import pytest
 import structlog
 from sqlalchemy import func, select
 
@@ -29,6 +30,8 @@ from tests.unit.instance.conftest import (
     make_settings,
     write_model_api_key,
 )
+
+pytestmark = pytest.mark.usefixtures("db_backend")
 
 
 def mode(path: Path) -> int:
@@ -55,7 +58,8 @@ def test_first_start_creates_everything(settings: EnclaveSettings) -> None:
     assert mode(settings.data_dir) == 0o700
     assert mode(settings.keys_dir) == 0o700
     assert mode(settings.secret_key_file) == 0o600
-    assert mode(Path(settings.database_url.removeprefix("sqlite:///"))) == 0o600
+    if settings.database_url.startswith("sqlite"):
+        assert mode(Path(settings.database_url.removeprefix("sqlite:///"))) == 0o600
     # The token works, as the admin, with the scopes the AI endpoints accept.
     sessions = make_session_factory(make_engine(settings.database_url))
     with sessions() as session:

@@ -24,7 +24,9 @@ from enclave.instance.db import (
     make_session_factory,
     upgrade,
 )
+from tests.unit.instance.conftest import Backend
 
+HEAD = "0002"
 TABLES = {
     "instance_settings",
     "users",
@@ -32,13 +34,14 @@ TABLES = {
     "ai_self_hosted_models",
     "ai_feature_settings",
     "audit_events",
+    "ai_settings",
     "alembic_version",
 }
 
 
 @pytest.fixture()
-def db_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'db' / 'instance.db'}"
+def db_url(tmp_path: Path, db_backend: Backend) -> str:
+    url = db_backend.new_database_url(tmp_path)
     upgrade(url)
     return url
 
@@ -46,14 +49,14 @@ def db_url(tmp_path: Path) -> str:
 def test_upgrade_creates_every_table_at_head(db_url: str) -> None:
     engine = make_engine(db_url)
     assert set(inspect(engine).get_table_names()) == TABLES
-    assert current_revision(engine) == head_revision() == "0001"
+    assert current_revision(engine) == head_revision() == HEAD
     engine.dispose()
 
 
 def test_upgrade_twice_is_a_no_op(db_url: str) -> None:
     upgrade(db_url)
     engine = make_engine(db_url)
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == HEAD
     engine.dispose()
 
 
@@ -66,6 +69,7 @@ def test_models_and_migrations_agree(db_url: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.usefixtures("sqlite_only")
 def test_sqlite_runs_with_wal_and_foreign_keys(db_url: str) -> None:
     engine = make_engine(db_url)
     with engine.connect() as connection:
@@ -75,8 +79,9 @@ def test_sqlite_runs_with_wal_and_foreign_keys(db_url: str) -> None:
     engine.dispose()
 
 
-def test_database_file_and_new_dir_are_private(db_url: str, tmp_path: Path) -> None:
-    path = tmp_path / "db" / "instance.db"
+@pytest.mark.usefixtures("sqlite_only")
+def test_database_file_and_new_dir_are_private(db_url: str) -> None:
+    path = Path(db_url.removeprefix("sqlite:///"))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
@@ -138,6 +143,7 @@ def test_naive_datetimes_are_refused(db_url: str) -> None:
         session.add(User(username="u", name="u", email="u@example.com", created_at=naive))
 
 
+@pytest.mark.usefixtures("sqlite_only")
 def test_in_memory_sqlite_works_for_tools() -> None:
     engine = make_engine("sqlite://")
     with engine.connect() as connection:
@@ -145,6 +151,7 @@ def test_in_memory_sqlite_works_for_tools() -> None:
     engine.dispose()
 
 
+@pytest.mark.usefixtures("sqlite_only")
 def test_sqlite_ddl_is_transactional(db_url: str) -> None:
     """What makes a failed migration roll back entirely (the stdlib driver would autocommit)."""
     engine = make_engine(db_url)

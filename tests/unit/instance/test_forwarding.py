@@ -458,4 +458,5 @@ def test_only_the_expected_headers_travel(
         "x-gitlab-version",
         "x-request-id",
         "content-type",
+        "x-gitlab-enabled-instance-verbose-ai-logs",
     }

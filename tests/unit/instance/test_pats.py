@@ -30,11 +30,12 @@ from enclave.instance.pats import (
     create_token,
     token_from_headers,
 )
+from tests.unit.instance.conftest import Backend
 
 
 @pytest.fixture()
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'instance.db'}"
+def sessions(tmp_path: Path, db_backend: Backend) -> Iterator[sessionmaker[Session]]:
+    url = db_backend.new_database_url(tmp_path)
     upgrade(url)
     engine = make_engine(url)
     yield make_session_factory(engine)

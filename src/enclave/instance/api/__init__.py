@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from enclave.instance.api import code_suggestions, discovery, health, users
+from enclave.instance.api import admin_ai, chat, code_suggestions, discovery, health, users
 
 
 def all_routers() -> list[APIRouter]:
-    return [discovery.router, health.router, users.router, code_suggestions.router]
+    return [
+        discovery.router,
+        health.router,
+        users.router,
+        code_suggestions.router,
+        chat.router,
+        admin_ai.router,
+        admin_ai.audit_router,
+    ]

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from enclave.common.logging import get_logger
+from enclave.instance import ai_settings
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.middleware import annotate
@@ -76,9 +77,14 @@ async def read_json_body(request: Request, limit: int = MAX_BODY_BYTES) -> dict[
     return data
 
 
-def _resolve(ctx: InstanceContext, feature: Feature) -> ResolvedModel:
+def _resolve(
+    ctx: InstanceContext, feature: Feature
+) -> tuple[ResolvedModel, ai_settings.EffectiveAiSettings]:
+    """The feature's model and the AI settings, read fresh per request: an administrator's
+    change takes effect on the next request, on every replica."""
     with ctx.sessions() as session, session.begin():
-        return resolve_feature(session, ctx.secret_box, feature)
+        model = resolve_feature(session, ctx.secret_box, feature)
+        return model, ai_settings.effective(session, ctx.settings)
 
 
 @router.post("/api/v4/code_suggestions/completions")
@@ -94,7 +100,7 @@ async def completions(
     feature = feature_for(intent)
     annotate(request, feature=feature.value, stream=suggestion.stream)
     try:
-        model = await run_in_threadpool(_resolve, ctx, feature)
+        model, effective = await run_in_threadpool(_resolve, ctx, feature)
     except FeatureUnavailableError as exc:
         raise InstanceAPIError(403, str(exc)) from None
     except FeatureMisconfiguredError as exc:
@@ -113,7 +119,11 @@ async def completions(
         upstream = await ctx.gateway.post(
             gateway_path(intent),
             orjson.dumps(gateway_body(suggestion, intent, model)),
-            gateway_headers(minted.token, identity),
+            gateway_headers(
+                minted.token, identity, verbose_ai_logs=effective.enabled_instance_verbose_ai_logs
+            ),
+            base_url=effective.ai_gateway_url,
+            timeout_s=effective.ai_gateway_timeout_seconds,
         )
     except GatewayUnavailableError as exc:
         raise gateway_error(exc) from None

@@ -8,6 +8,7 @@ from typing import cast
 from fastapi import Request
 
 from enclave.common.logging import get_logger
+from enclave.instance.actor import Actor
 from enclave.instance.api.errors import InstanceAPIError, unauthorized
 from enclave.instance.context import InstanceContext
 from enclave.instance.pats import (
@@ -55,3 +56,24 @@ def authenticated(accepted_scopes: Iterable[str]) -> Callable[[Request], Princip
         return principal
 
     return dependency
+
+
+ADMIN_SCOPES = frozenset({"api"})
+
+
+def admin_user(request: Request) -> Principal:
+    """A dependency for admin endpoints: a PAT with scope ``api`` of an administrator.
+
+    401 without a valid token, 403 for a non-admin (or a token without ``api``)."""
+    principal = authenticated(ADMIN_SCOPES)(request)
+    if not principal.is_admin:
+        log.info("admin_required", user_id=principal.user_id)
+        raise InstanceAPIError(
+            403, "this endpoint is for administrators; ask an administrator to do it for you"
+        )
+    return principal
+
+
+def actor_of(request: Request, principal: Principal) -> Actor:
+    client = request.client.host if request.client else None
+    return Actor(principal.user_id, principal.username, client)

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
+from enclave.instance.admin_errors import AdminError, ModelInUseError
 
 log = get_logger(__name__)
 
@@ -29,6 +30,7 @@ _REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
     413: "Request Entity Too Large",
     415: "Unsupported Media Type",
     500: "Internal Server Error",
@@ -99,8 +101,19 @@ async def _database_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _admin_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AdminError)
+    extra: dict[str, Any] = {}
+    if exc.field:
+        extra["errors"] = {exc.field: [exc.message]}
+    if isinstance(exc, ModelInUseError):
+        extra["features"] = exc.features
+    return error_response(exc.status, status_message(exc.status, exc.message), **extra)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InstanceAPIError, _instance_error)
+    app.add_exception_handler(AdminError, _admin_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_error)

@@ -1,45 +1,249 @@
-"""``GET /api/v4/user``: the authenticated user, in GitLab's shape (clients use it to check a
-token and show who is signed in)."""
+"""Users and personal access tokens, in GitLab's REST shapes.
+
+* ``GET /api/v4/user`` — the caller (clients use it to check a token).
+* ``GET /api/v4/users`` (everyone: public fields; admins: all), ``POST /api/v4/users`` (admin),
+  ``GET /api/v4/users/:id``, ``POST /api/v4/users/:id/block`` / ``unblock`` (admin).
+* ``POST /api/v4/users/:id/personal_access_tokens`` (admin): the token is in the answer, once.
+* ``GET /api/v4/personal_access_tokens`` (admins: all, ``user_id`` filter; others: their own),
+  ``GET/DELETE /api/v4/personal_access_tokens/:id`` and ``…/self``: DELETE revokes (204).
+
+Authentication reads the token row on every request, so a revoked or expired token stops
+working at once on every replica.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
-from enclave.instance.api.deps import authenticated, context_of
-from enclave.instance.pats import READ_USER_SCOPES, Principal
+from enclave.instance import accounts
+from enclave.instance.api.deps import actor_of, admin_user, authenticated, context_of
+from enclave.instance.api.errors import InstanceAPIError
+from enclave.instance.api.pagination import Page, page_params, set_headers
+from enclave.instance.context import InstanceContext
+from enclave.instance.pats import READ_USER_SCOPES, SCOPE_API, SCOPE_READ_API, Principal
 
-router = APIRouter()
+T = TypeVar("T")
+
+router = APIRouter(tags=["users and tokens"])
+
+Admin = Annotated[Principal, Depends(admin_user)]
+Reader = Annotated[Principal, Depends(authenticated(READ_USER_SCOPES))]
+ApiUser = Annotated[Principal, Depends(authenticated({SCOPE_API}))]
+ApiReader = Annotated[Principal, Depends(authenticated({SCOPE_API, SCOPE_READ_API}))]
+Paging = Annotated[Page, Depends(page_params)]
 
 
-def _iso(principal: Principal) -> str:
-    # GitLab's API format: UTC with milliseconds and a Z.
-    return principal.created_at.strftime("%Y-%m-%dT%H:%M:%S.") + (
-        f"{principal.created_at.microsecond // 1000:03d}Z"
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # GitLab clients send password etc.; not used
+
+    username: str | None = Field(None, description="Login name: letters, digits, _ . -")
+    name: str | None = Field(None, description="Display name (default: the username).")
+    email: str | None = Field(None, description="E-mail address, unique.")
+    admin: bool = Field(False, description="Make the user an administrator.")
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description="Where the token is used, e.g. 'vscode'.")
+    scopes: list[str] | str | None = Field(
+        None, description="api, read_api, read_user and/or ai_features."
+    )
+    expires_at: str | None = Field(
+        None, description="YYYY-MM-DD; the token stops working at 00:00 UTC that day."
+    )
+    description: str | None = Field(None, description="Accepted for GitLab compatibility.")
+
+
+def _db(ctx: InstanceContext, work: Callable[[Session], T]) -> T:
+    with ctx.sessions() as session, session.begin():
+        return work(session)
+
+
+@router.get("/api/v4/user", summary="The authenticated user")
+def current_user(request: Request, principal: Reader) -> dict[str, Any]:
+    ctx = context_of(request)
+    return _db(
+        ctx, lambda s: accounts.user_view(accounts.get_user(s, principal.user_id), ctx.issuer)
     )
 
 
-@router.get("/api/v4/user")
-async def current_user(
-    request: Request, principal: Annotated[Principal, Depends(authenticated(READ_USER_SCOPES))]
+@router.get("/api/v4/users", summary="List users")
+def list_users(
+    request: Request,
+    response: Response,
+    principal: ApiReader,
+    page: Paging,
+    search: Annotated[str | None, Query(description="Part of username, name or e-mail.")] = None,
+    username: Annotated[str | None, Query(description="Exactly this username.")] = None,
+) -> list[dict[str, Any]]:
+    ctx = context_of(request)
+
+    def work(session: Session) -> list[dict[str, Any]]:
+        rows, total = accounts.list_users(
+            session, offset=page.offset, limit=page.per_page, search=search, username=username
+        )
+        set_headers(request, response, page, total)
+        return [
+            accounts.user_view(
+                user, ctx.issuer, full=principal.is_admin or user.id == principal.user_id
+            )
+            for user in rows
+        ]
+
+    return _db(ctx, work)
+
+
+@router.post("/api/v4/users", status_code=201, summary="Create a user (admin)")
+def create_user(request: Request, body: UserCreate, principal: Admin) -> dict[str, Any]:
+    ctx = context_of(request)
+    actor = actor_of(request, principal)
+    return _db(
+        ctx,
+        lambda s: accounts.user_view(
+            accounts.create_user(
+                s,
+                username=body.username,
+                name=body.name,
+                email=body.email,
+                is_admin=body.admin,
+                actor=actor,
+            ),
+            ctx.issuer,
+        ),
+    )
+
+
+@router.get("/api/v4/users/{user_id}", summary="Show a user")
+def show_user(request: Request, user_id: int, principal: ApiReader) -> dict[str, Any]:
+    ctx = context_of(request)
+    full = principal.is_admin or principal.user_id == user_id
+    return _db(
+        ctx, lambda s: accounts.user_view(accounts.get_user(s, user_id), ctx.issuer, full=full)
+    )
+
+
+@router.post("/api/v4/users/{user_id}/block", status_code=201, summary="Block a user (admin)")
+def block_user(request: Request, user_id: int, principal: Admin) -> bool:
+    ctx = context_of(request)
+    actor = actor_of(request, principal)
+    _db(ctx, lambda s: accounts.set_blocked(s, user_id, True, actor))
+    return True
+
+
+@router.post("/api/v4/users/{user_id}/unblock", status_code=201, summary="Unblock (admin)")
+def unblock_user(request: Request, user_id: int, principal: Admin) -> bool:
+    ctx = context_of(request)
+    actor = actor_of(request, principal)
+    _db(ctx, lambda s: accounts.set_blocked(s, user_id, False, actor))
+    return True
+
+
+@router.post(
+    "/api/v4/users/{user_id}/personal_access_tokens",
+    status_code=201,
+    summary="Create a personal access token for a user (admin); the token is shown once",
+)
+def create_token(
+    request: Request, user_id: int, body: TokenCreate, principal: Admin
 ) -> dict[str, Any]:
-    issuer = context_of(request).issuer
-    return {
-        "id": principal.user_id,
-        "username": principal.username,
-        "name": principal.name,
-        "state": "active",  # blocked users never authenticate
-        "locked": False,
-        "avatar_url": None,
-        "web_url": f"{issuer}/{principal.username}",
-        "created_at": _iso(principal),
-        "bio": "",
-        "public_email": None,
-        "email": principal.email,
-        "is_admin": principal.is_admin,
-        "bot": False,
-        "external": False,
-        "two_factor_enabled": False,
-        "private_profile": False,
-    }
+    ctx = context_of(request)
+    actor = actor_of(request, principal)
+
+    def work(session: Session) -> dict[str, Any]:
+        row, created = accounts.create_personal_access_token(
+            session,
+            user_id,
+            name=body.name,
+            scopes=body.scopes,
+            expires_at=body.expires_at,
+            actor=actor,
+        )
+        return {**accounts.token_view(row), "token": created.plaintext}
+
+    response: dict[str, Any] = _db(ctx, work)
+    return response
+
+
+@router.get("/api/v4/personal_access_tokens", summary="List personal access tokens")
+def list_tokens(
+    request: Request,
+    response: Response,
+    principal: ApiReader,
+    page: Paging,
+    user_id: Annotated[int | None, Query(description="Admins: only this user's tokens.")] = None,
+    state: Annotated[
+        Literal["active", "inactive"] | None, Query(description="active or inactive.")
+    ] = None,
+    revoked: Annotated[bool | None, Query(description="Only (not) revoked tokens.")] = None,
+) -> list[dict[str, Any]]:
+    ctx = context_of(request)
+    if not principal.is_admin:
+        if user_id is not None and user_id != principal.user_id:
+            raise InstanceAPIError(403, "only administrators may list other users' tokens")
+        user_id = principal.user_id
+
+    def work(session: Session) -> list[dict[str, Any]]:
+        rows, total = accounts.list_tokens(
+            session,
+            user_id=user_id,
+            state=state,
+            revoked=revoked,
+            offset=page.offset,
+            limit=page.per_page,
+        )
+        set_headers(request, response, page, total)
+        return [accounts.token_view(row) for row in rows]
+
+    return _db(ctx, work)
+
+
+def _token_id(principal: Principal, token_ref: str) -> int:
+    if token_ref == "self":  # noqa: S105 - GitLab's alias for the caller's token
+        return principal.token_id
+    if not token_ref.isdigit():
+        raise InstanceAPIError(404, f"personal access token {token_ref!r} does not exist")
+    return int(token_ref)
+
+
+def _own_or_admin(principal: Principal, owner_id: int, token_id: int) -> None:
+    if not principal.is_admin and owner_id != principal.user_id:
+        # Like GitLab: someone else's token is "not found", not "forbidden".
+        raise InstanceAPIError(404, f"personal access token {token_id} does not exist")
+
+
+@router.get("/api/v4/personal_access_tokens/{token_ref}", summary="Show a token (or 'self')")
+def show_token(request: Request, token_ref: str, principal: ApiReader) -> dict[str, Any]:
+    ctx = context_of(request)
+    token_id = _token_id(principal, token_ref)
+
+    def work(session: Session) -> dict[str, Any]:
+        token = accounts.get_token(session, token_id)
+        _own_or_admin(principal, token.user_id, token_id)
+        return accounts.token_view(token)
+
+    return _db(ctx, work)
+
+
+@router.delete(
+    "/api/v4/personal_access_tokens/{token_ref}",
+    status_code=204,
+    summary="Revoke a token (or 'self'); effective at once on every replica",
+)
+def revoke_token(request: Request, token_ref: str, principal: ApiUser) -> Response:
+    ctx = context_of(request)
+    token_id = _token_id(principal, token_ref)
+    actor = actor_of(request, principal)
+
+    def work(session: Session) -> None:
+        token = accounts.get_token(session, token_id)
+        _own_or_admin(principal, token.user_id, token_id)
+        accounts.revoke_token(session, token_id, actor)
+
+    _db(ctx, work)
+    return Response(status_code=204)

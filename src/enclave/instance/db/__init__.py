@@ -2,8 +2,9 @@
 
 from enclave.instance.db.base import Base, UTCDateTime, utcnow
 from enclave.instance.db.engine import make_engine, make_session_factory
-from enclave.instance.db.migrate import current_revision, head_revision, upgrade
+from enclave.instance.db.migrate import current_revision, downgrade, head_revision, upgrade
 from enclave.instance.db.models import (
+    AiSetting,
     AuditEvent,
     FeatureProvider,
     FeatureSetting,
@@ -15,6 +16,7 @@ from enclave.instance.db.models import (
 )
 
 __all__ = [
+    "AiSetting",
     "AuditEvent",
     "Base",
     "FeatureProvider",
@@ -26,6 +28,7 @@ __all__ = [
     "UTCDateTime",
     "User",
     "current_revision",
+    "downgrade",
     "head_revision",
     "make_engine",
     "make_session_factory",

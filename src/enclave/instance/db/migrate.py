@@ -59,3 +59,21 @@ def upgrade(database_url: str, revision: str = "head") -> None:
                 command.upgrade(alembic_config(connection), revision)
     finally:
         engine.dispose()
+
+
+def downgrade(database_url: str, revision: str) -> None:
+    """Take the database at ``database_url`` back to ``revision`` (e.g. ``"-1"``), under the
+    same lock as :func:`upgrade`. Back up first: a downgrade drops what newer releases added."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                connection.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.exec_driver_sql(
+                        f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK_ID})"
+                    )
+                command.downgrade(alembic_config(connection), revision)
+    finally:
+        engine.dispose()

@@ -41,9 +41,11 @@ class FeatureProvider(StrEnum):
 class ModelProvider(StrEnum):
     """How the gateway reaches a self-hosted model (GitLab's ``Ai::SelfHostedModel#provider``)."""
 
-    API = "api"
+    API = "api"  # any OpenAI-compatible API (vLLM, Ollama, llama.cpp, TGI, LM Studio, ...)
     BEDROCK = "bedrock"
+    AZURE_OPENAI = "azure_openai"
     VERTEX_AI = "vertex_ai"
+    ANTHROPIC = "anthropic"
 
 
 class InstanceSetting(Base):
@@ -58,6 +60,31 @@ class InstanceSetting(Base):
     # the raw id, and without the salt the pseudonym cannot be reversed by trying small ids.
     user_id_salt: Mapped[bytes] = mapped_column(LargeBinary(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AiSetting(Base):
+    """Singleton row (id = 1): instance-wide AI settings (GitLab's ``Ai::Setting``).
+
+    NULL means "use the value from the configuration" (``instance.gateway_url`` /
+    ``instance.gateway_timeout_s``), so a fresh install follows its config file until an
+    administrator sets a value here; then every replica follows the database at once.
+    """
+
+    __tablename__ = "ai_settings"
+    __table_args__ = (
+        CheckConstraint("id = 1", name="singleton"),
+        CheckConstraint(
+            "ai_gateway_timeout_seconds IS NULL OR "
+            "(ai_gateway_timeout_seconds >= 60 AND ai_gateway_timeout_seconds <= 600)",
+            name="timeout_range",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False, default=1)
+    ai_gateway_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    ai_gateway_timeout_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    enabled_instance_verbose_ai_logs: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class User(Base):
@@ -161,6 +188,9 @@ class AuditEvent(Base):
     author_id: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True
     )
+    # Kept as written at the time: the event stays readable after the user is renamed or gone.
+    author_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    ip_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
     action: Mapped[str] = mapped_column(String(64), index=True)
     target: Mapped[str] = mapped_column(String(255))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

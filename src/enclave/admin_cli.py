@@ -1,0 +1,842 @@
+"""Administration commands: ``enclave models|features|settings|users|tokens|secret-key|doctor``.
+
+They work directly on the instance database of the configured data dir (``--data-dir`` /
+``ENCLAVE_DATA_DIR``) or ``ENCLAVE_DATABASE_URL``, with the same validation, audit events and
+messages as the admin REST API; the audit log names the operating-system user with
+"(enclave CLI)". Output is a table, or JSON with ``--json``. Exit codes: 0 done, 1 refused or
+failed (the message says why), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print JSON instead of a table (for scripts).")
+]
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _configure_logging() -> None:
+    """Warnings and errors only, on stderr: the command's output is for people and scripts."""
+    from enclave.common.logging import configure_logging
+
+    configure_logging("cli", "warning", "console")
+
+
+@dataclass
+class Env:
+    settings: Any
+    boot: Any
+    sessions: sessionmaker[Session]
+    actor: Any
+
+
+@contextmanager
+def _env() -> Iterator[Env]:
+    """Settings, an initialised instance (migrations, keys; idempotent) and sessions."""
+    from enclave.config import load_settings
+    from enclave.instance.actor import Actor
+    from enclave.instance.bootstrap import initialise
+    from enclave.instance.db.engine import make_engine, make_session_factory
+
+    _configure_logging()
+    try:
+        settings = load_settings()
+        boot = initialise(settings)
+    except Exception as exc:  # configuration, database or key problems: say which
+        _fail(f"cannot open the instance: {exc}")
+    engine = make_engine(settings.database_url)
+    try:
+        yield Env(settings, boot, make_session_factory(engine), Actor.cli())
+    finally:
+        engine.dispose()
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"Error: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+def _run(env: Env, work: Callable[[Session], T]) -> T:
+    from enclave.instance.admin_errors import AdminError
+
+    try:
+        with env.sessions() as session, session.begin():
+            return work(session)
+    except AdminError as exc:
+        _fail(exc.message)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def _print_json(data: Any) -> None:
+    out.print(json.dumps(_jsonable(data), indent=2, sort_keys=False), markup=False)
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if cell is None else str(cell) for cell in row))
+    out.print(table)
+
+
+def _read_secret(file: Path | None, env_name: str | None, what: str) -> str | None:
+    if file is not None and env_name is not None:
+        _fail(f"give the {what} with either a file or an environment variable, not both", 2)
+    if file is not None:
+        text = sys.stdin.read() if str(file) == "-" else _read_file(file)
+        return text.strip()
+    if env_name is not None:
+        value = os.environ.get(env_name)
+        if value is None:
+            _fail(f"environment variable {env_name} is not set", 2)
+        return (value or "").strip()
+    return None
+
+
+def _read_file(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}", 2)
+
+
+# ---------------------------------------------------------------------------------------------
+models_app = typer.Typer(
+    help="Self-hosted models the gateway can call (GitLab's self-hosted model registry).",
+    no_args_is_help=True,
+)
+
+ApiKeyFile = Annotated[
+    Path | None,
+    typer.Option(
+        help="Read the model's API key from this file ('-' reads standard input); it is stored "
+        "AES-256-GCM encrypted and never shown. Not on the command line: shells keep history."
+    ),
+]
+ApiKeyEnv = Annotated[
+    str | None,
+    typer.Option(help="Read the model's API key from this environment variable instead."),
+]
+
+
+def _model_rows(views: list[dict[str, Any]]) -> None:
+    _table(
+        "Self-hosted models",
+        [
+            "id",
+            "name",
+            "family",
+            "release",
+            "provider",
+            "endpoint",
+            "identifier",
+            "key",
+            "features",
+        ],
+        [
+            [
+                v["id"],
+                v["name"],
+                v["model"],
+                v["release_state"],
+                v["provider"],
+                v["endpoint"] or "-",
+                v["identifier"],
+                "yes" if v["has_api_token"] else "no",
+                ", ".join(v["feature_settings"]) or "-",
+            ]
+            for v in views
+        ],
+    )
+
+
+@models_app.command("list")
+def models_list(as_json: JsonOption = False) -> None:
+    """List the registered models (the API key is never shown, only whether there is one)."""
+    from enclave.instance import registry
+
+    with _env() as env:
+        views = _run(env, lambda s: [registry.model_view(m) for m in registry.list_models(s)[0]])
+    _print_json(views) if as_json else _model_rows(views)
+
+
+@models_app.command("add")
+def models_add(
+    name: Annotated[str, typer.Option(help="Deployment name, unique (e.g. mistral-vllm).")],
+    family: Annotated[
+        str,
+        typer.Option(
+            "--family",
+            "--model",
+            help="Model family: mistral, mixtral, codestral, llama3, codellama, codegemma, "
+            "deepseekcoder, gpt, qwen, gemini, claude_3 or general. It picks the prompts.",
+        ),
+    ],
+    identifier: Annotated[
+        str,
+        typer.Option(
+            help="Model id for the provider: custom_openai/<served-name> (api), "
+            "azure/<deployment>, bedrock/<model-id>, vertex_ai/<model>, anthropic/<model>."
+        ),
+    ],
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="http(s) URL of the model server, e.g. http://vllm.internal:8000/v1 "
+            "(required for api and azure_openai)."
+        ),
+    ] = None,
+    provider: Annotated[
+        str,
+        typer.Option(help="api (OpenAI-compatible), azure_openai, bedrock, vertex_ai, anthropic."),
+    ] = "api",
+    api_key_file: ApiKeyFile = None,
+    api_key_env: ApiKeyEnv = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Register a model. Test it afterwards with: enclave models test NAME."""
+    from enclave.instance import registry
+    from enclave.instance.admin_errors import AdminError
+
+    key = _read_secret(api_key_file, api_key_env, "API key")
+    try:
+        spec = registry.ModelSpec.parse(
+            {
+                "name": name,
+                "model": family,
+                "provider": provider,
+                "endpoint": endpoint,
+                "identifier": identifier,
+                "api_token": key,
+            }
+        )
+    except AdminError as exc:
+        _fail(exc.message)
+    with _env() as env:
+        view = _run(
+            env,
+            lambda s: registry.model_view(
+                registry.create_model(s, env.boot.secret_box, spec, env.actor)
+            ),
+        )
+    _print_json(view) if as_json else _model_rows([view])
+
+
+@models_app.command("update")
+def models_update(
+    model: Annotated[str, typer.Argument(help="Name or id of the model.")],
+    name: Annotated[str | None, typer.Option(help="New name.")] = None,
+    family: Annotated[
+        str | None, typer.Option("--family", "--model", help="New model family.")
+    ] = None,
+    identifier: Annotated[str | None, typer.Option(help="New identifier.")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="New endpoint URL.")] = None,
+    provider: Annotated[str | None, typer.Option(help="New provider kind.")] = None,
+    api_key_file: ApiKeyFile = None,
+    api_key_env: ApiKeyEnv = None,
+    remove_api_key: Annotated[
+        bool, typer.Option("--remove-api-key", help="Forget the stored API key.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Change a model; options not given keep their value."""
+    from enclave.instance import registry
+
+    changes: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "name": name,
+            "model": family,
+            "identifier": identifier,
+            "endpoint": endpoint,
+            "provider": provider,
+        }.items()
+        if v is not None
+    }
+    key = _read_secret(api_key_file, api_key_env, "API key")
+    if key is not None:
+        changes["api_token"] = key
+    if remove_api_key:
+        changes["api_token"] = ""
+    if not changes:
+        _fail("nothing to change; see enclave models update --help", 2)
+    with _env() as env:
+
+        def work(session: Session) -> dict[str, Any]:
+            target = registry.find_model(session, model)
+            updated = registry.update_model(
+                session, env.boot.secret_box, target.id, changes, env.actor
+            )
+            return registry.model_view(updated)
+
+        view = _run(env, work)
+    _print_json(view) if as_json else _model_rows([view])
+
+
+@models_app.command("delete")
+def models_delete(
+    model: Annotated[str, typer.Argument(help="Name or id of the model.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Delete a model; refused while a feature uses it (the message lists them)."""
+    from enclave.instance import registry
+
+    with _env() as env:
+
+        def work(session: Session) -> str:
+            target = registry.find_model(session, model)
+            registry.delete_model(session, target.id, env.actor)
+            return target.name
+
+        deleted = _run(env, work)
+    if as_json:
+        _print_json({"deleted": deleted})
+    else:
+        out.print(f"Deleted self-hosted model {deleted!r}.", markup=False)
+
+
+@models_app.command("test")
+def models_test(
+    model: Annotated[str, typer.Argument(help="Name or id of the model.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Ask the AI gateway to call the model (as GitLab's "Test connection" does) and report
+    success or the model's exact failure, with identifier suggestions where the server lists
+    its models. Exit code 1 when the test fails."""
+    from enclave.instance import ai_settings, registry
+    from enclave.instance.connection import ModelUnderTest, check_connection
+    from enclave.instance.gateway_client import (
+        ForwardIdentity,
+        GatewayClient,
+        host_name,
+        pseudonymous_user_id,
+    )
+    from enclave.instance.tokens import TokenMinter
+
+    with _env() as env:
+
+        def load(session: Session) -> tuple[ModelUnderTest, Any]:
+            target = registry.find_model(session, model)
+            return (
+                ModelUnderTest(
+                    target.name,
+                    target.family,
+                    target.provider,
+                    target.endpoint,
+                    target.identifier,
+                    registry.decrypt_api_token(env.boot.secret_box, target),
+                ),
+                ai_settings.effective(session, env.settings),
+            )
+
+        under_test, effective = _run(env, load)
+        issuer = env.settings.instance.issuer()
+        minter = TokenMinter(
+            env.boot.keys,
+            issuer=issuer,
+            instance_id=env.boot.instance_id,
+            lifetime_s=env.settings.instance.token_lifetime_s,
+        )
+        identity = ForwardIdentity(
+            instance_id=str(env.boot.instance_id),
+            host_name=host_name(issuer),
+            global_user_id=pseudonymous_user_id(env.boot.user_id_salt, env.boot.admin_user_id),
+            request_id=uuid.uuid4().hex,
+        )
+
+        async def check() -> Any:
+            client = GatewayClient(effective.ai_gateway_url, effective.ai_gateway_timeout_seconds)
+            await client.start()
+            try:
+                return await check_connection(client, minter, identity, under_test)
+            finally:
+                await client.close()
+
+        result = asyncio.run(check())
+    if as_json:
+        _print_json(result.view())
+    else:
+        mark = "[green]OK[/green]" if result.success else "[red]FAILED[/red]"
+        out.print(f"{mark} {under_test.name}: ", end="")
+        out.print(result.message, markup=False)
+        if result.suggested_identifiers:
+            out.print("Suggested identifiers: " + ", ".join(result.suggested_identifiers))
+    if not result.success:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+features_app = typer.Typer(
+    help="Which model serves each AI feature (disabled, vendored or a self-hosted model).",
+    no_args_is_help=True,
+)
+
+
+def _feature_rows(views: list[dict[str, Any]]) -> None:
+    def model_name(brief: dict[str, Any] | None) -> str:
+        return brief["name"] if brief else "-"
+
+    _table(
+        "Feature settings",
+        ["feature", "release", "set to", "model", "in effect", "effective model"],
+        [
+            [
+                v["feature"],
+                v["release_state"],
+                v["provider"],
+                model_name(v["self_hosted_model"]),
+                v["effective_provider"]
+                + (f" (from {v['inherited_from']})" if v["inherited_from"] else ""),
+                model_name(v["effective_self_hosted_model"]),
+            ]
+            for v in views
+        ],
+    )
+
+
+@features_app.command("list")
+def features_list(as_json: JsonOption = False) -> None:
+    """Every feature, what it is set to and what it uses in effect (chat sub-features that are
+    unassigned follow duo_chat)."""
+    from enclave.instance.feature_settings import list_feature_settings
+
+    with _env() as env:
+        views = _run(env, list_feature_settings)
+    _print_json(views) if as_json else _feature_rows(views)
+
+
+@features_app.command("set")
+def features_set(
+    features: Annotated[
+        list[str],
+        typer.Argument(
+            help="One or more features: code_completions, code_generations, duo_chat, "
+            "duo_chat_explain_code, duo_chat_write_tests, duo_chat_refactor_code, "
+            "duo_chat_fix_code, duo_chat_troubleshoot_job, explain_vulnerability, "
+            "resolve_vulnerability, summarize_review, summarize_new_merge_request, "
+            "generate_commit_message, review_merge_request, glab_ask_git_command."
+        ),
+    ],
+    provider: Annotated[
+        str | None,
+        typer.Option(
+            help="disabled, vendored, self_hosted or unassigned [default: self_hosted when "
+            "--model is given]."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Name or id of the self-hosted model (with provider self_hosted)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Set features to a model (or disabled / vendored / unassigned), all or none; a model
+    family that a feature does not support is refused with the families it does."""
+    from enclave.instance.admin_errors import AdminError
+    from enclave.instance.feature_settings import parse_feature, parse_provider, set_features
+
+    if provider is None and model is None:
+        _fail("give --model NAME, or --provider disabled|vendored|unassigned", 2)
+    try:
+        parsed = [parse_feature(f) for f in features]
+        chosen = parse_provider(provider or "self_hosted")
+    except AdminError as exc:
+        _fail(exc.message)
+    with _env() as env:
+        views = _run(env, lambda s: set_features(s, parsed, chosen, model, env.actor))
+    _print_json(views) if as_json else _feature_rows(views)
+
+
+# ---------------------------------------------------------------------------------------------
+settings_app = typer.Typer(
+    help="Instance-wide AI settings: AI gateway URL, its timeout, verbose AI logs.",
+    no_args_is_help=True,
+)
+
+
+def _settings_rows(view: dict[str, Any]) -> None:
+    _table("AI settings", ["setting", "value"], [[k, v] for k, v in view.items()])
+
+
+@settings_app.command("show")
+def settings_show(as_json: JsonOption = False) -> None:
+    """Show the AI settings in effect and where each comes from (database or configuration)."""
+    from enclave.instance import ai_settings
+
+    with _env() as env:
+        view = _run(env, lambda s: ai_settings.effective(s, env.settings).view())
+    _print_json(view) if as_json else _settings_rows(view)
+
+
+@settings_app.command("set")
+def settings_set(
+    gateway_url: Annotated[
+        str | None,
+        typer.Option(help="AI gateway URL (http/https); 'default' goes back to the configured."),
+    ] = None,
+    timeout: Annotated[
+        str | None,
+        typer.Option(help="Gateway timeout in seconds, 60-600; 'default' goes back to config."),
+    ] = None,
+    verbose_ai_logs: Annotated[
+        bool | None,
+        typer.Option(
+            "--verbose-ai-logs/--no-verbose-ai-logs",
+            help="Ask the gateway to log prompts and answers.",
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change AI settings; they take effect on the next request on every instance."""
+    from enclave.instance import ai_settings
+
+    changes: dict[str, Any] = {}
+    if gateway_url is not None:
+        changes["ai_gateway_url"] = None if gateway_url == "default" else gateway_url
+    if timeout is not None:
+        changes["ai_gateway_timeout_seconds"] = None if timeout == "default" else timeout
+    if verbose_ai_logs is not None:
+        changes["enabled_instance_verbose_ai_logs"] = verbose_ai_logs
+    if not changes:
+        _fail("nothing to change; see enclave settings set --help", 2)
+    with _env() as env:
+        view = _run(env, lambda s: ai_settings.update(s, env.settings, changes, env.actor).view())
+    _print_json(view) if as_json else _settings_rows(view)
+
+
+# ---------------------------------------------------------------------------------------------
+users_app = typer.Typer(help="Users (administrators and regular users).", no_args_is_help=True)
+
+
+def _user_rows(views: list[dict[str, Any]]) -> None:
+    _table(
+        "Users",
+        ["id", "username", "name", "email", "admin", "state", "created"],
+        [
+            [
+                v["id"],
+                v["username"],
+                v["name"],
+                v["email"],
+                v["is_admin"],
+                v["state"],
+                v["created_at"],
+            ]
+            for v in views
+        ],
+    )
+
+
+@users_app.command("add")
+def users_add(
+    username: Annotated[str, typer.Argument(help="Login name: letters, digits, _ . -")],
+    email: Annotated[str, typer.Option(help="E-mail address, unique.")],
+    name: Annotated[str | None, typer.Option(help="Display name [default: username].")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="Make the user an administrator.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a user. Give them a token with: enclave tokens create USERNAME."""
+    from enclave.instance import accounts
+
+    with _env() as env:
+        view = _run(
+            env,
+            lambda s: accounts.user_view(
+                accounts.create_user(
+                    s, username=username, name=name, email=email, is_admin=admin, actor=env.actor
+                ),
+                env.settings.instance.issuer(),
+            ),
+        )
+    _print_json(view) if as_json else _user_rows([view])
+
+
+@users_app.command("list")
+def users_list(
+    search: Annotated[
+        str | None, typer.Option(help="Only users whose username, name or e-mail contains this.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List users."""
+    from enclave.instance import accounts
+
+    with _env() as env:
+        views = _run(
+            env,
+            lambda s: [
+                accounts.user_view(u, env.settings.instance.issuer())
+                for u in accounts.list_users(s, search=search)[0]
+            ],
+        )
+    _print_json(views) if as_json else _user_rows(views)
+
+
+# ---------------------------------------------------------------------------------------------
+tokens_app = typer.Typer(
+    help="Personal access tokens (stored hashed; shown once, at creation).", no_args_is_help=True
+)
+
+
+def _token_rows(views: list[dict[str, Any]], users: dict[int, str]) -> None:
+    _table(
+        "Personal access tokens",
+        ["id", "user", "name", "prefix", "scopes", "expires", "last used", "active", "revoked"],
+        [
+            [
+                v["id"],
+                users.get(v["user_id"], v["user_id"]),
+                v["name"],
+                v["token_prefix"] + "…",
+                ", ".join(v["scopes"]),
+                v["expires_at"] or "never",
+                v["last_used_at"] or "never",
+                v["active"],
+                v["revoked"],
+            ]
+            for v in views
+        ],
+    )
+
+
+@tokens_app.command("create")
+def tokens_create(
+    username: Annotated[str, typer.Argument(help="The user the token belongs to (or their id).")],
+    name: Annotated[str, typer.Option(help="Where the token is used, e.g. vscode-laptop.")],
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            help="api, read_api, read_user or ai_features; repeat for several "
+            "[default: ai_features and read_user, enough for IDEs].",
+        ),
+    ] = None,
+    expires_at: Annotated[
+        str | None,
+        typer.Option(help="YYYY-MM-DD; the token stops working at 00:00 UTC that day."),
+    ] = None,
+    expires_in_days: Annotated[
+        int | None, typer.Option(help="Instead of --expires-at: expire after this many days.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a token and print it once: it cannot be shown again (only its digest is kept)."""
+    from datetime import timedelta
+
+    from enclave.instance import accounts
+
+    if expires_at is not None and expires_in_days is not None:
+        _fail("give --expires-at or --expires-in-days, not both", 2)
+    if expires_in_days is not None:
+        expires_at = (date.today() + timedelta(days=expires_in_days)).isoformat()
+    with _env() as env:
+
+        def work(session: Session) -> dict[str, Any]:
+            user = accounts.find_user(session, username)
+            row, created = accounts.create_personal_access_token(
+                session,
+                user.id,
+                name=name,
+                scopes=scope or ["ai_features", "read_user"],
+                expires_at=expires_at,
+                actor=env.actor,
+            )
+            return {
+                **accounts.token_view(row),
+                "username": user.username,
+                "token": created.plaintext,
+            }
+
+        view = _run(env, work)
+    if as_json:
+        _print_json(view)
+        return
+    _token_rows([view], {view["user_id"]: view["username"]})
+    out.print("\nToken (shown once, store it now):", markup=False)
+    out.print(view["token"], markup=False)
+
+
+@tokens_app.command("list")
+def tokens_list(
+    user: Annotated[
+        str | None, typer.Option(help="Only this user's tokens (username or id).")
+    ] = None,
+    state: Annotated[str | None, typer.Option(help="active or inactive.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List tokens (never their values)."""
+    from enclave.instance import accounts
+    from enclave.instance.db.models import User
+
+    if state not in (None, "active", "inactive"):
+        _fail(f"--state must be active or inactive (got {state!r})", 2)
+    with _env() as env:
+
+        def work(session: Session) -> tuple[list[dict[str, Any]], dict[int, str]]:
+            user_id = accounts.find_user(session, user).id if user is not None else None
+            rows, _ = accounts.list_tokens(session, user_id=user_id, state=state)  # type: ignore[arg-type]
+            names = {u.id: u.username for u in session.query(User).all()}
+            return [accounts.token_view(r) for r in rows], names
+
+        views, names = _run(env, work)
+    _print_json(views) if as_json else _token_rows(views, names)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[int, typer.Argument(help="Id of the token (see enclave tokens list).")],
+    as_json: JsonOption = False,
+) -> None:
+    """Revoke a token; it stops working at once on every instance."""
+    from enclave.instance import accounts
+
+    with _env() as env:
+        view = _run(
+            env, lambda s: accounts.token_view(accounts.revoke_token(s, token_id, env.actor))
+        )
+    if as_json:
+        _print_json(view)
+    else:
+        out.print(f"Revoked personal access token {token_id} ({view['name']}).", markup=False)
+
+
+# ---------------------------------------------------------------------------------------------
+secret_key_app = typer.Typer(
+    help="The secret key that encrypts model API keys at rest (AES-256-GCM).",
+    no_args_is_help=True,
+)
+
+
+@secret_key_app.command("rotate")
+def secret_key_rotate(
+    new_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Use this key (base64 of 32 bytes) instead of generating one; required when "
+            "ENCLAVE_SECRET_KEY is set."
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-encrypt every stored API key with a new secret key.
+
+    With the key file (default) the new key replaces keys/secret.key and the old one is kept in
+    keys/secret.key.previous; running instances on the same data dir switch by themselves. With
+    ENCLAVE_SECRET_KEY, set it to the new key and restart every instance afterwards.
+    """
+    from enclave.config import load_settings
+    from enclave.instance.actor import Actor
+    from enclave.instance.bootstrap import initialise
+    from enclave.instance.secret_rotation import (
+        RotationError,
+        read_new_key_file,
+        rotate_secret_key,
+    )
+
+    _configure_logging()
+    try:
+        settings = load_settings()
+        initialise(settings)
+        key = read_new_key_file(str(new_key_file)) if new_key_file is not None else None
+        result = rotate_secret_key(settings, Actor.cli(), key)
+    except RotationError as exc:
+        _fail(str(exc))
+    view = {
+        "re_encrypted": result.re_encrypted,
+        "old_key_id": result.old_key_id,
+        "new_key_id": result.new_key_id,
+        "mode": "environment" if result.environment_mode else "key file",
+    }
+    if as_json:
+        _print_json(view)
+        return
+    out.print(
+        f"Re-encrypted {result.re_encrypted} API key(s): key {result.old_key_id} -> "
+        f"{result.new_key_id}.",
+        markup=False,
+    )
+    if result.environment_mode:
+        out.print(
+            f"Now set ENCLAVE_SECRET_KEY to the content of {new_key_file} and restart every "
+            "instance; until then they cannot decrypt the model API keys.",
+            markup=False,
+        )
+    else:
+        out.print(
+            f"The new key is in {settings.secret_key_file}; the old one stays in "
+            f"{settings.secret_key_file}.previous until you delete it.",
+            markup=False,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+def doctor(as_json: JsonOption = False) -> None:
+    """Check the whole setup end to end and say what is wrong and how to fix it: configuration,
+    database and schema, secret and signing keys, model API keys, feature map, the AI gateway,
+    the gateway's trust in this instance and every model (through the gateway). Exit code 1
+    when a check fails."""
+    from enclave.config import load_settings
+    from enclave.instance.doctor import run_checks
+
+    _configure_logging()
+    try:
+        settings = load_settings()
+    except Exception as exc:
+        _fail(f"the configuration does not load: {exc}")
+    checks = asyncio.run(run_checks(settings))
+    failed = any(check.status == "fail" for check in checks)
+    if as_json:
+        _print_json({"ok": not failed, "checks": [check.view() for check in checks]})
+    else:
+        table = Table(title="enclave doctor", title_justify="left")
+        for column in ("", "check", "result", "how to fix"):
+            table.add_column(column, overflow="fold")
+        marks = {"ok": "[green]✓[/green]", "warn": "[yellow]![/yellow]", "fail": "[red]✗[/red]"}
+        for check in checks:
+            table.add_row(marks[check.status], check.name, check.message, check.fix or "")
+        out.print(table)
+        out.print("All checks passed." if not failed else "Some checks failed; see 'how to fix'.")
+    if failed:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the administration commands to the ``enclave`` command line."""
+    app.add_typer(models_app, name="models")
+    app.add_typer(features_app, name="features")
+    app.add_typer(settings_app, name="settings")
+    app.add_typer(users_app, name="users")
+    app.add_typer(tokens_app, name="tokens")
+    app.add_typer(secret_key_app, name="secret-key")
+    app.command("doctor")(doctor)

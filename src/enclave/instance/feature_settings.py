@@ -1,0 +1,169 @@
+"""Changing and listing feature settings (GitLab's ``Ai::FeatureSettings::UpdateService``).
+
+Each feature is set to ``disabled``, ``vendored``, ``self_hosted`` (with a model whose family
+suits the feature) or back to ``unassigned``. Chat sub-features left unassigned follow
+``duo_chat``; the list shows both what a feature is set to and what it effectively uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, joinedload
+
+from enclave.instance import audit
+from enclave.instance.actor import Actor
+from enclave.instance.admin_errors import InvalidInputError, NotFoundError
+from enclave.instance.db.models import FeatureProvider, FeatureSetting, SelfHostedModel
+from enclave.instance.features import (
+    COMPATIBLE_FAMILIES,
+    FEATURE_RELEASE_STATES,
+    FEATURE_TITLES,
+    FEATURE_UNIT_PRIMITIVES,
+    Feature,
+    incompatibility,
+    main_feature,
+)
+from enclave.instance.registry import find_model
+
+PROVIDER_TITLES = {
+    FeatureProvider.DISABLED.value: "Disabled",
+    FeatureProvider.VENDORED.value: "Vendored model",
+    FeatureProvider.SELF_HOSTED.value: "Self-hosted model",
+    FeatureProvider.UNASSIGNED.value: "Unassigned",
+}
+
+
+def parse_feature(value: Any) -> Feature:
+    try:
+        return Feature(str(value).strip())
+    except ValueError:
+        raise InvalidInputError(
+            f"feature {value!r} is unknown; use one of: {', '.join(f.value for f in Feature)}",
+            field="feature",
+        ) from None
+
+
+def parse_provider(value: Any) -> FeatureProvider:
+    try:
+        return FeatureProvider(str(value).strip().lower())
+    except ValueError:
+        raise InvalidInputError(
+            f"provider {value!r} is unknown; use one of: "
+            f"{', '.join(p.value for p in FeatureProvider)}",
+            field="provider",
+        ) from None
+
+
+def _rows(session: Session) -> dict[str, FeatureSetting]:
+    rows = session.scalars(
+        select(FeatureSetting).options(joinedload(FeatureSetting.self_hosted_model))
+    ).all()
+    return {row.feature: row for row in rows}
+
+
+def _model_brief(model: SelfHostedModel | None) -> dict[str, Any] | None:
+    if model is None:
+        return None
+    return {"id": model.id, "name": model.name, "model": model.family}
+
+
+def feature_view(feature: Feature, rows: dict[str, FeatureSetting]) -> dict[str, Any]:
+    row = rows.get(feature.value)
+    provider = row.provider if row is not None else FeatureProvider.UNASSIGNED.value
+    model = row.self_hosted_model if row is not None else None
+    effective_row, effective_feature = row, feature
+    parent = main_feature(feature)
+    if parent is not None and provider == FeatureProvider.UNASSIGNED:
+        effective_row, effective_feature = rows.get(parent.value), parent
+    effective_provider = (
+        effective_row.provider if effective_row is not None else FeatureProvider.UNASSIGNED.value
+    )
+    effective_model = effective_row.self_hosted_model if effective_row is not None else None
+    return {
+        "feature": feature.value,
+        "title": FEATURE_TITLES[feature],
+        "main_feature": parent.value if parent is not None else None,
+        "release_state": FEATURE_RELEASE_STATES[feature].value,
+        "unit_primitive": FEATURE_UNIT_PRIMITIVES[feature],
+        "provider": provider,
+        "provider_title": PROVIDER_TITLES[provider],
+        "self_hosted_model": _model_brief(model),
+        "effective_provider": effective_provider,
+        "effective_self_hosted_model": _model_brief(effective_model),
+        "inherited_from": effective_feature.value if effective_feature is not feature else None,
+        "compatible_llms": sorted(COMPATIBLE_FAMILIES[feature]),
+        "updated_at": row.updated_at if row is not None else None,
+    }
+
+
+def list_feature_settings(session: Session) -> list[dict[str, Any]]:
+    rows = _rows(session)
+    return [feature_view(feature, rows) for feature in Feature]
+
+
+def get_feature_setting(session: Session, feature: Feature) -> dict[str, Any]:
+    return feature_view(feature, _rows(session))
+
+
+def set_features(
+    session: Session,
+    features: Iterable[Feature],
+    provider: FeatureProvider,
+    model_ref: int | str | None,
+    actor: Actor,
+) -> list[dict[str, Any]]:
+    """Set every feature in ``features`` to ``provider`` (and the model), all or nothing."""
+    wanted = list(dict.fromkeys(features))
+    if not wanted:
+        raise InvalidInputError("features is empty: name at least one feature", field="features")
+    model: SelfHostedModel | None = None
+    if provider == FeatureProvider.SELF_HOSTED:
+        if model_ref is None or model_ref == "":
+            raise InvalidInputError(
+                "self_hosted_model_id is missing: provider self_hosted needs the model to use",
+                field="self_hosted_model_id",
+            )
+        try:
+            model = find_model(session, model_ref)
+        except NotFoundError as exc:  # an input problem here, not a missing resource
+            raise InvalidInputError(str(exc), field="self_hosted_model_id") from None
+        problems = [p for p in (incompatibility(f, model.family) for f in wanted) if p]
+        if problems:
+            raise InvalidInputError("; ".join(problems), field="self_hosted_model_id")
+    elif model_ref not in (None, ""):
+        raise InvalidInputError(
+            f"self_hosted_model_id is only allowed with provider self_hosted (got provider "
+            f"{provider.value})",
+            field="self_hosted_model_id",
+        )
+    rows = _rows(session)
+    for feature in wanted:
+        row = rows.get(feature.value)
+        if row is None:
+            row = FeatureSetting(feature=feature.value)
+            session.add(row)
+            rows[feature.value] = row
+        old = (row.provider, row.self_hosted_model_id)
+        row.provider = provider.value
+        row.self_hosted_model_id = model.id if model is not None else None
+        row.self_hosted_model = model
+        if old == (row.provider, row.self_hosted_model_id) and row.id is not None:
+            continue
+        label = PROVIDER_TITLES[provider.value] + (f" ({model.name})" if model else "")
+        audit.record(
+            session,
+            audit.SELF_HOSTED_MODEL_FEATURE_CHANGED,
+            f"ai_feature_setting/{feature.value}",
+            {
+                "feature": feature.value,
+                "provider": provider.value,
+                "model": model.name if model else None,
+                "message": f"Feature {feature.value} changed to {label}",
+            },
+            actor=actor,
+        )
+    session.flush()
+    return [feature_view(feature, rows) for feature in wanted]

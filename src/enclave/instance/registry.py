@@ -1,0 +1,484 @@
+"""The self-hosted model registry (GitLab's ``Ai::SelfHostedModel`` and its services).
+
+A model record says how the gateway reaches one deployment: a unique name, the model family
+(which picks the prompts), the provider kind, the endpoint, the LiteLLM-style identifier and an
+optional API key, stored AES-256-GCM encrypted (:mod:`enclave.instance.secrets`) and never
+returned. Validation is strict and its messages precise, because a wrong value here only shows
+up later as a failed completion in someone's IDE.
+
+Identifier formats per provider (LiteLLM's, as GitLab uses them):
+
+=================  ===========================  =====================================
+provider           identifier                   endpoint
+=================  ===========================  =====================================
+``api``            ``custom_openai/<served>``   required: the OpenAI-compatible base URL
+``azure_openai``   ``azure/<deployment>``       required: https://<resource>.openai.azure.com
+``bedrock``        ``bedrock/<model-id>``       optional (the gateway's AWS region is used)
+``vertex_ai``      ``vertex_ai/<model>``        optional
+``anthropic``      ``anthropic/<model>``        optional (an Anthropic-compatible proxy)
+=================  ===========================  =====================================
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from enclave.instance import audit
+from enclave.instance.actor import Actor
+from enclave.instance.admin_errors import (
+    ConflictError,
+    InvalidInputError,
+    ModelInUseError,
+    NotFoundError,
+)
+from enclave.instance.db.models import (
+    FeatureProvider,
+    FeatureSetting,
+    ModelProvider,
+    SelfHostedModel,
+)
+from enclave.instance.features import (
+    API_TOKEN_PURPOSE,
+    FAMILY_DISPLAY_NAMES,
+    MODEL_FAMILIES,
+    Feature,
+    family_release_state,
+    incompatibility,
+)
+from enclave.instance.secrets import SecretBox
+
+MAX_NAME_CHARS = 255
+MAX_ENDPOINT_CHARS = 2048
+MAX_IDENTIFIER_CHARS = 255
+MAX_API_TOKEN_CHARS = 4096
+
+IDENTIFIER_PREFIXES: dict[str, str] = {
+    ModelProvider.API.value: "custom_openai/",
+    ModelProvider.AZURE_OPENAI.value: "azure/",
+    ModelProvider.BEDROCK.value: "bedrock/",
+    ModelProvider.VERTEX_AI.value: "vertex_ai/",
+    ModelProvider.ANTHROPIC.value: "anthropic/",
+}
+PROVIDER_TITLES: dict[str, str] = {
+    ModelProvider.API.value: "OpenAI-compatible API",
+    ModelProvider.AZURE_OPENAI.value: "Azure OpenAI",
+    ModelProvider.BEDROCK.value: "Amazon Bedrock",
+    ModelProvider.VERTEX_AI.value: "Google Vertex AI",
+    ModelProvider.ANTHROPIC.value: "Anthropic",
+}
+ENDPOINT_REQUIRED = frozenset({ModelProvider.API.value, ModelProvider.AZURE_OPENAI.value})
+_IDENTIFIER_REST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def validate_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError("name is missing: give the deployment a name", field="name")
+    name = value.strip()
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidInputError(
+            f"name is too long ({len(name)} characters; at most {MAX_NAME_CHARS})", field="name"
+        )
+    if any(ord(ch) < 32 for ch in name):
+        raise InvalidInputError("name must not contain control characters", field="name")
+    return name
+
+
+def validate_family(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(
+            f"model family is missing; use one of: {', '.join(sorted(MODEL_FAMILIES))}",
+            field="model",
+        )
+    family = value.strip().lower()
+    if family not in MODEL_FAMILIES:
+        raise InvalidInputError(
+            f"model family {value!r} is unknown; use one of: {', '.join(sorted(MODEL_FAMILIES))}",
+            field="model",
+        )
+    return family
+
+
+def validate_provider(value: Any) -> str:
+    provider = value.strip().lower() if isinstance(value, str) else value
+    if provider not in IDENTIFIER_PREFIXES:
+        raise InvalidInputError(
+            f"provider {value!r} is unknown; use one of: {', '.join(IDENTIFIER_PREFIXES)}",
+            field="provider",
+        )
+    return str(provider)
+
+
+def validate_url(value: Any, field: str, *, what: str) -> str:
+    """An absolute http(s) URL without credentials, query or fragment; trailing / dropped."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(f"{field} is missing: give the {what} URL", field=field)
+    url = value.strip()
+    if len(url) > MAX_ENDPOINT_CHARS:
+        raise InvalidInputError(
+            f"{field} is too long ({len(url)} characters; at most {MAX_ENDPOINT_CHARS})",
+            field=field,
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidInputError(f"{field} {url!r} is not a valid URL: {exc}", field=field) from None
+    if parts.scheme.lower() not in ("http", "https"):
+        got = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        raise InvalidInputError(
+            f"{field} must be an http:// or https:// URL (got {got} in {url!r})", field=field
+        )
+    if not parts.hostname:
+        raise InvalidInputError(f"{field} {url!r} has no host name", field=field)
+    if parts.username is not None or parts.password is not None:
+        raise InvalidInputError(
+            f"{field} must not contain a user name or password; put the model's key in api_token",
+            field=field,
+        )
+    if parts.query or parts.fragment:
+        raise InvalidInputError(
+            f"{field} must not have a query string or fragment (got {url!r})", field=field
+        )
+    if port == 0:
+        raise InvalidInputError(f"{field} has port 0, which cannot be reached", field=field)
+    host = parts.hostname
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None and (address.is_unspecified or address.is_multicast):
+        raise InvalidInputError(f"{field} host {host} cannot be connected to", field=field)
+    return url.rstrip("/")
+
+
+def validate_endpoint(value: Any, provider: str) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if provider in ENDPOINT_REQUIRED:
+            example = (
+                "http://vllm.internal:8000/v1"
+                if provider == ModelProvider.API.value
+                else "https://<resource>.openai.azure.com"
+            )
+            raise InvalidInputError(
+                f"endpoint is missing: {PROVIDER_TITLES[provider]} models need the URL of their "
+                f"server, for example {example}",
+                field="endpoint",
+            )
+        return None
+    return validate_url(value, "endpoint", what="model server's")
+
+
+def validate_identifier(value: Any, provider: str) -> str:
+    prefix = IDENTIFIER_PREFIXES[provider]
+    title = PROVIDER_TITLES[provider]
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(
+            f"identifier is missing: {title} models need {prefix}<model>, for example "
+            f"{_example_identifier(provider)}",
+            field="identifier",
+        )
+    identifier = value.strip()
+    if len(identifier) > MAX_IDENTIFIER_CHARS:
+        raise InvalidInputError(
+            f"identifier is too long ({len(identifier)} characters; at most "
+            f"{MAX_IDENTIFIER_CHARS})",
+            field="identifier",
+        )
+    if not identifier.startswith(prefix):
+        other = next(
+            (p for p, pre in IDENTIFIER_PREFIXES.items() if identifier.startswith(pre)), None
+        )
+        hint = (
+            f"; {identifier.split('/', 1)[0]}/… is the format of provider {other!r}"
+            if other
+            else ""
+        )
+        raise InvalidInputError(
+            f"identifier {identifier!r} does not fit provider {provider!r} ({title}): it must "
+            f"start with {prefix!r}, for example {_example_identifier(provider)}{hint}",
+            field="identifier",
+        )
+    rest = identifier[len(prefix) :]
+    if not rest or not _IDENTIFIER_REST.match(rest):
+        raise InvalidInputError(
+            f"identifier {identifier!r} needs a model name after {prefix!r} (letters, digits "
+            "and . _ : / @ + -, no spaces), for example "
+            f"{_example_identifier(provider)}",
+            field="identifier",
+        )
+    return identifier
+
+
+def _example_identifier(provider: str) -> str:
+    return {
+        ModelProvider.API.value: "custom_openai/Mistral-7B-Instruct-v0.3",
+        ModelProvider.AZURE_OPENAI.value: "azure/gpt-4o",
+        ModelProvider.BEDROCK.value: "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0",
+        ModelProvider.VERTEX_AI.value: "vertex_ai/gemini-2.5-flash",
+        ModelProvider.ANTHROPIC.value: "anthropic/claude-sonnet-4-5",
+    }[provider]
+
+
+def validate_api_token(value: Any) -> str | None:
+    """The key to store; None or "" means "no key"."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError("api_token must be a string", field="api_token")
+    token = value.strip()
+    if len(token) > MAX_API_TOKEN_CHARS:
+        raise InvalidInputError(
+            f"api_token is too long (at most {MAX_API_TOKEN_CHARS} characters)", field="api_token"
+        )
+    if any(ord(ch) < 32 or ch == " " for ch in token):
+        raise InvalidInputError(
+            "api_token must not contain spaces or control characters", field="api_token"
+        )
+    return token or None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A validated model definition (what create and connection tests take)."""
+
+    name: str
+    family: str
+    provider: str
+    endpoint: str | None
+    identifier: str
+    api_token: str | None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> ModelSpec:
+        """Validate a create request; ``model`` (GitLab's name) or ``family`` give the family."""
+        provider = validate_provider(data.get("provider") or ModelProvider.API.value)
+        return cls(
+            name=validate_name(data.get("name")),
+            family=validate_family(data.get("model", data.get("family"))),
+            provider=provider,
+            endpoint=validate_endpoint(data.get("endpoint"), provider),
+            identifier=validate_identifier(data.get("identifier"), provider),
+            api_token=validate_api_token(data.get("api_token")),
+        )
+
+
+# --- views ----------------------------------------------------------------------------------
+
+
+def model_view(model: SelfHostedModel) -> dict[str, Any]:
+    """The API representation; the key is never part of it, only whether there is one."""
+    return {
+        "id": model.id,
+        "name": model.name,
+        "model": model.family,
+        "model_display_name": FAMILY_DISPLAY_NAMES.get(model.family, model.family),
+        "provider": model.provider,
+        "provider_display_name": PROVIDER_TITLES.get(model.provider, model.provider),
+        "endpoint": model.endpoint,
+        "identifier": model.identifier or "",
+        "has_api_token": model.api_token_encrypted is not None,
+        "release_state": family_release_state(model.family).value,
+        "feature_settings": sorted(
+            setting.feature
+            for setting in model.feature_settings
+            if setting.provider == FeatureProvider.SELF_HOSTED
+        ),
+        "created_at": model.created_at,
+        "updated_at": model.updated_at,
+    }
+
+
+# --- queries and changes --------------------------------------------------------------------
+
+
+def get_model(session: Session, model_id: int) -> SelfHostedModel:
+    model = session.get(
+        SelfHostedModel, model_id, options=[selectinload(SelfHostedModel.feature_settings)]
+    )
+    if model is None:
+        raise NotFoundError(f"self-hosted model {model_id} does not exist", field="id")
+    return model
+
+
+def find_model(session: Session, ref: int | str) -> SelfHostedModel:
+    """A model by id or by name (the CLI accepts both)."""
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        by_id = session.get(SelfHostedModel, int(ref))
+        if by_id is not None:
+            return get_model(session, by_id.id)
+    model = session.scalar(select(SelfHostedModel).where(SelfHostedModel.name == str(ref)))
+    if model is None:
+        raise NotFoundError(f"no self-hosted model is named or numbered {ref!r}", field="name")
+    return get_model(session, model.id)
+
+
+def list_models(
+    session: Session, *, offset: int = 0, limit: int | None = None
+) -> tuple[list[SelfHostedModel], int]:
+    total = int(session.scalar(select(func.count()).select_from(SelfHostedModel)) or 0)
+    query = (
+        select(SelfHostedModel)
+        .options(selectinload(SelfHostedModel.feature_settings))
+        .order_by(SelfHostedModel.id)
+        .offset(offset)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query)), total
+
+
+def _ensure_unique_name(session: Session, name: str, exclude_id: int | None = None) -> None:
+    query = select(SelfHostedModel.id).where(SelfHostedModel.name == name)
+    if exclude_id is not None:
+        query = query.where(SelfHostedModel.id != exclude_id)
+    if session.scalar(query) is not None:
+        raise ConflictError(
+            f"name {name!r} has already been taken by another self-hosted model", field="name"
+        )
+
+
+def create_model(
+    session: Session, box: SecretBox, spec: ModelSpec, actor: Actor
+) -> SelfHostedModel:
+    _ensure_unique_name(session, spec.name)
+    model = SelfHostedModel(
+        name=spec.name,
+        family=spec.family,
+        provider=spec.provider,
+        endpoint=spec.endpoint,
+        identifier=spec.identifier,
+        api_token_encrypted=(
+            box.encrypt(spec.api_token, API_TOKEN_PURPOSE) if spec.api_token else None
+        ),
+    )
+    session.add(model)
+    session.flush()
+    audit.record(
+        session,
+        audit.SELF_HOSTED_MODEL_CREATED,
+        f"ai_self_hosted_model/{model.id}",
+        {
+            "name": model.name,
+            "model": model.family,
+            "provider": model.provider,
+            "endpoint": model.endpoint,
+            "identifier": model.identifier,
+            "has_api_token": spec.api_token is not None,
+        },
+        actor=actor,
+    )
+    return get_model(session, model.id)
+
+
+UPDATABLE = ("name", "model", "family", "provider", "endpoint", "identifier", "api_token")
+
+
+def update_model(
+    session: Session, box: SecretBox, model_id: int, changes: Mapping[str, Any], actor: Actor
+) -> SelfHostedModel:
+    """Apply ``changes`` (any of :data:`UPDATABLE`); ``api_token``: "" or None removes the key,
+    absent keeps it. The result is validated as a whole (e.g. a new provider needs a matching
+    identifier) and against the features that use the model (a new family must suit them)."""
+    unknown = sorted(set(changes) - set(UPDATABLE))
+    if unknown:
+        raise InvalidInputError(
+            f"cannot change {', '.join(unknown)}; updatable fields: {', '.join(UPDATABLE[2:])}, "
+            "name, model",
+            field=unknown[0],
+        )
+    model = get_model(session, model_id)
+    provider = validate_provider(changes.get("provider", model.provider))
+    merged = {
+        "name": changes.get("name", model.name),
+        "model": changes.get("model", changes.get("family", model.family)),
+        "provider": provider,
+        "endpoint": changes.get("endpoint", model.endpoint),
+        "identifier": changes.get("identifier", model.identifier),
+    }
+    name = validate_name(merged["name"])
+    family = validate_family(merged["model"])
+    endpoint = validate_endpoint(merged["endpoint"], provider)
+    identifier = validate_identifier(merged["identifier"], provider)
+    if name != model.name:
+        _ensure_unique_name(session, name, exclude_id=model.id)
+    if family != model.family:
+        for setting in model.feature_settings:
+            try:
+                feature = Feature(setting.feature)
+            except ValueError:
+                continue
+            problem = incompatibility(feature, family)
+            if problem:
+                raise InvalidInputError(
+                    f"cannot change the family of {model.name!r} to {family}: {problem}; "
+                    "assign another model to that feature first",
+                    field="model",
+                )
+    changed: list[str] = []
+    for attribute, value in (
+        ("name", name),
+        ("family", family),
+        ("provider", provider),
+        ("endpoint", endpoint),
+        ("identifier", identifier),
+    ):
+        if getattr(model, attribute) != value:
+            setattr(model, attribute, value)
+            changed.append("model" if attribute == "family" else attribute)
+    if "api_token" in changes:
+        token = validate_api_token(changes["api_token"])
+        model.api_token_encrypted = box.encrypt(token, API_TOKEN_PURPOSE) if token else None
+        changed.append("api_token")
+    if changed:
+        session.flush()
+        audit.record(
+            session,
+            audit.SELF_HOSTED_MODEL_UPDATED,
+            f"ai_self_hosted_model/{model.id}",
+            {
+                "name": model.name,
+                "changed": changed,
+                "model": model.family,
+                "provider": model.provider,
+                "endpoint": model.endpoint,
+                "identifier": model.identifier,
+                "has_api_token": model.api_token_encrypted is not None,
+            },
+            actor=actor,
+        )
+    return get_model(session, model.id)
+
+
+def delete_model(session: Session, model_id: int, actor: Actor) -> None:
+    model = get_model(session, model_id)
+    in_use = session.scalars(
+        select(FeatureSetting.feature).where(FeatureSetting.self_hosted_model_id == model.id)
+    ).all()
+    if in_use:
+        raise ModelInUseError(model.name, in_use)
+    audit.record(
+        session,
+        audit.SELF_HOSTED_MODEL_DESTROYED,
+        f"ai_self_hosted_model/{model.id}",
+        {"name": model.name, "model": model.family, "endpoint": model.endpoint},
+        actor=actor,
+    )
+    session.delete(model)
+    session.flush()
+
+
+def decrypt_api_token(box: SecretBox, model: SelfHostedModel) -> str | None:
+    if model.api_token_encrypted is None:
+        return None
+    return box.decrypt(model.api_token_encrypted, API_TOKEN_PURPOSE)

@@ -1,0 +1,299 @@
+"""The administration CLI (enclave models|features|settings|users|tokens|secret-key|doctor),
+run in-process against the database of a data dir, and secret key rotation."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import typer
+from aiohttp import web
+from typer.testing import CliRunner
+
+from enclave import admin_cli
+from enclave.cli import app
+from enclave.config import EnclaveSettings
+from enclave.instance.db import SelfHostedModel, make_engine, make_session_factory
+from enclave.instance.features import API_TOKEN_PURPOSE
+from enclave.instance.secrets import SecretBox, load_secret_box, parse_secret_key
+from tests.unit.instance.conftest import Backend, FakeGateway, LiveInstance, make_settings
+
+KEY = "enclkey-cli-model-key-0123456789abcdef"
+
+
+class Cli:
+    def __init__(self, settings: EnclaveSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.settings = settings
+        monkeypatch.setattr(admin_cli, "_configure_logging", lambda: None)
+        monkeypatch.setenv("ENCLAVE_DATA_DIR", str(settings.data_dir))
+        monkeypatch.setenv("COLUMNS", "250")
+        if settings.instance.database_url:
+            monkeypatch.setenv("ENCLAVE_DATABASE_URL", settings.instance.database_url)
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, input: str | None = None) -> Any:
+        # Log lines go to the capture (the real CLI sends them to stderr), and must be clean.
+        with structlog.testing.capture_logs() as logs:
+            result = self.runner.invoke(app, list(args), input=input, catch_exceptions=False)
+        assert KEY not in repr(logs)
+        return result
+
+    def json(self, *args: str) -> Any:
+        result = self(*args, "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+
+@pytest.fixture()
+def cli(tmp_path: Path, db_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    return Cli(make_settings(tmp_path / "data"), monkeypatch)
+
+
+def test_every_option_has_help() -> None:
+    root: Any = typer.main.get_command(app)
+    missing: list[str] = []
+    seen: list[str] = []
+
+    def walk(command: Any, path: str) -> None:
+        seen.append(path)
+        if not (command.help or command.short_help):
+            missing.append(path)
+        for param in command.params:
+            if param.param_type_name == "option" and param.name != "help" and not param.help:
+                missing.append(f"{path} {param.opts[0]}")
+            if param.param_type_name == "argument" and not getattr(param, "help", None):
+                missing.append(f"{path} {param.name}")
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}")
+
+    for name in ("models", "features", "settings", "users", "tokens", "secret-key", "doctor"):
+        walk(root.commands[name], name)
+    assert missing == []
+    assert "models test" in seen and "tokens revoke" in seen and "secret-key rotate" in seen
+
+
+def test_register_two_models_map_features_and_manage_users(cli: Cli, tmp_path: Path) -> None:
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(KEY + "\n")
+    first = cli.json(
+        "models", "add", "--name", "vllm-mistral", "--family", "mistral",
+        "--endpoint", "http://10.0.0.1:8000/v1", "--identifier", "custom_openai/mistral",
+        "--api-key-file", str(key_file),
+    )  # fmt: skip
+    assert first["has_api_token"] is True and KEY not in json.dumps(first)
+    second = cli(
+        "models", "add", "--name", "ollama-qwen", "--family", "qwen",
+        "--endpoint", "http://10.0.0.2:11434/v1", "--identifier", "custom_openai/qwen2.5-coder",
+    )  # fmt: skip
+    assert second.exit_code == 0
+    assert "ollama-qwen" in second.stdout and "EXPERIMENTAL" in second.stdout
+    assert [m["name"] for m in cli.json("models", "list")] == ["vllm-mistral", "ollama-qwen"]
+
+    assert cli("features", "set", "code_completions", "--model", "ollama-qwen").exit_code == 0
+    assert cli("features", "set", "duo_chat", "--model", "vllm-mistral").exit_code == 0
+    features = {f["feature"]: f for f in cli.json("features", "list")}
+    assert features["code_completions"]["self_hosted_model"]["name"] == "ollama-qwen"
+    assert features["duo_chat_fix_code"]["effective_self_hosted_model"]["name"] == "vllm-mistral"
+    assert features["duo_chat_fix_code"]["inherited_from"] == "duo_chat"
+
+    refused = cli("models", "delete", "vllm-mistral")
+    assert refused.exit_code == 1
+    assert refused.stderr.strip() == (
+        "Error: self-hosted model 'vllm-mistral' is used by the features duo_chat; assign "
+        "another model to them (or disable them) first, then delete it"
+    )
+    bad = cli(
+        "features", "set", "review_merge_request", "--model", "ollama-qwen", "--provider", "bogus"
+    )
+    assert bad.exit_code == 1
+    assert "provider 'bogus' is unknown" in bad.stderr
+
+    user = cli.json("users", "add", "alice", "--email", "alice@example.com", "--name", "Alice")
+    assert user["username"] == "alice" and user["is_admin"] is False
+    duplicate = cli("users", "add", "alice", "--email", "other@example.com")
+    assert duplicate.exit_code == 1 and "Username has already been taken" in duplicate.stderr
+    created = cli.json("tokens", "create", "alice", "--name", "vscode", "--expires-in-days", "30")
+    assert created["token"].startswith("enclpat-")
+    assert created["scopes"] == ["ai_features", "read_user"]
+    listed = cli.json("tokens", "list", "--user", "alice")
+    assert [t["id"] for t in listed] == [created["id"]]
+    assert created["token"] not in json.dumps(listed)
+    revoked = cli.json("tokens", "revoke", str(created["id"]))
+    assert revoked["revoked"] is True and revoked["active"] is False
+    assert cli.json("tokens", "list", "--user", "alice", "--state", "active") == []
+    assert [u["username"] for u in cli.json("users", "list")] == ["root", "alice"]
+
+
+def test_invalid_input_is_refused_with_the_same_messages(cli: Cli) -> None:
+    cases = [
+        (
+            ["models", "add", "--name", "m", "--family", "foo", "--identifier", "custom_openai/m",
+             "--endpoint", "http://h/v1"],
+            "model family 'foo' is unknown",
+        ),
+        (
+            ["models", "add", "--name", "m", "--family", "mistral", "--identifier",
+             "custom_openai/m", "--endpoint", "ftp://h/v1"],
+            "endpoint must be an http:// or https:// URL (got scheme 'ftp'",
+        ),
+        (
+            ["models", "add", "--name", "m", "--family", "mistral", "--identifier", "azure/x",
+             "--endpoint", "http://h/v1"],
+            "identifier 'azure/x' does not fit provider 'api'",
+        ),
+        (["settings", "set", "--timeout", "30"], "between 60 and 600 (got 30)"),
+        (["tokens", "create", "root", "--name", "x", "--scope", "sudo"], "scopes sudo are unknown"),
+        (["features", "set", "nope", "--provider", "disabled"], "feature 'nope' is unknown"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = cli(*args)
+        assert result.exit_code == 1, args
+        assert message in result.stderr, (args, result.stderr)
+
+
+def _gateway_answers(gateway: FakeGateway, status: int, body: object) -> None:
+    async def handler(request: web.Request, fake: FakeGateway) -> web.StreamResponse:
+        return web.json_response(body, status=status)
+
+    gateway.handler = handler
+
+
+def test_models_test_and_settings(cli: Cli, fresh_gateway: FakeGateway) -> None:
+    cli(
+        "models", "add", "--name", "m1", "--family", "llama3", "--endpoint", "http://10.0.0.3/v1",
+        "--identifier", "custom_openai/llama3",
+    )  # fmt: skip
+    settings = cli.json("settings", "set", "--gateway-url", fresh_gateway.url, "--timeout", "90")
+    assert settings["ai_gateway_url"] == fresh_gateway.url
+    assert settings["ai_gateway_timeout_seconds"] == 90.0
+    _gateway_answers(fresh_gateway, 200, "ok")
+    ok = cli("models", "test", "m1")
+    assert ok.exit_code == 0, ok.output
+    assert ok.stdout.startswith("OK m1: Successfully connected")
+    assert fresh_gateway.requests[-1].raw_path == "/v1/prompts/model_configuration%2Fcheck"
+    _gateway_answers(fresh_gateway, 421, {"detail": "401: invalid key"})
+    failed = cli("models", "test", "m1", "--json")
+    assert failed.exit_code == 1
+    assert json.loads(failed.stdout)["model_status"] == 401
+    assert cli.json("settings", "set", "--gateway-url", "default")["ai_gateway_url_source"] == (
+        "configuration"
+    )
+
+
+def test_secret_key_rotation_re_encrypts_and_running_instances_follow(
+    cli: Cli, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(KEY)
+    cli(
+        "models", "add", "--name", "keyed", "--family", "gpt", "--endpoint", "http://10.0.0.4/v1",
+        "--identifier", "custom_openai/gpt-oss", "--api-key-file", str(key_file),
+    )  # fmt: skip
+    settings = cli.settings
+    running = load_secret_box(settings)  # what a running instance holds
+    old_key = settings.secret_key_file.read_text().strip()
+    result = cli.json("secret-key", "rotate")
+    assert result["re_encrypted"] == 1 and result["mode"] == "key file"
+    assert result["old_key_id"] == running.key_id.hex() != result["new_key_id"]
+    assert settings.secret_key_file.read_text().strip() != old_key
+    assert (settings.keys_dir / "secret.key.previous").read_text().strip() == old_key
+    assert not (settings.keys_dir / "secret.key.next").exists()
+    sessions = make_session_factory(make_engine(settings.database_url))
+    with sessions() as session:
+        [model] = session.query(SelfHostedModel).all()
+        assert model.api_token_encrypted is not None
+        blob = model.api_token_encrypted
+    new_box = SecretBox(parse_secret_key(settings.secret_key_file.read_text()))
+    assert new_box.decrypt(blob, API_TOKEN_PURPOSE) == KEY
+    # The running instance's box meets an unknown key id, re-reads the key files, and works.
+    assert running.decrypt(blob, API_TOKEN_PURPOSE) == KEY
+    [listed] = cli.json("models", "list")
+    assert listed["name"] == "keyed" and listed["has_api_token"] is True
+
+
+def test_secret_key_rotation_in_environment_mode(
+    tmp_path: Path, db_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = base64.b64encode(os.urandom(32)).decode()
+    new = base64.b64encode(os.urandom(32)).decode()
+    monkeypatch.setenv("ENCLAVE_SECRET_KEY", old)
+    cli = Cli(make_settings(tmp_path / "data"), monkeypatch)
+    key_file = tmp_path / "model.key"
+    key_file.write_text(KEY)
+    cli(
+        "models", "add", "--name", "keyed", "--family", "gpt", "--endpoint", "http://10.0.0.4/v1",
+        "--identifier", "custom_openai/gpt-oss", "--api-key-file", str(key_file),
+    )  # fmt: skip
+    refused = cli("secret-key", "rotate")
+    assert refused.exit_code == 1
+    assert "ENCLAVE_SECRET_KEY is set, so the new key must come from you" in refused.stderr
+    new_file = tmp_path / "new.key"
+    new_file.write_text(new + "\n")
+    done = cli("secret-key", "rotate", "--new-key-file", str(new_file))
+    assert done.exit_code == 0, done.output
+    assert "set ENCLAVE_SECRET_KEY to the content of" in done.stdout
+    sessions = make_session_factory(make_engine(cli.settings.database_url))
+    with sessions() as session:
+        [model] = session.query(SelfHostedModel).all()
+        assert model.api_token_encrypted is not None
+        assert (
+            SecretBox(parse_secret_key(new)).decrypt(model.api_token_encrypted, API_TOKEN_PURPOSE)
+            == KEY
+        )
+
+
+@pytest.fixture()
+def doctor_env(
+    instance: LiveInstance, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Cli]:
+    cli = Cli(instance.settings, monkeypatch)
+    monkeypatch.setenv("ENCLAVE_INSTANCE__EXTERNAL_URL", instance.url)
+    monkeypatch.setenv("ENCLAVE_GATEWAY_URL", gateway.url)
+    yield cli
+
+
+def test_doctor_passes_on_a_working_setup(doctor_env: Cli, fresh_gateway: FakeGateway) -> None:
+    result = doctor_env("doctor", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    statuses = {check["name"]: check["status"] for check in report["checks"]}
+    for name in (
+        "database",
+        "schema",
+        "secret key",
+        "model API keys",
+        "signing key",
+        "features",
+        "instance",
+        "AI gateway",
+        "end-to-end completion",
+        "model embedded-smollm2",
+    ):
+        assert statuses[name] == "ok", (name, report)
+    paths = [request.path for request in fresh_gateway.requests]
+    assert "/v2/code/completions" in paths
+    assert "/v1/prompts/model_configuration/check" in paths
+
+
+def test_doctor_says_what_is_wrong_and_how_to_fix_it(
+    doctor_env: Cli, fresh_gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _gateway_answers(fresh_gateway, 401, {"error": "Forbidden by auth provider"})
+    refused = doctor_env("doctor", "--json")
+    assert refused.exit_code == 1
+    checks = {c["name"]: c for c in json.loads(refused.stdout)["checks"]}
+    e2e = checks["end-to-end completion"]
+    assert e2e["status"] == "fail"
+    assert "refused this instance's token" in e2e["message"]
+    assert "ENCLAVE_GATEWAY__ISSUER_URL" in e2e["fix"]
+    monkeypatch.setenv("ENCLAVE_GATEWAY_URL", "http://127.0.0.1:9")
+    down = doctor_env("doctor")
+    assert down.exit_code == 1
+    assert "cannot reach the AI gateway at http://127.0.0.1:9" in down.stdout
+    assert "Some checks failed" in down.stdout
