@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -135,6 +137,10 @@ def up(
     def progress(role: str, elapsed: float) -> None:
         status.update(f"waiting for the {role} to be ready ({elapsed:.0f} s)")
 
+    # Ctrl-C and SIGTERM both mean "stop everything in order". Install the handlers explicitly:
+    # a process started in the background by a non-interactive shell inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         with status:
             start_all(plan, log_dir, progress)
@@ -159,6 +165,10 @@ def up(
     stop_all(plan)
     console.print("Stopped.")
     raise typer.Exit(code)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_welcome(instance_url: str, gateway_url: str, model_url: str, token_file: Path) -> None:

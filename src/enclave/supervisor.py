@@ -9,6 +9,7 @@ them in reverse order on Ctrl-C or when one of them dies.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -24,6 +25,14 @@ from enclave.common.net import free_port, http_ok
 
 class StartupFailed(RuntimeError):
     """A role did not become ready; the message says which and shows its last log lines."""
+
+
+def _terminate_with_parent() -> None:
+    """In the child, before exec: ask Linux to send SIGTERM when the supervisor dies."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 @dataclass
@@ -52,6 +61,8 @@ class Role:
             # Own process group: Ctrl-C reaches the supervisor only, which then stops the
             # children in order instead of all of them dying at once mid-request.
             start_new_session=True,
+            # ... but if the supervisor itself is killed, the children must not live on.
+            preexec_fn=_terminate_with_parent,  # only calls prctl (safe before exec)
         )
 
     def alive(self) -> bool:
