@@ -1,4 +1,5 @@
-"""Administration commands: ``enclave models|features|settings|users|tokens|secret-key|doctor``.
+"""Administration commands: ``enclave models|features|settings|users|tokens|secret-key|keys``
+(and ``doctor``).
 
 They work directly on the instance database of the configured data dir (``--data-dir`` /
 ``ENCLAVE_DATA_DIR``) or ``ENCLAVE_DATABASE_URL``, with the same validation, audit events and
@@ -801,6 +802,121 @@ def secret_key_rotate(
 
 
 # ---------------------------------------------------------------------------------------------
+keys_app = typer.Typer(
+    help="The instance's token signing keys (published in its JWKS for the gateway).",
+    no_args_is_help=True,
+)
+
+
+def _time(value: int | None) -> str:
+    from datetime import UTC, datetime
+
+    if value is None:
+        return ""
+    return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
+
+
+def _key_rows(rows: list[dict[str, Any]]) -> None:
+    _table(
+        "Signing keys",
+        ("kid", "alg", "state", "activates", "retires"),
+        [
+            (r["kid"], r["alg"], r["state"], _time(r["activate_at"]), _time(r["retire_at"]))
+            for r in rows
+        ],
+    )
+
+
+@keys_app.command("list")
+def keys_list(as_json: JsonOption = False) -> None:
+    """Every signing key and its state: active (signs), pending (published, signs from its
+    activation time), retiring (published until its last token has expired), retired (no longer
+    published; `enclave keys remove-retired` deletes it) or published."""
+    from enclave.instance.keys import KeyStore, KeyStoreError
+
+    with _env() as env:
+        try:
+            rows = KeyStore.load(env.settings.keys_dir).describe()
+        except KeyStoreError as exc:
+            _fail(str(exc))
+    if as_json:
+        _print_json(rows)
+    else:
+        _key_rows(rows)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    activate_after: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Seconds between publishing the new key and signing with it. The key is in "
+            "the JWKS at once; the wait lets HTTP caches and gateways learn it first (Enclave's "
+            "gateway also fetches the keys again when it meets an unknown key id, so 0 works "
+            "with it).",
+        ),
+    ] = 300,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a new signing key: published now, signing after --activate-after seconds; the old
+    key stays published until its last token has expired (activation + token lifetime + 5
+    minutes). Running instances pick the change up by themselves within a few seconds."""
+    from enclave.instance import audit
+    from enclave.instance.keys import KeyStoreError, rotate
+
+    with _env() as env:
+        try:
+            rotation = rotate(
+                env.settings.keys_dir,
+                activate_after_s=activate_after,
+                token_lifetime_s=env.settings.instance.token_lifetime_s,
+            )
+        except KeyStoreError as exc:
+            _fail(str(exc))
+        view = {
+            "old_kid": rotation.old_kid,
+            "new_kid": rotation.new_kid,
+            "activate_at": rotation.activate_at,
+            "old_retire_at": rotation.old_retire_at,
+        }
+        _run(
+            env,
+            lambda session: audit.record(
+                session, audit.SIGNING_KEY_ROTATED, rotation.new_kid, view, actor=env.actor
+            ),
+        )
+    if as_json:
+        _print_json(view)
+        return
+    out.print(
+        f"New signing key {rotation.new_kid} is published; it signs from "
+        f"{_time(rotation.activate_at)}. The old key {rotation.old_kid} stays published until "
+        f"{_time(rotation.old_retire_at)}; after that, `enclave keys remove-retired` deletes it.",
+        markup=False,
+    )
+
+
+@keys_app.command("remove-retired")
+def keys_remove_retired(as_json: JsonOption = False) -> None:
+    """Delete the key files of retired keys (no longer published, every token they signed has
+    expired)."""
+    from enclave.instance.keys import KeyStoreError, remove_retired
+
+    with _env() as env:
+        try:
+            removed = remove_retired(env.settings.keys_dir)
+        except KeyStoreError as exc:
+            _fail(str(exc))
+    if as_json:
+        _print_json({"removed": removed})
+    elif removed:
+        out.print(f"Removed retired signing key(s): {', '.join(removed)}.", markup=False)
+    else:
+        out.print("No retired signing key to remove.", markup=False)
+
+
+# ---------------------------------------------------------------------------------------------
 def doctor(as_json: JsonOption = False) -> None:
     """Check the whole setup end to end and say what is wrong and how to fix it: configuration,
     database and schema, secret and signing keys, model API keys, feature map, the AI gateway,
@@ -839,4 +955,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(users_app, name="users")
     app.add_typer(tokens_app, name="tokens")
     app.add_typer(secret_key_app, name="secret-key")
+    app.add_typer(keys_app, name="keys")
     app.command("doctor")(doctor)

@@ -73,6 +73,29 @@ class InstanceSettings(BaseModel):
         description="LiteLLM-style identifier of that model: custom_openai/<served-model-name>.",
     )
     workers: int = Field(1, ge=1, le=64, description="Server worker processes.")
+    allowed_client_cidrs: list[str] = Field(
+        default_factory=lambda: list(_LOOPBACK_AND_PRIVATE),
+        description="Client addresses (CIDRs) that may call the instance (IDEs, admins, and the "
+        "AI gateway fetching the JWKS); everyone else gets 403. Default: loopback and the "
+        'private ranges. ["0.0.0.0/0", "::/0"] allows all; an empty list refuses everyone.',
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Reverse proxies (CIDRs) whose X-Forwarded-For is believed: the client is "
+        "the rightmost address in it that is not a trusted proxy. Default: none (the TCP peer "
+        "is the client).",
+    )
+
+    @field_validator("allowed_client_cidrs", "trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("allowed_client_cidrs", "trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        parse_networks(value, str(info.field_name))
+        return value
 
     def issuer(self) -> str:
         return (self.external_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -33,7 +33,9 @@ from enclave.common.logging import configure_logging, get_logger
 from enclave.common.netrules import EgressPolicy, parse_networks
 from enclave.config import SELF_SIGNED_ISSUER, EnclaveSettings, load_settings
 from enclave.gateway.api import monitoring
+from enclave.gateway.api.v1.chat.invoke import chat
 from enclave.gateway.api.v1.code.user_access_token import user_access_token
+from enclave.gateway.api.v1.prompts.invoke import PROMPTS, invoke
 from enclave.gateway.api.v2.code.completions import completions
 from enclave.gateway.api.v2.code.generations import generations
 from enclave.gateway.auth.jwks import KeyStore, build_key_stores, local_key_store
@@ -48,6 +50,7 @@ from enclave.gateway.http import json_response
 from enclave.gateway.middleware import ClientAddressMiddleware, RequestContextMiddleware
 from enclave.gateway.models.base import ModelRequest, ModelResult, TextModelClient, TextStream
 from enclave.gateway.models.openai_compat import OpenAICompatClient
+from enclave.gateway.prompts.chat import INVOKABLES
 
 log = get_logger(__name__)
 
@@ -180,8 +183,17 @@ ROUTES: Final = (
     Route("/v2/completions", completions, methods=["POST"]),  # GitLab's legacy alias
     Route("/v2/code/generations", generations, methods=["POST"]),
     Route("/v1/code/user_access_token", user_access_token, methods=["POST"]),
+    Route("/v1/chat/{chat_invokable}", chat, methods=["POST"]),
+    Route("/v1/prompts/{prompt_id:path}", invoke, methods=["POST"]),
     Route("/monitoring/healthz", monitoring.healthz, methods=["GET"]),
     Route("/monitoring/ready", monitoring.ready, methods=["GET"]),
+)
+
+# Request paths named in the request log (others are logged as "<unmatched>").
+LOGGED_PATHS: Final = (
+    *(route.path for route in ROUTES if "{" not in route.path),
+    *(f"/v1/chat/{name}" for name in INVOKABLES),
+    *(f"/v1/prompts/{prompt_id}" for prompt_id in PROMPTS),
 )
 
 
@@ -214,7 +226,7 @@ def create_app(
     app = Starlette(
         routes=list(ROUTES),
         middleware=[
-            Middleware(RequestContextMiddleware, routes=[route.path for route in ROUTES]),
+            Middleware(RequestContextMiddleware, routes=LOGGED_PATHS),
             Middleware(
                 ClientAddressMiddleware,
                 allowed=parse_networks(

@@ -1,5 +1,8 @@
 """Request context: ``x-request-id`` / ``x-process-time`` on every response, one log line each.
 
+The client address allow-list lives in :mod:`enclave.common.client_address` (the instance uses
+it too) and is re-exported here.
+
 A pure ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs time and breaks streaming).
 It also turns an unexpected exception into a JSON 500 that names the request id, so no stack
 trace ever reaches a client.
@@ -10,7 +13,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from typing import Any, Final
 
 import orjson
@@ -18,8 +21,8 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enclave.common import wire
+from enclave.common.client_address import ClientAddressMiddleware
 from enclave.common.logging import get_logger
-from enclave.common.netrules import IPNetwork, forwarded_client, in_networks, parse_ip
 
 log = get_logger("enclave.gateway.request")
 
@@ -102,113 +105,4 @@ def _internal_error_body(request_id: str) -> Message:
     return {"type": "http.response.body", "body": body, "more_body": False}
 
 
-class ClientAddressMiddleware:
-    """Client IP allow-list (``gateway.allowed_client_cidrs``), pure ASGI and cheap.
-
-    The client is the TCP peer, or, when the peer is a trusted proxy
-    (``gateway.trusted_proxies``), the rightmost ``X-Forwarded-For`` hop that is not one. Verdicts
-    for direct peers are cached per address, so the usual request costs one dict look-up.
-    Refused requests get 403 ``{"detail": ...}`` naming the address and the setting to change.
-    """
-
-    _CACHE_MAX: Final = 4096
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        allowed: Sequence[IPNetwork],
-        trusted_proxies: Sequence[IPNetwork] = (),
-        setting: str = "ENCLAVE_GATEWAY__ALLOWED_CLIENT_CIDRS",
-        proxy_setting: str = "ENCLAVE_GATEWAY__TRUSTED_PROXIES",
-    ) -> None:
-        self.app = app
-        self._allowed = tuple(allowed)
-        self._proxies = tuple(trusted_proxies)
-        self._setting = setting
-        self._proxy_setting = proxy_setting
-        # peer host -> None (allowed, not a proxy), a refusal message, or _PROXY
-        self._verdicts: dict[str, str | None] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        client = scope.get("client")
-        host = client[0] if client else None
-        verdict = _UNKNOWN if host is None else self._verdicts.get(host, _UNKNOWN)
-        if verdict is None:  # the usual case: a known, allowed, direct peer
-            await self.app(scope, receive, send)
-            return
-        if verdict is _UNKNOWN or verdict is _PROXY:
-            verdict = self._judge(scope, host)
-        if verdict is not None:
-            await _refuse(scope, send, verdict)
-            return
-        await self.app(scope, receive, send)
-
-    def _judge(self, scope: Scope, host: str | None) -> str | None:
-        """Refusal message, or None when allowed (may rewrite ``scope['client']``)."""
-        if host is None:
-            return (
-                "The AI gateway cannot tell the client's address (no TCP peer); it only serves "
-                "clients it can check against " + self._setting
-            )
-        peer = parse_ip(host)
-        if peer is None:
-            return self._remember(host, self._not_allowed(host))
-        if self._proxies and in_networks(peer, self._proxies):
-            self._remember(host, _PROXY)
-            forwarded = [
-                value.decode("latin-1")
-                for name, value in scope.get("headers", ())
-                if name == b"x-forwarded-for"
-            ]
-            client, written = forwarded_client(peer, forwarded, self._proxies)
-            if client is None:
-                return (
-                    f"The AI gateway cannot read the client address {written!r} in "
-                    f"X-Forwarded-For sent by the trusted proxy {host}"
-                )
-            if not in_networks(client, self._allowed):
-                return self._not_allowed(str(client), via=host)
-            scope["client"] = (str(client), 0)
-            return None
-        if in_networks(peer, self._allowed):
-            return self._remember(host, None)
-        return self._remember(host, self._not_allowed(host))
-
-    def _remember(self, host: str, verdict: str | None) -> str | None:
-        if len(self._verdicts) >= self._CACHE_MAX:
-            self._verdicts.clear()
-        self._verdicts[host] = verdict
-        return None if verdict is _PROXY else verdict
-
-    def _not_allowed(self, address: str, via: str | None = None) -> str:
-        through = f" (forwarded by the trusted proxy {via})" if via else ""
-        return (
-            f"Client address {address}{through} is not allowed to use this AI gateway; the "
-            f"administrator can add it or its network to {self._setting}"
-            + ("" if via else f", or list the proxy in front of it in {self._proxy_setting}")
-        )
-
-
-_UNKNOWN: Final = "\0unknown"
-_PROXY: Final = "\0proxy"
-
-
-async def _refuse(scope: Scope, send: Send, message: str) -> None:
-    if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1008, "reason": "client not allowed"})
-        return
-    body = orjson.dumps({"detail": message})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 403,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+__all__ = ["ClientAddressMiddleware", "RequestContextMiddleware"]

@@ -14,7 +14,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from enclave import __version__
+from enclave.common.client_address import ClientAddressMiddleware
 from enclave.common.logging import configure_logging, get_logger
+from enclave.common.netrules import parse_networks
 from enclave.config import EnclaveSettings, load_settings
 from enclave.instance.api import all_routers
 from enclave.instance.api.errors import install_error_handlers
@@ -62,6 +64,16 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
     install_error_handlers(app)
     for router in all_routers():
         app.include_router(router)
+    # Added first, so it runs inside the request context: refusals are logged with a request id.
+    app.add_middleware(
+        ClientAddressMiddleware,
+        allowed=parse_networks(settings.instance.allowed_client_cidrs, "allowed_client_cidrs"),
+        trusted_proxies=parse_networks(settings.instance.trusted_proxies, "trusted_proxies"),
+        setting="ENCLAVE_INSTANCE__ALLOWED_CLIENT_CIDRS",
+        proxy_setting="ENCLAVE_INSTANCE__TRUSTED_PROXIES",
+        service="instance",
+        error_key="message",
+    )
     app.add_middleware(RequestContextMiddleware)
     return app
 

@@ -13,8 +13,12 @@ from enclave.instance.bootstrap import BootstrapResult
 from enclave.instance.db.engine import make_engine, make_session_factory
 from enclave.instance.gateway_client import GatewayClient, host_name
 from enclave.instance.keys import KeyStore
+from enclave.instance.rate_limit import SlidingWindowLimiter
 from enclave.instance.secrets import SecretBox
 from enclave.instance.tokens import TokenMinter
+
+DIRECT_ACCESS_LIMIT = 50
+DIRECT_ACCESS_WINDOW_S = 60.0
 
 
 @dataclass
@@ -30,6 +34,10 @@ class InstanceContext:
     issuer: str
     host_name: str
     gateway: GatewayClient
+    # POST /api/v4/code_suggestions/direct_access: 50 a minute per user, as GitLab.
+    direct_access_limiter: SlidingWindowLimiter = field(
+        default_factory=lambda: SlidingWindowLimiter(DIRECT_ACCESS_LIMIT, DIRECT_ACCESS_WINDOW_S)
+    )
 
     @classmethod
     def build(cls, settings: EnclaveSettings, boot: BootstrapResult) -> InstanceContext:

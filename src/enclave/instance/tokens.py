@@ -21,7 +21,7 @@ from typing import Any
 import jwt
 
 from enclave.common.wire import AUDIENCE, NOT_BEFORE_SKEW_S, REALM_SELF_MANAGED
-from enclave.instance.keys import KeyStore
+from enclave.instance.keys import KeyStore, SigningKey
 
 # Re-mint this long before expiry so a token never expires between minting and verification
 # (network time, queueing, clock skew); 10 % of the lifetime for short lifetimes.
@@ -68,14 +68,17 @@ class TokenMinter:
     def token(self, scopes: Iterable[str]) -> MintedToken:
         """A valid token for ``scopes``: the cached one, or a fresh one near its expiry."""
         normalised = tuple(sorted(set(scopes)))
-        # The kid is part of the key so a rotated active key is used at once.
-        cache_key = (self._keys.active.kid, normalised)
+        # The kid is part of the key so a rotated active key is used at once (the key store
+        # says which key is active by the clock, after at most a few seconds' delay in seeing
+        # a new rotation).
+        key = self._keys.active
+        cache_key = (key.kid, normalised)
         now = self._clock()
         with self._lock:
             cached = self._cache.get(cache_key)
             if cached is not None and now < cached.expires_at - self._margin_s:
                 return cached
-            minted = self.mint(normalised, now=now)
+            minted = self._mint(key, normalised, now)
             # Entries for other kids can never be returned again; drop them.
             self._cache = {k: v for k, v in self._cache.items() if k[0] == cache_key[0]}
             self._cache[cache_key] = minted
@@ -83,7 +86,9 @@ class TokenMinter:
 
     def mint(self, scopes: Iterable[str], *, now: float | None = None) -> MintedToken:
         """A new token, bypassing the cache."""
-        key = self._keys.active
+        return self._mint(self._keys.active, scopes, now)
+
+    def _mint(self, key: SigningKey, scopes: Iterable[str], now: float | None) -> MintedToken:
         issued_at = int(self._clock() if now is None else now)
         expires_at = issued_at + self._lifetime_s
         normalised = tuple(sorted(set(scopes)))

@@ -180,6 +180,7 @@ class FakeGateway:
             app = web.Application()
             app.router.add_post("/v2/code/completions", self._dispatch)
             app.router.add_post("/v2/code/generations", self._dispatch)
+            app.router.add_post("/v1/code/user_access_token", self._dispatch)
             app.router.add_post("/v1/prompts/{prompt_id:.*}", self._dispatch)
             app.router.add_post("/v1/chat/{invokable}", self._dispatch)
             app.router.add_get("/monitoring/healthz", self._healthz)

@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 from enclave.instance.app import create_app_from_env
 paths = ["/.well-known/openid-configuration", "/oauth/discovery/keys", "/-/readiness",
          "/api/v4/user", "/docs", "/openapi.json"]
-with TestClient(create_app_from_env()) as client:
+# From loopback: the instance checks client addresses (TestClient's default is "testclient").
+with TestClient(create_app_from_env(), client=("127.0.0.1", 50000)) as client:
     print(json.dumps({path: client.get(path).status_code for path in paths}))
 """
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from enclave.instance.keys import KeyStore, generate_rsa_key
+from enclave.instance.keys import KeyStore, ScheduleEntry, generate_rsa_key
 from enclave.instance.tokens import TokenMinter
 
 INSTANCE_ID = uuid.UUID("6f1c2b8e-4c1a-4d8e-9a57-1f2e3d4c5b6a")
@@ -109,8 +109,11 @@ def test_one_cached_token_per_scope_set(keys: KeyStore) -> None:
 def test_a_new_active_key_is_used_at_once(tmp_path: Path) -> None:
     old = generate_rsa_key()
     new = generate_rsa_key()
-    store = KeyStore([old, new], old.kid)
-    mint = minter(store, Clock(1_000_000.0))
+    clock = Clock(1_000_000.0)
+    # What rotation does: the new key is published now and activates at a scheduled time.
+    schedule = {new.kid: ScheduleEntry(activate_at=1_000_060)}
+    store = KeyStore([old, new], old.kid, schedule=schedule, clock=clock)
+    mint = minter(store, clock)
     assert mint.token(["complete_code"]).kid == old.kid
-    store._active_kid = new.kid  # what rotation will do
+    clock.now = 1_000_060.0
     assert mint.token(["complete_code"]).kid == new.kid

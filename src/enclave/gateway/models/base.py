@@ -54,14 +54,22 @@ class ModelError(Exception):
     """A model call failed. ``status`` is what the gateway answers (503, or 429 passed through).
 
     ``reason`` is safe to show to the caller: it names the endpoint and the cause, never the
-    API key.
+    API key. ``upstream_status`` is the model server's HTTP status when it answered with one
+    (None when it could not be reached or its answer was unusable).
     """
 
-    def __init__(self, reason: str, status: int = 503, retry_after: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        status: int = 503,
+        retry_after: str | None = None,
+        upstream_status: int | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        self.upstream_status = upstream_status
 
 
 class EndpointNotAllowed(Exception):

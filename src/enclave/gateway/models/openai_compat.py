@@ -126,6 +126,13 @@ class OpenAICompatClient:
     def _http_error(
         self, request: ModelRequest, status: int, headers: Any, body: bytes
     ) -> ModelError:
+        error = self._http_error_reason(request, status, headers, body)
+        error.upstream_status = status
+        return error
+
+    def _http_error_reason(
+        self, request: ModelRequest, status: int, headers: Any, body: bytes
+    ) -> ModelError:
         endpoint = display_url(request.endpoint)
         said = _upstream_message(body, request.api_key)
         said = f": {said}" if said else ""

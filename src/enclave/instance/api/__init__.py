@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from enclave.instance.api import admin_ai, chat, code_suggestions, discovery, health, users
+from enclave.instance.api import (
+    admin_ai,
+    chat,
+    code_suggestions,
+    direct_access,
+    discovery,
+    health,
+    users,
+)
 
 
 def all_routers() -> list[APIRouter]:
@@ -13,6 +21,7 @@ def all_routers() -> list[APIRouter]:
         health.router,
         users.router,
         code_suggestions.router,
+        direct_access.router,
         chat.router,
         admin_ai.router,
         admin_ai.audit_router,

@@ -106,9 +106,9 @@ async def completions(
     except FeatureMisconfiguredError as exc:
         log.error("feature_misconfigured", error=str(exc))
         raise InstanceAPIError(500, f"{exc}. Ask an administrator to fix the model.") from None
-    annotate(request, model=model.name)
-
     minted = ctx.minter.token([FEATURE_UNIT_PRIMITIVES[feature]])
+    # The kid in the request log shows which key signed (key rotation).
+    annotate(request, model=model.name, signing_kid=minted.kid)
     identity = ForwardIdentity(
         instance_id=str(ctx.instance_id),
         host_name=ctx.host_name,

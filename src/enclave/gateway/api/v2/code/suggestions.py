@@ -11,9 +11,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -24,7 +24,7 @@ from enclave.gateway.api.v2.code.schemas import (
     field_error,
     validation_detail,
 )
-from enclave.gateway.auth.verify import AuthError
+from enclave.gateway.auth.verify import AuthError, Principal
 from enclave.gateway.http import MAX_BODY_BYTES, BodyTooLarge, detail, json_response, read_body
 from enclave.gateway.models.base import (
     ChatMessage,
@@ -42,6 +42,8 @@ log = get_logger(__name__)
 
 ENGINE: Final = "litellm"
 PROVIDER_LITELLM: Final = "litellm"
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
 
 # LiteLLM-style identifier prefixes that mean "an OpenAI-compatible server".
 _OPENAI_PROVIDERS: Final = frozenset({"custom_openai", "openai", "hosted_vllm"})
@@ -88,29 +90,58 @@ class ModelTarget:
 
 def model_target(payload: SuggestionsRequest) -> ModelTarget:
     """Where and what to call, from the LiteLLM-style fields GitLab's instance sends."""
-    provider = (payload.model_provider or PROVIDER_LITELLM).strip().lower()
+    return resolve_target(
+        payload.model_provider,
+        payload.model_name,
+        payload.model_endpoint,
+        payload.model_api_key,
+        payload.model_identifier,
+    )
+
+
+def _suggestions_loc(name: str) -> list[str | int]:
+    return [f"model_{name}"]
+
+
+def resolve_target(
+    provider: str | None,
+    name: str | None,
+    endpoint: str | None,
+    api_key: str | None,
+    identifier: str | None,
+    *,
+    loc: Callable[[str], list[str | int]] = _suggestions_loc,
+) -> ModelTarget:
+    """The model target from a provider, family name, endpoint, key and LiteLLM identifier.
+
+    ``loc`` names a field ("endpoint", "identifier") where the request body carries it, for
+    FastAPI-style error locations.
+    """
+    provider = (provider or PROVIDER_LITELLM).strip().lower()
     if provider != PROVIDER_LITELLM:
         raise PlanError(
             f"model provider '{provider}' is not supported by this gateway yet; use "
             "model_provider 'litellm' with an OpenAI-compatible model_endpoint"
         )
-    endpoint = (payload.model_endpoint or "").strip().rstrip("/")
+    raw_endpoint = endpoint
+    endpoint = (endpoint or "").strip().rstrip("/")
     if not endpoint:
         raise PlanError(
             [
                 field_error(
-                    ["model_endpoint"],
+                    loc("endpoint"),
                     "model_endpoint is required for model_provider litellm: the "
                     "OpenAI-compatible API base, e.g. http://model-host:8000/v1",
-                    payload.model_endpoint,
+                    raw_endpoint,
                     kind="missing",
                 )
             ]
         )
-    identifier = (payload.model_identifier or "").strip()
+    raw_identifier = identifier
+    identifier = (identifier or "").strip()
     force_text = False
     if not identifier:
-        model = (payload.model_name or "").strip()
+        model = (name or "").strip()
     else:
         prefix, slash, rest = identifier.partition("/")
         if not slash:
@@ -130,14 +161,14 @@ def model_target(payload: SuggestionsRequest) -> ModelTarget:
         raise PlanError(
             [
                 field_error(
-                    ["model_identifier"],
+                    loc("identifier"),
                     "model_identifier is required: custom_openai/<served model name>",
-                    payload.model_identifier,
+                    raw_identifier,
                     kind="missing",
                 )
             ]
         )
-    return ModelTarget(endpoint, model, payload.model_api_key or None, force_text)
+    return ModelTarget(endpoint, model, api_key or None, force_text)
 
 
 def messages_from(prompt: list[PromptMessage]) -> tuple[ChatMessage, ...]:
@@ -220,24 +251,51 @@ def model_error_response(error: ModelError) -> Response:
     return detail(f"Inference failed: {error.reason}", error.status, headers)
 
 
-async def serve(request: Request, use_case: UseCase) -> Response | RawTextStreamResponse:
-    """The whole pipeline for one code-suggestions request."""
+async def authenticate(request: Request) -> Principal | Response:
+    """The verified caller, or the 401/503 response to send."""
     gateway: Gateway = request.app.state.gateway
     try:
-        principal = await gateway.authenticator.authenticate(request.headers)
+        return await gateway.authenticator.authenticate(request.headers)
     except AuthError as exc:
         return json_response(exc.body, exc.status)
-    if not principal.can(*use_case.scopes):
-        return detail(use_case.unauthorized, 403)
 
+
+async def authorize(
+    request: Request, scopes: tuple[str, ...], unauthorized: str
+) -> Response | None:
+    """Authenticate the caller (401/503) and check it holds any of ``scopes`` (403).
+
+    None when the request may go on, else the error response to send.
+    """
+    principal = await authenticate(request)
+    if isinstance(principal, Response):
+        return principal
+    if not principal.can(*scopes):
+        return detail(unauthorized, 403)
+    return None
+
+
+async def parse_body(request: Request, schema: type[BodyT]) -> BodyT | Response:
+    """The request body validated as ``schema``, or the 413/422 response to send."""
     try:
         body = await read_body(request)
     except BodyTooLarge:
         return detail(f"Request body larger than {MAX_BODY_BYTES} bytes", 413)
     try:
-        payload = SuggestionsRequest.model_validate_json(body)
+        return schema.model_validate_json(body)
     except ValidationError as exc:
         return json_response({"detail": validation_detail(exc)}, 422)
+
+
+async def serve(request: Request, use_case: UseCase) -> Response | RawTextStreamResponse:
+    """The whole pipeline for one code-suggestions request."""
+    gateway: Gateway = request.app.state.gateway
+    refused = await authorize(request, use_case.scopes, use_case.unauthorized)
+    if refused is not None:
+        return refused
+    payload = await parse_body(request, SuggestionsRequest)
+    if isinstance(payload, Response):
+        return payload
     try:
         check_prompt_shape(payload)
         plan = use_case.plan(payload)

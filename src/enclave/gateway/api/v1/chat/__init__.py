@@ -1,0 +1,1 @@
+"""``/v1/chat/*``: GitLab's legacy chat API."""

@@ -1,0 +1,168 @@
+"""``POST /v1/chat/{chat_invokable}``: GitLab's legacy chat API (one ``prompt_components``).
+
+The instance's Duo Chat (``/api/v4/chat/completions``) sends the conversation here with the
+model, endpoint, identifier and key in the one component's ``payload``. Pipeline: authenticate
+(401/503) → find the invokable (404) → scope (403) → body (413/422) → model target (422) → call
+the model's chat API with the invokable's system prompt → ``{"response", "metadata"}``, or the
+answer relayed as raw text chunks when ``stream`` is true. Model errors are answered as in
+code suggestions (503 ``Inference failed: ...``, 429 passed through).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints
+from starlette.requests import Request
+from starlette.responses import Response
+
+from enclave.common.logging import get_logger
+from enclave.gateway.api.v2.code.schemas import PromptMessage, Str255, _Model
+from enclave.gateway.api.v2.code.suggestions import (
+    PlanError,
+    authenticate,
+    messages_as_text,
+    model_error_response,
+    parse_body,
+    resolve_target,
+)
+from enclave.gateway.http import detail, json_response
+from enclave.gateway.models.base import (
+    Api,
+    ChatMessage,
+    EndpointNotAllowed,
+    ModelError,
+    ModelRequest,
+)
+from enclave.gateway.prompts import chat as prompts
+from enclave.gateway.streaming import RawTextStreamResponse
+
+if TYPE_CHECKING:
+    from enclave.gateway.app import Gateway
+
+log = get_logger(__name__)
+
+ChatContent = Annotated[str, StringConstraints(max_length=200_000)]
+
+
+class ChatParams(_Model):
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=prompts.MAX_MAX_TOKENS)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    stop: Annotated[list[Str255], Field(max_length=8)] | None = None
+
+
+class ChatPayload(_Model):
+    content: ChatContent | Annotated[list[PromptMessage], Field(min_length=1, max_length=200)]
+    provider: Literal["litellm", "anthropic"]
+    model: Annotated[str, StringConstraints(max_length=50)]
+    params: ChatParams | None = None
+    model_endpoint: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    model_api_key: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    model_identifier: Str255 | None = None
+
+
+class ComponentMetadata(_Model):
+    source: Str255
+    version: Str255
+
+
+class PromptComponent(_Model):
+    type: Str255  # "string" in GitLab's docs, "prompt" from its instance: both accepted
+    metadata: ComponentMetadata
+    payload: ChatPayload
+
+
+class ChatRequest(_Model):
+    prompt_components: Annotated[list[PromptComponent], Field(min_length=1, max_length=1)]
+    stream: bool = False
+
+
+def _payload_loc(name: str) -> list[str | int]:
+    return ["prompt_components", 0, "payload", f"model_{name}"]
+
+
+def conversation(
+    invokable: prompts.Invokable, content: str | list[PromptMessage]
+) -> tuple[ChatMessage, ...]:
+    """The messages for the model: the invokable's system prompt unless the caller sent one."""
+    if isinstance(content, str):
+        messages: tuple[ChatMessage, ...] = (ChatMessage("user", content),)
+    else:
+        messages = tuple(ChatMessage(m.role, m.content) for m in content)
+    if any(m.role == "system" for m in messages):
+        return messages
+    return (ChatMessage("system", invokable.system), *messages)
+
+
+def plan_chat(invokable: prompts.Invokable, payload: ChatPayload) -> ModelRequest:
+    target = resolve_target(
+        payload.provider,
+        payload.model,
+        payload.model_endpoint,
+        payload.model_api_key,
+        payload.model_identifier,
+        loc=_payload_loc,
+    )
+    messages = conversation(invokable, payload.content)
+    text: str | None = None
+    api: Api = "chat"
+    if target.force_text_completion:
+        text, messages, api = messages_as_text(messages), (), "completions"
+    params = payload.params or ChatParams()
+    return ModelRequest(
+        endpoint=target.endpoint,
+        model=target.model,
+        api=api,
+        api_key=target.api_key,
+        prompt=text,
+        messages=messages,
+        max_tokens=params.max_tokens or prompts.MAX_TOKENS,
+        temperature=prompts.TEMPERATURE if params.temperature is None else params.temperature,
+        top_p=params.top_p,
+        stop=tuple(params.stop or ()),
+    )
+
+
+def response_body(payload: ChatPayload, text: str) -> dict[str, Any]:
+    return {
+        "response": text,
+        "metadata": {
+            "provider": payload.provider,
+            "model": payload.model,
+            "timestamp": int(time.time()),
+        },
+    }
+
+
+async def chat(request: Request) -> Response | RawTextStreamResponse:
+    gateway: Gateway = request.app.state.gateway
+    name: str = request.path_params["chat_invokable"]
+    principal = await authenticate(request)
+    if isinstance(principal, Response):
+        return principal
+    invokable = prompts.INVOKABLES.get(name)
+    if invokable is None:
+        return detail(f"Chat invokable '{name}' not found", 404)
+    if not principal.can(*invokable.scopes):
+        return detail(f"Unauthorized to access {name}", 403)
+    body = await parse_body(request, ChatRequest)
+    if isinstance(body, Response):
+        return body
+    payload = body.prompt_components[0].payload
+    try:
+        model_request = plan_chat(invokable, payload)
+    except PlanError as exc:
+        return json_response({"detail": exc.detail}, exc.status)
+    try:
+        await gateway.egress.check(model_request.endpoint)
+        if body.stream:
+            return RawTextStreamResponse(await gateway.models.stream(model_request))
+        result = await gateway.models.complete(model_request)
+    except EndpointNotAllowed as exc:
+        log.warning("model_endpoint_refused", reason=exc.reason)
+        return detail(exc.reason, 403)
+    except ModelError as exc:
+        return model_error_response(exc)
+    return json_response(response_body(payload, result.text))

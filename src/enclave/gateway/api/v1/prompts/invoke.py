@@ -1,0 +1,167 @@
+"""``POST /v1/prompts/{prompt_id}``: GitLab's prompt registry, for the prompts Enclave knows.
+
+The instance's "Test connection" calls ``model_configuration/check`` (URL-encoded
+``model_configuration%2Fcheck``) with the model in ``model_metadata``. Pipeline: authenticate
+(401/503) → find the prompt (404) → scope (403) → body (413/422) → model target (422) → call the
+model → the model's text as a bare JSON string. When the model fails the answer is **421
+Misdirected Request** (as in GitLab: the gateway worked, the model did not) with a ``detail``
+that starts with the model's HTTP status ("401 ...") when it answered with one, and without a
+leading status when it could not be reached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Final
+
+from pydantic import StringConstraints
+from starlette.requests import Request
+from starlette.responses import Response
+
+from enclave.common import wire
+from enclave.common.logging import get_logger
+from enclave.gateway.api.v2.code.schemas import Str255, _Model, field_error
+from enclave.gateway.api.v2.code.suggestions import (
+    PROVIDER_LITELLM,
+    PlanError,
+    authenticate,
+    messages_as_text,
+    parse_body,
+    resolve_target,
+)
+from enclave.gateway.http import detail, json_response
+from enclave.gateway.models.base import (
+    Api,
+    ChatMessage,
+    EndpointNotAllowed,
+    ModelError,
+    ModelRequest,
+)
+from enclave.gateway.prompts import model_configuration
+from enclave.gateway.streaming import RawTextStreamResponse
+
+if TYPE_CHECKING:
+    from enclave.gateway.app import Gateway
+
+log = get_logger(__name__)
+
+MODEL_FAILED: Final = 421  # Misdirected Request: the model, not the gateway, failed
+# model_metadata.provider values that mean "an OpenAI-compatible server" (older GitLab
+# instances send "openai", newer ones the model's provider "api").
+_OPENAI_COMPATIBLE: Final = frozenset({"openai", "api", "custom_openai", PROVIDER_LITELLM})
+
+
+class ModelMetadata(_Model):
+    provider: Str255
+    name: Annotated[str, StringConstraints(max_length=50)]
+    endpoint: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    api_key: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    identifier: Str255 | None = None
+
+
+class PromptRequest(_Model):
+    inputs: dict[str, Any]
+    prompt_version: Str255 | None = None  # accepted; each prompt has one version here
+    stream: bool = False
+    model_metadata: ModelMetadata | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredPrompt:
+    scopes: tuple[str, ...]
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int
+    temperature: float | None
+
+
+PROMPTS: Final[dict[str, RegisteredPrompt]] = {
+    model_configuration.PROMPT_ID: RegisteredPrompt(
+        scopes=(wire.UP_COMPLETE_CODE, wire.UP_CODE_SUGGESTIONS),
+        messages=model_configuration.MESSAGES,
+        max_tokens=model_configuration.MAX_TOKENS,
+        temperature=model_configuration.TEMPERATURE,
+    ),
+}
+
+
+def _metadata_loc(name: str) -> list[str | int]:
+    return ["model_metadata", name]
+
+
+def plan_prompt(prompt: RegisteredPrompt, payload: PromptRequest) -> ModelRequest:
+    metadata = payload.model_metadata
+    if metadata is None:
+        raise PlanError(
+            [
+                field_error(
+                    ["model_metadata"],
+                    "model_metadata is required: this gateway serves self-hosted models",
+                    None,
+                    kind="missing",
+                )
+            ]
+        )
+    provider = metadata.provider.strip().lower()
+    target = resolve_target(
+        PROVIDER_LITELLM if provider in _OPENAI_COMPATIBLE else provider,
+        metadata.name,
+        metadata.endpoint,
+        metadata.api_key,
+        metadata.identifier,
+        loc=_metadata_loc,
+    )
+    messages: tuple[ChatMessage, ...] = prompt.messages
+    text: str | None = None
+    api: Api = "chat"
+    if target.force_text_completion:
+        text, messages, api = messages_as_text(messages), (), "completions"
+    return ModelRequest(
+        endpoint=target.endpoint,
+        model=target.model,
+        api=api,
+        api_key=target.api_key,
+        prompt=text,
+        messages=messages,
+        max_tokens=prompt.max_tokens,
+        temperature=prompt.temperature,
+    )
+
+
+def model_failed(error: ModelError) -> Response:
+    """421 with the model's HTTP status first in ``detail`` (what the instance parses)."""
+    log.warning("model_call_failed", status=error.upstream_status, reason=error.reason)
+    if error.upstream_status is None:
+        return detail(error.reason, MODEL_FAILED)
+    return detail(f"{error.upstream_status} {error.reason}", MODEL_FAILED)
+
+
+async def invoke(request: Request) -> Response | RawTextStreamResponse:
+    gateway: Gateway = request.app.state.gateway
+    prompt_id: str = request.path_params["prompt_id"]
+    prompt = PROMPTS.get(prompt_id)
+    principal = await authenticate(request)
+    if isinstance(principal, Response):
+        return principal
+    if prompt is None:
+        return detail(f"Prompt '{prompt_id}' not found", 404)
+    if not principal.can(*prompt.scopes):
+        return detail(f"Unauthorized to access {prompt_id}", 403)
+    payload = await parse_body(request, PromptRequest)
+    if isinstance(payload, Response):
+        return payload
+    try:
+        model_request = plan_prompt(prompt, payload)
+    except PlanError as exc:
+        return json_response({"detail": exc.detail}, exc.status)
+    try:
+        await gateway.egress.check(model_request.endpoint)
+        if payload.stream:
+            return RawTextStreamResponse(await gateway.models.stream(model_request))
+        result = await gateway.models.complete(model_request)
+    except EndpointNotAllowed as exc:
+        # Reported as the model being unreachable, which is what the administrator sees.
+        log.warning("model_endpoint_refused", reason=exc.reason)
+        return detail(exc.reason, MODEL_FAILED)
+    except ModelError as exc:
+        return model_failed(exc)
+    return json_response(result.text)

@@ -1,0 +1,180 @@
+"""``POST /api/v4/code_suggestions/direct_access``: a user token for calling the gateway directly.
+
+GitLab's flow (``shared/reference/gitlab-instance.md`` §2.5, DESIGN.md §3): authenticate the PAT
+(``api`` or ``ai_features``) → the code completions feature must be served (here: self-hosted;
+disabled or vendored → 403) → 50 requests a minute per user (429 with ``Retry-After``) → ask
+the gateway's ``POST /v1/code/user_access_token`` with an instance token (scope
+``complete_code``) and the user's pseudonymous ``X-Gitlab-Global-User-Id`` → answer::
+
+    {"base_url": <gateway URL>, "token": <user token>, "expires_at": <Unix s>,
+     "headers": {X-Gitlab-Instance-Id, X-Gitlab-Realm, X-Gitlab-Global-User-Id,
+                 X-Gitlab-Host-Name, X-Gitlab-Version, X-Gitlab-Authentication-Type: oidc},
+     "model_details": {}}
+
+The IDE then sends ``Authorization: Bearer <token>`` plus those headers to
+``<base_url>/v2/code/completions`` until ``expires_at``. The token grants ``complete_code``
+only (no generations, and it cannot mint another token).
+
+``model_details`` stays ``{}`` as in GitLab for self-hosted models: the gateway needs the
+model's endpoint, identifier and family in the completion body, and the model's API key is a
+secret the instance does not hand to IDEs. A direct client of a self-hosted model therefore has
+to know those fields itself (GitLab's IDEs do not use direct access for self-hosted models and
+send completions through the instance); the instance's completions endpoint remains the way
+for everyone else.
+
+Gateway errors come back GitLab-style, ``{"message": ...}`` with the gateway's status (503 when
+the gateway's answer is not an error status it can pass on); an unreachable gateway is 502/504
+as for completions.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from enclave.common import wire
+from enclave.common.logging import get_logger
+from enclave.instance import ai_settings
+from enclave.instance.api.deps import authenticated, context_of
+from enclave.instance.api.errors import InstanceAPIError
+from enclave.instance.api.middleware import annotate
+from enclave.instance.api.relay import gateway_error
+from enclave.instance.context import InstanceContext
+from enclave.instance.features import (
+    Feature,
+    FeatureMisconfiguredError,
+    FeatureUnavailableError,
+    resolve_feature,
+)
+from enclave.instance.gateway_client import (
+    ForwardIdentity,
+    GatewayUnavailableError,
+    gateway_headers,
+    pseudonymous_user_id,
+)
+from enclave.instance.pats import AI_SCOPES, Principal
+from enclave.instance.rate_limit import retry_after
+
+log = get_logger(__name__)
+
+router = APIRouter()
+
+PATH = "/api/v4/code_suggestions/direct_access"
+GATEWAY_PATH = "/v1/code/user_access_token"
+RATE_LIMIT_MESSAGE = "This endpoint has been requested too many times. Try again later."
+# The gateway answers from memory; a short bound keeps a hung gateway from holding the IDE.
+GATEWAY_TIMEOUT_S = 30.0
+DEFAULT_ERROR_STATUS = 503
+
+# The headers of the answer that the IDE sends back to the gateway with the token.
+_PUBLIC_HEADERS = (
+    "X-Gitlab-Instance-Id",
+    "X-Gitlab-Realm",
+    "X-Gitlab-Global-User-Id",
+    "X-Gitlab-Host-Name",
+    "X-Gitlab-Version",
+    "X-Gitlab-Authentication-Type",
+)
+
+
+def _check_feature(ctx: InstanceContext) -> ai_settings.EffectiveAiSettings:
+    """403 unless code completions are served by a self-hosted model; the AI settings."""
+    with ctx.sessions() as session, session.begin():
+        resolve_feature(session, ctx.secret_box, Feature.CODE_COMPLETIONS)
+        return ai_settings.effective(session, ctx.settings)
+
+
+def _gateway_message(body: bytes) -> str:
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:200].decode("utf-8", "replace").strip()
+    if isinstance(data, dict):
+        for name in ("message", "detail", "error_description", "error"):
+            value = data.get(name)
+            if isinstance(value, str) and value:
+                return value
+    return ""
+
+
+@router.post(PATH)
+async def direct_access(
+    request: Request, principal: Annotated[Principal, Depends(authenticated(AI_SCOPES))]
+) -> JSONResponse:
+    ctx = context_of(request)
+    annotate(request, feature="code_completions")
+    try:
+        effective = await run_in_threadpool(_check_feature, ctx)
+    except FeatureUnavailableError as exc:
+        raise InstanceAPIError(403, str(exc)) from None
+    except FeatureMisconfiguredError as exc:
+        log.error("feature_misconfigured", error=str(exc))
+        raise InstanceAPIError(500, f"{exc}. Ask an administrator to fix the model.") from None
+
+    wait = ctx.direct_access_limiter.hit(principal.user_id)
+    if wait is not None:
+        log.info("rate_limited", endpoint="direct_access", user_id=principal.user_id)
+        return JSONResponse(
+            {"message": RATE_LIMIT_MESSAGE},
+            status_code=429,
+            headers={"Retry-After": retry_after(wait), wire.H_ERROR_ORIGIN: "monolith"},
+        )
+
+    minted = ctx.minter.token([wire.UP_COMPLETE_CODE])
+    identity = ForwardIdentity(
+        instance_id=str(ctx.instance_id),
+        host_name=ctx.host_name,
+        global_user_id=pseudonymous_user_id(ctx.user_id_salt, principal.user_id),
+        request_id=str(request.state.request_id),
+    )
+    headers = gateway_headers(minted.token, identity)
+    base_url = effective.ai_gateway_url.rstrip("/")
+    try:
+        upstream = await ctx.gateway.post(
+            GATEWAY_PATH,
+            b"{}",
+            headers,
+            base_url=base_url,
+            timeout_s=min(GATEWAY_TIMEOUT_S, effective.ai_gateway_timeout_seconds),
+        )
+    except GatewayUnavailableError as exc:
+        raise gateway_error(exc) from None
+    try:
+        status = upstream.status
+        body = await upstream.read()
+    finally:
+        upstream.release()
+
+    data: Any = None
+    if status == 200:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("token"), str)
+        or not isinstance(data.get("expires_at"), int)
+    ):
+        error_status = status if 400 <= status < 600 else DEFAULT_ERROR_STATUS
+        message = _gateway_message(body) if status != 200 else "unexpected answer"
+        log.warning("direct_access_gateway_error", status=status)
+        raise InstanceAPIError(
+            error_status, f"the AI gateway refused a direct access token: {message or status}"
+        )
+    log.info("direct_access_token_issued", user_id=principal.user_id)
+    lowered = {name.lower(): value for name, value in headers.items()}
+    return JSONResponse(
+        {
+            "base_url": base_url,
+            "token": data["token"],
+            "expires_at": data["expires_at"],
+            "headers": {name: lowered[name.lower()] for name in _PUBLIC_HEADERS},
+            "model_details": {},
+        },
+        headers={"Cache-Control": "no-store"},
+    )
