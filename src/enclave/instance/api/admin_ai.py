@@ -11,6 +11,7 @@ fix>", "errors": {<field>: [...]}}``; API keys are accepted but never returned.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -322,23 +323,20 @@ def _events(
     request: Request,
     response: Response,
     page: Page,
+    filters: AuditFilters,
     *,
-    event_name: str | None,
-    author_id: int | None,
-    created_after: str | None,
-    created_before: str | None,
     gitlab_shape: bool,
 ) -> list[dict[str, Any]]:
     ctx = context_of(request)
-    after = audit_views.parse_time(created_after, "created_after")
-    before = audit_views.parse_time(created_before, "created_before")
+    after = audit_views.parse_time(filters.created_after, "created_after")
+    before = audit_views.parse_time(filters.created_before, "created_before")
     view = audit_views.gitlab_event_view if gitlab_shape else audit_views.event_view
 
     def work(session: Session) -> list[dict[str, Any]]:
         rows, total = audit_views.list_events(
             session,
-            action=event_name,
-            author_id=author_id,
+            action=filters.event_name,
+            author_id=filters.author_id,
             created_after=after,
             created_before=before,
             offset=page.offset,
@@ -358,47 +356,28 @@ After = Annotated[str | None, Query(description="ISO 8601 time; events at or aft
 Before = Annotated[str | None, Query(description="ISO 8601 time; events at or before it.")]
 
 
+@dataclass
+class AuditFilters:
+    """Query filters shared by both audit-event lists (FastAPI reads them from the signature)."""
+
+    event_name: EventName = None
+    author_id: AuthorId = None
+    created_after: After = None
+    created_before: Before = None
+
+
+Filters = Annotated[AuditFilters, Depends()]
+
+
 @router.get(f"{PREFIX}/audit_events", summary="The audit log, newest first")
 def list_audit_events(
-    request: Request,
-    response: Response,
-    principal: Admin,
-    page: Paging,
-    event_name: EventName = None,
-    author_id: AuthorId = None,
-    created_after: After = None,
-    created_before: Before = None,
+    request: Request, response: Response, principal: Admin, page: Paging, filters: Filters
 ) -> list[dict[str, Any]]:
-    return _events(
-        request,
-        response,
-        page,
-        event_name=event_name,
-        author_id=author_id,
-        created_after=created_after,
-        created_before=created_before,
-        gitlab_shape=False,
-    )
+    return _events(request, response, page, filters, gitlab_shape=False)
 
 
 @audit_router.get("/api/v4/audit_events", summary="Instance audit events (GitLab's shape)")
 def gitlab_audit_events(
-    request: Request,
-    response: Response,
-    principal: Admin,
-    page: Paging,
-    event_name: EventName = None,
-    author_id: AuthorId = None,
-    created_after: After = None,
-    created_before: Before = None,
+    request: Request, response: Response, principal: Admin, page: Paging, filters: Filters
 ) -> list[dict[str, Any]]:
-    return _events(
-        request,
-        response,
-        page,
-        event_name=event_name,
-        author_id=author_id,
-        created_after=created_after,
-        created_before=created_before,
-        gitlab_shape=True,
-    )
+    return _events(request, response, page, filters, gitlab_shape=True)
