@@ -330,6 +330,10 @@ class Bench:
                     "ENCLAVE_DATA_DIR": str(self.tmp / f"enclave-data-{workers}"),
                     "ENCLAVE_GATEWAY__ISSUER_URL": self.issuer_url,
                     "ENCLAVE_GATEWAY__WORKERS": str(workers),
+                    # The limiter runs on every request, as in production, with a ceiling the load
+                    # generator cannot reach: the bench measures its cost, not its refusals.
+                    "ENCLAVE_GATEWAY__RATE_LIMIT_PER_INSTANCE_RPS": "1000000",
+                    "ENCLAVE_GATEWAY__RATE_LIMIT_PER_INSTANCE_BURST": "1000000",
                     "ENCLAVE_LOG_LEVEL": self.settings.gateway_log_level,
                     "ENCLAVE_LOG_FORMAT": "json",
                     "PYTHONUNBUFFERED": "0",
@@ -569,6 +573,10 @@ class Bench:
                 "ENCLAVE_DATA_DIR": str(self.tmp / "enclave-data-profile"),
                 "ENCLAVE_GATEWAY__ISSUER_URL": self.issuer_url,
                 "ENCLAVE_GATEWAY__WORKERS": "1",
+                # The limiter runs on every request, as in production, but with a ceiling the load
+                # generator cannot reach: the bench measures its cost, not its refusals.
+                "ENCLAVE_GATEWAY__RATE_LIMIT_PER_INSTANCE_RPS": "1000000",
+                "ENCLAVE_GATEWAY__RATE_LIMIT_PER_INSTANCE_BURST": "1000000",
                 "ENCLAVE_LOG_LEVEL": s.gateway_log_level,
             }
         )

@@ -201,6 +201,29 @@ class GatewaySettings(BaseModel):
     user_token_lifetime_s: int = Field(
         3600, ge=60, le=86400, description="Lifetime of the user tokens the gateway signs."
     )
+    rate_limit_per_instance_rps: float = Field(
+        1000,
+        ge=0,
+        description="Requests per second each instance (issuer, instance id) may send to the AI "
+        "endpoints, per worker process; over it → 429 with Retry-After. 0 turns it off.",
+    )
+    rate_limit_per_instance_burst: int = Field(
+        2000, ge=1, description="Requests an instance may send at once above its rate."
+    )
+    rate_limit_per_user_rpm: float = Field(
+        600,
+        ge=0,
+        description="Requests per minute each user (instance id, X-Gitlab-Global-User-Id) may "
+        "send to the AI endpoints, per worker process; over it → 429. 0 turns it off.",
+    )
+    rate_limit_per_user_burst: int = Field(
+        100, ge=1, description="Requests a user may send at once above their rate."
+    )
+    rate_limit_max_buckets: int = Field(
+        100_000,
+        ge=1,
+        description="Most instances / users tracked per limit; past it the oldest is forgotten.",
+    )
 
     @field_validator("allowed_client_cidrs", "trusted_proxies", mode="before")
     @classmethod

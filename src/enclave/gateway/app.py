@@ -47,10 +47,13 @@ from enclave.gateway.auth.self_signed import (
 from enclave.gateway.auth.verify import Authenticator
 from enclave.gateway.egress import EgressGuard, GuardedResolver
 from enclave.gateway.http import json_response
+from enclave.gateway.metrics import GatewayMetrics, InstrumentedModelClient, metrics_endpoint
 from enclave.gateway.middleware import ClientAddressMiddleware, RequestContextMiddleware
 from enclave.gateway.models.base import ModelRequest, ModelResult, TextModelClient, TextStream
 from enclave.gateway.models.openai_compat import OpenAICompatClient
 from enclave.gateway.prompts.chat import INVOKABLES
+from enclave.gateway.prompts.code_completions import FAMILIES
+from enclave.gateway.rate_limit import RateLimiter
 
 log = get_logger(__name__)
 
@@ -105,6 +108,24 @@ class Gateway:
         self.authenticator = Authenticator(
             self.stores, local=local, leeway_s=gateway_settings.leeway_s
         )
+        issuers = [*self.stores, *([local.issuer] if local is not None else [])]
+        self.metrics = GatewayMetrics(
+            routes=[route.path for route in ROUTES], families=FAMILIES, issuers=issuers
+        )
+        for store in [*self.stores.values(), *([local] if local is not None else [])]:
+            store.on_fetch = self.metrics.jwks_fetch
+        self.authenticator.hit_counter = self.metrics.token_cache_hits
+        self.authenticator.miss_counter = self.metrics.token_cache_misses
+        self.authenticator.on_failure = self.metrics.auth_failure
+        self.rate_limiter = RateLimiter(
+            per_instance_rps=gateway_settings.rate_limit_per_instance_rps,
+            per_instance_burst=gateway_settings.rate_limit_per_instance_burst,
+            per_user_rpm=gateway_settings.rate_limit_per_user_rpm,
+            per_user_burst=gateway_settings.rate_limit_per_user_burst,
+            clock=clock,
+            max_buckets=gateway_settings.rate_limit_max_buckets,
+            limited=self.metrics.rate_limited_scopes,
+        )
         self.egress_policy = EgressPolicy.parse(gateway_settings.model_egress_allow)
         self.egress = EgressGuard(clock, self.egress_policy)
         self._refresh_in_background = refresh_keys_in_background
@@ -147,7 +168,9 @@ class Gateway:
             headers={"User-Agent": USER_AGENT},
             trust_env=False,
         )
-        self.models = OpenAICompatClient(self.session, self.settings.gateway.model_timeout_s)
+        self.models = InstrumentedModelClient(
+            OpenAICompatClient(self.session, self.settings.gateway.model_timeout_s), self.metrics
+        )
         if self._refresh_in_background:
             for store in self.stores.values():
                 self._tasks.append(asyncio.create_task(store.run_refresher()))
@@ -187,7 +210,14 @@ ROUTES: Final = (
     Route("/v1/prompts/{prompt_id:path}", invoke, methods=["POST"]),
     Route("/monitoring/healthz", monitoring.healthz, methods=["GET"]),
     Route("/monitoring/ready", monitoring.ready, methods=["GET"]),
+    # No token (as in GitLab's gateway); the client address allow-list still applies.
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
 )
+
+# Route templates for the metrics' route label (never the raw path): exact paths, and the
+# endpoints of templated routes (Starlette puts the matched endpoint in the scope).
+ROUTE_TEMPLATES: Final = {route.path: route.path for route in ROUTES if "{" not in route.path}
+ENDPOINT_TEMPLATES: Final = {route.endpoint: route.path for route in ROUTES if "{" in route.path}
 
 # Request paths named in the request log (others are logged as "<unmatched>").
 LOGGED_PATHS: Final = (
@@ -226,7 +256,13 @@ def create_app(
     app = Starlette(
         routes=list(ROUTES),
         middleware=[
-            Middleware(RequestContextMiddleware, routes=LOGGED_PATHS),
+            Middleware(
+                RequestContextMiddleware,
+                routes=LOGGED_PATHS,
+                metrics=gateway.metrics,
+                route_templates=ROUTE_TEMPLATES,
+                endpoint_templates=ENDPOINT_TEMPLATES,
+            ),
             Middleware(
                 ClientAddressMiddleware,
                 allowed=parse_networks(
@@ -256,6 +292,8 @@ def run(settings: EnclaveSettings) -> None:
     gateway_settings = settings.gateway
     if gateway_settings.workers > 1:
         # Each worker builds its own app (and key cache) from the environment / config file.
+        # Metrics and rate limits are per worker too: /metrics shows the worker that answers
+        # unless PROMETHEUS_MULTIPROC_DIR is set (see enclave.gateway.metrics).
         serve(
             "enclave.gateway.app:create_app_from_env",
             gateway_settings.host,

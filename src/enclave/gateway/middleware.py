@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Collection
-from typing import Any, Final
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 import structlog
@@ -23,6 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from enclave.common import wire
 from enclave.common.client_address import ClientAddressMiddleware
 from enclave.common.logging import get_logger
+
+if TYPE_CHECKING:
+    from enclave.gateway.metrics import GatewayMetrics
 
 log = get_logger("enclave.gateway.request")
 
@@ -39,9 +42,27 @@ def _incoming_request_id(scope: Scope) -> str | None:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, routes: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: Collection[str] = (),
+        *,
+        metrics: GatewayMetrics | None = None,
+        route_templates: Mapping[str, str] | None = None,
+        endpoint_templates: Mapping[Any, str] | None = None,
+    ) -> None:
         self.app = app
         self._routes = frozenset(routes)
+        self._metrics = metrics
+        self._route_templates = dict(route_templates or {})
+        self._endpoint_templates = dict(endpoint_templates or {})
+
+    def _route_template(self, scope: Scope, path: str) -> str:
+        """The matched route's template (metrics label), never the raw path."""
+        template = self._route_templates.get(path)
+        if template is None:
+            template = self._endpoint_templates.get(scope.get("endpoint"), "<unmatched>")
+        return template
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,11 +98,14 @@ class RequestContextMiddleware:
                 await send(_internal_error_body(request_id))
         finally:
             path: str = scope.get("path", "")
+            elapsed = time.perf_counter() - start
+            if self._metrics is not None:
+                self._metrics.observe_request(self._route_template(scope, path), status, elapsed)
             fields: dict[str, Any] = {
                 "method": scope.get("method"),
                 "route": path if path in self._routes else "<unmatched>",
                 "status": status,
-                "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+                "duration_ms": round(elapsed * 1000, 3),
             }
             log.info("request", **fields)
             structlog.contextvars.reset_contextvars(**tokens)

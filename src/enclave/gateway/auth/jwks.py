@@ -299,6 +299,7 @@ class KeyStore:
         self.generation = 0  # bumped whenever the key set changes (drops cached tokens)
         self.fetches = 0  # fetch attempts, for metrics and tests
         self.last_error: str | None = None
+        self.on_fetch: Callable[[str, bool], None] | None = None  # (issuer, ok), for metrics
 
     # -- state ------------------------------------------------------------------------------
 
@@ -384,6 +385,12 @@ class KeyStore:
         return await asyncio.shield(self._start_fetch())
 
     async def _fetch(self) -> bool:
+        ok = await self._fetch_once()
+        if self.on_fetch is not None:
+            self.on_fetch(self.issuer, ok)
+        return ok
+
+    async def _fetch_once(self) -> bool:
         self._last_attempt = self._clock()
         self.fetches += 1
         try:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from enclave.common import wire
 from enclave.config import SELF_SIGNED_ISSUER
@@ -131,6 +131,10 @@ class _Cached:
     generation: int
 
 
+class _Incrementable(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
 def _optional_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -157,6 +161,10 @@ class Authenticator:
         self._cache: dict[str, _Cached] = {}
         self.cache_hits = 0
         self.verifications = 0
+        # Metrics hooks (set by the gateway): counters with .inc(), a failure callback.
+        self.hit_counter: _Incrementable | None = None
+        self.miss_counter: _Incrementable | None = None
+        self.on_failure: Callable[[AuthError], None] | None = None
 
     @property
     def stores(self) -> Mapping[str, KeyStore]:
@@ -173,6 +181,14 @@ class Authenticator:
 
         ``headers`` must look up names case-insensitively (Starlette's ``Headers`` does).
         """
+        try:
+            return await self._authenticate(headers)
+        except AuthError as exc:
+            if self.on_failure is not None:
+                self.on_failure(exc)
+            raise
+
+    async def _authenticate(self, headers: Mapping[str, str]) -> Principal:
         authorization = headers.get(wire.H_AUTHORIZATION)
         if authorization is None:
             raise AuthError(401, NO_AUTH_HEADER)
@@ -187,7 +203,11 @@ class Authenticator:
 
         principal = self._cached(token)
         if principal is None:
+            if self.miss_counter is not None:
+                self.miss_counter.inc()
             principal = await self._verify(token)
+        elif self.hit_counter is not None:
+            self.hit_counter.inc()
 
         realm = principal.realm
         if realm is None or realm != headers.get(wire.H_REALM):

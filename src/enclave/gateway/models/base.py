@@ -35,6 +35,7 @@ class ModelRequest:
     top_p: float | None = None
     stop: Sequence[str] = ()
     extra_headers: dict[str, str] = field(default_factory=dict)
+    family: str = "other"  # model family, for metrics only (a bounded label)
 
 
 @dataclass(frozen=True, slots=True)

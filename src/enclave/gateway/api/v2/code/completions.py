@@ -86,6 +86,7 @@ def plan_completion(payload: SuggestionsRequest) -> Plan:
         temperature=spec.temperature,
         top_p=spec.top_p,
         stop=spec.stop,
+        family=spec.name,
     )
     return Plan(
         request=request,

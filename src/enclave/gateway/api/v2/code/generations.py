@@ -58,6 +58,7 @@ def plan_generation(payload: SuggestionsRequest) -> Plan:
         temperature=prompts.TEMPERATURE,
         top_p=prompts.TOP_P,
         stop=prompts.STOP,
+        family=family,
     )
     return Plan(
         request=request,

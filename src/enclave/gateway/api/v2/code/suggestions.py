@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common.logging import get_logger
+from enclave.common.wire import H_GLOBAL_USER_ID
 from enclave.gateway.api.v2.code.schemas import (
     PromptMessage,
     SuggestionsRequest,
@@ -33,6 +34,7 @@ from enclave.gateway.models.base import (
     ModelRequest,
     ModelResult,
 )
+from enclave.gateway.rate_limit import RateLimited
 from enclave.gateway.streaming import RawTextStreamResponse, TextFilter
 
 if TYPE_CHECKING:
@@ -252,12 +254,20 @@ def model_error_response(error: ModelError) -> Response:
 
 
 async def authenticate(request: Request) -> Principal | Response:
-    """The verified caller, or the 401/503 response to send."""
+    """The verified caller within its rate limits, or the 401/503/429 response to send."""
     gateway: Gateway = request.app.state.gateway
+    headers = request.headers
     try:
-        return await gateway.authenticator.authenticate(request.headers)
+        principal = await gateway.authenticator.authenticate(headers)
     except AuthError as exc:
         return json_response(exc.body, exc.status)
+    limiter = gateway.rate_limiter
+    if limiter.enabled:
+        try:
+            limiter.check(principal.issuer, principal.instance_id, headers.get(H_GLOBAL_USER_ID))
+        except RateLimited as exc:
+            return detail(exc.detail, 429, {"Retry-After": str(exc.retry_after_s)})
+    return principal
 
 
 async def authorize(
