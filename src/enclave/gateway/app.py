@@ -36,8 +36,10 @@ from enclave.gateway.api import monitoring
 from enclave.gateway.api.v1.chat.invoke import chat
 from enclave.gateway.api.v1.code.user_access_token import user_access_token
 from enclave.gateway.api.v1.prompts.invoke import PROMPTS, invoke
+from enclave.gateway.api.v2.chat.agent import agent
 from enclave.gateway.api.v2.code.completions import completions
 from enclave.gateway.api.v2.code.generations import generations
+from enclave.gateway.api.v4.code.suggestions import suggestions
 from enclave.gateway.auth.jwks import KeyStore, build_key_stores, local_key_store
 from enclave.gateway.auth.self_signed import (
     SigningKeyError,
@@ -205,6 +207,8 @@ ROUTES: Final = (
     Route("/v2/code/completions", completions, methods=["POST"]),
     Route("/v2/completions", completions, methods=["POST"]),  # GitLab's legacy alias
     Route("/v2/code/generations", generations, methods=["POST"]),
+    Route("/v4/code/suggestions", suggestions, methods=["POST"]),
+    Route("/v2/chat/agent", agent, methods=["POST"]),
     Route("/v1/code/user_access_token", user_access_token, methods=["POST"]),
     Route("/v1/chat/{chat_invokable}", chat, methods=["POST"]),
     Route("/v1/prompts/{prompt_id:path}", invoke, methods=["POST"]),

@@ -41,6 +41,7 @@ from enclave.gateway.models.base import (
     ModelResult,
     TextModelClient,
     TextStream,
+    Usage,
 )
 
 if TYPE_CHECKING:
@@ -339,6 +340,15 @@ class _InstrumentedStream:
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
+
+    # What the model reported at the end of the stream, passed through unchanged.
+    @property
+    def usage(self) -> Usage | None:
+        return getattr(self._inner, "usage", None)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return getattr(self._inner, "finish_reason", None)
 
     async def aclose(self) -> None:
         try:

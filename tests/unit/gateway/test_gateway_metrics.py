@@ -187,3 +187,47 @@ def test_multiprocess_mode_reads_the_shared_directory(
     metrics.render()  # aggregates the (here: empty) directory instead of this registry
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     assert not GatewayMetrics(routes=["/a"], families=[], issuers=[]).multiprocess
+
+
+def test_instrumented_stream_passes_usage_and_finish_reason_through() -> None:
+    """The metrics wrapper must not hide what the model reported at the end of a stream."""
+    import asyncio
+    from collections.abc import AsyncIterator
+    from typing import Any
+
+    from enclave.gateway.metrics import InstrumentedModelClient
+    from enclave.gateway.models.base import Usage
+
+    class Stream:
+        usage = Usage(input_tokens=7, output_tokens=3)
+        finish_reason = "stop"
+
+        async def _gen(self) -> AsyncIterator[str]:
+            yield "a"
+            yield "b"
+
+        def __aiter__(self) -> AsyncIterator[str]:
+            return self._gen()
+
+        async def aclose(self) -> None:
+            return None
+
+    class Client:
+        async def complete(self, request: Any) -> Any:
+            raise AssertionError("not used")
+
+        async def stream(self, request: Any) -> Stream:
+            return Stream()
+
+    class Request:
+        family = "codestral"
+
+    async def run() -> None:
+        metrics = GatewayMetrics(routes=["/a"], families=["codestral"], issuers=[])
+        stream: Any = await InstrumentedModelClient(Client(), metrics).stream(Request())  # type: ignore[arg-type]
+        assert [delta async for delta in stream] == ["a", "b"]
+        await stream.aclose()
+        assert stream.usage == Usage(input_tokens=7, output_tokens=3)
+        assert stream.finish_reason == "stop"
+
+    asyncio.run(run())

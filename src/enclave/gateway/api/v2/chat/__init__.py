@@ -1,0 +1,1 @@
+"""``/v2/chat``: the Duo Chat agent."""

@@ -1,0 +1,184 @@
+"""``POST /v2/chat/agent``: Duo Chat's agent endpoint, answered as newline-delimited JSON.
+
+GitLab's gateway runs a ReAct tool loop here; this gateway answers plainly: the conversation
+(with each message's page context, current file and additional context written into it) goes
+to the model's chat API with the ``agent`` chat invokable's system prompt, and the streamed
+answer is relayed as ``application/x-ndjson``, one event per line::
+
+    {"type":"final_answer_delta","data":{"text":"..."}}   one per model delta
+    {"type":"usage","data":{"input_tokens":..,"output_tokens":..}}   when the model reports it
+    {"type":"error","data":{"message":"..."}}   when the model fails mid-answer (last line)
+
+Pipeline: authenticate and ``duo_chat`` (401/503/429/403) → body (413/422) → model from
+``model_metadata``, required for self-hosted models (422, as ``/v1/prompts``) → endpoint (403)
+→ model; failures before the first byte are answered as in code suggestions (503/429).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+
+import orjson
+from pydantic import Field, StringConstraints
+from starlette.requests import Request
+from starlette.responses import Response
+
+from enclave.common.logging import get_logger
+from enclave.gateway.api.v1.chat.invoke import conversation
+from enclave.gateway.api.v1.prompts.invoke import (
+    ModelMetadata,
+    PromptRequest,
+    RegisteredPrompt,
+    plan_prompt,
+)
+from enclave.gateway.api.v2.code.schemas import PromptMessage, Str255, _Model
+from enclave.gateway.api.v2.code.suggestions import (
+    PlanError,
+    authorize,
+    model_error_response,
+    parse_body,
+)
+from enclave.gateway.http import detail, json_response
+from enclave.gateway.models.base import (
+    EndpointNotAllowed,
+    ModelError,
+    ModelRequest,
+    TextStream,
+    Usage,
+)
+from enclave.gateway.prompts import chat as prompts
+from enclave.gateway.streaming import RawTextStreamResponse
+
+if TYPE_CHECKING:
+    from enclave.gateway.app import Gateway
+
+log = get_logger(__name__)
+
+NDJSON_MEDIA_TYPE: Final = "application/x-ndjson"
+AGENT: Final = prompts.INVOKABLES["agent"]
+
+ChatContent = Annotated[str, StringConstraints(max_length=200_000)]
+
+
+class PageContext(_Model):
+    type: Str255
+    content: ChatContent = ""
+
+
+class CurrentFile(_Model):
+    file_path: Annotated[str, StringConstraints(max_length=4096)]
+    data: ChatContent
+    selected_code: bool = False
+
+
+class AdditionalContext(_Model):
+    category: Str255
+    id: Str255 | None = None
+    content: ChatContent = ""
+    metadata: dict[str, Any] | None = None
+
+
+class AgentMessage(_Model):
+    role: Literal["user", "assistant", "system"]
+    content: ChatContent
+    context: PageContext | None = None
+    current_file: CurrentFile | None = None
+    additional_context: Annotated[
+        list[AdditionalContext], Field(default_factory=list, max_length=100)
+    ]
+    agent_scratchpad: dict[str, Any] | None = None  # accepted; there is no tool loop
+
+
+class AgentRequest(_Model):
+    messages: Annotated[list[AgentMessage], Field(min_length=1, max_length=200)]
+    options: dict[str, Any] | None = None
+    unavailable_resources: Annotated[list[Str255], Field(default_factory=list, max_length=50)]
+    model_metadata: ModelMetadata | None = None
+
+
+def message_text(message: AgentMessage) -> str:
+    """The message's content with the context it carries written after it."""
+    parts = [message.content]
+    if message.context is not None and message.context.content:
+        parts.append(f"Context ({message.context.type}):\n{message.context.content}")
+    current = message.current_file
+    if current is not None:
+        what = "Selected code from" if current.selected_code else "Current file"
+        parts.append(f"{what} {current.file_path}:\n```\n{current.data}\n```")
+    for item in message.additional_context:
+        name = f"{item.category} {item.id}" if item.id else item.category
+        parts.append(f"Additional context ({name}):\n{item.content}")
+    return "\n\n".join(parts)
+
+
+def plan_agent(body: AgentRequest) -> ModelRequest:
+    """The model call: the ``agent`` system prompt and the conversation, to ``model_metadata``."""
+    history = [
+        # Rendered content may exceed a single field's limit; it was validated piecewise.
+        PromptMessage.model_construct(role=m.role, content=message_text(m))
+        for m in body.messages
+    ]
+    prompt = RegisteredPrompt(
+        scopes=AGENT.scopes,
+        messages=conversation(AGENT, history),
+        max_tokens=prompts.MAX_TOKENS,
+        temperature=prompts.TEMPERATURE,
+    )
+    return plan_prompt(prompt, PromptRequest(inputs={}, model_metadata=body.model_metadata))
+
+
+def ndjson_event(kind: str, data: Any) -> str:
+    return orjson.dumps({"type": kind, "data": data}).decode() + "\n"
+
+
+class NdjsonEvents:
+    """A :class:`TextStream` of ndjson agent events from a model's text deltas."""
+
+    def __init__(self, inner: TextStream) -> None:
+        self._inner = inner
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        try:
+            async for delta in self._inner:
+                if delta:
+                    yield ndjson_event("final_answer_delta", {"text": delta})
+        except ModelError as exc:
+            log.warning("model_stream_failed", reason=exc.reason)
+            yield ndjson_event("error", {"message": f"Inference failed: {exc.reason}"})
+            return
+        usage = getattr(self._inner, "usage", None)
+        if isinstance(usage, Usage):
+            yield ndjson_event(
+                "usage",
+                {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
+            )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def agent(request: Request) -> Response | RawTextStreamResponse:
+    gateway: Gateway = request.app.state.gateway
+    refused = await authorize(request, AGENT.scopes, "Unauthorized to access duo_chat")
+    if refused is not None:
+        return refused
+    body = await parse_body(request, AgentRequest)
+    if isinstance(body, Response):
+        return body
+    try:
+        model_request = plan_agent(body)
+    except PlanError as exc:
+        return json_response({"detail": exc.detail}, exc.status)
+    try:
+        await gateway.egress.check(model_request.endpoint)
+        stream = await gateway.models.stream(model_request)
+    except EndpointNotAllowed as exc:
+        log.warning("model_endpoint_refused", reason=exc.reason)
+        return detail(exc.reason, 403)
+    except ModelError as exc:
+        return model_error_response(exc)
+    return RawTextStreamResponse(NdjsonEvents(stream), headers={"content-type": NDJSON_MEDIA_TYPE})

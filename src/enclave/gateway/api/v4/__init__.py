@@ -1,0 +1,1 @@
+"""Version 4 of GitLab's AI gateway API."""

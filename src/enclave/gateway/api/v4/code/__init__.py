@@ -1,0 +1,1 @@
+"""``/v4/code``: code suggestions streamed as server-sent events."""

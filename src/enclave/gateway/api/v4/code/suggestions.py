@@ -1,0 +1,250 @@
+"""``POST /v4/code/suggestions``: v3's ``prompt_components`` body, streamed as real SSE.
+
+The body carries one ``code_editor_completion`` or ``code_editor_generation`` component (the
+file around the cursor and the model) and optional ``code_editor_context`` items. It is mapped
+onto the v2 request and planned by the v2 use cases (:data:`COMPLETIONS`, :data:`GENERATIONS`),
+so prompts, model targets and post-processing are the same as there. Pipeline: authenticate
+(401/503/429) → any code-suggestions scope (403) → body (413/422) → the component's scope
+(403) → plan (422) → endpoint (403) → model (503/429).
+
+Streamed answers are framed as GitLab's v4 events (header ``X-Streaming-Format: sse``)::
+
+    event: stream_start\\ndata: {"metadata": {"model": {...}, "timestamp": ..., ...}}\\n\\n
+    event: content_chunk\\ndata: {"choices": [{"delta": {"content": "..."}, "index": 0}]}\\n\\n
+    event: stream_end\\ndata: null\\n\\n
+
+A model failure mid-answer ends the response without ``stream_end`` (the client sees an
+incomplete stream), as in the v2 raw-text streams.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+
+import orjson
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from enclave.common import wire
+from enclave.common.logging import get_logger
+from enclave.gateway.api.v2.code.completions import COMPLETIONS
+from enclave.gateway.api.v2.code.generations import GENERATIONS
+from enclave.gateway.api.v2.code.schemas import (
+    CodeContextPayload,
+    CurrentFile,
+    FileContent,
+    PromptMessage,
+    Str255,
+    SuggestionsRequest,
+    _Model,
+    field_error,
+)
+from enclave.gateway.api.v2.code.suggestions import (
+    ENGINE,
+    Plan,
+    PlanError,
+    UseCase,
+    authenticate,
+    check_prompt_shape,
+    model_error_response,
+    parse_body,
+)
+from enclave.gateway.http import detail, json_response
+from enclave.gateway.models.base import EndpointNotAllowed, ModelError, TextStream
+from enclave.gateway.streaming import RawTextStreamResponse, TextFilter
+
+if TYPE_CHECKING:
+    from enclave.gateway.app import Gateway
+
+log = get_logger(__name__)
+
+COMPLETION: Final = "code_editor_completion"
+GENERATION: Final = "code_editor_generation"
+CONTEXT: Final = "code_editor_context"
+STREAMING_FORMAT_HEADER: Final = "X-Streaming-Format"
+
+_USE_CASES: Final[dict[str, UseCase]] = {COMPLETION: COMPLETIONS, GENERATION: GENERATIONS}
+# Any of these lets the caller past the first check; the component's own scopes come later.
+_ANY_SCOPE: Final = (wire.UP_COMPLETE_CODE, wire.UP_GENERATE_CODE, wire.UP_CODE_SUGGESTIONS)
+
+
+class ComponentMetadata(_Model):
+    source: Str255
+    version: Str255
+
+
+class EditorPayload(_Model):
+    """The file around the cursor, the model, and v2's prompt fields."""
+
+    file_name: Str255
+    content_above_cursor: FileContent
+    content_below_cursor: FileContent = ""
+    language_identifier: Str255 | None = None
+    model_provider: Str255 | None = None
+    model_name: Annotated[str, Field(max_length=50)] | None = None
+    model_endpoint: Annotated[str, Field(max_length=2048)] | None = None
+    model_api_key: Annotated[str, Field(max_length=4096)] | None = None
+    model_identifier: Str255 | None = None
+    stream: bool = False
+    prompt: str | list[PromptMessage] | None = None
+    prompt_id: Str255 | None = None
+    prompt_version: Literal[1, 2, 3] = 1
+
+
+class EditorComponent(_Model):
+    type: Literal["code_editor_completion", "code_editor_generation"]
+    payload: EditorPayload
+    metadata: ComponentMetadata | None = None
+
+
+class ContextComponent(_Model):
+    type: Literal["code_editor_context"]
+    payload: CodeContextPayload
+    metadata: ComponentMetadata | None = None
+
+
+Component = Annotated[EditorComponent | ContextComponent, Field(discriminator="type")]
+
+
+class V4SuggestionsRequest(_Model):
+    # One editor component plus at most 100 context items (v2's context limit).
+    prompt_components: Annotated[list[Component], Field(min_length=1, max_length=101)]
+
+
+def editor_component(body: V4SuggestionsRequest) -> EditorComponent:
+    """The one completion or generation component (422 when there is none or several)."""
+    editors = [c for c in body.prompt_components if isinstance(c, EditorComponent)]
+    if len(editors) != 1:
+        raise PlanError(
+            [
+                field_error(
+                    ["prompt_components"],
+                    f"exactly one {COMPLETION} or {GENERATION} component is required",
+                    [c.type for c in body.prompt_components],
+                )
+            ]
+        )
+    return editors[0]
+
+
+def as_v2(body: V4SuggestionsRequest, editor: EditorComponent) -> SuggestionsRequest:
+    """The v2 request the v2 use cases plan from."""
+    payload = editor.payload
+    return SuggestionsRequest(
+        current_file=CurrentFile(
+            file_name=payload.file_name,
+            language_identifier=payload.language_identifier,
+            content_above_cursor=payload.content_above_cursor,
+            content_below_cursor=payload.content_below_cursor,
+        ),
+        stream=payload.stream,
+        context=[c.payload for c in body.prompt_components if isinstance(c, ContextComponent)],
+        prompt_version=payload.prompt_version,
+        prompt=payload.prompt,
+        prompt_id=payload.prompt_id,
+        model_provider=payload.model_provider,
+        model_name=payload.model_name,
+        model_endpoint=payload.model_endpoint,
+        model_api_key=payload.model_api_key,
+        model_identifier=payload.model_identifier,
+    )
+
+
+def model_metadata(plan: Plan) -> dict[str, Any]:
+    return {"engine": ENGINE, "name": plan.model_name, "lang": plan.lang}
+
+
+def sse_event(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {orjson.dumps(data).decode()}\n\n"
+
+
+class SseEvents:
+    """A :class:`TextStream` of SSE frames around a model's text deltas.
+
+    ``stream_start`` comes first, one ``content_chunk`` per (filtered, non-empty) delta, and
+    ``stream_end`` once the model finished; a :class:`ModelError` propagates unframed.
+    """
+
+    def __init__(self, inner: TextStream, plan: Plan, text_filter: TextFilter | None) -> None:
+        self._inner = inner
+        self._plan = plan
+        self._filter = text_filter
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    @staticmethod
+    def _chunk(text: str) -> str:
+        return sse_event("content_chunk", {"choices": [{"delta": {"content": text}, "index": 0}]})
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        text_filter = self._filter
+        yield sse_event(
+            "stream_start",
+            {
+                "metadata": {
+                    "model": model_metadata(self._plan),
+                    "timestamp": int(time.time()),
+                    "enabled_feature_flags": [],
+                }
+            },
+        )
+        async for delta in self._inner:
+            text = text_filter.feed(delta) if text_filter is not None else delta
+            if text:
+                yield self._chunk(text)
+        tail = text_filter.flush() if text_filter is not None else ""
+        if tail:
+            yield self._chunk(tail)
+        yield sse_event("stream_end", None)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def response_body(plan: Plan, text: str, finish_reason: str) -> dict[str, Any]:
+    return {
+        "choices": [{"text": text, "index": 0, "finish_reason": finish_reason}],
+        "metadata": {"model": model_metadata(plan), "timestamp": int(time.time())},
+    }
+
+
+async def suggestions(request: Request) -> Response | RawTextStreamResponse:
+    gateway: Gateway = request.app.state.gateway
+    principal = await authenticate(request)
+    if isinstance(principal, Response):
+        return principal
+    if not principal.can(*_ANY_SCOPE):
+        return detail("Unauthorized to access code suggestions", 403)
+    body = await parse_body(request, V4SuggestionsRequest)
+    if isinstance(body, Response):
+        return body
+    try:
+        editor = editor_component(body)
+        use_case = _USE_CASES[editor.type]
+        if not principal.can(*use_case.scopes):
+            return detail(use_case.unauthorized, 403)
+        payload = as_v2(body, editor)
+        check_prompt_shape(payload)
+        plan = use_case.plan(payload)
+    except PlanError as exc:
+        return json_response({"detail": exc.detail}, exc.status)
+
+    try:
+        await gateway.egress.check(plan.request.endpoint)
+        if payload.stream:
+            stream = await gateway.models.stream(plan.request)
+            text_filter = plan.stream_filter() if plan.stream_filter else None
+            return RawTextStreamResponse(
+                SseEvents(stream, plan, text_filter), headers={STREAMING_FORMAT_HEADER: "sse"}
+            )
+        result = await gateway.models.complete(plan.request)
+    except EndpointNotAllowed as exc:
+        log.warning("model_endpoint_refused", reason=exc.reason)
+        return detail(exc.reason, 403)
+    except ModelError as exc:
+        return model_error_response(exc)
+    return json_response(response_body(plan, plan.postprocess(result.text), result.finish_reason))
