@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,19 +62,25 @@ def expected_answer() -> str:
     return TINY_ANSWER
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("enclave-data")
-    env = stack_env(data_dir)
+@contextmanager
+def running_stack(data_dir: Path, gguf: Path, **extra_env: str) -> Iterator[Stack]:
+    """The three roles, as ``enclave up`` runs them, on free ports with their own data dir."""
+    env = {**stack_env(data_dir), **extra_env}
     plan = make_plan(
         instance_host="127.0.0.1",
         instance_port=free_port(),
         gateway_host="127.0.0.1",
         gateway_port=free_port(),
-        gguf=tiny_gguf,
+        gguf=gguf,
     )
     start_all(plan, data_dir / "logs", lambda role, elapsed: None, env=env)
     try:
         yield Stack(plan, data_dir, env)
     finally:
         stop_all(plan)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("enclave-data"), tiny_gguf) as shared:
+        yield shared

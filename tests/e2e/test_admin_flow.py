@@ -17,10 +17,8 @@ import httpx
 import orjson
 import pytest
 
-from enclave.common.net import free_port
 from enclave.model.tiny_gguf import TINY_ANSWER
-from enclave.supervisor import make_plan, start_all, stop_all
-from tests.e2e.conftest import Stack, stack_env
+from tests.e2e.conftest import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -38,20 +36,8 @@ COMPLETION = {
 
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("enclave-admin-flow")
-    env = stack_env(data_dir)
-    plan = make_plan(
-        instance_host="127.0.0.1",
-        instance_port=free_port(),
-        gateway_host="127.0.0.1",
-        gateway_port=free_port(),
-        gguf=tiny_gguf,
-    )
-    start_all(plan, data_dir / "logs", lambda role, elapsed: None, env=env)
-    try:
-        yield Stack(plan, data_dir, env)
-    finally:
-        stop_all(plan)
+    with running_stack(tmp_path_factory.mktemp("enclave-admin-flow"), tiny_gguf) as stack:
+        yield stack
 
 
 class Admin:

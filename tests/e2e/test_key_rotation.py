@@ -21,9 +21,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from enclave.common.net import free_port
-from enclave.supervisor import make_plan, start_all, stop_all
-from tests.e2e.conftest import Stack, stack_env
+from tests.e2e.conftest import Stack, running_stack
 from tests.e2e.test_gateway_tokens import call_gateway, claims
 
 pytestmark = pytest.mark.e2e
@@ -41,19 +39,9 @@ BODY = {
 @pytest.fixture(scope="module")
 def rotation_stack(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("enclave-rotation")
-    env = {**stack_env(data_dir), "ENCLAVE_GATEWAY__JWKS_REFRESH_COOLDOWN_S": "1"}
-    plan = make_plan(
-        instance_host="127.0.0.1",
-        instance_port=free_port(),
-        gateway_host="127.0.0.1",
-        gateway_port=free_port(),
-        gguf=tiny_gguf,
-    )
-    start_all(plan, data_dir / "logs", lambda role, elapsed: None, env=env)
-    try:
-        yield Stack(plan, data_dir, env)
-    finally:
-        stop_all(plan)
+    # A 1 s key-refresh cooldown, so the gateway picks up the new key within the test.
+    with running_stack(data_dir, tiny_gguf, ENCLAVE_GATEWAY__JWKS_REFRESH_COOLDOWN_S="1") as stack:
+        yield stack
 
 
 def enclave(stack: Stack, *args: str) -> Any:
