@@ -16,29 +16,22 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
-from enclave.instance import ai_settings
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
+from enclave.instance.api.forwarding import forward_identity, resolve_for_request
 from enclave.instance.api.middleware import annotate
 from enclave.instance.api.relay import gateway_error
-from enclave.instance.context import InstanceContext
 from enclave.instance.features import (
     FEATURE_UNIT_PRIMITIVES,
     Feature,
-    FeatureMisconfiguredError,
-    FeatureUnavailableError,
     ResolvedModel,
-    resolve_feature,
 )
 from enclave.instance.gateway_client import (
-    ForwardIdentity,
     GatewayUnavailableError,
     gateway_headers,
-    pseudonymous_user_id,
 )
 from enclave.instance.pats import AI_SCOPES, Principal
 
@@ -117,14 +110,6 @@ def chat_body(text: str, context: list[dict[str, Any]], model: ResolvedModel) ->
     }
 
 
-def _resolve(
-    ctx: InstanceContext, feature: Feature
-) -> tuple[ResolvedModel, ai_settings.EffectiveAiSettings]:
-    with ctx.sessions() as session, session.begin():
-        model = resolve_feature(session, ctx.secret_box, feature)
-        return model, ai_settings.effective(session, ctx.settings)
-
-
 @router.post("/api/v4/chat/completions", summary="Ask Duo Chat (GitLab's REST chat endpoint)")
 async def chat_completions(
     request: Request,
@@ -134,21 +119,10 @@ async def chat_completions(
     ctx = context_of(request)
     feature, invokable, text = route_question(body.content)
     annotate(request, feature=feature.value)
-    try:
-        model, effective = await run_in_threadpool(_resolve, ctx, feature)
-    except FeatureUnavailableError as exc:
-        raise InstanceAPIError(403, str(exc)) from None
-    except FeatureMisconfiguredError as exc:
-        log.error("feature_misconfigured", error=str(exc))
-        raise InstanceAPIError(500, f"{exc}. Ask an administrator to fix the model.") from None
+    model, effective = await resolve_for_request(ctx, feature)
     annotate(request, model=model.name)
     scopes = {FEATURE_UNIT_PRIMITIVES[feature], wire.UP_DUO_CHAT}
-    identity = ForwardIdentity(
-        instance_id=str(ctx.instance_id),
-        host_name=ctx.host_name,
-        global_user_id=pseudonymous_user_id(ctx.user_id_salt, principal.user_id),
-        request_id=str(request.state.request_id),
-    )
+    identity = forward_identity(ctx, request, principal)
     try:
         upstream = await ctx.gateway.post(
             f"/v1/chat/{invokable}",

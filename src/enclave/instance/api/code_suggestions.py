@@ -14,13 +14,12 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from enclave.common.logging import get_logger
-from enclave.instance import ai_settings
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
+from enclave.instance.api.forwarding import forward_identity, resolve_for_request
 from enclave.instance.api.middleware import annotate
 from enclave.instance.api.relay import gateway_error, relay
 from enclave.instance.code_suggestions import (
@@ -31,20 +30,12 @@ from enclave.instance.code_suggestions import (
     gateway_body,
     gateway_path,
 )
-from enclave.instance.context import InstanceContext
 from enclave.instance.features import (
     FEATURE_UNIT_PRIMITIVES,
-    Feature,
-    FeatureMisconfiguredError,
-    FeatureUnavailableError,
-    ResolvedModel,
-    resolve_feature,
 )
 from enclave.instance.gateway_client import (
-    ForwardIdentity,
     GatewayUnavailableError,
     gateway_headers,
-    pseudonymous_user_id,
 )
 from enclave.instance.pats import AI_SCOPES, Principal
 
@@ -77,16 +68,6 @@ async def read_json_body(request: Request, limit: int = MAX_BODY_BYTES) -> dict[
     return data
 
 
-def _resolve(
-    ctx: InstanceContext, feature: Feature
-) -> tuple[ResolvedModel, ai_settings.EffectiveAiSettings]:
-    """The feature's model and the AI settings, read fresh per request: an administrator's
-    change takes effect on the next request, on every replica."""
-    with ctx.sessions() as session, session.begin():
-        model = resolve_feature(session, ctx.secret_box, feature)
-        return model, ai_settings.effective(session, ctx.settings)
-
-
 @router.post("/api/v4/code_suggestions/completions")
 async def completions(
     request: Request, principal: Annotated[Principal, Depends(authenticated(AI_SCOPES))]
@@ -99,22 +80,11 @@ async def completions(
     intent = detect_intent(suggestion)
     feature = feature_for(intent)
     annotate(request, feature=feature.value, stream=suggestion.stream)
-    try:
-        model, effective = await run_in_threadpool(_resolve, ctx, feature)
-    except FeatureUnavailableError as exc:
-        raise InstanceAPIError(403, str(exc)) from None
-    except FeatureMisconfiguredError as exc:
-        log.error("feature_misconfigured", error=str(exc))
-        raise InstanceAPIError(500, f"{exc}. Ask an administrator to fix the model.") from None
+    model, effective = await resolve_for_request(ctx, feature)
     minted = ctx.minter.token([FEATURE_UNIT_PRIMITIVES[feature]])
     # The kid in the request log shows which key signed (key rotation).
     annotate(request, model=model.name, signing_kid=minted.kid)
-    identity = ForwardIdentity(
-        instance_id=str(ctx.instance_id),
-        host_name=ctx.host_name,
-        global_user_id=pseudonymous_user_id(ctx.user_id_salt, principal.user_id),
-        request_id=str(request.state.request_id),
-    )
+    identity = forward_identity(ctx, request, principal)
     try:
         upstream = await ctx.gateway.post(
             gateway_path(intent),

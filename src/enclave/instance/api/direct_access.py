@@ -34,27 +34,20 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
-from enclave.instance import ai_settings
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
+from enclave.instance.api.forwarding import forward_identity, resolve_for_request
 from enclave.instance.api.middleware import annotate
 from enclave.instance.api.relay import gateway_error
-from enclave.instance.context import InstanceContext
 from enclave.instance.features import (
     Feature,
-    FeatureMisconfiguredError,
-    FeatureUnavailableError,
-    resolve_feature,
 )
 from enclave.instance.gateway_client import (
-    ForwardIdentity,
     GatewayUnavailableError,
     gateway_headers,
-    pseudonymous_user_id,
 )
 from enclave.instance.pats import AI_SCOPES, Principal
 from enclave.instance.rate_limit import retry_after
@@ -81,13 +74,6 @@ _PUBLIC_HEADERS = (
 )
 
 
-def _check_feature(ctx: InstanceContext) -> ai_settings.EffectiveAiSettings:
-    """403 unless code completions are served by a self-hosted model; the AI settings."""
-    with ctx.sessions() as session, session.begin():
-        resolve_feature(session, ctx.secret_box, Feature.CODE_COMPLETIONS)
-        return ai_settings.effective(session, ctx.settings)
-
-
 def _gateway_message(body: bytes) -> str:
     try:
         data: Any = orjson.loads(body)
@@ -107,13 +93,8 @@ async def direct_access(
 ) -> JSONResponse:
     ctx = context_of(request)
     annotate(request, feature="code_completions")
-    try:
-        effective = await run_in_threadpool(_check_feature, ctx)
-    except FeatureUnavailableError as exc:
-        raise InstanceAPIError(403, str(exc)) from None
-    except FeatureMisconfiguredError as exc:
-        log.error("feature_misconfigured", error=str(exc))
-        raise InstanceAPIError(500, f"{exc}. Ask an administrator to fix the model.") from None
+    # 403 unless code completions are served by a self-hosted model.
+    _, effective = await resolve_for_request(ctx, Feature.CODE_COMPLETIONS)
 
     wait = ctx.direct_access_limiter.hit(principal.user_id)
     if wait is not None:
@@ -125,12 +106,7 @@ async def direct_access(
         )
 
     minted = ctx.minter.token([wire.UP_COMPLETE_CODE])
-    identity = ForwardIdentity(
-        instance_id=str(ctx.instance_id),
-        host_name=ctx.host_name,
-        global_user_id=pseudonymous_user_id(ctx.user_id_salt, principal.user_id),
-        request_id=str(request.state.request_id),
-    )
+    identity = forward_identity(ctx, request, principal)
     headers = gateway_headers(minted.token, identity)
     base_url = effective.ai_gateway_url.rstrip("/")
     try:
