@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +61,25 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def expected_answer() -> str:
     return TINY_ANSWER
+
+
+def gateway_body(stack: Stack) -> dict[str, Any]:
+    """A completion request as GitLab's instance sends it to the gateway, for the embedded model."""
+    return {
+        "current_file": {
+            "file_name": "calc.py",
+            "content_above_cursor": "def add(a, b):\n    ",
+            "content_below_cursor": "",
+        },
+        "prompt_version": 2,
+        "prompt": "",
+        "stream": False,
+        "model_provider": "litellm",
+        "model_name": "general",
+        "model_endpoint": stack.model_url,
+        "model_api_key": stack.model_api_key,
+        "model_identifier": "custom_openai/smollm2",
+    }
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, gateway_body
 
 pytestmark = pytest.mark.e2e
 
@@ -20,24 +20,6 @@ def direct_access(stack: Stack) -> dict[str, Any]:
     )
     assert response.status_code == 200, response.text
     return dict(response.json())
-
-
-def gateway_body(stack: Stack) -> dict[str, Any]:
-    return {
-        "current_file": {
-            "file_name": "calc.py",
-            "content_above_cursor": "def add(a, b):\n    ",
-            "content_below_cursor": "",
-        },
-        "prompt_version": 2,
-        "prompt": "",
-        "stream": False,
-        "model_provider": "litellm",
-        "model_name": "general",
-        "model_endpoint": stack.model_url,
-        "model_api_key": stack.model_api_key,
-        "model_identifier": "custom_openai/smollm2",
-    }
 
 
 def call(access: dict[str, Any], path: str, body: dict[str, Any]) -> httpx.Response:

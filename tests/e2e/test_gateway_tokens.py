@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from enclave.common.net import free_port
 from enclave.supervisor import Role
-from tests.e2e.conftest import Stack, stack_env
+from tests.e2e.conftest import Stack, gateway_body, stack_env
 
 pytestmark = pytest.mark.e2e
 
@@ -63,24 +63,6 @@ def sign(stack: Stack, payload: dict[str, Any], key: Any = None, kid: str | None
         algorithm="RS256",
         headers={"kid": kid or instance_kid(stack)},
     )
-
-
-def gateway_body(stack: Stack) -> dict[str, Any]:
-    return {
-        "current_file": {
-            "file_name": "calc.py",
-            "content_above_cursor": "def add(a, b):\n    ",
-            "content_below_cursor": "",
-        },
-        "prompt_version": 2,
-        "prompt": "",
-        "stream": False,
-        "model_provider": "litellm",
-        "model_name": "general",
-        "model_endpoint": stack.model_url,
-        "model_api_key": stack.model_api_key,
-        "model_identifier": "custom_openai/smollm2",
-    }
 
 
 def call_gateway(stack: Stack, token: str) -> httpx.Response:
