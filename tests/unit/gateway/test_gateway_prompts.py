@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from enclave.gateway.prompts import code_completions as cc
-from enclave.gateway.prompts import code_generations as cg
+from enclave.gateway.prompts import postprocess as pp
 
 
 def test_every_family_is_consistent() -> None:
@@ -68,7 +68,7 @@ def test_detect_language(identifier: str | None, file_name: str, lang: str | Non
     ],
 )
 def test_strip_fences(answer: str, cleaned: str) -> None:
-    assert cc.strip_fences(answer) == cleaned
+    assert pp.strip_fences(answer) == cleaned
 
 
 _FENCY = st.text(alphabet=["`", "\n", " ", "a", "p", "y"], max_size=40)
@@ -77,10 +77,10 @@ _FENCY = st.text(alphabet=["`", "\n", " ", "a", "p", "y"], max_size=40)
 @given(text=_FENCY, cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=8))
 def test_fence_stripper_does_not_depend_on_chunking(text: str, cuts: list[int]) -> None:
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
-    stripper = cc.FenceStripper()
+    stripper = pp.FenceStripper()
     out = "".join(stripper.feed(text[a:b]) for a, b in itertools.pairwise(bounds))
     out += stripper.flush()
-    assert out == cc.strip_fences(text)
+    assert out == pp.strip_fences(text)
 
 
 @pytest.mark.parametrize(
@@ -95,12 +95,12 @@ def test_fence_stripper_does_not_depend_on_chunking(text: str, cuts: list[int]) 
     ],
 )  # fmt: skip
 def test_strip_echoed_prefix(answer: str, prefix: str, cleaned: str) -> None:
-    assert cc.strip_echoed_prefix(answer, prefix) == cleaned
+    assert pp.strip_echoed_prefix(answer, prefix) == cleaned
 
 
 def test_echoed_current_line_is_dropped() -> None:
     prefix = "def add(a, b):\n    return a"
-    assert cc.strip_echoed_prefix("    return a + b", prefix) == " + b"
+    assert pp.strip_echoed_prefix("    return a + b", prefix) == " + b"
 
 
 def test_chat_instruction_has_the_file_around_the_cursor() -> None:
@@ -110,17 +110,17 @@ def test_chat_instruction_has_the_file_around_the_cursor() -> None:
 
 
 def test_postprocess_generation() -> None:
-    assert cg.postprocess_generation("<new_code>\nx = 1\n") == "x = 1\n"
-    assert cg.postprocess_generation("<new_code>x = 1</new_code> trailing") == "x = 1"
-    assert cg.postprocess_generation("```python\nx = 1\n```") == "x = 1"
-    assert cg.postprocess_generation("x = 1\n") == "x = 1\n"
+    assert pp.postprocess_generation("<new_code>\nx = 1\n") == "x = 1\n"
+    assert pp.postprocess_generation("<new_code>x = 1</new_code> trailing") == "x = 1"
+    assert pp.postprocess_generation("```python\nx = 1\n```") == "x = 1"
+    assert pp.postprocess_generation("x = 1\n") == "x = 1\n"
 
 
 @given(cuts=st.lists(st.integers(min_value=0, max_value=30), max_size=6))
 def test_generation_stream_filter_matches_the_whole_answer(cuts: list[int]) -> None:
     for text in ("<new_code>\nx = 1\n", "  <new_code>```py\ny\n```", "plain\n", "<new", ""):
         bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
-        stream = cg.GenerationStreamFilter()
+        stream = pp.GenerationStreamFilter()
         out = "".join(stream.feed(text[a:b]) for a, b in itertools.pairwise(bounds))
         out += stream.flush()
-        assert out == cg.postprocess_generation(text)
+        assert out == pp.postprocess_generation(text)

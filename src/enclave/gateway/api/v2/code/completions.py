@@ -27,15 +27,14 @@ from enclave.gateway.api.v2.code.suggestions import (
 )
 from enclave.gateway.models.base import Api, ChatMessage, ModelRequest
 from enclave.gateway.prompts.code_completions import (
-    FenceStripper,
     UnsupportedFamily,
     chat_completion_instruction,
     detect_language,
     family_spec,
     fim_prompt,
-    postprocess_chat,
     trim_context,
 )
+from enclave.gateway.prompts.postprocess import FenceStripper, postprocess_chat
 from enclave.gateway.streaming import RawTextStreamResponse
 
 USE_CASE_NAME = "code completions"

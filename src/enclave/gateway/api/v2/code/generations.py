@@ -23,6 +23,7 @@ from enclave.gateway.api.v2.code.suggestions import (
 from enclave.gateway.models.base import Api, ChatMessage, ModelRequest
 from enclave.gateway.prompts import code_generations as prompts
 from enclave.gateway.prompts.code_completions import FAMILY_GENERAL, detect_language
+from enclave.gateway.prompts.postprocess import GenerationStreamFilter, postprocess_generation
 from enclave.gateway.streaming import RawTextStreamResponse
 
 
@@ -64,8 +65,8 @@ def plan_generation(payload: SuggestionsRequest) -> Plan:
         request=request,
         model_name=f"custom_openai/{family}",
         lang=lang,
-        postprocess=prompts.postprocess_generation,
-        stream_filter=prompts.GenerationStreamFilter,
+        postprocess=postprocess_generation,
+        stream_filter=GenerationStreamFilter,
     )
 
 

@@ -1,0 +1,171 @@
+"""Post-processing of model answers so the editor can insert them as they are.
+
+Chat-style models decorate code: markdown fences, a restated line before the cursor, and
+``<new_code>`` tags for generations. These helpers remove that, both for whole answers and
+incrementally for streams (holding back only what they must).
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+NEW_CODE_OPEN: Final = "<new_code>"
+NEW_CODE_CLOSE: Final = "</new_code>"
+
+_FENCE = "```"
+
+
+def strip_fences(text: str) -> str:
+    """Remove a markdown code fence around the answer, and anything after its closing line.
+
+    A truncated answer may lack the closer. Same rules as :class:`FenceStripper`, which does
+    this incrementally for streams.
+    """
+    stripper = FenceStripper()
+    return stripper.feed(text) + stripper.flush()
+
+
+def strip_echoed_prefix(text: str, prefix: str, max_lines: int = 20) -> str:
+    """Drop code the model repeated from before the cursor.
+
+    Chat models often restate the current line (or the last few lines) before continuing;
+    inserting that at the cursor would duplicate it. We drop the longest run of trailing prefix
+    lines the answer starts with, and indentation the cursor line already has.
+    """
+    if not text or not prefix:
+        return text
+    lines = prefix.split("\n")
+    for count in range(min(max_lines, len(lines)), 0, -1):
+        tail = "\n".join(lines[-count:])
+        if tail.strip() and text.startswith(tail):
+            return text[len(tail) :]
+    current = lines[-1]
+    if current and not current.strip() and text.startswith(current):
+        return text[len(current) :]
+    return text
+
+
+def postprocess_chat(text: str, prefix: str) -> str:
+    """Clean a chat model's completion so it can be inserted at the cursor as is."""
+    return strip_echoed_prefix(strip_fences(text), prefix)
+
+
+class FenceStripper:
+    """Incremental :func:`strip_fences` for streamed chat answers.
+
+    Holds back only what it must: the first line until it is known whether it opens a fence,
+    and, inside a fence, a line that might turn out to be the closing one.
+    """
+
+    def __init__(self) -> None:
+        self._pending = ""
+        self._state: Literal["start", "plain", "fenced", "done"] = "start"
+
+    def feed(self, delta: str) -> str:
+        if self._state == "done":
+            return ""
+        if self._state == "plain":
+            return delta
+        self._pending += delta
+        if self._state == "start":
+            head = self._pending.lstrip()
+            if not head:
+                return ""
+            if not head.startswith(_FENCE[: len(head)]):
+                # Not a fence: release everything and pass the rest through untouched.
+                self._state = "plain"
+                out, self._pending = self._pending, ""
+                return out
+            newline = head.find("\n")
+            if newline < 0:
+                return ""  # "``" or "```py" so far; wait for the end of the line
+            self._state = "fenced"
+            self._pending = head[newline + 1 :]
+        return self._drain_fenced()
+
+    def _drain_fenced(self) -> str:
+        text = self._pending
+        start = 0
+        while True:
+            newline = text.find("\n", start)
+            if newline < 0:
+                break
+            if text[start:newline].strip() == _FENCE:
+                # Closing fence: the answer ends before its line (the newline belongs to it).
+                self._state = "done"
+                self._pending = ""
+                return text[: max(0, start - 1)]
+            start = newline + 1
+        # ``text[start:]`` is an unfinished line; if it could still become the closing fence,
+        # hold it back together with the newline before it.
+        keep_from = max(0, start - 1) if _FENCE.startswith(text[start:].strip()) else len(text)
+        out, self._pending = text[:keep_from], text[keep_from:]
+        return out
+
+    def flush(self) -> str:
+        """The rest of the answer at end of stream (a trailing lone fence is dropped)."""
+        rest, self._pending = self._pending, ""
+        if self._state == "done":
+            return ""
+        if self._state == "start":
+            # Only whitespace, or an opening fence line that never ended ("```py").
+            return rest if not rest.strip() else ""
+        if self._state == "fenced" and rest.strip() and _FENCE.startswith(rest.strip()):
+            return ""  # an unfinished closing fence (with the newline before it)
+        return rest
+
+
+def postprocess_generation(text: str) -> str:
+    """Unwrap the answer: drop ``<new_code>`` tags and a markdown fence around the code."""
+    body = text
+    stripped = body.lstrip()
+    if stripped and NEW_CODE_OPEN.startswith(stripped):
+        return ""  # cut off inside the opening tag
+    if stripped.startswith(NEW_CODE_OPEN):
+        body = stripped[len(NEW_CODE_OPEN) :]
+        if body.startswith("\n"):
+            body = body[1:]
+    closer = body.find(NEW_CODE_CLOSE)
+    if closer >= 0:
+        body = body[:closer]
+    return strip_fences(body)
+
+
+class GenerationStreamFilter:
+    """Incremental :func:`postprocess_generation` for streamed answers."""
+
+    def __init__(self) -> None:
+        self._head = ""
+        self._started = False
+        self._fences = FenceStripper()
+
+    def _after_tag(self, final: bool) -> str | None:
+        """The text after a leading ``<new_code>`` (or all of it); None while undecided."""
+        stripped = self._head.lstrip()
+        if stripped.startswith(NEW_CODE_OPEN):
+            rest = stripped[len(NEW_CODE_OPEN) :]
+            if not rest and not final:
+                return None  # the newline after the tag may still come
+            return rest[1:] if rest.startswith("\n") else rest
+        if not final and (not stripped or NEW_CODE_OPEN.startswith(stripped)):
+            return None
+        if final and stripped and NEW_CODE_OPEN.startswith(stripped):
+            return ""
+        return self._head
+
+    def feed(self, delta: str) -> str:
+        if self._started:
+            return self._fences.feed(delta)
+        self._head += delta
+        rest = self._after_tag(final=False)
+        if rest is None:
+            return ""
+        self._started = True
+        return self._fences.feed(rest)
+
+    def flush(self) -> str:
+        if self._started:
+            return self._fences.flush()
+        rest = self._after_tag(final=True) or ""
+        self._started = True
+        return self._fences.feed(rest) + self._fences.flush()
