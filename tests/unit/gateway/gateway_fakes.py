@@ -186,7 +186,10 @@ class FakeModel:
             )
         chat = request.path.endswith("/chat/completions")
         if body.get("stream") and not self.ignore_stream:
-            return await self._stream(request, chat)
+            # Like OpenAI and vLLM: token counts come in a last, choice-less chunk, and only
+            # when the request asked for them.
+            options = body.get("stream_options") or {}
+            return await self._stream(request, chat, bool(options.get("include_usage")))
         choice: dict[str, Any] = {"index": 0, "finish_reason": self.finish_reason}
         if chat:
             choice["message"] = {"role": "assistant", "content": self.text}
@@ -210,7 +213,9 @@ class FakeModel:
             choice["text"] = text
         return b"data: " + orjson.dumps({"id": "c", "choices": [choice]}) + b"\n\n"
 
-    async def _stream(self, request: web.Request, chat: bool) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, chat: bool, include_usage: bool = False
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         try:
@@ -226,6 +231,9 @@ class FakeModel:
                 await asyncio.sleep(0.01)
                 await response.write(self._event("x", chat))
             await response.write(self._event("", chat, self.finish_reason))
+            if include_usage and self.usage is not None:
+                usage_event = {"id": "c", "choices": [], "usage": self.usage}
+                await response.write(b"data: " + orjson.dumps(usage_event) + b"\n\n")
             await response.write(b"data: [DONE]\n\n")
         except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
             self.stream_closed.set()

@@ -97,6 +97,10 @@ class OpenAICompatClient:
             "n": 1,
             "stream": stream,
         }
+        if stream:
+            # Ask for token counts in the final chunk (OpenAI, vLLM, Ollama and llama.cpp honour
+            # it; servers that don't know the option ignore it) so streams report usage too.
+            payload["stream_options"] = {"include_usage": True}
         if request.api == "completions":
             payload["prompt"] = request.prompt or ""
         else:
