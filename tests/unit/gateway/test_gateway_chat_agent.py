@@ -83,6 +83,8 @@ async def test_stream_over_http_is_one_json_object_per_line(gw: Harness) -> None
     assert lines == [
         {"type": "final_answer_delta", "data": {"text": "Two"}},
         {"type": "final_answer_delta", "data": {"text": "."}},
+        # The fake model reports usage because the gateway asks for it (include_usage).
+        {"type": "usage", "data": {"input_tokens": 27, "output_tokens": 9}},
     ]
 
 

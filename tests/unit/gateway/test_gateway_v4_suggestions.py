@@ -27,7 +27,9 @@ class PacedModel(FakeModel):
     delay_s: float = 0.02
     stream_usage: dict[str, int] | None = None  # usage in the last event, as vLLM sends it
 
-    async def _stream(self, request: web.Request, chat: bool) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, chat: bool, include_usage: bool = False
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for chunk in self.chunks:
