@@ -35,6 +35,7 @@ from enclave.config import SELF_SIGNED_ISSUER, EnclaveSettings, load_settings
 from enclave.gateway.api import monitoring
 from enclave.gateway.api.v1.chat.invoke import chat
 from enclave.gateway.api.v1.code.user_access_token import user_access_token
+from enclave.gateway.api.v1.models.definitions import definitions
 from enclave.gateway.api.v1.prompts.invoke import PROMPTS, invoke
 from enclave.gateway.api.v2.chat.agent import agent
 from enclave.gateway.api.v2.code.completions import completions
@@ -212,6 +213,7 @@ ROUTES: Final = (
     Route("/v1/code/user_access_token", user_access_token, methods=["POST"]),
     Route("/v1/chat/{chat_invokable}", chat, methods=["POST"]),
     Route("/v1/prompts/{prompt_id:path}", invoke, methods=["POST"]),
+    Route("/v1/models/definitions", definitions, methods=["GET"]),
     Route("/monitoring/healthz", monitoring.healthz, methods=["GET"]),
     Route("/monitoring/ready", monitoring.ready, methods=["GET"]),
     # No token (as in GitLab's gateway); the client address allow-list still applies.
