@@ -7,10 +7,19 @@ incrementally for streams (holding back only what they must).
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 NEW_CODE_OPEN: Final = "<new_code>"
 NEW_CODE_CLOSE: Final = "</new_code>"
+
+
+class TextFilterLike(Protocol):
+    """An incremental post-processor: ``feed`` each delta, ``flush`` at the end."""
+
+    def feed(self, delta: str) -> str: ...
+
+    def flush(self) -> str: ...
+
 
 _FENCE = "```"
 
@@ -169,3 +178,113 @@ class GenerationStreamFilter:
         rest = self._after_tag(final=True) or ""
         self._started = True
         return self._fences.feed(rest) + self._fences.flush()
+
+
+# -- the end of the block --------------------------------------------------------------------
+
+# A line ending with one of these opens a block: what follows belongs deeper.
+_BLOCK_OPENERS: Final = (":", "{", "(", "[", "=>", " do", " then")
+# A line starting with one of these closes the block it is in (brace languages).
+_BLOCK_CLOSERS: Final = ("}", ")", "]")
+
+
+def _indent_width(line: str) -> int:
+    expanded = line.expandtabs(4)
+    return len(expanded) - len(expanded.lstrip(" "))
+
+
+class BlockEndFilter:
+    """Cut a completion where it leaves the block the cursor is in.
+
+    Models asked to fill in a function body like to go on with the next function. The first
+    line of the answer (the rest of the cursor's line) is always kept; after it, the first
+    line indented less than the block the cursor is in ends the answer, unless it merely
+    closes the block (``}``), which is kept when the code after the cursor does not already
+    close it. Blank lines before a cut are dropped with it. The result is always a prefix of
+    the answer.
+
+    The block is the cursor's line when it has code on it, else the last line with code above
+    the cursor (one level deeper when that line opens a block, e.g. ends with ``:`` or ``{``).
+    Streamed text passes through as it comes, except the start of each line, which is held
+    only until its first non-blank character shows whether the line stays in the block.
+    """
+
+    def __init__(self, prefix: str, suffix: str = "") -> None:
+        lines = prefix.split("\n")
+        cursor_line = lines[-1]
+        if cursor_line.strip():
+            self._min_indent = _indent_width(cursor_line)
+        else:
+            above = next((line for line in reversed(lines[:-1]) if line.strip()), "")
+            opens = above.rstrip().endswith(_BLOCK_OPENERS)
+            self._min_indent = _indent_width(above) + (1 if opens else 0)
+        self._suffix_head = suffix.lstrip()[:1]
+        self._state: Literal["first", "line_start", "in_line", "closing", "done"] = "first"
+        self._held = ""  # blank lines and the start of the current line, not yet released
+
+    def feed(self, delta: str) -> str:
+        out: list[str] = []
+        start = 0  # start of the run of ``delta`` passed through unchanged
+        for index, char in enumerate(delta):
+            state = self._state
+            if state == "done":
+                out.append(delta[start:index])
+                return "".join(out)
+            if state in ("first", "in_line", "closing"):
+                if char == "\n":
+                    if state == "closing":
+                        out.append(delta[start : index + 1])
+                        self._state = "done"
+                        return "".join(out)
+                    self._state = "line_start"
+                    out.append(delta[start : index + 1])
+                    start = index + 1
+                continue
+            # line_start: hold characters until the line shows its indentation.
+            self._held += char
+            start = index + 1
+            if char.isspace():
+                continue
+            indent = _indent_width(self._held.rsplit("\n", 1)[-1])
+            if indent >= self._min_indent:
+                self._state = "in_line"
+            elif char in _BLOCK_CLOSERS and char != self._suffix_head:
+                self._state = "closing"
+            else:
+                self._state = "done"
+                self._held = ""
+                return "".join(out)
+            out.append(self._held)
+            self._held = ""
+        if self._state != "line_start":
+            out.append(delta[start:])
+        return "".join(out)
+
+    def flush(self) -> str:
+        """The text held at the end of the answer (trailing blank lines are kept)."""
+        held, self._held = self._held, ""
+        return "" if self._state == "done" else held
+
+
+def stop_at_block_end(text: str, prefix: str, suffix: str = "") -> str:
+    """:class:`BlockEndFilter` applied to a whole answer."""
+    block = BlockEndFilter(prefix, suffix)
+    return block.feed(text) + block.flush()
+
+
+class FilterChain:
+    """Stream filters applied one after the other (each sees the previous one's output)."""
+
+    def __init__(self, *filters: TextFilterLike) -> None:
+        self._filters = filters
+
+    def feed(self, delta: str) -> str:
+        for text_filter in self._filters:
+            delta = text_filter.feed(delta)
+        return delta
+
+    def flush(self) -> str:
+        tail = ""
+        for text_filter in self._filters:
+            tail = text_filter.feed(tail) + text_filter.flush()
+        return tail
