@@ -7,7 +7,8 @@
    plaintext is written once, to ``admin-token.txt`` (0600) in the data dir, and returned once
    in :class:`BootstrapResult` for the CLI to show; it is never logged and never stored;
 5. when an embedded model endpoint is configured, register it as the self-hosted model
-   ``embedded-smollm2`` and assign it to the code and chat features that have no model yet.
+   ``embedded-smollm2`` and assign it to every feature that has no model yet and accepts the
+   embedded model's family.
 
 Steps run under a file lock in the data dir, so several workers starting together do each step
 once; database writes also take SQLite's write lock up front (``BEGIN IMMEDIATE``).
@@ -40,7 +41,12 @@ from enclave.instance.db.models import (
     SelfHostedModel,
     User,
 )
-from enclave.instance.features import API_TOKEN_PURPOSE, Feature
+from enclave.instance.features import (
+    API_TOKEN_PURPOSE,
+    COMPATIBLE_FAMILIES,
+    Feature,
+    main_feature,
+)
 from enclave.instance.files import ensure_private_dir, read_private_file, write_private_file
 from enclave.instance.keys import KeyStore
 from enclave.instance.pats import SCOPE_AI_FEATURES, SCOPE_API, create_token
@@ -55,7 +61,10 @@ ADMIN_TOKEN_NAME = "bootstrap admin token"  # noqa: S105 - a label
 ADMIN_TOKEN_SCOPES = (SCOPE_API, SCOPE_AI_FEATURES)
 
 EMBEDDED_MODEL_NAME = "embedded-smollm2"
-EMBEDDED_MODEL_FEATURES = (Feature.CODE_COMPLETIONS, Feature.CODE_GENERATIONS, Feature.DUO_CHAT)
+# Every feature with a setting of its own (chat sub-features follow duo_chat), so that a fresh
+# install answers every feature with the embedded model; those whose compatibility matrix does
+# not allow the embedded model's family are left unassigned.
+EMBEDDED_MODEL_FEATURES = tuple(feature for feature in Feature if main_feature(feature) is None)
 
 LOCK_FILE = ".instance-init.lock"
 
@@ -236,7 +245,8 @@ def _ensure_embedded_model(
         else:
             _update_embedded_model(session, model, settings, api_key, secret_box)
         for feature in EMBEDDED_MODEL_FEATURES:
-            _assign_if_unassigned(session, feature, model)
+            if model.family in COMPATIBLE_FAMILIES[feature]:
+                _assign_if_unassigned(session, feature, model)
         return model.id
 
 

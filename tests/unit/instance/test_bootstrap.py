@@ -151,13 +151,17 @@ def test_embedded_model_is_registered_with_an_encrypted_key(tmp_path: Path) -> N
             MODEL_API_KEY
         )
         settings_rows = {row.feature: row for row in session.scalars(select(FeatureSetting))}
-        assert set(settings_rows) == {"code_completions", "code_generations", "duo_chat"}
+        # Every feature with a setting of its own; chat sub-features follow duo_chat's.
+        assert set(settings_rows) == {
+            feature.value for feature in Feature if not feature.value.startswith("duo_chat_")
+        }
+        assert len(settings_rows) == 10
         for row in settings_rows.values():
             assert (row.provider, row.self_hosted_model_id) == ("self_hosted", model.id)
         resolved = resolve_feature(session, result.secret_box, Feature.CODE_COMPLETIONS)
         assert resolved.api_key == MODEL_API_KEY
         actions = sorted(session.scalars(select(AuditEvent.action)))
-        assert actions.count("self_hosted_model_feature_changed") == 3
+        assert actions.count("self_hosted_model_feature_changed") == 10
         assert "self_hosted_model_created" in actions
         for event in session.scalars(select(AuditEvent)):
             assert MODEL_API_KEY not in repr(event.details)
@@ -215,3 +219,15 @@ def test_missing_model_key_registers_the_model_without_one(tmp_path: Path) -> No
     with sessions() as session:
         resolved = resolve_feature(session, result.secret_box, Feature.CODE_COMPLETIONS)
         assert resolved.api_key is None
+
+
+def test_embedded_model_skips_features_its_family_cannot_serve(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    write_model_api_key(data_dir)
+    settings = make_settings(data_dir, embedded_model_endpoint=EMBEDDED_ENDPOINT)
+    settings.instance.default_model_family = "codegemma"  # code features only (GitLab's matrix)
+    initialise(settings)
+    sessions = make_session_factory(make_engine(settings.database_url))
+    with sessions() as session:
+        assigned = {row.feature for row in session.scalars(select(FeatureSetting))}
+    assert assigned == {"code_completions", "code_generations"}
