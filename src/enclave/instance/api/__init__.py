@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from enclave.instance.api import (
     admin_ai,
+    ai_features,
     chat,
     code_suggestions,
     direct_access,
@@ -23,6 +24,7 @@ def all_routers() -> list[APIRouter]:
         code_suggestions.router,
         direct_access.router,
         chat.router,
+        ai_features.router,
         admin_ai.router,
         admin_ai.audit_router,
     ]

@@ -33,6 +33,8 @@ _REASONS = {
     409: "Conflict",
     413: "Request Entity Too Large",
     415: "Unsupported Media Type",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
@@ -46,14 +48,26 @@ def status_message(status: int, detail: str | None = None) -> str:
 
 
 class InstanceAPIError(Exception):
-    """Raise in a route to answer ``{"message": ...}`` with ``status``."""
+    """Raise in a route to answer ``{"message": ...}`` with ``status``.
+
+    ``extra`` adds fields next to ``message`` (field errors, a chat error code); ``message``
+    replaces the GitLab-style "<status> <reason> - <detail>" text where a client expects its
+    own wording (Duo Chat's "... Error code: A1001").
+    """
 
     def __init__(
-        self, status: int, detail: str | None = None, *, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+        message: str | None = None,
     ) -> None:
         self.status = status
-        self.message = status_message(status, detail)
+        self.message = message if message is not None else status_message(status, detail)
         self.headers = headers or {}
+        self.extra = extra or {}
         super().__init__(self.message)
 
 
@@ -75,7 +89,7 @@ def unauthorized() -> InstanceAPIError:
 
 async def _instance_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InstanceAPIError)
-    return error_response(exc.status, exc.message, exc.headers)
+    return error_response(exc.status, exc.message, exc.headers, **exc.extra)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
@@ -109,6 +123,20 @@ async def _admin_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, ModelInUseError):
         extra["features"] = exc.features
     return error_response(exc.status, status_message(exc.status, exc.message), **extra)
+
+
+def field_errors(exc: RequestValidationError) -> InstanceAPIError:
+    """422 naming every invalid body field: ``{"message", "errors": {field: [why, ...]}}``.
+
+    For endpoints whose clients show per-field messages (the AI feature endpoints); the rest
+    of the API keeps GitLab's 400 with the first problem.
+    """
+    errors: dict[str, list[str]] = {}
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        errors.setdefault(location or "body", []).append(str(error.get("msg", "bad value")))
+    summary = "; ".join(f"{name}: {', '.join(why)}" for name, why in errors.items())
+    return InstanceAPIError(422, summary or "the body is invalid", extra={"errors": errors})
 
 
 def install_error_handlers(app: FastAPI) -> None:

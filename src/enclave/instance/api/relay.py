@@ -7,9 +7,11 @@ request is aborted as soon as the client goes away, so the model stops generatin
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import anyio
+import orjson
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -81,6 +83,12 @@ async def relay(upstream: aiohttp.ClientResponse, *, stream: bool) -> Response:
             status_code=upstream.status,
             headers=headers,
         )
+    content = await read_body(upstream)
+    return Response(content, status_code=upstream.status, headers=headers)
+
+
+async def read_body(upstream: aiohttp.ClientResponse) -> bytes:
+    """The whole body; a gateway that stalls or breaks off mid-body becomes 504/502."""
     try:
         content = await upstream.read()
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
@@ -96,7 +104,15 @@ async def relay(upstream: aiohttp.ClientResponse, *, stream: bool) -> Response:
             502, f"the AI gateway's response broke off ({type(exc).__name__}); check its logs."
         ) from exc
     upstream.release()
-    return Response(content, status_code=upstream.status, headers=headers)
+    return content
+
+
+def json_or_text(content: bytes) -> Any:
+    """The body as JSON, or ``{"message": <text>}`` (cut short) when it is not JSON."""
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return {"message": content.decode("utf-8", "replace")[:2000]}
 
 
 def gateway_error(error: GatewayUnavailableError) -> InstanceAPIError:
