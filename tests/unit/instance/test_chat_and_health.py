@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import jwt
@@ -10,9 +12,17 @@ import pytest
 from aiohttp import web
 from sqlalchemy import select
 
+from enclave.common.net import free_port
 from enclave.instance.db import FeatureSetting
 from tests.unit.instance.admin_helpers import ADMIN, Api
-from tests.unit.instance.conftest import EMBEDDED_ENDPOINT, MODEL_API_KEY, FakeGateway, LiveInstance
+from tests.unit.instance.conftest import (
+    EMBEDDED_ENDPOINT,
+    MODEL_API_KEY,
+    FakeGateway,
+    Handler,
+    LiveInstance,
+    wait_for,
+)
 
 CHAT = "/api/v4/chat/completions"
 
@@ -115,14 +125,209 @@ def test_chat_errors(api: Api, instance: LiveInstance, fresh_gateway: FakeGatewa
     missing = api.post(CHAT, {})
     assert missing.status_code == 400
     assert missing.json()["message"].startswith("400 Bad request - content is invalid")
+    assert fresh_gateway.requests == []
 
-    async def broken(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
-        return web.json_response({"detail": "Inference failed"}, status=503)
 
-    fresh_gateway.handler = broken
-    failed = api.post(CHAT, {"content": "hi"})
-    assert failed.status_code == 503
-    assert failed.json() == {"detail": "Inference failed"}
+def test_resource_and_current_file_go_with_the_question(
+    api: Api, chat_gateway: FakeGateway
+) -> None:
+    response = api.post(
+        CHAT,
+        {
+            "content": "What does this do?",
+            "resource_type": "issue",
+            "resource_id": 42,
+            "current_file": {
+                "file_name": "calc.py",
+                "selected_text": "return a + b",
+                "content_above_cursor": "def add(a, b):",
+                "content_below_cursor": "",
+            },
+            "additional_context": [{"type": "snippet", "name": "s", "content": "x = 1"}],
+        },
+    )
+    assert response.status_code == 200, response.text
+    [sent] = chat_gateway.requests
+    assert sent.body["prompt_components"][0]["payload"]["content"][0]["content"] == (
+        "<current_file name='calc.py'>\n"
+        "<content_above_cursor>\ndef add(a, b):\n</content_above_cursor>\n"
+        "<selected_text>\nreturn a + b\n</selected_text>\n"
+        "</current_file>\n\n"
+        "<snippet name='s'>\nx = 1\n</snippet>\n\n"
+        "What does this do?"
+    )
+    bad = api.post(CHAT, {"content": "x", "current_file": {"file_name": "a.py"}})
+    assert bad.status_code == 400
+    assert "current_file.selected_text" in bad.json()["message"]
+
+
+async def stream_in_steps(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+    await response.prepare(request)
+    await response.write(b"Use ")
+    # Waits until the client has seen the first chunk: a buffering relay would never let it.
+    released = await wait_for(gateway.release, 10)
+    await response.write(b"a list " if released else b"late ")
+    await response.write(b"comprehension.")
+    await response.write_eof()
+    return response
+
+
+def test_streamed_chat_is_relayed_chunk_by_chunk(
+    instance: LiveInstance, fresh_gateway: FakeGateway
+) -> None:
+    fresh_gateway.handler = stream_in_steps
+    with httpx.stream(
+        "POST",
+        instance.url + CHAT,
+        json={"content": "How do I flatten a list?", "stream": True},
+        headers={"PRIVATE-TOKEN": instance.admin_token},
+        timeout=20,
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+        chunks = response.iter_raw()
+        assert next(chunks) == b"Use "
+        fresh_gateway.release.set()
+        rest = b"".join(chunks)
+    assert rest == b"a list comprehension."
+    assert fresh_gateway.requests[0].body["stream"] is True
+
+
+async def stream_forever(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+    await response.prepare(request)
+    try:
+        for _ in range(1000):
+            await response.write(b"tick ")
+            await asyncio.sleep(0.02)
+    except (ConnectionResetError, asyncio.CancelledError):
+        gateway.disconnected.set()
+        raise
+    return response
+
+
+def test_chat_client_disconnect_cancels_the_upstream(
+    instance: LiveInstance, fresh_gateway: FakeGateway
+) -> None:
+    fresh_gateway.handler = stream_forever
+    with httpx.stream(
+        "POST",
+        instance.url + CHAT,
+        json={"content": "hi", "stream": True},
+        headers={"PRIVATE-TOKEN": instance.admin_token},
+        timeout=20,
+    ) as response:
+        assert next(response.iter_raw()).startswith(b"tick")
+    assert fresh_gateway.disconnected.wait(5)
+
+
+def answering(status: int, body: Any, headers: dict[str, str] | None = None) -> Handler:
+    async def handler(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
+        if isinstance(body, bytes):
+            return web.Response(body=body, status=status, headers=headers)
+        return web.json_response(body, status=status, headers=headers)
+
+    return handler
+
+
+async def break_mid_body(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = 1000
+    await response.prepare(request)
+    await response.write(b'{"response": "Use a')
+    assert request.transport is not None
+    request.transport.close()  # the gateway dies mid-answer
+    return response
+
+
+def assert_chat_error(response: httpx.Response, status: int, code: str, *phrases: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["x-gitlab-error-origin"] == "monolith"
+    body = response.json()
+    assert set(body) == {"message", "error_code"}
+    assert body["error_code"] == code
+    assert body["message"].endswith(f" Error code: {code}")
+    for phrase in phrases:
+        assert phrase in body["message"]
+    assert MODEL_API_KEY not in response.text
+    assert "Traceback" not in response.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("handler", "status", "code", "phrase"),
+    [
+        (answering(401, {"error": "Forbidden by auth provider"}), 502, "A1001", "401"),
+        (answering(403, {"detail": "Unauthorized to access duo_chat"}), 502, "A1001", "403"),
+        (answering(200, {"response": ""}), 502, "A1002", "without a usable response"),
+        (answering(200, b"<html>oops</html>"), 502, "A1002", "without a usable response"),
+        (answering(200, {"metadata": {}}), 502, "A1002", "without a usable response"),
+        (answering(421, {"detail": "401 invalid api key"}), 502, "A1003", "401 invalid api key"),
+        (
+            answering(503, {"detail": f"Inference failed: key {MODEL_API_KEY}"}),
+            502,
+            "A1003",
+            "Inference failed: key [redacted]",
+        ),
+        (answering(500, {"detail": "boom"}), 502, "A9999", "500: boom"),
+    ],
+)
+def test_gateway_failures_carry_gitlab_chat_error_codes(
+    api: Api,
+    fresh_gateway: FakeGateway,
+    handler: Handler,
+    status: int,
+    code: str,
+    phrase: str,
+    stream: bool,
+) -> None:
+    fresh_gateway.handler = handler
+    response = api.post(CHAT, {"content": "hi", "stream": stream})
+    if stream and code == "A1002":
+        # A 200 stream is relayed as it comes; there is no answer to judge before it ends.
+        assert response.status_code == 200
+        return
+    assert_chat_error(response, status, code, phrase)
+
+
+def test_rate_limited_model_is_429_with_retry_after(api: Api, fresh_gateway: FakeGateway) -> None:
+    fresh_gateway.handler = answering(429, {"detail": "slow down"}, {"Retry-After": "7"})
+    response = api.post(CHAT, {"content": "hi"})
+    assert_chat_error(response, 429, "A1003", "in 7 s")
+    assert response.headers["retry-after"] == "7"
+
+
+def test_an_answer_that_breaks_off_is_a1003(api: Api, fresh_gateway: FakeGateway) -> None:
+    fresh_gateway.handler = break_mid_body
+    assert_chat_error(api.post(CHAT, {"content": "hi"}), 502, "A1003", "broke off")
+
+
+def test_unreachable_gateway_is_a1001(live_instance_factory: Callable[..., LiveInstance]) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    live = live_instance_factory(gateway_url=dead, embedded_model_endpoint=EMBEDDED_ENDPOINT)
+    response = Api(live).post(CHAT, {"content": "hi"})
+    assert_chat_error(
+        response, 502, "A1001", f"Could not connect to the AI gateway at {dead}. Check"
+    )
+
+
+async def too_slow(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
+    await asyncio.sleep(3)
+    return web.json_response({"response": "late"})
+
+
+def test_gateway_timeout_is_a1000(
+    live_instance_factory: Callable[..., LiveInstance], fresh_gateway: FakeGateway
+) -> None:
+    fresh_gateway.handler = too_slow
+    live = live_instance_factory(
+        gateway_url=fresh_gateway.url,
+        gateway_timeout_s=1,
+        embedded_model_endpoint=EMBEDDED_ENDPOINT,
+    )
+    response = Api(live).post(CHAT, {"content": "hi"})
+    assert_chat_error(response, 504, "A1000", "did not answer in time")
 
 
 def test_full_readiness_includes_the_gateway(instance: LiveInstance, api: Api) -> None:

@@ -5,16 +5,40 @@ a chat sub-feature (``/explain`` → ``duo_chat_explain_code``, ``/tests``, ``/r
 ``/fix``, ``/troubleshoot``), which uses its own setting or, when unassigned, ``duo_chat``'s.
 The instance forwards it to the gateway's ``/v1/chat/{invokable}`` (GitLab's chat API with one
 ``prompt_components`` entry carrying the model, endpoint, identifier and key, provider
-``litellm``) and answers the model's text as a JSON string, as GitLab does.
+``litellm``) and answers the model's text as a JSON string, as GitLab does, or with ``"stream":
+true`` relays the gateway's raw text stream chunk by chunk.
+
+A ``current_file`` (the file open in the IDE: name, selected text, and optionally the text
+around the cursor) goes into the model's context before the question, like
+``additional_context`` items.
+
+When the answer cannot be had, the error carries GitLab's Duo Chat error code, in the body
+(``{"message": "... Error code: A1001", "error_code": "A1001"}``) and at the end of the message
+as GitLab's UI shows it (``doc/administration/gitlab_duo_self_hosted/troubleshooting.md``):
+
+======  ======  ==========================================================================
+code    status  cause
+======  ======  ==========================================================================
+A1000   504     the gateway did not answer in time (connecting, or mid-answer)
+A1001   502     the gateway cannot be reached, or refused the request (a 4xx from it)
+A1002   502     the gateway answered 200 without a usable (non-empty, parsable) response
+A1003   502     the model failed while answering (gateway 421/503, body broken off); 429
+                when the model is rate limited (with the gateway's ``Retry-After``)
+A9999   502     anything else (another gateway status; 500 for an unexpected instance error)
+======  ======  ==========================================================================
+
+A stream that breaks after it started cannot change its status any more: the connection is
+aborted (see ``relay``), so the client sees an incomplete response rather than a truncated one
+passed off as complete.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
+import aiohttp
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from enclave.common import wire
@@ -23,7 +47,7 @@ from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
 from enclave.instance.api.middleware import annotate
-from enclave.instance.api.relay import gateway_error
+from enclave.instance.api.relay import json_or_text, read_body, relay
 from enclave.instance.features import (
     FEATURE_UNIT_PRIMITIVES,
     Feature,
@@ -55,8 +79,29 @@ SLASH_COMMANDS: dict[str, tuple[Feature, str, str]] = {
 }
 
 
+# GitLab's Duo Chat error codes.
+A1000_TIMEOUT: Final = "A1000"
+A1001_GATEWAY: Final = "A1001"
+A1002_NO_ANSWER: Final = "A1002"
+A1003_MODEL: Final = "A1003"
+A9999_UNKNOWN: Final = "A9999"
+# Gateway statuses that mean the model failed (421 prompt registry, 503 "Inference failed").
+MODEL_FAILED_STATUSES: Final = frozenset({421, 503})
+MAX_REASON_CHARS: Final = 500
+MAX_FILE_NAME_CHARS: Final = 1024
+
+
+class CurrentFile(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    file_name: str = Field(min_length=1, max_length=MAX_FILE_NAME_CHARS)
+    selected_text: str = Field(max_length=MAX_CONTENT_CHARS)
+    content_above_cursor: str | None = Field(None, max_length=MAX_CONTENT_CHARS)
+    content_below_cursor: str | None = Field(None, max_length=MAX_CONTENT_CHARS)
+
+
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # resource_type, referer_url, ... are accepted
+    model_config = ConfigDict(extra="ignore")  # referer_url, ... are accepted
 
     content: str = Field(
         min_length=1,
@@ -67,6 +112,28 @@ class ChatRequest(BaseModel):
     additional_context: list[dict[str, Any]] | None = Field(
         None, description="Extra context items (type, name, content), as GitLab's clients send."
     )
+    current_file: CurrentFile | None = Field(
+        None, description="The file open in the editor; put into the model's context."
+    )
+    # GitLab's resource the question is about (issue, epic, ...): accepted, not used here.
+    resource_type: str | None = Field(None, max_length=255)
+    resource_id: int | str | None = None
+    stream: bool = Field(False, description="Relay the answer as it is generated.")
+
+
+class ChatError(InstanceAPIError):
+    """A chat failure with GitLab's error code, in the body and at the end of the message."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(
+            status,
+            headers=headers,
+            extra={"error_code": code},
+            message=f"{message} Error code: {code}",
+        )
+        self.code = code
 
 
 def route_question(content: str) -> tuple[Feature, str, str]:
@@ -79,7 +146,24 @@ def route_question(content: str) -> tuple[Feature, str, str]:
     return feature, invokable, f"{instruction}\n\n{rest.strip()}".strip()
 
 
-def chat_body(text: str, context: list[dict[str, Any]], model: ResolvedModel) -> dict[str, Any]:
+def current_file_context(current_file: CurrentFile) -> dict[str, Any]:
+    """The editor's file as a context item, its parts in tags the model can tell apart."""
+    parts = [f"<selected_text>\n{current_file.selected_text}\n</selected_text>"]
+    if current_file.content_above_cursor:
+        parts.insert(
+            0,
+            f"<content_above_cursor>\n{current_file.content_above_cursor}\n</content_above_cursor>",
+        )
+    if current_file.content_below_cursor:
+        parts.append(
+            f"<content_below_cursor>\n{current_file.content_below_cursor}\n</content_below_cursor>"
+        )
+    return {"type": "current_file", "name": current_file.file_name, "content": "\n".join(parts)}
+
+
+def chat_body(
+    text: str, context: list[dict[str, Any]], model: ResolvedModel, *, stream: bool = False
+) -> dict[str, Any]:
     if context:
         parts = [
             f"<{item.get('type', 'context')} name={item.get('name', '')!r}>\n"
@@ -106,7 +190,7 @@ def chat_body(text: str, context: list[dict[str, Any]], model: ResolvedModel) ->
                 "payload": payload,
             }
         ],
-        "stream": False,
+        "stream": stream,
     }
 
 
@@ -118,15 +202,18 @@ async def chat_completions(
 ) -> Any:
     ctx = context_of(request)
     feature, invokable, text = route_question(body.content)
-    annotate(request, feature=feature.value)
+    annotate(request, feature=feature.value, stream=body.stream)
     model, effective = await resolve_for_request(ctx, feature)
     annotate(request, model=model.name)
     scopes = {FEATURE_UNIT_PRIMITIVES[feature], wire.UP_DUO_CHAT}
     identity = forward_identity(ctx, request, principal)
+    context = list(body.additional_context or [])
+    if body.current_file is not None:
+        context.insert(0, current_file_context(body.current_file))
     try:
         upstream = await ctx.gateway.post(
             f"/v1/chat/{invokable}",
-            orjson.dumps(chat_body(text, body.additional_context or [], model)),
+            orjson.dumps(chat_body(text, context, model, stream=body.stream)),
             gateway_headers(
                 ctx.minter.token(scopes).token,
                 identity,
@@ -136,23 +223,112 @@ async def chat_completions(
             timeout_s=effective.ai_gateway_timeout_seconds,
         )
     except GatewayUnavailableError as exc:
-        raise gateway_error(exc) from None
+        raise _unreachable(exc) from None
     try:
-        content = await upstream.read()
-    finally:
-        upstream.release()
+        return await _answer(upstream, model, stream=body.stream)
+    except InstanceAPIError:
+        raise
+    except Exception:  # a bug must still reach the user as a chat error, not a bare 500
+        upstream.close()
+        log.exception("chat_failed")
+        raise ChatError(
+            500,
+            A9999_UNKNOWN,
+            "Duo Chat failed unexpectedly. Try again; if it keeps happening, ask an "
+            "administrator to check the instance logs.",
+        ) from None
+
+
+async def _answer(upstream: aiohttp.ClientResponse, model: ResolvedModel, *, stream: bool) -> Any:
+    if stream and upstream.status == 200:
+        return await relay(upstream, stream=True)
+    try:
+        content = await read_body(upstream)
+    except InstanceAPIError as exc:
+        if exc.status == 504:
+            raise _timeout() from None
+        raise ChatError(
+            502,
+            A1003_MODEL,
+            "The answer broke off while the AI gateway was sending it. Try again; if it "
+            "keeps happening, ask an administrator to check the gateway and model server logs.",
+        ) from None
     if upstream.status != 200:
-        # The gateway's error, as it came (its origin is the gateway, not the instance).
-        return JSONResponse(_json_or_text(content), status_code=upstream.status)
-    data = _json_or_text(content)
+        raise _gateway_failure(upstream, content, model)
+    data = json_or_text(content)
     answer = data.get("response") if isinstance(data, dict) else data
-    if not isinstance(answer, str):
-        raise InstanceAPIError(502, "the AI gateway answered without a chat response")
+    if not isinstance(answer, str) or not answer.strip():
+        log.warning("chat_answer_unusable", kind=type(answer).__name__)
+        raise ChatError(
+            502,
+            A1002_NO_ANSWER,
+            "The AI gateway answered without a usable response. Try again; if it keeps "
+            "happening, ask an administrator to check the gateway logs and the model.",
+        )
     return answer
 
 
-def _json_or_text(content: bytes) -> Any:
-    try:
-        return orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return {"message": content.decode("utf-8", "replace")[:2000]}
+def _timeout() -> ChatError:
+    return ChatError(
+        504,
+        A1000_TIMEOUT,
+        "The AI gateway did not answer in time. Try again, or ask a shorter question; if it "
+        "keeps happening, ask an administrator to check the gateway and model server logs or "
+        "raise the AI gateway timeout.",
+    )
+
+
+def _unreachable(error: GatewayUnavailableError) -> ChatError:
+    if error.status == 504:
+        return _timeout()
+    # The gateway client's message says which URL and what to check; it holds no secret.
+    return ChatError(502, A1001_GATEWAY, error.message[:1].upper() + error.message[1:])
+
+
+def _reason(content: bytes, model: ResolvedModel) -> str:
+    data = json_or_text(content)
+    reason: Any = data
+    if isinstance(data, dict):
+        reason = data.get("detail") or data.get("message") or data.get("error") or data
+    text = reason if isinstance(reason, str) else orjson.dumps(reason).decode()
+    if model.api_key:
+        text = text.replace(model.api_key, "[redacted]")
+    return text[:MAX_REASON_CHARS].rstrip(". ")
+
+
+def _gateway_failure(
+    upstream: aiohttp.ClientResponse, content: bytes, model: ResolvedModel
+) -> ChatError:
+    status = upstream.status
+    reason = _reason(content, model)
+    log.warning("chat_gateway_error", status=status)
+    if status in MODEL_FAILED_STATUSES:
+        return ChatError(
+            502,
+            A1003_MODEL,
+            f"The model {model.name!r} failed while answering ({reason}). Try again; if it "
+            "keeps happening, ask an administrator to check the model server and the model's "
+            "settings (Test connection).",
+        )
+    if status == 429:
+        retry = upstream.headers.get("Retry-After")
+        return ChatError(
+            429,
+            A1003_MODEL,
+            "The model is busy (rate limited). Try again "
+            + (f"in {retry} s." if retry else "in a moment."),
+            headers={"Retry-After": retry} if retry else None,
+        )
+    if 400 <= status < 500:
+        return ChatError(
+            502,
+            A1001_GATEWAY,
+            f"The AI gateway refused the request ({status}: {reason}). Ask an administrator "
+            "to check the gateway logs and that the gateway trusts this instance.",
+        )
+    return ChatError(
+        502,
+        A9999_UNKNOWN,
+        f"The AI gateway failed ({status}: {reason}). Try again; if it keeps happening, ask an "
+        "administrator to check the gateway logs.",
+    )
