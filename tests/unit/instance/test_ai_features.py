@@ -469,3 +469,32 @@ def test_openapi_documents_each_body(instance: LiveInstance) -> None:
         operation = schema["paths"][f"/api/v4/ai/{spec.path}"]["post"]
         ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         assert ref.endswith(spec.body.__name__)
+
+
+def test_422_for_a_body_that_is_not_json(api: Api, prompt_gateway: FakeGateway) -> None:
+    response = api.post(
+        url("generate_commit_message"),
+        content=b'{"diff": ',
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"] == {"body": ["the body is not valid JSON"]}
+
+
+def test_413_for_a_body_over_the_limit(api: Api, prompt_gateway: FakeGateway) -> None:
+    response = api.post(url("generate_commit_message"), {"diff": "+" * (9 * 1024 * 1024)})
+    assert response.status_code == 413
+    assert response.json()["message"] == "413 Request Entity Too Large - the body is over 8 MiB"
+    assert prompt_gateway.requests == []
+
+
+async def rate_limited(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
+    return web.json_response({"detail": "rate limited"}, status=429, headers={"Retry-After": "3"})
+
+
+def test_rate_limit_is_relayed_with_retry_after(api: Api, prompt_gateway: FakeGateway) -> None:
+    prompt_gateway.handler = rate_limited
+    response = api.post(url("write_tests"), {"code": "x"})
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "3"
+    assert response.json() == {"detail": "rate limited"}

@@ -13,6 +13,7 @@ from aiohttp import web
 from sqlalchemy import select
 
 from enclave.common.net import free_port
+from enclave.instance.api import chat
 from enclave.instance.db import FeatureSetting
 from tests.unit.instance.admin_helpers import ADMIN, Api
 from tests.unit.instance.conftest import (
@@ -310,6 +311,17 @@ def test_unreachable_gateway_is_a1001(live_instance_factory: Callable[..., LiveI
     assert_chat_error(
         response, 502, "A1001", f"Could not connect to the AI gateway at {dead}. Check"
     )
+
+
+def test_an_unexpected_failure_is_a9999(
+    api: Api, chat_gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug with a secret inside: " + MODEL_API_KEY)
+
+    monkeypatch.setattr(chat, "_answer", broken)
+    response = api.post(CHAT, {"content": "hi"})
+    assert_chat_error(response, 500, "A9999", "failed unexpectedly")
 
 
 async def too_slow(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:

@@ -41,7 +41,13 @@ from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError, field_errors
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
 from enclave.instance.api.middleware import annotate
-from enclave.instance.api.relay import gateway_error, json_or_text, read_body, relay
+from enclave.instance.api.relay import (
+    gateway_error,
+    gateway_reason,
+    json_or_text,
+    read_body,
+    relay,
+)
 from enclave.instance.features import (
     CHAT_SUB_FEATURES,
     FEATURE_UNIT_PRIMITIVES,
@@ -62,6 +68,9 @@ METADATA_PROVIDER = "openai"
 MODEL_FAILED_STATUSES = frozenset({421, 503})
 MAX_REASON_CHARS = 500
 
+# Checked on Content-Length before the body is read: the largest valid body (a 400 000-char
+# diff, or four 100 000-char texts, JSON-escaped) stays well under it.
+MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_DIFF_CHARS = 400_000
 MAX_TEXT_CHARS = 100_000
 MAX_LIST_ITEMS = 100
@@ -348,18 +357,6 @@ def prompt_path(prompt_id: str) -> str:
     return "/v1/prompts/" + quote(prompt_id, safe="")
 
 
-def gateway_reason(content: bytes, model: ResolvedModel) -> str:
-    """The gateway's error text, short and without the model's key (belt and braces)."""
-    data = json_or_text(content)
-    reason: Any = data
-    if isinstance(data, dict):
-        reason = data.get("detail") or data.get("message") or data.get("error") or data
-    text = reason if isinstance(reason, str) else orjson.dumps(reason).decode()
-    if model.api_key:
-        text = text.replace(model.api_key, "[redacted]")
-    return text[:MAX_REASON_CHARS]
-
-
 async def forward_feature(
     request: Request, principal: Principal, spec: AiFeature, body: FeatureRequest
 ) -> Response:
@@ -386,7 +383,7 @@ async def forward_feature(
         return await relay(upstream, stream=True)
     content = await read_body(upstream)
     if upstream.status in MODEL_FAILED_STATUSES:
-        reason = gateway_reason(content, model)
+        reason = gateway_reason(content, model.api_key, MAX_REASON_CHARS)
         log.warning("model_failed", feature=spec.feature.value, status=upstream.status)
         raise InstanceAPIError(
             502,
@@ -395,12 +392,12 @@ async def forward_feature(
             "Test connection).",
         )
     if upstream.status != 200:
-        # The gateway's own refusal, as it came (its origin is the gateway, not the instance).
-        return Response(
-            content,
-            status_code=upstream.status,
-            headers={"content-type": upstream.headers.get("Content-Type", "application/json")},
-        )
+        # The gateway's own refusal, as it came (its origin is the gateway, not the instance);
+        # Retry-After goes with a 429 so clients can back off.
+        headers = {"content-type": upstream.headers.get("Content-Type", "application/json")}
+        if "Retry-After" in upstream.headers:
+            headers["retry-after"] = upstream.headers["Retry-After"]
+        return Response(content, status_code=upstream.status, headers=headers)
     answer = json_or_text(content)
     if isinstance(answer, dict):  # /v2/prompts shape, should a gateway answer with it
         answer = answer.get("content", answer.get("response"))
@@ -416,6 +413,9 @@ class FieldErrorsRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+                raise InstanceAPIError(413, f"the body is over {MAX_BODY_BYTES // 2**20} MiB")
             try:
                 return await handler(request)
             except RequestValidationError as exc:

@@ -47,7 +47,7 @@ from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
 from enclave.instance.api.middleware import annotate
-from enclave.instance.api.relay import json_or_text, read_body, relay
+from enclave.instance.api.relay import gateway_reason, json_or_text, read_body, relay
 from enclave.instance.features import (
     FEATURE_UNIT_PRIMITIVES,
     Feature,
@@ -285,22 +285,11 @@ def _unreachable(error: GatewayUnavailableError) -> ChatError:
     return ChatError(502, A1001_GATEWAY, error.message[:1].upper() + error.message[1:])
 
 
-def _reason(content: bytes, model: ResolvedModel) -> str:
-    data = json_or_text(content)
-    reason: Any = data
-    if isinstance(data, dict):
-        reason = data.get("detail") or data.get("message") or data.get("error") or data
-    text = reason if isinstance(reason, str) else orjson.dumps(reason).decode()
-    if model.api_key:
-        text = text.replace(model.api_key, "[redacted]")
-    return text[:MAX_REASON_CHARS].rstrip(". ")
-
-
 def _gateway_failure(
     upstream: aiohttp.ClientResponse, content: bytes, model: ResolvedModel
 ) -> ChatError:
     status = upstream.status
-    reason = _reason(content, model)
+    reason = gateway_reason(content, model.api_key, MAX_REASON_CHARS).rstrip(". ")
     log.warning("chat_gateway_error", status=status)
     if status in MODEL_FAILED_STATUSES:
         return ChatError(

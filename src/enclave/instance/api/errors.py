@@ -133,6 +133,9 @@ def field_errors(exc: RequestValidationError) -> InstanceAPIError:
     """
     errors: dict[str, list[str]] = {}
     for error in exc.errors():
+        if error.get("type") == "json_invalid":  # its loc is a byte offset, not a field
+            errors.setdefault("body", []).append("the body is not valid JSON")
+            continue
         location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
         errors.setdefault(location or "body", []).append(str(error.get("msg", "bad value")))
     summary = "; ".join(f"{name}: {', '.join(why)}" for name, why in errors.items())

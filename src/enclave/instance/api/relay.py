@@ -115,6 +115,19 @@ def json_or_text(content: bytes) -> Any:
         return {"message": content.decode("utf-8", "replace")[:2000]}
 
 
+def gateway_reason(content: bytes, secret: str | None, limit: int = 500) -> str:
+    """The reason in a gateway error body (``detail``, ``message`` or ``error``), cut short and
+    without ``secret`` (the model's key, should a model server echo it into its error)."""
+    data = json_or_text(content)
+    reason: Any = data
+    if isinstance(data, dict):
+        reason = data.get("detail") or data.get("message") or data.get("error") or data
+    text = reason if isinstance(reason, str) else orjson.dumps(reason).decode()
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    return text[:limit]
+
+
 def gateway_error(error: GatewayUnavailableError) -> InstanceAPIError:
     """The client-facing error for a gateway that could not be reached."""
     return InstanceAPIError(error.status, error.message)
