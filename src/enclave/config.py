@@ -73,6 +73,13 @@ class InstanceSettings(BaseModel):
         description="LiteLLM-style identifier of that model: custom_openai/<served-model-name>.",
     )
     workers: int = Field(1, ge=1, le=64, description="Server worker processes.")
+    gateway_routes_secret_file: Path | None = Field(
+        None,
+        description="File with the shared secret the AI gateway presents (Authorization: "
+        "Bearer) to read the feature→model routes at /api/v4/internal/ai/gateway_routes, which "
+        "its OpenAI-compatible API serves. Unset: that endpoint answers 404. `enclave up` "
+        "generates <data_dir>/keys/gateway-routes.secret (0600) and sets it for both roles.",
+    )
     allowed_client_cidrs: list[str] = Field(
         default_factory=lambda: list(_LOOPBACK_AND_PRIVATE),
         description="Client addresses (CIDRs) that may call the instance (IDEs, admins, and the "
@@ -164,6 +171,26 @@ class GatewaySettings(BaseModel):
     leeway_s: int = Field(30, ge=0, le=300, description="Clock leeway for exp/nbf/iat.")
     model_timeout_s: float = Field(60, gt=0, le=600, description="Timeout of one model call.")
     workers: int = Field(1, ge=1, le=64, description="Server worker processes.")
+    gateway_routes_secret_file: Path | None = Field(
+        None,
+        description="File with the secret shared with the instance (its "
+        "gateway_routes_secret_file); with it the gateway keeps the instance's feature→model "
+        "routes in memory and serves the OpenAI-compatible API (/v1/models, "
+        "/v1/chat/completions, /v1/completions). Unset: that API answers 503. Single-instance "
+        "mode only (no trusted_issuers).",
+    )
+    routes_refresh_s: float = Field(
+        30, ge=0.2, le=3600, description="How often the feature→model routes are re-read."
+    )
+    routes_stale_s: float = Field(
+        300,
+        ge=0,
+        description="How long the last good routes keep serving when the instance cannot be "
+        "reached; after that the OpenAI-compatible API answers 503.",
+    )
+    routes_fetch_timeout_s: float = Field(
+        5, gt=0, le=60, description="Timeout of one routes fetch."
+    )
     trusted_issuers: list[TrustedIssuer] = Field(
         default_factory=list,
         description="Shared-gateway mode: the instances this gateway trusts, each with `url` "
@@ -349,6 +376,11 @@ class EnclaveSettings(BaseSettings):
     @property
     def admin_token_file(self) -> Path:
         return self.data_dir / "admin-token.txt"
+
+    @property
+    def gateway_routes_secret_default_file(self) -> Path:
+        """Where ``enclave up`` keeps the instance↔gateway routes secret."""
+        return self.keys_dir / "gateway-routes.secret"
 
     @property
     def model_dir(self) -> Path:

@@ -33,6 +33,9 @@ from enclave.common.logging import configure_logging, get_logger
 from enclave.common.netrules import EgressPolicy, parse_networks
 from enclave.config import SELF_SIGNED_ISSUER, EnclaveSettings, load_settings
 from enclave.gateway.api import monitoring
+from enclave.gateway.api.openai import chat_completions as openai_chat
+from enclave.gateway.api.openai import completions as openai_completions
+from enclave.gateway.api.openai import models as openai_models
 from enclave.gateway.api.v1.chat.invoke import chat
 from enclave.gateway.api.v1.code.user_access_token import user_access_token
 from enclave.gateway.api.v1.models.definitions import definitions
@@ -57,6 +60,7 @@ from enclave.gateway.models.openai_compat import OpenAICompatClient
 from enclave.gateway.prompts.chat import INVOKABLES
 from enclave.gateway.prompts.code_completions import FAMILIES
 from enclave.gateway.rate_limit import RateLimiter
+from enclave.gateway.routes_table import RoutesTable
 
 log = get_logger(__name__)
 
@@ -131,6 +135,8 @@ class Gateway:
         )
         self.egress_policy = EgressPolicy.parse(gateway_settings.model_egress_allow)
         self.egress = EgressGuard(clock, self.egress_policy)
+        # The instance's feature→model routes (OpenAI-compatible API), fetched from the issuer.
+        self.routes_table = RoutesTable.from_settings(gateway_settings, self.issuer_http, clock)
         self._refresh_in_background = refresh_keys_in_background
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -177,6 +183,7 @@ class Gateway:
         if self._refresh_in_background:
             for store in self.stores.values():
                 self._tasks.append(asyncio.create_task(store.run_refresher()))
+            self._tasks.append(asyncio.create_task(self.routes_table.run_refresher()))
         log.info(
             "gateway_started",
             issuers=sorted(self.stores),
@@ -191,6 +198,7 @@ class Gateway:
         self._tasks.clear()
         for store in self.stores.values():
             await store.aclose()
+        await self.routes_table.aclose()
         for session in (self.session, self.issuer_session):
             if session is not None:
                 await session.close()
@@ -211,9 +219,14 @@ ROUTES: Final = (
     Route("/v4/code/suggestions", suggestions, methods=["POST"]),
     Route("/v2/chat/agent", agent, methods=["POST"]),
     Route("/v1/code/user_access_token", user_access_token, methods=["POST"]),
+    # OpenAI-compatible API; before /v1/chat/{chat_invokable}, which would take "completions".
+    Route("/v1/chat/completions", openai_chat.chat_completions, methods=["POST"]),
+    Route("/v1/completions", openai_completions.completions, methods=["POST"]),
+    Route("/v1/models", openai_models.list_models, methods=["GET"]),
     Route("/v1/chat/{chat_invokable}", chat, methods=["POST"]),
     Route("/v1/prompts/{prompt_id:path}", invoke, methods=["POST"]),
     Route("/v1/models/definitions", definitions, methods=["GET"]),
+    Route("/v1/models/{model}", openai_models.retrieve_model, methods=["GET"]),
     Route("/monitoring/healthz", monitoring.healthz, methods=["GET"]),
     Route("/monitoring/ready", monitoring.ready, methods=["GET"]),
     # No token (as in GitLab's gateway); the client address allow-list still applies.

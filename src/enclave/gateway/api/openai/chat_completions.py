@@ -1,0 +1,39 @@
+"""``POST /v1/chat/completions``: OpenAI chat completions, served by a feature's model.
+
+``model`` names the feature; without one the request goes to ``duo_chat`` (general chat), the
+feature a chat client means when it does not pick one. The body is forwarded as the client sent
+it (after the checks of :mod:`.common`), with ``model`` replaced by the name the model server
+expects.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from enclave.common.features import Feature
+from enclave.gateway.api.openai.common import (
+    Call,
+    RequestError,
+    SSERelayResponse,
+    authenticate,
+    check_common,
+    check_messages,
+    forward,
+    read_json_object,
+    select_route,
+)
+
+DEFAULT_MODEL = Feature.DUO_CHAT.value
+
+
+async def chat_completions(request: Request) -> Response | SSERelayResponse:
+    try:
+        principal, routes = await authenticate(request)
+        body = await read_json_object(request)
+        model, stream = check_common(body, DEFAULT_MODEL)
+        route = select_route(principal, routes, model)
+        check_messages(body)
+        return await forward(request, Call(route, "chat", body, stream))
+    except RequestError as exc:
+        return exc.response()

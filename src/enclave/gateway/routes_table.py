@@ -1,0 +1,384 @@
+"""The instance's feature→model routes, kept in memory (no database or network on the hot path).
+
+The OpenAI-compatible API (:mod:`enclave.gateway.api.openai`) serves a feature with the
+self-hosted model the instance assigns to it. The gateway has no database, so it reads the
+whole table from ``<issuer>/api/v4/internal/ai/gateway_routes`` (presenting the shared secret of
+``gateway.gateway_routes_secret_file``) and keeps it, like the issuer's keys
+(:mod:`enclave.gateway.auth.jwks`):
+
+* fetched in the background at start-up, never blocking it (an instance that is down only makes
+  this API answer 503 until it is back);
+* re-read every ``routes_refresh_s``, so an administrator's change is live within that time; a
+  request that finds the table due also starts a refresh (one at a time), without waiting;
+* when the instance cannot be reached the last good table keeps serving for ``routes_stale_s``
+  more, then :class:`RoutesUnavailable` says so, with the reason of the last failed fetch;
+* bounded: at most :data:`MAX_ROUTES_BYTES` of JSON and :data:`MAX_ROUTES` routes.
+
+Only the single trusted instance (``gateway.issuer_url``) is asked: a shared gateway
+(``trusted_issuers``) has no one table to serve, so there the API stays off. The table holds
+decrypted model API keys: they are never logged and never leave except to their own endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+import orjson
+import structlog
+
+from enclave.common.logging import get_logger
+from enclave.config import GatewaySettings
+from enclave.gateway.api.v2.code.suggestions import PlanError, resolve_target
+from enclave.gateway.egress import display_url
+from enclave.gateway.http import connect_failure, read_limited
+
+log = get_logger(__name__)
+
+ROUTES_PATH: Final = "/api/v4/internal/ai/gateway_routes"
+MAX_ROUTES_BYTES: Final = 1024 * 1024
+MAX_ROUTES: Final = 256
+MAX_SECRET_BYTES: Final = 4096
+MIN_SECRET_CHARS: Final = 16
+# Retry soon after a failure (but not in a tight loop) whatever the refresh interval.
+FAILURE_RETRY_S: Final = 5.0
+# Model providers the OpenAI-compatible API can call (an OpenAI-compatible server).
+OPENAI_COMPATIBLE_PROVIDERS: Final = frozenset({"api"})
+
+
+class RoutesError(Exception):
+    """One fetch of the routes failed; the message says why (never the secret)."""
+
+
+class RoutesUnavailable(Exception):
+    """No usable routes: never loaded, past their stale window, or the API is off."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRoute:
+    """How one feature is served: a callable model, or why not."""
+
+    feature: str
+    unit_primitive: str
+    available: bool
+    reason: str | None = None  # disabled, vendored, unassigned, misconfigured, unsupported
+    message: str | None = None
+    model_name: str | None = None
+    family: str | None = None
+    endpoint: str | None = None  # OpenAI API base, no trailing slash
+    upstream_model: str | None = None  # the "model" the model server expects
+    api_key: str | None = field(default=None, repr=False)
+
+
+def _route(entry: Any) -> FeatureRoute | None:
+    """One entry of the instance's document; None when it is not even shaped like one."""
+    if not isinstance(entry, dict):
+        return None
+    feature, primitive = entry.get("feature"), entry.get("unit_primitive")
+    if not isinstance(feature, str) or not feature or not isinstance(primitive, str):
+        return None
+    if entry.get("available") is not True:
+        reason = entry.get("reason")
+        message = entry.get("message")
+        return FeatureRoute(
+            feature,
+            primitive,
+            available=False,
+            reason=reason if isinstance(reason, str) else "unassigned",
+            message=message if isinstance(message, str) else f"{feature} is not available",
+        )
+    model = entry.get("model")
+    if not isinstance(model, dict):
+        return None
+
+    def text(name: str) -> str | None:
+        value = model.get(name)
+        return value if isinstance(value, str) and value else None
+
+    name, family, provider = text("name"), text("family"), text("provider") or "api"
+    if provider not in OPENAI_COMPATIBLE_PROVIDERS:
+        return FeatureRoute(
+            feature,
+            primitive,
+            available=False,
+            reason="unsupported",
+            message=f"the model {name!r} serving {feature} uses provider '{provider}', which "
+            "the OpenAI-compatible API cannot call; assign a model with provider 'api'",
+            model_name=name,
+            family=family,
+        )
+    try:
+        target = resolve_target(None, family, text("endpoint"), text("api_key"), text("identifier"))
+    except PlanError as exc:
+        detail = exc.detail if isinstance(exc.detail, str) else "endpoint or identifier missing"
+        return FeatureRoute(
+            feature,
+            primitive,
+            available=False,
+            reason="misconfigured",
+            message=f"the model {name!r} serving {feature} cannot be called: {detail}",
+            model_name=name,
+            family=family,
+        )
+    return FeatureRoute(
+        feature,
+        primitive,
+        available=True,
+        model_name=name,
+        family=family,
+        endpoint=target.endpoint,
+        upstream_model=target.model,
+        api_key=target.api_key,
+    )
+
+
+def parse_routes(document: Any, max_routes: int = MAX_ROUTES) -> dict[str, FeatureRoute]:
+    """The routes of the instance's document, by feature; :class:`RoutesError` if unusable."""
+    if not isinstance(document, dict) or not isinstance(document.get("routes"), list):
+        raise RoutesError("the instance's answer has no 'routes' list")
+    entries = document["routes"]
+    if len(entries) > max_routes:
+        raise RoutesError(f"the instance sent {len(entries)} routes, more than {max_routes}")
+    routes: dict[str, FeatureRoute] = {}
+    for entry in entries:
+        route = _route(entry)
+        if route is not None:
+            routes.setdefault(route.feature, route)
+    return routes
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise RoutesError(
+            f"cannot read the gateway routes secret file {path} ({exc.strerror})"
+        ) from None
+    secret = raw.decode("utf-8", "replace").strip()
+    if len(raw) > MAX_SECRET_BYTES or len(secret) < MIN_SECRET_CHARS:
+        raise RoutesError(f"the gateway routes secret file {path} does not hold a usable secret")
+    return secret
+
+
+SessionGetter = Callable[[], aiohttp.ClientSession]
+
+
+class RoutesTable:
+    """The in-memory routes of the trusted instance; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str | None,
+        secret_file: Path | None,
+        session: SessionGetter,
+        refresh_s: float = 30,
+        stale_s: float = 300,
+        timeout_s: float = 5,
+        clock: Callable[[], float] = time.monotonic,
+        off_reason: str | None = None,
+    ) -> None:
+        self.issuer = (issuer or "").rstrip("/")
+        self.url = self.issuer + ROUTES_PATH
+        self._secret_file = secret_file
+        self._session = session
+        self.refresh_s = refresh_s
+        self._stale_s = stale_s
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self.off_reason = off_reason
+        if off_reason is None and (secret_file is None or not issuer):
+            self.off_reason = (
+                "the OpenAI-compatible API is off on this gateway: set "
+                "ENCLAVE_GATEWAY__GATEWAY_ROUTES_SECRET_FILE to the secret shared with the "
+                "instance (`enclave up` does it for you)"
+            )
+        self._routes: dict[str, FeatureRoute] = {}
+        self._loaded = False
+        self._fresh_until = -math.inf
+        self._usable_until = -math.inf
+        self.loaded_at: float | None = None
+        self._inflight: asyncio.Task[bool] | None = None
+        self.fetches = 0
+        self.generation = 0  # bumped whenever the routes change
+        self.last_error: str | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: GatewaySettings,
+        session: SessionGetter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> RoutesTable:
+        issuers = settings.trusted_issuer_list()
+        off_reason = None
+        if len(issuers) != 1:
+            off_reason = (
+                "the OpenAI-compatible API needs a gateway that trusts a single instance "
+                "(ENCLAVE_GATEWAY__ISSUER_URL without TRUSTED_ISSUERS)"
+            )
+        return cls(
+            issuer=issuers[0].url if issuers else None,
+            secret_file=settings.gateway_routes_secret_file,
+            session=session,
+            refresh_s=settings.routes_refresh_s,
+            stale_s=settings.routes_stale_s,
+            timeout_s=settings.routes_fetch_timeout_s,
+            clock=clock,
+            off_reason=off_reason,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.off_reason is None
+
+    # -- hot path ---------------------------------------------------------------------------
+
+    def routes(self) -> Mapping[str, FeatureRoute]:
+        """The current routes without waiting; raises :class:`RoutesUnavailable`.
+
+        When they are due a refresh starts in the background and this request is served from
+        what is loaded (within the stale window).
+        """
+        if self.off_reason is not None:
+            raise RoutesUnavailable(self.off_reason)
+        now = self._clock()
+        if now >= self._fresh_until:
+            self._start_fetch()
+        if now < self._usable_until:
+            return self._routes
+        if not self._loaded:
+            raise RoutesUnavailable(
+                f"the gateway has not loaded the AI feature routes from the instance "
+                f"{self.issuer} yet: {self.last_error or 'the first fetch is under way'}"
+            )
+        age = now - (self.loaded_at or now)
+        raise RoutesUnavailable(
+            f"the AI feature routes from the instance {self.issuer} are out of date (last "
+            f"loaded {age:.0f} s ago) and the instance cannot be reached: {self.last_error}"
+        )
+
+    # -- fetching ---------------------------------------------------------------------------
+
+    def _start_fetch(self) -> asyncio.Task[bool]:
+        if self._inflight is None or self._inflight.done():
+            # The fetch serves every request: it must not log as the one that started it.
+            context = contextvars.copy_context()
+            context.run(structlog.contextvars.unbind_contextvars, "request_id")
+            loop = asyncio.get_running_loop()
+            self._inflight = loop.create_task(self._fetch(), context=context)
+        return self._inflight
+
+    async def refresh(self) -> bool:
+        """Fetch now (or join the fetch in flight); True when the routes were loaded."""
+        if self.off_reason is not None:
+            return False
+        return await asyncio.shield(self._start_fetch())
+
+    async def _fetch(self) -> bool:
+        self.fetches += 1
+        try:
+            document = await self._get()
+            self.install(document)
+        except RoutesError as exc:
+            self.last_error = str(exc)
+            # Retry soon: a request must not start a new fetch per call while it is down.
+            self._fresh_until = self._clock() + min(self.refresh_s, FAILURE_RETRY_S)
+            log.warning("gateway_routes_fetch_failed", issuer=self.issuer, reason=self.last_error)
+            return False
+        except Exception as exc:  # never let a surprise kill the refresher or hang waiters
+            self.last_error = f"unexpected error ({type(exc).__name__})"
+            self._fresh_until = self._clock() + min(self.refresh_s, FAILURE_RETRY_S)
+            log.exception("gateway_routes_fetch_failed", issuer=self.issuer)
+            return False
+        return True
+
+    async def _get(self) -> Any:
+        assert self._secret_file is not None
+        secret = await asyncio.to_thread(_read_secret, self._secret_file)  # off the loop
+        shown = display_url(self.url)
+        try:
+            async with self._session().get(
+                self.url,
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                headers={"Accept": "application/json", "Authorization": f"Bearer {secret}"},
+                allow_redirects=False,  # the secret goes to the instance and nowhere else
+            ) as response:
+                if response.status == 404:
+                    raise RoutesError(
+                        f"{shown} answered HTTP 404: the instance has no gateway routes secret "
+                        "(set ENCLAVE_INSTANCE__GATEWAY_ROUTES_SECRET_FILE) or is too old"
+                    )
+                if response.status == 401:
+                    raise RoutesError(
+                        f"{shown} refused the gateway routes secret (HTTP 401): the gateway's "
+                        "and the instance's gateway_routes_secret_file must hold the same secret"
+                    )
+                if response.status != 200:
+                    raise RoutesError(f"{shown} answered HTTP {response.status}")
+                try:
+                    raw = await read_limited(response, MAX_ROUTES_BYTES)
+                except ValueError:
+                    raise RoutesError(
+                        f"{shown} returned more than {MAX_ROUTES_BYTES} bytes"
+                    ) from None
+        except RoutesError:
+            raise
+        except TimeoutError:
+            raise RoutesError(f"no answer from {shown} within {self._timeout_s:g} s") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise RoutesError(
+                f"cannot connect to {shown} ({connect_failure(exc.os_error)})"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RoutesError(f"the request to {shown} failed ({type(exc).__name__})") from None
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise RoutesError(f"{shown} did not return JSON") from None
+
+    def install(self, document: Any) -> None:
+        """Take the routes of ``document`` as fresh; :class:`RoutesError` when unusable."""
+        routes = parse_routes(document)
+        now = self._clock()
+        if routes != self._routes or not self._loaded:
+            self._routes = routes
+            self.generation += 1
+            log.info(
+                "gateway_routes_loaded",
+                issuer=self.issuer,
+                available=sorted(name for name, route in routes.items() if route.available),
+            )
+        self._loaded = True
+        self.loaded_at = now
+        self._fresh_until = now + self.refresh_s
+        self._usable_until = self._fresh_until + self._stale_s
+        self.last_error = None
+
+    async def run_refresher(self) -> None:
+        """Background task: fetch at start-up, then every ``refresh_s`` (sooner after failures)."""
+        if self.off_reason is not None:
+            return
+        while True:
+            if self._clock() >= self._fresh_until:
+                await self.refresh()
+            delay = max(0.1, min(self.refresh_s, self._fresh_until - self._clock()))
+            await asyncio.sleep(delay)
+
+    async def aclose(self) -> None:
+        task = self._inflight
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

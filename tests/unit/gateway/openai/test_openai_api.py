@@ -1,0 +1,361 @@
+"""The gateway's OpenAI-compatible API: auth, scopes, models, validation, forwarding, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+import structlog
+from gateway_fakes import INSTANCE_ID
+from openai_harness import (
+    MODEL_API_KEY,
+    ROUTES_SECRET,
+    USER_ID,
+    OpenAIFactory,
+    OpenAIHarness,
+    call_asgi,
+    make_openai,
+    oai,
+)
+
+from enclave.common import wire
+from enclave.common.net import free_port
+from enclave.gateway.api.openai.common import MAX_TOKENS_CAP
+
+__all__ = ["make_openai", "oai"]  # fixtures
+
+pytestmark = pytest.mark.anyio
+
+
+def error_of(response: Any) -> dict[str, Any]:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return dict(body["error"])
+
+
+# -- /v1/models -----------------------------------------------------------------------------
+
+
+async def test_models_lists_the_features_the_token_may_use(oai: OpenAIHarness) -> None:
+    response = await oai.client.get("/v1/models", headers=oai.auth())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "list"
+    # summarize_review is granted but disabled; code_generations is served but not granted.
+    assert [m["id"] for m in body["data"]] == ["code_completions", "duo_chat"]
+    first = body["data"][0]
+    assert (first["object"], first["owned_by"], first["family"]) == (
+        "model",
+        "enclave",
+        "codestral",
+    )
+    assert first["model_name"] == "code_completions-model"
+    assert MODEL_API_KEY not in response.text and "127.0.0.1" not in response.text
+
+
+async def test_retrieve_one_model(oai: OpenAIHarness) -> None:
+    ok = await oai.client.get("/v1/models/duo_chat", headers=oai.auth())
+    assert ok.status_code == 200 and ok.json()["id"] == "duo_chat"
+    missing = await oai.client.get("/v1/models/code_generations", headers=oai.auth())
+    assert missing.status_code == 404
+    assert error_of(missing)["code"] == "model_not_found"
+    # GitLab's definitions endpoint is still its own route.
+    definitions = await oai.client.get("/v1/models/definitions")
+    assert definitions.status_code == 200
+
+
+# -- authentication -------------------------------------------------------------------------
+
+
+async def test_no_token_is_401(oai: OpenAIHarness) -> None:
+    response = await oai.client.get("/v1/models")
+    assert response.status_code == 401
+    error = error_of(response)
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_api_key")
+    assert "direct_access" in error["message"]
+
+
+async def test_garbage_forged_and_expired_tokens_are_401(oai: OpenAIHarness) -> None:
+    for token in ("not-a-jwt", oai.token(key=oai.h.keys.rsa_other), oai.token(exp=1)):
+        response = await oai.client.get("/v1/models", headers=oai.auth(token))
+        assert response.status_code == 401
+        assert error_of(response)["code"] == "invalid_api_key"
+
+
+async def test_a_token_for_something_else_is_401(oai: OpenAIHarness) -> None:
+    # The instance's own token (what it forwards IDE requests with) has no surface claim.
+    instance_token = oai.h.token(scopes=[wire.UP_DUO_CHAT])
+    response = await oai.client.get("/v1/models", headers=oai.auth(instance_token))
+    assert response.status_code == 401
+    assert "not for the OpenAI-compatible API" in error_of(response)["message"]
+
+
+async def test_gitlab_headers_are_optional_but_must_match(oai: OpenAIHarness) -> None:
+    matching = oai.auth(
+        **{
+            "X-Gitlab-Instance-Id": INSTANCE_ID,
+            "X-Gitlab-Realm": wire.REALM_SELF_MANAGED,
+            "X-Gitlab-Global-User-Id": USER_ID,
+            "X-Gitlab-Authentication-Type": "oidc",
+        }
+    )
+    assert (await oai.client.get("/v1/models", headers=matching)).status_code == 200
+    for name, value in (
+        ("X-Gitlab-Instance-Id", "someone-else"),
+        ("X-Gitlab-Realm", "saas"),
+        ("X-Gitlab-Authentication-Type", "pat"),
+    ):
+        response = await oai.client.get("/v1/models", headers={**matching, name: value})
+        assert response.status_code == 401, name
+
+
+# -- scopes and models ----------------------------------------------------------------------
+
+
+async def test_a_feature_the_token_lacks_is_403(oai: OpenAIHarness) -> None:
+    response = await oai.chat(model="code_generations")
+    assert response.status_code == 403
+    error = error_of(response)
+    assert (error["type"], error["code"], error["param"]) == (
+        "permission_error",
+        "insufficient_scope",
+        "model",
+    )
+    assert "generate_code" in error["message"]
+    assert oai.model.requests == []
+
+
+async def test_a_disabled_feature_is_403_with_the_instances_reason(oai: OpenAIHarness) -> None:
+    response = await oai.chat(model="summarize_review")
+    assert response.status_code == 403
+    error = error_of(response)
+    assert error["code"] == "model_unavailable"
+    assert "disabled on this instance" in error["message"]
+
+
+async def test_an_unknown_model_is_404(oai: OpenAIHarness) -> None:
+    response = await oai.chat(model="gpt-4o")
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "model_not_found"
+
+
+# -- validation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"model": "duo_chat"}, 422, "messages"),
+        ({"messages": []}, 422, "messages"),
+        ({"messages": [{"content": "no role"}]}, 422, "messages[0]"),
+        ({"messages": [{"role": "user", "content": "x"}], "n": 5}, 422, "n"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}, 422, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, 422, "stream"),
+        ({"messages": [{"role": "user", "content": "x"}], "model": 3}, 422, "model"),
+        ({"messages": [{"role": "user", "content": "x"}], "api_key": "sk-x"}, 400, "api_key"),
+        ({"messages": [{"role": "user", "content": "x"}], "base_url": "http://x"}, 400, "base_url"),
+    ],
+)
+async def test_bad_bodies(
+    oai: OpenAIHarness, body: dict[str, Any], status: int, param: str
+) -> None:
+    response = await oai.post("/v1/chat/completions", body)
+    assert response.status_code == status, response.text
+    assert error_of(response)["param"] == param
+    assert oai.model.requests == []
+
+
+async def test_invalid_json_is_400_and_huge_bodies_413(oai: OpenAIHarness) -> None:
+    response = await oai.client.post(
+        "/v1/chat/completions", content=b"{not json", headers=oai.auth()
+    )
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_json"
+    huge = {"messages": [{"role": "user", "content": "x" * (5 * 1024 * 1024)}]}
+    response = await oai.post("/v1/chat/completions", huge)
+    assert response.status_code == 413
+
+
+async def test_completions_need_a_prompt(oai: OpenAIHarness) -> None:
+    response = await oai.post("/v1/completions", {"prompt": [1, 2, 3]})
+    assert response.status_code == 422
+    assert error_of(response)["param"] == "prompt"
+
+
+# -- forwarding -----------------------------------------------------------------------------
+
+
+async def test_chat_is_forwarded_with_the_models_name_key_and_capped_tokens(
+    oai: OpenAIHarness,
+) -> None:
+    response = await oai.chat(model="duo_chat", max_tokens=100_000, temperature=0.2)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "duo_chat"  # never the upstream name
+    assert body["choices"][0]["message"]["content"] == oai.model.text
+    [sent] = oai.model.requests
+    assert sent.path == "/v1/chat/completions"
+    assert sent.json["model"] == "codestral-local"
+    assert sent.json["max_tokens"] == MAX_TOKENS_CAP
+    assert sent.json["temperature"] == 0.2
+    assert sent.headers["Authorization"] == f"Bearer {MODEL_API_KEY}"
+    assert "stream_options" not in sent.json
+
+
+async def test_chat_without_a_model_is_general_chat(oai: OpenAIHarness) -> None:
+    response = await oai.chat()
+    assert response.status_code == 200
+    assert response.json()["model"] == "duo_chat"
+    assert oai.model.requests[0].json["max_tokens"] > 0  # a default bound is set
+
+
+async def test_completions_default_to_code_completions(oai: OpenAIHarness) -> None:
+    response = await oai.post("/v1/completions", {"prompt": "def add(a, b):\n"})
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == "code_completions"
+    assert response.json()["choices"][0]["text"] == oai.model.text
+    [sent] = oai.model.requests
+    assert (sent.path, sent.json["prompt"]) == ("/v1/completions", "def add(a, b):\n")
+
+
+# -- streaming ------------------------------------------------------------------------------
+
+
+async def test_stream_is_relayed_frame_by_frame(oai: OpenAIHarness) -> None:
+    body = {"model": "duo_chat", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    sent = await call_asgi(oai, "/v1/chat/completions", body)
+    start = sent[0]
+    assert start["status"] == 200
+    assert dict(start["headers"])[b"content-type"].startswith(b"text/event-stream")
+    frames = [m["body"] for m in sent[1:] if m["body"]]
+    # One ASGI message per SSE event: comment, 4 deltas, finish, usage, [DONE].
+    assert all(frame.endswith(b"\n\n") and frame.count(b"\n\n") == 1 for frame in frames)
+    data = [f[6:].strip() for f in frames if f.startswith(b"data: ")]
+    assert data[-1] == b"[DONE]"
+    events = [orjson.loads(d) for d in data[:-1]]
+    deltas = [e["choices"][0]["delta"]["content"] for e in events if e["choices"]]
+    assert "".join(deltas) == oai.model.text
+    assert events[-1]["usage"] == oai.model.usage  # include_usage was asked for
+    assert oai.model.requests[0].json["stream_options"] == {"include_usage": True}
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+async def test_stream_options_of_the_client_are_kept(oai: OpenAIHarness) -> None:
+    response = await oai.chat(stream=True, stream_options={"include_usage": False})
+    assert response.status_code == 200
+    assert oai.model.requests[0].json["stream_options"] == {"include_usage": False}
+    assert b'"usage"' not in response.content
+
+
+async def test_stream_model_field_is_the_feature(oai: OpenAIHarness) -> None:
+    oai.model.chunks = ["a"]
+    response = await oai.post("/v1/completions", {"prompt": "x", "stream": True})
+    assert response.status_code == 200
+    text = response.text
+    assert "codestral-local" not in text
+    assert MODEL_API_KEY not in text
+
+
+async def test_client_disconnect_cancels_the_upstream(oai: OpenAIHarness) -> None:
+    oai.model.endless_stream = True
+    disconnect = asyncio.Event()
+    bodies = 0
+
+    def on_body(message: Any) -> None:
+        nonlocal bodies
+        bodies += 1
+        if bodies >= 6:
+            disconnect.set()
+
+    body = {"stream": True, "messages": [{"role": "user", "content": "x"}]}
+    await asyncio.wait_for(
+        call_asgi(oai, "/v1/chat/completions", body, disconnect, on_body), timeout=10
+    )
+    await asyncio.wait_for(oai.model.stream_closed.wait(), timeout=5)
+
+
+async def test_a_failure_mid_stream_ends_with_an_error_event(oai: OpenAIHarness) -> None:
+    oai.model.stream_error = f"out of memory (key {MODEL_API_KEY})"
+    response = await oai.chat(stream=True)
+    assert response.status_code == 200
+    assert '"error"' in response.text and "out of memory" in response.text
+    assert MODEL_API_KEY not in response.text
+
+
+# -- upstream failures ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("upstream", "status", "code"),
+    [
+        (500, 502, "upstream_error"),
+        (401, 502, "upstream_auth_failed"),
+        (404, 502, "upstream_not_found"),
+        (400, 400, "upstream_rejected"),
+        (429, 429, "upstream_rate_limited"),
+    ],
+)
+async def test_upstream_errors_are_distinct(
+    oai: OpenAIHarness, upstream: int, status: int, code: str
+) -> None:
+    oai.model.status = upstream
+    oai.model.retry_after = "7"
+    oai.model.error_body = {"error": {"message": f"nope {MODEL_API_KEY}"}}
+    for stream in (False, True):
+        response = await oai.chat(stream=stream)
+        assert response.status_code == status, response.text
+        assert error_of(response)["code"] == code
+        assert MODEL_API_KEY not in response.text
+        if status == 429:
+            assert response.headers["retry-after"] == "7"
+
+
+async def test_unreachable_model_is_502(make_openai: OpenAIFactory) -> None:
+    oai = await make_openai(load=False)
+    doc = oai.issuer.routes
+    for route in doc["routes"]:
+        if route.get("model"):
+            route["model"]["endpoint"] = f"http://127.0.0.1:{free_port()}/v1"
+    assert await oai.table.refresh()
+    response = await oai.chat()
+    assert response.status_code == 502
+    error = error_of(response)
+    assert error["code"] == "upstream_unreachable" and "connection refused" in error["message"]
+
+
+async def test_refused_endpoint_is_403(make_openai: OpenAIFactory) -> None:
+    oai = await make_openai(load=False)
+    for route in oai.issuer.routes["routes"]:
+        if route.get("model"):
+            route["model"]["endpoint"] = "http://169.254.169.254/v1"
+    assert await oai.table.refresh()
+    response = await oai.chat()
+    assert response.status_code == 403
+    assert error_of(response)["code"] == "endpoint_not_allowed"
+
+
+# -- secrets --------------------------------------------------------------------------------
+
+
+async def test_secrets_never_reach_logs_or_answers(make_openai: OpenAIFactory) -> None:
+    with structlog.testing.capture_logs() as logs:
+        oai = await make_openai()
+        token = oai.token()
+        answers = [
+            await oai.client.get("/v1/models", headers=oai.auth(token)),
+            await oai.chat(),
+            await oai.chat(stream=True),
+            await oai.chat(model="nope"),
+        ]
+        oai.issuer.routes_status = 500
+        oai.clock.advance(1000)
+        await oai.table.refresh()
+        answers.append(await oai.chat())
+    assert [a.status_code for a in answers] == [200, 200, 200, 404, 503]
+    text = repr(logs) + "".join(a.text for a in answers)
+    for secret in (ROUTES_SECRET, MODEL_API_KEY, token):
+        assert secret not in text
+    assert any(entry["event"] == "gateway_routes_loaded" for entry in logs)
