@@ -11,7 +11,9 @@ from enclave.instance.api import (
     code_suggestions,
     direct_access,
     discovery,
+    gateway_routes,
     health,
+    openai_access,
     users,
 )
 
@@ -23,6 +25,8 @@ def all_routers() -> list[APIRouter]:
         users.router,
         code_suggestions.router,
         direct_access.router,
+        openai_access.router,
+        gateway_routes.router,
         chat.router,
         ai_features.router,
         admin_ai.router,

@@ -1,0 +1,140 @@
+"""``GET /api/v4/internal/ai/gateway_routes``: the feature→model table the AI gateway serves from.
+
+The gateway has no database, so for its OpenAI-compatible API (``/v1/chat/completions`` ...)
+it keeps this table in memory and re-reads it in the background (control plane → data plane,
+like the JWKS). Internal: not in the OpenAPI document, and only for the caller that presents the
+secret of ``instance.gateway_routes_secret_file`` as ``Authorization: Bearer <secret>``
+(compared in constant time). No secret configured, or the file unreadable → 404 (the endpoint
+does not exist here); a missing or wrong secret → 401.
+
+The answer carries decrypted model API keys (the gateway needs them to call the models), so it
+is ``no-store`` and never logged. Per feature (chat sub-features fall back to ``duo_chat`` as
+everywhere)::
+
+    {"version": 1, "issuer": ..., "routes": [
+        {"feature": "duo_chat", "unit_primitive": "duo_chat", "available": true,
+         "model": {"name", "family", "provider", "endpoint", "identifier", "api_key"}},
+        {"feature": "summarize_review", "unit_primitive": "summarize_review",
+         "available": false, "reason": "disabled" | "vendored" | "unassigned" | "misconfigured",
+         "message": "..."}]}
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+from typing import Any, Final
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from enclave.common.logging import get_logger
+from enclave.instance.api.deps import context_of
+from enclave.instance.api.errors import InstanceAPIError
+from enclave.instance.context import InstanceContext
+from enclave.instance.db.models import FeatureProvider
+from enclave.instance.features import (
+    FEATURE_UNIT_PRIMITIVES,
+    Feature,
+    FeatureMisconfiguredError,
+    FeatureUnavailableError,
+    effective_setting,
+    resolve_feature,
+)
+
+log = get_logger(__name__)
+
+router = APIRouter()
+
+PATH: Final = "/api/v4/internal/ai/gateway_routes"
+ROUTES_VERSION: Final = 1
+# A secret is a line of text; anything bigger is not one of ours.
+MAX_SECRET_BYTES: Final = 4096
+MIN_SECRET_CHARS: Final = 16
+
+
+def read_secret(path: Path | None) -> str | None:
+    """The shared secret in ``path``; None when unset, unreadable, too short or too long."""
+    if path is None:
+        return None
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SECRET_BYTES + 1)
+    except OSError:
+        return None
+    if len(raw) > MAX_SECRET_BYTES:
+        return None
+    secret = raw.decode("utf-8", "replace").strip()
+    return secret if len(secret) >= MIN_SECRET_CHARS else None
+
+
+def _presented(request: Request) -> str | None:
+    scheme, _, value = (request.headers.get("authorization") or "").strip().partition(" ")
+    value = value.strip()
+    return value if scheme.lower() == "bearer" and value else None
+
+
+def _unavailable_reason(provider: str | None) -> str:
+    if provider == FeatureProvider.DISABLED:
+        return "disabled"
+    if provider == FeatureProvider.VENDORED:
+        return "vendored"
+    return "unassigned"
+
+
+def routes_document(ctx: InstanceContext) -> dict[str, Any]:
+    """Every feature's route; blocking (database, decryption), call it from a thread pool."""
+    routes: list[dict[str, Any]] = []
+    with ctx.sessions() as session, session.begin():
+        for feature in Feature:
+            entry: dict[str, Any] = {
+                "feature": feature.value,
+                "unit_primitive": FEATURE_UNIT_PRIMITIVES[feature],
+            }
+            try:
+                model = resolve_feature(session, ctx.secret_box, feature)
+            except FeatureUnavailableError as exc:
+                setting, _ = effective_setting(session, feature)
+                provider = setting.provider if setting is not None else None
+                entry.update(
+                    available=False, reason=_unavailable_reason(provider), message=str(exc)
+                )
+            except FeatureMisconfiguredError as exc:
+                entry.update(available=False, reason="misconfigured", message=str(exc))
+            else:
+                entry.update(
+                    available=True,
+                    model={
+                        "name": model.name,
+                        "family": model.family,
+                        "provider": model.provider,
+                        "endpoint": model.endpoint,
+                        "identifier": model.identifier,
+                        "api_key": model.api_key,
+                    },
+                )
+            routes.append(entry)
+    return {"version": ROUTES_VERSION, "issuer": ctx.issuer, "routes": routes}
+
+
+@router.get(PATH, include_in_schema=False)
+async def gateway_routes(request: Request) -> JSONResponse:
+    ctx = context_of(request)
+    # Read per request (a small file): a rotated secret takes effect without a restart.
+    secret = await run_in_threadpool(read_secret, ctx.settings.instance.gateway_routes_secret_file)
+    if secret is None:
+        # Deny when unsure: no (usable) secret means the endpoint is not there at all.
+        raise InstanceAPIError(404)
+    presented = _presented(request)
+    if presented is None or not hmac.compare_digest(
+        presented.encode("utf-8", "replace"), secret.encode("utf-8")
+    ):
+        log.warning("gateway_routes_unauthorized")
+        raise InstanceAPIError(401)
+    document = await run_in_threadpool(routes_document, ctx)
+    log.info(
+        "gateway_routes_served",
+        available=[r["feature"] for r in document["routes"] if r["available"]],
+    )
+    return JSONResponse(document, headers={"Cache-Control": "no-store"})
