@@ -118,10 +118,24 @@ def up(
     the embedded model mapped to code completions. Stop with Ctrl-C.
     """
     from enclave.config import load_settings
-    from enclave.supervisor import StartupFailed, make_plan, start_all, stop_all, watch
+    from enclave.supervisor import (
+        StartupFailed,
+        ensure_routes_secret,
+        make_plan,
+        start_all,
+        stop_all,
+        watch,
+    )
 
     _set_env("ENCLAVE_MODEL__THREADS", model_threads)
     settings = load_settings()
+    # The secret the gateway shows the instance to read the feature→model routes (OpenAI API):
+    # a configured file wins, else one generated once into the data dir.
+    routes_secret_file = (
+        settings.instance.gateway_routes_secret_file
+        or settings.gateway.gateway_routes_secret_file
+        or ensure_routes_secret(settings.gateway_routes_secret_default_file)
+    )
     plan = make_plan(
         instance_host=host,
         instance_port=instance_port,
@@ -129,6 +143,7 @@ def up(
         gateway_port=gateway_port,
         model_port=model_port,
         gguf=gguf,
+        routes_secret_file=routes_secret_file,
     )
     log_dir = settings.data_dir / "logs"
     console.print(f"Starting Enclave (data dir {settings.data_dir}, logs in {log_dir})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -21,6 +22,21 @@ from pathlib import Path
 from typing import IO
 
 from enclave.common.net import free_port, http_ok
+
+# Routes secret: "enclkey-" makes the log redaction recognise it wherever it might appear.
+ROUTES_SECRET_PREFIX = "enclkey-routes-"  # noqa: S105 - a prefix
+
+
+def ensure_routes_secret(path: Path) -> Path:
+    """Create the instance↔gateway routes secret at ``path`` (0600) unless it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path  # generated once; both roles keep reading the same file
+    with os.fdopen(fd, "w") as handle:
+        handle.write(ROUTES_SECRET_PREFIX + secrets.token_urlsafe(32) + "\n")
+    return path
 
 
 class StartupFailed(RuntimeError):
@@ -112,8 +128,13 @@ def make_plan(
     model_port: int = 0,
     gguf: Path | None = None,
     config_args: list[str] | None = None,
+    routes_secret_file: Path | None = None,
 ) -> Plan:
-    """Build the three roles. The model gets a free loopback port unless one is given."""
+    """Build the three roles. The model gets a free loopback port unless one is given.
+
+    ``routes_secret_file`` (see :func:`ensure_routes_secret`) is given to the instance and the
+    gateway: with it the gateway reads the feature→model routes for its OpenAI-compatible API.
+    """
     common = config_args or []
     model_port = model_port or free_port()
     model_url = f"http://127.0.0.1:{model_port}/v1"
@@ -138,6 +159,9 @@ def make_plan(
         f"{gateway_url}/monitoring/ready",
         env={"ENCLAVE_GATEWAY__ISSUER_URL": instance_url},
     )
+    if routes_secret_file is not None:
+        instance.env["ENCLAVE_INSTANCE__GATEWAY_ROUTES_SECRET_FILE"] = str(routes_secret_file)
+        gateway.env["ENCLAVE_GATEWAY__GATEWAY_ROUTES_SECRET_FILE"] = str(routes_secret_file)
     return Plan(model, instance, gateway, instance_url, gateway_url, model_url)
 
 
