@@ -208,7 +208,9 @@ def _print_welcome(instance_url: str, gateway_url: str, model_url: str, token_fi
         f"  instance   {instance_url}   (OpenAPI: {instance_url}/openapi.json)\n"
         f"  gateway    {gateway_url}\n"
         f"  model      {model_url}   (llama.cpp server, API key required)\n"
-        f"  admin personal access token: {token_note}\n\n"
+        f"  admin personal access token: {token_note}\n"
+        f"  OpenAI-compatible API: {gateway_url}/v1 (token and base_url from POST "
+        f"{instance_url}/api/v4/ai/openai/direct_access with the PAT)\n\n"
         "Ask the instance for a code completion:\n\n"
         f"{curl}\n\nPress Ctrl-C to stop."
     )
