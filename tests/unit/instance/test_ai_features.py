@@ -39,7 +39,7 @@ CODE_TASK = {"code": "def f(a, b): return a+b", "file_name": "calc.py", "languag
 CODE_TASK_INPUTS = {
     "selected_text": "def f(a, b): return a+b",
     "file_name": "calc.py",
-    "language_info": "The code is written in Python and stored as calc.py",
+    "language_info": "The code is written in Python",
     "input": "",
 }
 
@@ -232,9 +232,8 @@ def test_optional_fields_default_to_empty_inputs(api: Api, prompt_gateway: FakeG
 
 
 def test_language_info() -> None:
-    assert language_info("Go", None) == "The code is written in Go"
-    assert language_info(None, "a.rb") == "The code is stored as a.rb"
-    assert language_info(None, None) == ""
+    assert language_info("Go") == "The code is written in Go"
+    assert language_info(None) == ""
 
 
 def test_model_metadata_drops_missing_fields(
@@ -313,6 +312,14 @@ def test_403_when_the_feature_is_disabled(
         ("explain_code", {"code": "x", "question": "q" * 100_001}, "question"),
         ("resolve_vulnerability", {"name": "n", "description": "d"}, "file_name"),
         ("troubleshoot_job", {"job_log": 42}, "job_log"),
+        ("glab_ask_git_command", {"prompt": "p" * 10_001}, "prompt"),
+        ("review_merge_request", {"diff": "+x", "title": "t" * 1_001}, "title"),
+        ("explain_code", {"code": "x", "language": "l" * 256}, "language"),
+        (
+            "explain_vulnerability",
+            {"title": "t", "description": "d", "identifiers": ["CWE-89" * 1000] * 2},
+            "identifiers",
+        ),
     ],
 )
 def test_422_names_the_bad_field(

@@ -32,7 +32,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from enclave.common import wire
@@ -78,9 +78,27 @@ MAX_LIST_ITEMS = 100
 Diff = Annotated[str, Field(min_length=1, max_length=MAX_DIFF_CHARS)]
 Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
 OptionalText = Annotated[str | None, Field(max_length=MAX_TEXT_CHARS)]
-TextList = Annotated[
-    list[Annotated[str, Field(max_length=MAX_TEXT_CHARS)]], Field(max_length=MAX_LIST_ITEMS)
+# Tighter limits where the gateway's prompt definitions declare them, so the instance names
+# the field (422) instead of relaying the gateway's refusal.
+MAX_TITLE_CHARS = 10_000
+MAX_MR_TITLE_CHARS = 1_000
+MAX_FILE_NAME_CHARS = 4_096
+MAX_LANGUAGE_CHARS = 255
+MAX_IDENTIFIERS_CHARS = 10_000  # joined with ", "
+
+Title = Annotated[str, Field(min_length=1, max_length=MAX_TITLE_CHARS)]
+FileName = Annotated[str, Field(min_length=1, max_length=MAX_FILE_NAME_CHARS)]
+Identifiers = Annotated[
+    list[Annotated[str, Field(max_length=MAX_IDENTIFIERS_CHARS)]], Field(max_length=MAX_LIST_ITEMS)
 ]
+
+
+def _identifiers_fit(identifiers: list[str]) -> list[str]:
+    if len(", ".join(identifiers)) > MAX_IDENTIFIERS_CHARS:
+        raise ValueError(
+            f"the identifiers together must be at most {MAX_IDENTIFIERS_CHARS} characters"
+        )
+    return identifiers
 
 
 class FeatureRequest(BaseModel):
@@ -107,29 +125,33 @@ class ReviewSummaryRequest(FeatureRequest):
 
 class MergeRequestReviewRequest(FeatureRequest):
     diff: Diff
-    title: OptionalText = None
+    title: Annotated[str | None, Field(max_length=MAX_MR_TITLE_CHARS)] = None
     description: OptionalText = None
 
 
 class ExplainVulnerabilityRequest(FeatureRequest):
-    title: Text
+    title: Title
     description: Text
-    identifiers: TextList = Field(default_factory=list, description="CVE, CWE, ... names.")
-    file_name: OptionalText = None
+    identifiers: Identifiers = Field(default_factory=list, description="CVE, CWE, ... names.")
+    file_name: Annotated[str | None, Field(max_length=MAX_FILE_NAME_CHARS)] = None
     code: OptionalText = Field(None, description="The vulnerable code.")
+
+    _identifiers = field_validator("identifiers")(_identifiers_fit)
 
 
 class ResolveVulnerabilityRequest(FeatureRequest):
-    name: Text
+    name: Title
     description: Text
-    identifiers: TextList = Field(default_factory=list)
-    file_name: Text
+    identifiers: Identifiers = Field(default_factory=list)
+    file_name: FileName
     source_code: Text = Field(description="The file's source code.")
     vulnerable_code: Text = Field(description="The vulnerable lines in it.")
 
+    _identifiers = field_validator("identifiers")(_identifiers_fit)
+
 
 class GitCommandRequest(FeatureRequest):
-    prompt: Text = Field(description="What to do, e.g. 'undo my last commit'.")
+    prompt: Title = Field(description="What to do, e.g. 'undo my last commit'.")
 
 
 class TroubleshootJobRequest(FeatureRequest):
@@ -138,8 +160,8 @@ class TroubleshootJobRequest(FeatureRequest):
 
 class CodeTaskRequest(FeatureRequest):
     code: Text = Field(description="The code to work on.")
-    file_name: OptionalText = None
-    language: OptionalText = None
+    file_name: Annotated[str | None, Field(max_length=MAX_FILE_NAME_CHARS)] = None
+    language: Annotated[str | None, Field(max_length=MAX_LANGUAGE_CHARS)] = None
     question: OptionalText = Field(None, description="An extra instruction for the model.")
 
 
@@ -200,22 +222,17 @@ def _troubleshoot_job(body: TroubleshootJobRequest) -> dict[str, Any]:
     return {"selected_text": body.job_log}
 
 
-def language_info(language: str | None, file_name: str | None) -> str:
-    """GitLab's sentence about the code's language for the chat code-task prompts."""
-    if language and file_name:
-        return f"The code is written in {language} and stored as {file_name}"
-    if language:
-        return f"The code is written in {language}"
-    if file_name:
-        return f"The code is stored as {file_name}"
-    return ""
+def language_info(language: str | None) -> str:
+    """The sentence about the code's language for the chat code-task prompts (GitLab's
+    wording; the file name travels in its own input)."""
+    return f"The code is written in {language}" if language else ""
 
 
 def _code_task(body: CodeTaskRequest) -> dict[str, Any]:
     return {
         "selected_text": body.code,
         "file_name": body.file_name or "",
-        "language_info": language_info(body.language, body.file_name),
+        "language_info": language_info(body.language),
         "input": body.question or "",
     }
 
