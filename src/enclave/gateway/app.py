@@ -17,6 +17,7 @@ import gc
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Final
 
 import aiohttp
@@ -29,6 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from enclave import __version__
+from enclave.common.features import MODEL_FAMILIES
 from enclave.common.logging import configure_logging, get_logger
 from enclave.common.netrules import EgressPolicy, parse_networks
 from enclave.config import SELF_SIGNED_ISSUER, EnclaveSettings, load_settings
@@ -39,7 +41,7 @@ from enclave.gateway.api.openai import models as openai_models
 from enclave.gateway.api.v1.chat.invoke import chat
 from enclave.gateway.api.v1.code.user_access_token import user_access_token
 from enclave.gateway.api.v1.models.definitions import definitions
-from enclave.gateway.api.v1.prompts.invoke import PROMPTS, invoke
+from enclave.gateway.api.v1.prompts.invoke import invoke
 from enclave.gateway.api.v2.chat.agent import agent
 from enclave.gateway.api.v2.code.completions import completions
 from enclave.gateway.api.v2.code.generations import generations
@@ -57,8 +59,12 @@ from enclave.gateway.metrics import GatewayMetrics, InstrumentedModelClient, met
 from enclave.gateway.middleware import ClientAddressMiddleware, RequestContextMiddleware
 from enclave.gateway.models.base import ModelRequest, ModelResult, TextModelClient, TextStream
 from enclave.gateway.models.openai_compat import OpenAICompatClient
-from enclave.gateway.prompts.chat import INVOKABLES
-from enclave.gateway.prompts.code_completions import FAMILIES
+from enclave.gateway.prompts.registry import (
+    DEFINITIONS_DIR,
+    PromptRegistry,
+    install_registry,
+    load_registry,
+)
 from enclave.gateway.rate_limit import RateLimiter
 from enclave.gateway.routes_table import RoutesTable
 
@@ -117,7 +123,7 @@ class Gateway:
         )
         issuers = [*self.stores, *([local.issuer] if local is not None else [])]
         self.metrics = GatewayMetrics(
-            routes=[route.path for route in ROUTES], families=FAMILIES, issuers=issuers
+            routes=[route.path for route in ROUTES], families=MODEL_FAMILIES, issuers=issuers
         )
         for store in [*self.stores.values(), *([local] if local is not None else [])]:
             store.on_fetch = self.metrics.jwks_fetch
@@ -238,12 +244,18 @@ ROUTES: Final = (
 ROUTE_TEMPLATES: Final = {route.path: route.path for route in ROUTES if "{" not in route.path}
 ENDPOINT_TEMPLATES: Final = {route.endpoint: route.path for route in ROUTES if "{" in route.path}
 
-# Request paths named in the request log (others are logged as "<unmatched>").
-LOGGED_PATHS: Final = (
-    *(route.path for route in ROUTES if "{" not in route.path),
-    *(f"/v1/chat/{name}" for name in INVOKABLES),
-    *(f"/v1/prompts/{prompt_id}" for prompt_id in PROMPTS),
-)
+
+def logged_paths(prompts: PromptRegistry) -> tuple[str, ...]:
+    """Request paths named in the request log (others are logged as "<unmatched>")."""
+    return (
+        *(route.path for route in ROUTES if "{" not in route.path),
+        *(
+            f"/v1/chat/{pid.removeprefix('chat/')}"
+            for pid in prompts.prompt_ids
+            if pid.startswith("chat/")
+        ),
+        *(f"/v1/prompts/{prompt_id}" for prompt_id in prompts.prompt_ids),
+    )
 
 
 def create_app(
@@ -251,12 +263,17 @@ def create_app(
     *,
     clock: Callable[[], float] = time.monotonic,
     refresh_keys_in_background: bool = True,
+    prompt_definitions: Path = DEFINITIONS_DIR,
 ) -> Starlette:
     """The gateway application for ``settings``.
 
     ``clock`` (monotonic seconds) drives key-cache expiry and ``refresh_keys_in_background``
     the start-up prefetch and periodic refresh; both exist for tests and embedding.
+    ``prompt_definitions`` is the prompt registry's directory: every definition is loaded and
+    checked here, so a broken one stops start-up with an error naming its file.
     """
+    prompts = load_registry(prompt_definitions)
+    install_registry(prompts)
     gateway = Gateway(settings, clock=clock, refresh_keys_in_background=refresh_keys_in_background)
 
     @asynccontextmanager
@@ -277,7 +294,7 @@ def create_app(
         middleware=[
             Middleware(
                 RequestContextMiddleware,
-                routes=LOGGED_PATHS,
+                routes=logged_paths(prompts),
                 metrics=gateway.metrics,
                 route_templates=ROUTE_TEMPLATES,
                 endpoint_templates=ENDPOINT_TEMPLATES,

@@ -8,8 +8,16 @@ import pytest
 from gateway_fakes import MODEL_API_KEY, Harness
 
 from enclave.common import wire
+from enclave.gateway.prompts.registry import get_registry
 from enclave.instance.api.chat import chat_body
 from enclave.instance.features import Feature, ResolvedModel
+
+
+def chat_instructions(invokable: str) -> str:
+    text = get_registry().resolve(f"chat/{invokable}", "base").instructions()
+    assert text
+    return text
+
 
 pytestmark = pytest.mark.anyio
 
@@ -53,9 +61,11 @@ async def test_agent_answers_with_response_and_metadata(gw: Harness) -> None:
     assert call.headers["Authorization"] == f"Bearer {MODEL_API_KEY}"
     assert call.json["model"] == "mistral-local"
     assert call.json["stream"] is False
-    roles = [m["role"] for m in call.json["messages"]]
-    assert roles == ["system", "user"]
-    assert call.json["messages"][1]["content"] == "What is 1 + 1?"
+    # Mistral's chat template wants strict user/assistant turns: the instructions lead the
+    # first user message instead of being a system message.
+    [message] = call.json["messages"]
+    assert message["role"] == "user"
+    assert message["content"] == f"{chat_instructions('agent')}\n\nWhat is 1 + 1?"
 
 
 async def test_what_the_instance_sends_is_served(gw: Harness) -> None:
@@ -75,9 +85,25 @@ async def test_what_the_instance_sends_is_served(gw: Harness) -> None:
     assert response.status_code == 200, response.text
     assert response.json()["response"] == gw.model.text
     [call] = gw.model.requests
-    system, user = call.json["messages"]
-    assert system["role"] == "system" and "Explain" in system["content"]
-    assert user == {"role": "user", "content": "Explain this code:\n\nx = 1"}
+    [user] = call.json["messages"]
+    instructions = chat_instructions("explain_code")
+    assert "Explain" in instructions
+    assert user == {"role": "user", "content": f"{instructions}\n\nExplain this code:\n\nx = 1"}
+
+
+@pytest.mark.parametrize("family", ["gpt", "llama3", "claude_3", "general", "qwen"])
+async def test_other_families_get_the_instructions_as_a_system_message(
+    gw: Harness, family: str
+) -> None:
+    body = chat_request(gw)
+    body["prompt_components"][0]["payload"]["model"] = family
+    response = await gw.client.post("/v1/chat/agent", json=body, headers=chat_headers(gw))
+    assert response.status_code == 200, response.text
+    [call] = gw.model.requests
+    assert call.json["messages"] == [
+        {"role": "system", "content": chat_instructions("agent")},
+        {"role": "user", "content": "What is 1 + 1?"},
+    ]
 
 
 async def test_messages_list_and_params_are_passed(gw: Harness) -> None:

@@ -12,6 +12,9 @@ from test_gateway_v4_suggestions import call_raw, paced_model
 
 from enclave.common import wire
 from enclave.gateway.models.base import ModelError, ModelRequest, ModelResult, Usage
+from enclave.gateway.prompts.registry import get_registry
+
+AGENT_INSTRUCTIONS = get_registry().resolve("chat/agent", "base").instructions()
 
 pytestmark = pytest.mark.anyio
 
@@ -69,8 +72,10 @@ async def test_stream_sends_exact_ndjson_lines_in_order(gw: Harness) -> None:
     assert call.json["stream"] is True
     assert call.json["model"] == "mistral-local"
     assert call.headers["Authorization"] == f"Bearer {MODEL_API_KEY}"
-    assert [m["role"] for m in call.json["messages"]] == ["system", "user"]
-    assert call.json["messages"][1]["content"] == "What is 1 + 1?"
+    # Mistral: the instructions lead the first user message (no system role).
+    [message] = call.json["messages"]
+    assert message["role"] == "user"
+    assert message["content"] == f"{AGENT_INSTRUCTIONS}\n\nWhat is 1 + 1?"
 
 
 async def test_stream_over_http_is_one_json_object_per_line(gw: Harness) -> None:
@@ -109,7 +114,8 @@ async def test_context_is_written_into_the_conversation(gw: Harness) -> None:
     assert response.status_code == 200, response.text
     [call] = gw.model.requests
     sent = call.json["messages"]
-    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert sent[0]["content"].startswith(f"{AGENT_INSTRUCTIONS}\n\n")
     last = sent[-1]["content"]
     assert last.startswith("Explain this\n\n")
     for part in ("Issue #1: crash", "Selected code from a.py", "x = 1", "(file b.py)", "y = 2"):

@@ -8,40 +8,42 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from enclave.gateway.prompts import code_completions as cc
+from enclave.gateway.api.v2.code.completions import FAMILIES, completion_family
+from enclave.gateway.api.v2.code.suggestions import PlanError
+from enclave.gateway.prompts import context as ctx
 from enclave.gateway.prompts import postprocess as pp
+from enclave.gateway.prompts.registry import get_registry
 
 
-def test_every_family_is_consistent() -> None:
-    for name, spec in cc.FAMILIES.items():
-        assert spec.name == name
-        if spec.api == "completions":
-            assert spec.fim_template and "{prefix}" in spec.fim_template
-            assert "{suffix}" in spec.fim_template
+def test_every_completion_family_is_consistent() -> None:
+    registry = get_registry()
+    for family in FAMILIES:
+        prompt = registry.resolve("code_suggestions/completions", family)
+        if prompt.api == "completions":
+            assert prompt.family == family  # FIM families have their own definition
+            template = prompt.definition.prompt_template.prompt
+            assert template and "{{ prefix }}" in template and "{{ suffix }}" in template
         else:
-            assert spec.fim_template is None
-        assert spec.max_tokens == 128
-        assert 0 <= spec.temperature <= 0.3
+            assert prompt.family == "base"
+        assert prompt.params.max_tokens == 128
+        assert prompt.params.temperature is not None and 0 <= prompt.params.temperature <= 0.3
 
 
 def test_family_lookup() -> None:
-    assert cc.family_spec("Codestral").name == "codestral"
-    assert cc.family_spec(None).name == "general"
-    with pytest.raises(cc.UnsupportedFamily, match="model foo is not supported by use case"):
-        cc.family_spec("foo")
+    assert completion_family("Codestral") == "codestral"
+    assert completion_family(None) == "general"
+    with pytest.raises(PlanError, match="model foo is not supported by use case"):
+        completion_family("foo")
 
 
 def test_fim_prompt_keeps_braces_in_code() -> None:
-    spec = cc.family_spec("codegemma")
-    prompt = cc.fim_prompt(spec, "x = {'a': '{suffix}'}\n", "}\n")
-    assert prompt == "<|fim_prefix|>x = {'a': '{suffix}'}\n<|fim_suffix|>}\n<|fim_middle|>"
+    prompt = get_registry().resolve("code_suggestions/completions", "codegemma")
+    rendered = prompt.render({"prefix": "x = {'a': '{suffix}'}\n", "suffix": "}\n"})
+    assert rendered.prompt == "<|fim_prefix|>x = {'a': '{suffix}'}\n<|fim_suffix|>}\n<|fim_middle|>"
 
 
 def test_trim_context_cuts_at_line_boundaries() -> None:
-    spec = cc.FamilySpec(
-        "t", "completions", "{prefix}{suffix}", max_prefix_chars=10, max_suffix_chars=10
-    )
-    prefix, suffix = cc.trim_context("line one\nline two\nab", "cd\nline three\n", spec)
+    prefix, suffix = ctx.trim_context("line one\nline two\nab", "cd\nline three\n", 10, 10)
     assert (prefix, suffix) == ("ab", "cd\n")
 
 
@@ -51,7 +53,7 @@ def test_trim_context_cuts_at_line_boundaries() -> None:
      (None, "Makefile", None)],
 )  # fmt: skip
 def test_detect_language(identifier: str | None, file_name: str, lang: str | None) -> None:
-    assert cc.detect_language(identifier, file_name) == lang
+    assert ctx.detect_language(identifier, file_name) == lang
 
 
 @pytest.mark.parametrize(
@@ -104,7 +106,10 @@ def test_echoed_current_line_is_dropped() -> None:
 
 
 def test_chat_instruction_has_the_file_around_the_cursor() -> None:
-    text = cc.chat_completion_instruction("a = 1\n", "\nb = 2", "m.py", "python")
+    prompt = get_registry().resolve("code_suggestions/completions", "general")
+    inputs = {"prefix": "a = 1\n", "suffix": "\nb = 2", "file_name": "m.py", "language": "python"}
+    [message] = prompt.render(inputs).messages
+    text = message.content
     assert "a = 1\n<CURSOR>\nb = 2" in text
     assert "python file `m.py`" in text
 

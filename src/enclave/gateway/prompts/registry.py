@@ -190,6 +190,7 @@ class PromptRegistry:
 
     def __init__(self, root: Path, prompts: Iterable[Prompt]) -> None:
         self.root = root
+        prompts = list(prompts)
         by_folder: dict[tuple[str, str], list[Prompt]] = {}
         for prompt in prompts:
             by_folder.setdefault((prompt.prompt_id, prompt.family), []).append(prompt)
@@ -198,6 +199,16 @@ class PromptRegistry:
             for key, items in by_folder.items()
         }
         self.prompt_ids: tuple[str, ...] = tuple(sorted({pid for pid, _ in self._folders}))
+        # Scopes are checked before the body (and so the family) is read: one set per prompt.
+        self._scopes: dict[str, tuple[str, ...]] = {}
+        for prompt in prompts:  # in file order, so the error names the odd one out
+            known = self._scopes.setdefault(prompt.prompt_id, prompt.unit_primitives)
+            if set(known) != set(prompt.unit_primitives):
+                raise DefinitionError(
+                    prompt.path,
+                    f"unit_primitives differ from other versions of {prompt.prompt_id}: "
+                    f"{list(known)}",
+                )
         self._cache: dict[tuple[str, str, str | None], Prompt] = {}
         # Precompute the common case (no constraint, every known family) at load.
         for prompt_id in self.prompt_ids:
@@ -206,6 +217,13 @@ class PromptRegistry:
 
     def __contains__(self, prompt_id: object) -> bool:
         return prompt_id in self.prompt_ids
+
+    def unit_primitives(self, prompt_id: str) -> tuple[str, ...]:
+        """The token scopes that grant ``prompt_id`` (any one suffices)."""
+        scopes = self._scopes.get(prompt_id)
+        if scopes is None:
+            raise PromptNotFound(prompt_id)
+        return scopes
 
     def all(self) -> list[Prompt]:
         return [prompt for items in self._folders.values() for prompt in items]

@@ -3,7 +3,8 @@
 The instance's Duo Chat (``/api/v4/chat/completions``) sends the conversation here with the
 model, endpoint, identifier and key in the one component's ``payload``. Pipeline: authenticate
 (401/503) → find the invokable (404) → scope (403) → body (413/422) → model target (422) → call
-the model's chat API with the invokable's system prompt → ``{"response", "metadata"}``, or the
+the model's chat API with the system prompt of the registry's ``chat/<invokable>`` definition
+for the model's family → ``{"response", "metadata"}``, or the
 answer relayed as raw text chunks when ``stream`` is true. Model errors are answered as in
 code suggestions (503 ``Inference failed: ...``, 429 passed through).
 """
@@ -11,7 +12,7 @@ code suggestions (503 ``Inference failed: ...``, 429 passed through).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import Field, StringConstraints
 from starlette.requests import Request
@@ -35,7 +36,7 @@ from enclave.gateway.models.base import (
     ModelError,
     ModelRequest,
 )
-from enclave.gateway.prompts import chat as prompts
+from enclave.gateway.prompts.registry import Prompt, PromptNotFound, get_registry
 from enclave.gateway.streaming import RawTextStreamResponse
 
 if TYPE_CHECKING:
@@ -43,12 +44,15 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+# The largest max_tokens a caller may ask for.
+MAX_MAX_TOKENS: Final = 8192
+
 ChatContent = Annotated[str, StringConstraints(max_length=200_000)]
 
 
 class ChatParams(_Model):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    max_tokens: Annotated[int, Field(ge=1, le=prompts.MAX_MAX_TOKENS)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_MAX_TOKENS)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     stop: Annotated[list[Str255], Field(max_length=8)] | None = None
 
@@ -83,20 +87,21 @@ def _payload_loc(name: str) -> list[str | int]:
     return ["prompt_components", 0, "payload", f"model_{name}"]
 
 
-def conversation(
-    invokable: prompts.Invokable, content: str | list[PromptMessage]
-) -> tuple[ChatMessage, ...]:
-    """The messages for the model: the invokable's system prompt unless the caller sent one."""
+def invokable_prompt_id(name: str) -> str:
+    """The registry prompt behind ``/v1/chat/<name>`` (``agent`` is ``chat/agent``)."""
+    return f"chat/{name}"
+
+
+def conversation(definition: Prompt, content: str | list[PromptMessage]) -> tuple[ChatMessage, ...]:
+    """The messages for the model: the prompt's instructions unless the caller sent a system one."""
     if isinstance(content, str):
         messages: tuple[ChatMessage, ...] = (ChatMessage("user", content),)
     else:
         messages = tuple(ChatMessage(m.role, m.content) for m in content)
-    if any(m.role == "system" for m in messages):
-        return messages
-    return (ChatMessage("system", invokable.system), *messages)
+    return definition.conversation(messages)
 
 
-def plan_chat(invokable: prompts.Invokable, payload: ChatPayload) -> ModelRequest:
+def plan_chat(prompt_id: str, payload: ChatPayload) -> ModelRequest:
     target = resolve_target(
         payload.provider,
         payload.model,
@@ -105,12 +110,15 @@ def plan_chat(invokable: prompts.Invokable, payload: ChatPayload) -> ModelReques
         payload.model_identifier,
         loc=_payload_loc,
     )
-    messages = conversation(invokable, payload.content)
+    # ``model`` is the family; unknown families get the base definition.
+    definition = get_registry().resolve(prompt_id, payload.model)
+    messages = conversation(definition, payload.content)
     text: str | None = None
     api: Api = "chat"
     if target.force_text_completion:
         text, messages, api = messages_as_text(messages), (), "completions"
     params = payload.params or ChatParams()
+    defaults = definition.params
     return ModelRequest(
         endpoint=target.endpoint,
         model=target.model,
@@ -118,10 +126,10 @@ def plan_chat(invokable: prompts.Invokable, payload: ChatPayload) -> ModelReques
         api_key=target.api_key,
         prompt=text,
         messages=messages,
-        max_tokens=params.max_tokens or prompts.MAX_TOKENS,
-        temperature=prompts.TEMPERATURE if params.temperature is None else params.temperature,
-        top_p=params.top_p,
-        stop=tuple(params.stop or ()),
+        max_tokens=params.max_tokens or defaults.max_tokens,
+        temperature=defaults.temperature if params.temperature is None else params.temperature,
+        top_p=defaults.top_p if params.top_p is None else params.top_p,
+        stop=tuple(params.stop) if params.stop is not None else defaults.stop,
     )
 
 
@@ -142,17 +150,19 @@ async def chat(request: Request) -> Response | RawTextStreamResponse:
     principal = await authenticate(request)
     if isinstance(principal, Response):
         return principal
-    invokable = prompts.INVOKABLES.get(name)
-    if invokable is None:
+    prompt_id = invokable_prompt_id(name)
+    try:
+        scopes = get_registry().unit_primitives(prompt_id)
+    except PromptNotFound:
         return detail(f"Chat invokable '{name}' not found", 404)
-    if not principal.can(*invokable.scopes):
+    if not principal.can(*scopes):
         return detail(f"Unauthorized to access {name}", 403)
     body = await parse_body(request, ChatRequest)
     if isinstance(body, Response):
         return body
     payload = body.prompt_components[0].payload
     try:
-        model_request = plan_chat(invokable, payload)
+        model_request = plan_chat(prompt_id, payload)
     except PlanError as exc:
         return json_response({"detail": exc.detail}, exc.status)
     try:

@@ -1,9 +1,13 @@
-"""``POST /v1/prompts/{prompt_id}``: GitLab's prompt registry, for the prompts Enclave knows.
+"""``POST /v1/prompts/{prompt_id}``: GitLab's prompt registry, for every prompt Enclave defines.
 
-The instance's "Test connection" calls ``model_configuration/check`` (URL-encoded
-``model_configuration%2Fcheck``) with the model in ``model_metadata``. Pipeline: authenticate
-(401/503) → find the prompt (404) → scope (403) → body (413/422) → model target (422) → call the
-model → the model's text as a bare JSON string. When the model fails the answer is **421
+Prompts are the registry's definition files (:mod:`enclave.gateway.prompts.registry`); the
+instance calls e.g. ``model_configuration/check`` (URL-encoded ``model_configuration%2Fcheck``)
+for "Test connection", ``chat/explain_code`` or ``generate_commit_message``, with the model in
+``model_metadata`` (its ``name`` is the family that picks the definition) and the template
+variables in ``inputs``. Pipeline: authenticate (401/503) → find the prompt (404) → scope (403)
+→ body (413/422) → model target (422) → definition for the family and ``prompt_version``
+(422 at ``["prompt_version"]``) → render (422 at ``["inputs", name]``) → call the model → the
+model's text as a bare JSON string. When the model fails the answer is **421
 Misdirected Request** (as in GitLab: the gateway worked, the model did not) with a ``detail``
 that starts with the model's HTTP status ("401 ...") when it answered with one, and without a
 leading status when it could not be reached.
@@ -11,18 +15,17 @@ leading status when it could not be reached.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 from pydantic import StringConstraints
 from starlette.requests import Request
 from starlette.responses import Response
 
-from enclave.common import wire
 from enclave.common.logging import get_logger
 from enclave.gateway.api.v2.code.schemas import Str255, _Model, field_error
 from enclave.gateway.api.v2.code.suggestions import (
     PROVIDER_LITELLM,
+    ModelTarget,
     PlanError,
     authenticate,
     messages_as_text,
@@ -37,7 +40,15 @@ from enclave.gateway.models.base import (
     ModelError,
     ModelRequest,
 )
-from enclave.gateway.prompts import model_configuration
+from enclave.gateway.prompts.definition import ModelParams
+from enclave.gateway.prompts.registry import (
+    InputError,
+    NoMatchingVersion,
+    Prompt,
+    PromptNotFound,
+    get_registry,
+)
+from enclave.gateway.prompts.semver import InvalidVersion
 from enclave.gateway.streaming import RawTextStreamResponse
 
 if TYPE_CHECKING:
@@ -61,35 +72,30 @@ class ModelMetadata(_Model):
 
 class PromptRequest(_Model):
     inputs: dict[str, Any]
-    prompt_version: Str255 | None = None  # accepted; each prompt has one version here
+    prompt_version: Str255 | None = None  # a semver constraint ("^1.0.0"); none: newest
     stream: bool = False
     model_metadata: ModelMetadata | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RegisteredPrompt:
-    scopes: tuple[str, ...]
-    messages: tuple[ChatMessage, ...]
-    max_tokens: int
-    temperature: float | None
-
-
-PROMPTS: Final[dict[str, RegisteredPrompt]] = {
-    model_configuration.PROMPT_ID: RegisteredPrompt(
-        scopes=(wire.UP_COMPLETE_CODE, wire.UP_CODE_SUGGESTIONS),
-        messages=model_configuration.MESSAGES,
-        max_tokens=model_configuration.MAX_TOKENS,
-        temperature=model_configuration.TEMPERATURE,
-    ),
-}
 
 
 def _metadata_loc(name: str) -> list[str | int]:
     return ["model_metadata", name]
 
 
-def plan_prompt(prompt: RegisteredPrompt, payload: PromptRequest) -> ModelRequest:
-    metadata = payload.model_metadata
+def plan_prompt(prompt_id: str, payload: PromptRequest) -> ModelRequest:
+    """The model call for ``prompt_id``: target from ``model_metadata``, rendered definition."""
+    target = metadata_target(payload.model_metadata)
+    family = payload.model_metadata.name if payload.model_metadata is not None else None
+    try:
+        definition = get_registry().resolve(prompt_id, family, payload.prompt_version)
+    except (InvalidVersion, NoMatchingVersion) as exc:
+        raise PlanError(
+            [field_error(["prompt_version"], str(exc), payload.prompt_version, kind="value_error")]
+        ) from None
+    return model_request(target, definition, payload.inputs)
+
+
+def metadata_target(metadata: ModelMetadata | None) -> ModelTarget:
+    """The model ``model_metadata`` names; required here, this gateway serves self-hosted ones."""
     if metadata is None:
         raise PlanError(
             [
@@ -102,7 +108,7 @@ def plan_prompt(prompt: RegisteredPrompt, payload: PromptRequest) -> ModelReques
             ]
         )
     provider = metadata.provider.strip().lower()
-    target = resolve_target(
+    return resolve_target(
         PROVIDER_LITELLM if provider in _OPENAI_COMPATIBLE else provider,
         metadata.name,
         metadata.endpoint,
@@ -110,20 +116,40 @@ def plan_prompt(prompt: RegisteredPrompt, payload: PromptRequest) -> ModelReques
         metadata.identifier,
         loc=_metadata_loc,
     )
-    messages: tuple[ChatMessage, ...] = prompt.messages
-    text: str | None = None
-    api: Api = "chat"
-    if target.force_text_completion:
-        text, messages, api = messages_as_text(messages), (), "completions"
+
+
+def model_request(target: ModelTarget, definition: Prompt, inputs: dict[str, Any]) -> ModelRequest:
+    try:
+        rendered = definition.render(inputs)
+    except InputError as exc:
+        value = inputs.get(exc.name)
+        raise PlanError(
+            [field_error(["inputs", exc.name], str(exc), value, kind=exc.kind)]
+        ) from None
+    return target_request(target, rendered.messages, rendered.prompt, rendered.params)
+
+
+def target_request(
+    target: ModelTarget,
+    messages: tuple[ChatMessage, ...],
+    prompt: str | None,
+    params: ModelParams,
+) -> ModelRequest:
+    """Chat messages or a raw prompt for ``target`` (text-only models get messages as text)."""
+    api: Api = "completions" if prompt is not None else "chat"
+    if target.force_text_completion and messages:
+        prompt, messages, api = messages_as_text(messages), (), "completions"
     return ModelRequest(
         endpoint=target.endpoint,
         model=target.model,
         api=api,
         api_key=target.api_key,
-        prompt=text,
+        prompt=prompt,
         messages=messages,
-        max_tokens=prompt.max_tokens,
-        temperature=prompt.temperature,
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        stop=params.stop,
     )
 
 
@@ -138,19 +164,20 @@ def model_failed(error: ModelError) -> Response:
 async def invoke(request: Request) -> Response | RawTextStreamResponse:
     gateway: Gateway = request.app.state.gateway
     prompt_id: str = request.path_params["prompt_id"]
-    prompt = PROMPTS.get(prompt_id)
     principal = await authenticate(request)
     if isinstance(principal, Response):
         return principal
-    if prompt is None:
+    try:
+        scopes = get_registry().unit_primitives(prompt_id)
+    except PromptNotFound:
         return detail(f"Prompt '{prompt_id}' not found", 404)
-    if not principal.can(*prompt.scopes):
+    if not principal.can(*scopes):
         return detail(f"Unauthorized to access {prompt_id}", 403)
     payload = await parse_body(request, PromptRequest)
     if isinstance(payload, Response):
         return payload
     try:
-        model_request = plan_prompt(prompt, payload)
+        model_request = plan_prompt(prompt_id, payload)
     except PlanError as exc:
         return json_response({"detail": exc.detail}, exc.status)
     try:

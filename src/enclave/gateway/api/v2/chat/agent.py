@@ -2,7 +2,8 @@
 
 GitLab's gateway runs a ReAct tool loop here; this gateway answers plainly: the conversation
 (with each message's page context, current file and additional context written into it) goes
-to the model's chat API with the ``agent`` chat invokable's system prompt, and the streamed
+to the model's chat API with the system prompt of the registry's ``chat/agent`` definition for
+the model's family, and the streamed
 answer is relayed as ``application/x-ndjson``, one event per line::
 
     {"type":"final_answer_delta","data":{"text":"..."}}   one per model delta
@@ -25,14 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common.logging import get_logger
-from enclave.gateway.api.v1.chat.invoke import conversation
-from enclave.gateway.api.v1.prompts.invoke import (
-    ModelMetadata,
-    PromptRequest,
-    RegisteredPrompt,
-    plan_prompt,
-)
-from enclave.gateway.api.v2.code.schemas import PromptMessage, Str255, _Model
+from enclave.gateway.api.v1.prompts.invoke import ModelMetadata, metadata_target, target_request
+from enclave.gateway.api.v2.code.schemas import Str255, _Model
 from enclave.gateway.api.v2.code.suggestions import (
     PlanError,
     authorize,
@@ -41,13 +36,14 @@ from enclave.gateway.api.v2.code.suggestions import (
 )
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
+    ChatMessage,
     EndpointNotAllowed,
     ModelError,
     ModelRequest,
     TextStream,
     Usage,
 )
-from enclave.gateway.prompts import chat as prompts
+from enclave.gateway.prompts.registry import get_registry
 from enclave.gateway.streaming import RawTextStreamResponse
 
 if TYPE_CHECKING:
@@ -56,7 +52,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 NDJSON_MEDIA_TYPE: Final = "application/x-ndjson"
-AGENT: Final = prompts.INVOKABLES["agent"]
+AGENT_PROMPT_ID: Final = "chat/agent"
 
 ChatContent = Annotated[str, StringConstraints(max_length=200_000)]
 
@@ -113,19 +109,12 @@ def message_text(message: AgentMessage) -> str:
 
 
 def plan_agent(body: AgentRequest) -> ModelRequest:
-    """The model call: the ``agent`` system prompt and the conversation, to ``model_metadata``."""
-    history = [
-        # Rendered content may exceed a single field's limit; it was validated piecewise.
-        PromptMessage.model_construct(role=m.role, content=message_text(m))
-        for m in body.messages
-    ]
-    prompt = RegisteredPrompt(
-        scopes=AGENT.scopes,
-        messages=conversation(AGENT, history),
-        max_tokens=prompts.MAX_TOKENS,
-        temperature=prompts.TEMPERATURE,
-    )
-    return plan_prompt(prompt, PromptRequest(inputs={}, model_metadata=body.model_metadata))
+    """The model call: ``chat/agent``'s instructions and the conversation."""
+    target = metadata_target(body.model_metadata)
+    family = body.model_metadata.name if body.model_metadata is not None else None
+    definition = get_registry().resolve(AGENT_PROMPT_ID, family)
+    history = tuple(ChatMessage(m.role, message_text(m)) for m in body.messages)
+    return target_request(target, definition.conversation(history), None, definition.params)
 
 
 def ndjson_event(kind: str, data: Any) -> str:
@@ -163,7 +152,8 @@ class NdjsonEvents:
 
 async def agent(request: Request) -> Response | RawTextStreamResponse:
     gateway: Gateway = request.app.state.gateway
-    refused = await authorize(request, AGENT.scopes, "Unauthorized to access duo_chat")
+    scopes = get_registry().unit_primitives(AGENT_PROMPT_ID)
+    refused = await authorize(request, scopes, "Unauthorized to access duo_chat")
     if refused is not None:
         return refused
     body = await parse_body(request, AgentRequest)

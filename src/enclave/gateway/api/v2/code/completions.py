@@ -4,17 +4,20 @@
 instance's pre-built string ``prompt`` (empty → built here, as 1; non-empty → used as the
 prompt, where GitLab's own gateway fails); 3: ``prompt`` is a list of chat messages. Families
 with a fill-in-the-middle layout go to ``/v1/completions``, chat-style ones to
-``/v1/chat/completions`` (see :mod:`enclave.gateway.prompts.code_completions`).
+``/v1/chat/completions``: the registry's ``code_suggestions/completions`` definition for the
+family says which (``definitions/code_suggestions/completions/<family>/``).
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Final
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common import wire
+from enclave.common.features import COMPATIBLE_FAMILIES, Feature
 from enclave.gateway.api.v2.code.schemas import SuggestionsRequest
 from enclave.gateway.api.v2.code.suggestions import (
     Plan,
@@ -26,54 +29,68 @@ from enclave.gateway.api.v2.code.suggestions import (
     serve,
 )
 from enclave.gateway.models.base import Api, ChatMessage, ModelRequest
-from enclave.gateway.prompts.code_completions import (
-    UnsupportedFamily,
-    chat_completion_instruction,
-    detect_language,
-    family_spec,
-    fim_prompt,
-    trim_context,
-)
+from enclave.gateway.prompts.context import detect_language, trim_context
 from enclave.gateway.prompts.postprocess import FenceStripper, postprocess_chat
+from enclave.gateway.prompts.registry import get_registry
 from enclave.gateway.streaming import RawTextStreamResponse
 
 USE_CASE_NAME = "code completions"
+PROMPT_ID: Final = "code_suggestions/completions"
+FAMILY_GENERAL: Final = "general"
+# Families this endpoint serves (GitLab refuses mixtral and llama3 for completions; they follow
+# the chat-style instruction as well as the others, so Enclave serves them the same way).
+FAMILIES: Final = COMPATIBLE_FAMILIES[Feature.CODE_COMPLETIONS]
 
 
 def _unchanged(text: str) -> str:
     return text
 
 
+def completion_family(model_name: str | None) -> str:
+    """The family (case-insensitive; none means general), or PlanError for unknown ones."""
+    family = (model_name or FAMILY_GENERAL).strip().lower()
+    if family not in FAMILIES:
+        raise PlanError(
+            f"model {model_name or ''} is not supported by use case {USE_CASE_NAME} and "
+            f"provider litellm; supported model families: {', '.join(sorted(FAMILIES))}"
+        )
+    return family
+
+
 def plan_completion(payload: SuggestionsRequest) -> Plan:
     target = model_target(payload)
-    try:
-        spec = family_spec(payload.model_name, USE_CASE_NAME)
-    except UnsupportedFamily as exc:
-        raise PlanError(str(exc)) from None
+    family = completion_family(payload.model_name)
+    definition = get_registry().resolve(PROMPT_ID, family)
+    params = definition.params
     current = payload.current_file
     lang = detect_language(current.language_identifier, current.file_name)
-    prefix, suffix = trim_context(current.content_above_cursor, current.content_below_cursor, spec)
+    prefix, suffix = trim_context(current.content_above_cursor, current.content_below_cursor)
 
     prompt: str | None = None
     messages: tuple[ChatMessage, ...] = ()
     if payload.prompt_version == 3 and isinstance(payload.prompt, list):
         messages = messages_from(payload.prompt)
     elif payload.prompt_version == 2 and isinstance(payload.prompt, str) and payload.prompt:
-        if spec.api == "chat":
+        if definition.api == "chat":
             messages = (ChatMessage("user", payload.prompt),)
         else:
             prompt = payload.prompt
-    elif spec.api == "chat":
-        instruction = chat_completion_instruction(prefix, suffix, current.file_name, lang)
-        messages = (ChatMessage("user", instruction),)
     else:
-        prompt = fim_prompt(spec, prefix, suffix)
+        rendered = definition.render(
+            {
+                "prefix": prefix,
+                "suffix": suffix,
+                "file_name": current.file_name,
+                "language": lang or "",
+            }
+        )
+        prompt, messages = rendered.prompt, rendered.messages
 
     api: Api = "chat" if messages else "completions"
     if target.force_text_completion and messages:
         prompt, messages, api = messages_as_text(messages), (), "completions"
     # Instruction-following answers get cleaned; raw FIM output is inserted as is.
-    conversational = spec.api == "chat" or payload.prompt_version == 3
+    conversational = definition.api == "chat" or payload.prompt_version == 3
     request = ModelRequest(
         endpoint=target.endpoint,
         model=target.model,
@@ -81,15 +98,15 @@ def plan_completion(payload: SuggestionsRequest) -> Plan:
         api_key=target.api_key,
         prompt=prompt,
         messages=messages,
-        max_tokens=spec.max_tokens,
-        temperature=spec.temperature,
-        top_p=spec.top_p,
-        stop=spec.stop,
-        family=spec.name,
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        stop=params.stop,
+        family=family,
     )
     return Plan(
         request=request,
-        model_name=(payload.model_identifier or "").strip() or spec.name,
+        model_name=(payload.model_identifier or "").strip() or family,
         lang=lang,
         postprocess=(
             partial(postprocess_chat, prefix=current.content_above_cursor)

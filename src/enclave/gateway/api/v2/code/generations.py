@@ -2,15 +2,19 @@
 
 Parameters as GitLab's gateway sends them (``max_tokens`` 2048, ``stop ["</new_code>"]``,
 ``temperature`` 0.2, ``top_p`` 0.95); ``model.name`` is ``custom_openai/<family>``. Without a
-prompt the gateway writes its own instruction from the file around the cursor.
+prompt the gateway writes its own instruction from the file around the cursor: the registry's
+``code_suggestions/generations`` definition, whose parameters apply either way.
 """
 
 from __future__ import annotations
+
+from typing import Final
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common import wire
+from enclave.gateway.api.v2.code.completions import FAMILY_GENERAL
 from enclave.gateway.api.v2.code.schemas import SuggestionsRequest
 from enclave.gateway.api.v2.code.suggestions import (
     Plan,
@@ -21,10 +25,15 @@ from enclave.gateway.api.v2.code.suggestions import (
     serve,
 )
 from enclave.gateway.models.base import Api, ChatMessage, ModelRequest
-from enclave.gateway.prompts import code_generations as prompts
-from enclave.gateway.prompts.code_completions import FAMILY_GENERAL, detect_language
+from enclave.gateway.prompts.context import detect_language
 from enclave.gateway.prompts.postprocess import GenerationStreamFilter, postprocess_generation
+from enclave.gateway.prompts.registry import get_registry
 from enclave.gateway.streaming import RawTextStreamResponse
+
+PROMPT_ID: Final = "code_suggestions/generations"
+# The file around the cursor that goes into the gateway's own instruction.
+MAX_PREFIX_CHARS: Final = 16000
+MAX_SUFFIX_CHARS: Final = 8000
 
 
 def plan_generation(payload: SuggestionsRequest) -> Plan:
@@ -32,6 +41,8 @@ def plan_generation(payload: SuggestionsRequest) -> Plan:
     family = (payload.model_name or FAMILY_GENERAL).strip().lower() or FAMILY_GENERAL
     current = payload.current_file
     lang = detect_language(current.language_identifier, current.file_name)
+    definition = get_registry().resolve(PROMPT_ID, family)
+    params = definition.params
 
     messages: tuple[ChatMessage, ...]
     if payload.prompt_version == 3 and isinstance(payload.prompt, list):
@@ -39,10 +50,15 @@ def plan_generation(payload: SuggestionsRequest) -> Plan:
     elif isinstance(payload.prompt, str) and payload.prompt:
         messages = (ChatMessage("user", payload.prompt),)
     else:
-        instruction = prompts.generation_instruction(
-            current.content_above_cursor, current.content_below_cursor, current.file_name, lang
+        rendered = definition.render(
+            {
+                "prefix": current.content_above_cursor[-MAX_PREFIX_CHARS:],
+                "suffix": current.content_below_cursor[:MAX_SUFFIX_CHARS],
+                "file_name": current.file_name,
+                "language": lang or "",
+            }
         )
-        messages = (ChatMessage("user", instruction),)
+        messages = rendered.messages
 
     prompt: str | None = None
     api: Api = "chat"
@@ -55,10 +71,10 @@ def plan_generation(payload: SuggestionsRequest) -> Plan:
         api_key=target.api_key,
         prompt=prompt,
         messages=messages,
-        max_tokens=prompts.MAX_TOKENS,
-        temperature=prompts.TEMPERATURE,
-        top_p=prompts.TOP_P,
-        stop=prompts.STOP,
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        stop=params.stop,
         family=family,
     )
     return Plan(
