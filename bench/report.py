@@ -15,8 +15,8 @@ import orjson
 MiB = 2**20
 P99_LIMIT_MS = 20.0
 FOREIGN_WARN = 0.10  # a load point is "disturbed" when other processes used > 10 % of the CPU
-KIND_ORDER = {"direct": 0, "enclave": 1, "litellm": 2}
-COLOURS = {"direct": "#555555", "enclave": "#1f77b4", "litellm": "#d62728"}
+KIND_ORDER = {"direct": 0, "enclave": 1, "openai": 2, "litellm": 3}
+COLOURS = {"direct": "#555555", "enclave": "#1f77b4", "openai": "#2ca02c", "litellm": "#d62728"}
 PLOT_PERCENTILES = ("50", "75", "90", "95", "99", "99.9", "99.99")
 
 # Goals from the issue, checked on the 1-worker figures.
@@ -164,7 +164,7 @@ def _goals(results: dict[str, Any]) -> list[str]:
         f"{_ms(ttfb_added)} ms | "
         f"{_check(None if ttfb_added is None else ttfb_added <= GOAL_TTFB_ADDED_MS)} |"
     )
-    enclaves = [t for k, t in ok.items() if t["kind"] == "enclave"]
+    enclaves = [t for t in ok.values() if t["kind"] in ("enclave", "openai")]
     bad = sum(figures(t)["lost"] + figures(t)["merged"] + figures(t)["reordered"] for t in enclaves)
     failed = sum(figures(t)["failed_streams"] for t in enclaves)
     streams = sum(figures(t)["streams"] for t in enclaves)
@@ -217,6 +217,64 @@ def _ratios(results: dict[str, Any], workers: list[int]) -> list[str]:
         "Enclave − direct: stream first byte p50 (ms)",
         lambda d, e, _: _signed(_diff(e["ttfb_p50"], d["ttfb_p50"])) if need(d, e) else "—",
     )
+
+    def openai_row(label: str, cell: Any) -> None:
+        """A row about the gateway's OpenAI-compatible API (d: direct, e: GitLab path, o: it)."""
+        cells = []
+        for w in workers:
+            d, e, o = (ok.get(f"{k}-{w}w") for k in ("direct", "enclave", "openai"))
+            cells.append(cell(*(figures(t) if t else None for t in (d, e, o))) if o else "not run")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    if any(t["kind"] == "openai" for t in ok.values()):
+        openai_row(
+            "OpenAI API − direct: added p50 / p99 at c=1 (ms)",
+            lambda d, e, o: (
+                f"{_signed(_diff(o['p50_c1'], d['p50_c1']))} / "
+                f"{_signed(_diff(o['p99_c1'], d['p99_c1']))}"
+                if need(d, o)
+                else "—"
+            ),
+        )
+        for c in (16, 64):
+            openai_row(
+                f"OpenAI API / direct: RPS at c={c}",
+                lambda d, e, o, c=c: (
+                    _times(_ratio(o[f"rps_c{c}"], d[f"rps_c{c}"])) if need(d, o) else "—"
+                ),
+            )
+        openai_row(
+            f"OpenAI API / direct: max RPS with p99 ≤ {P99_LIMIT_MS:g} ms",
+            lambda d, e, o: _times(_ratio(o["max_rps"], d["max_rps"])) if need(d, o) else "—",
+        )
+        openai_row(
+            "OpenAI API − direct: stream first byte p50 (ms)",
+            lambda d, e, o: _signed(_diff(o["ttfb_p50"], d["ttfb_p50"])) if need(d, o) else "—",
+        )
+        openai_row(
+            "OpenAI API − GitLab path: p50 / p99 at c=1 (ms)",
+            lambda d, e, o: (
+                f"{_signed(_diff(o['p50_c1'], e['p50_c1']))} / "
+                f"{_signed(_diff(o['p99_c1'], e['p99_c1']))}"
+                if need(e, o)
+                else "—"
+            ),
+        )
+        for c in (16, 64):
+            openai_row(
+                f"OpenAI API / GitLab path: RPS at c={c}",
+                lambda d, e, o, c=c: (
+                    _times(_ratio(o[f"rps_c{c}"], e[f"rps_c{c}"])) if need(e, o) else "—"
+                ),
+            )
+        openai_row(
+            "OpenAI API / GitLab path: CPU per request (c=16)",
+            lambda d, e, o: _times(_ratio(o["cpu_us_c16"], e["cpu_us_c16"])) if need(e, o) else "—",
+        )
+        openai_row(
+            "OpenAI API − GitLab path: stream first byte p50 (ms)",
+            lambda d, e, o: _signed(_diff(o["ttfb_p50"], e["ttfb_p50"])) if need(e, o) else "—",
+        )
     row(
         "LiteLLM / Enclave: added p50 at c=1",
         lambda d, e, lt: (
@@ -376,7 +434,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         "Everything on 127.0.0.1 in one run: a fake OpenAI-compatible upstream "
         f"(answer after {env['upstream_latency_ms']:g} ms), the same upstream behind Enclave's "
         "gateway (RS256 token with a warm key cache, scope check, prompt rendering, egress "
-        f"check, access log at `{env['gateway_log_level']}`) and behind LiteLLM's proxy "
+        f"check, access log at `{env['gateway_log_level']}`; GitLab's `POST "
+        "/v2/code/completions`, and the OpenAI-compatible `POST /v1/completions` with an "
+        "instance-issued user token and the feature→model routes in memory) and behind "
+        "LiteLLM's proxy "
         "(master key, no database, logging off). Closed-loop load, "
         f"{env['duration_s']:g} s per point at c=1/16/64, {env['sweep_duration_s']:g} s for the "
         "other sweep points; streams of "

@@ -7,6 +7,10 @@ in the same run and against the same upstream:
 * ``enclave``: load generator → Enclave's gateway (``python -m enclave gateway``, production
   path: JWT verification with a warm key cache, scope check, prompt rendering, egress check,
   access log) → upstream;
+* ``openai``: load generator → the same gateway's OpenAI-compatible API (``POST
+  /v1/completions`` with an instance-signed user token carrying ``enclave_surface: openai``,
+  routed by the feature→model table the gateway reads from the fake issuer's
+  ``/api/v4/internal/ai/gateway_routes``) → upstream;
 * ``litellm``: load generator → LiteLLM proxy (pinned, own virtualenv, no database) → upstream,
   when it can be installed;
 
@@ -36,7 +40,7 @@ from typing import Any
 import orjson
 
 import streaming
-from issuer import jwks, mint_token, new_signing_key
+from issuer import jwks, mint_openai_token, mint_token, new_signing_key, routes_document
 from load import LoadResult, Request, ensure_wrk, run_load, wrk_version
 from procs import (
     Processes,
@@ -60,6 +64,8 @@ LITELLM_VERSION = "1.82.6"
 LITELLM_VENV = BENCH_DIR / ".venv-litellm"
 LITELLM_MASTER_KEY = "sk-bench-master"
 SERVED_MODEL = "codestral-bench"
+OPENAI_FEATURE = "code_completions"  # the "model" of the gateway's OpenAI-compatible API
+UPSTREAM_API_KEY = "bench-key"
 P99_LIMIT_MS = 20.0
 REQUIRED_CONNECTIONS = (1, 16, 64)
 DEFAULT_CONNECTIONS = "1,4,16,32,64,128,256"
@@ -134,11 +140,15 @@ def gitlab_body(upstream_port: int, stream: bool) -> bytes:
     )
 
 
-def openai_completion_body(stream: bool) -> bytes:
-    """A text-completion request like the one the gateway sends upstream for codestral."""
+def openai_completion_body(stream: bool, model: str = SERVED_MODEL) -> bytes:
+    """A text-completion request like the one the gateway sends upstream for codestral.
+
+    The ``openai`` target sends the same body with ``model`` = the feature id
+    (:data:`OPENAI_FEATURE`), which is what the gateway's OpenAI-compatible API expects.
+    """
     return orjson.dumps(
         {
-            "model": SERVED_MODEL,
+            "model": model,
             "max_tokens": 128,
             "n": 1,
             "stream": stream,
@@ -181,6 +191,9 @@ class Bench:
         self.issuer_url = f"http://127.0.0.1:{self.issuer_port}"
         self.upstream_port = free_port()
         self.upstream: Server | None = None
+        # The instance↔gateway secret for the routes endpoint, and the user of the OpenAI API.
+        self.routes_secret_file = tmp / "gateway-routes.secret"
+        self.openai_user_id = uuid.uuid4().hex
         self.litellm_python: Path | None = None
         self.litellm_version: str | None = None
         self.gateway_available = False
@@ -210,6 +223,19 @@ class Bench:
     def start_shared(self) -> None:
         jwks_path = self.tmp / "jwks.json"
         jwks_path.write_text(json.dumps(jwks(self.key, self.kid)))
+        routes_path = self.tmp / "gateway-routes.json"
+        routes_path.write_text(
+            json.dumps(
+                routes_document(
+                    self.issuer_url,
+                    f"http://127.0.0.1:{self.upstream_port}/v1",
+                    SERVED_MODEL,
+                    UPSTREAM_API_KEY,
+                )
+            )
+        )
+        self.routes_secret_file.write_text(uuid.uuid4().hex + uuid.uuid4().hex + "\n")
+        self.routes_secret_file.chmod(0o600)
         issuer = self.processes.start(
             "issuer",
             [
@@ -219,6 +245,10 @@ class Bench:
                 str(self.issuer_port),
                 "--jwks",
                 str(jwks_path),
+                "--routes",
+                str(routes_path),
+                "--routes-secret-file",
+                str(self.routes_secret_file),
             ],
         )
         self.upstream = self.processes.start("upstream", self.upstream_argv(self.upstream_port, 1))
@@ -240,6 +270,35 @@ class Bench:
             "X-Gitlab-Realm": "self-managed",
             "Content-Type": "application/json",
         }
+
+    def openai_headers(self) -> dict[str, str]:
+        """What an OpenAI client sends: the instance-issued user token, nothing else."""
+        token = mint_openai_token(
+            self.key, self.kid, self.issuer_url, self.instance_id, self.openai_user_id
+        )
+        return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def gateway_env(self, data_dir: str, workers: int) -> dict[str, str]:
+        """The environment of a gateway process: production settings, limits out of reach."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ENCLAVE_")}
+        env.update(
+            {
+                "ENCLAVE_DATA_DIR": str(self.tmp / data_dir),
+                "ENCLAVE_GATEWAY__ISSUER_URL": self.issuer_url,
+                "ENCLAVE_GATEWAY__WORKERS": str(workers),
+                # As `enclave up` sets it: the gateway reads the instance's feature→model
+                # routes (in the background, every 30 s) and serves the OpenAI-compatible API.
+                "ENCLAVE_GATEWAY__GATEWAY_ROUTES_SECRET_FILE": str(self.routes_secret_file),
+                # The limiters run on every request, as in production, with ceilings the load
+                # generator cannot reach: the bench measures their cost, not their refusals.
+                "ENCLAVE_GATEWAY__RATE_LIMIT_PER_INSTANCE_RPS": "1000000",
+                "ENCLAVE_GATEWAY__RATE_LIMIT_PER_INSTANCE_BURST": "1000000",
+                "ENCLAVE_GATEWAY__RATE_LIMIT_PER_USER_RPM": "100000000",
+                "ENCLAVE_GATEWAY__RATE_LIMIT_PER_USER_BURST": "1000000",
+                "ENCLAVE_LOG_LEVEL": self.settings.gateway_log_level,
+            }
+        )
+        return env
 
     # -- LiteLLM -------------------------------------------------------------------------------
 
@@ -323,22 +382,9 @@ class Bench:
             load = Request(url, openai_completion_body(False), JSON_HEADERS)
             stream = Request(url, openai_completion_body(True), JSON_HEADERS)
             fmt, label = "sse", "direct (no proxy)"
-        elif kind == "enclave":
-            env = {k: v for k, v in os.environ.items() if not k.startswith("ENCLAVE_")}
-            env.update(
-                {
-                    "ENCLAVE_DATA_DIR": str(self.tmp / f"enclave-data-{workers}"),
-                    "ENCLAVE_GATEWAY__ISSUER_URL": self.issuer_url,
-                    "ENCLAVE_GATEWAY__WORKERS": str(workers),
-                    # The limiter runs on every request, as in production, with a ceiling the load
-                    # generator cannot reach: the bench measures its cost, not its refusals.
-                    "ENCLAVE_GATEWAY__RATE_LIMIT_PER_INSTANCE_RPS": "1000000",
-                    "ENCLAVE_GATEWAY__RATE_LIMIT_PER_INSTANCE_BURST": "1000000",
-                    "ENCLAVE_LOG_LEVEL": self.settings.gateway_log_level,
-                    "ENCLAVE_LOG_FORMAT": "json",
-                    "PYTHONUNBUFFERED": "0",
-                }
-            )
+        elif kind in ("enclave", "openai"):
+            env = self.gateway_env(f"{key}-data", workers)
+            env.update({"ENCLAVE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "0"})
             server = self.processes.start(
                 key,
                 [PYTHON, "-m", "enclave", "gateway", "--port", str(port)],
@@ -348,11 +394,18 @@ class Bench:
             wait_http(server, f"http://127.0.0.1:{port}/monitoring/healthz", 60)
             if self.metrics_status is None:
                 self.metrics_status, _ = http_get(f"http://127.0.0.1:{port}/metrics")
-            url = f"http://127.0.0.1:{port}/v2/code/completions"
-            headers = self.gitlab_headers()
-            load = Request(url, gitlab_body(self.upstream_port, False), headers)
-            stream = Request(url, gitlab_body(self.upstream_port, True), headers)
-            fmt, label = "raw", "Enclave gateway"
+            if kind == "enclave":
+                url = f"http://127.0.0.1:{port}/v2/code/completions"
+                headers = self.gitlab_headers()
+                load = Request(url, gitlab_body(self.upstream_port, False), headers)
+                stream = Request(url, gitlab_body(self.upstream_port, True), headers)
+                fmt, label = "raw", "Enclave gateway"
+            else:
+                url = f"http://127.0.0.1:{port}/v1/completions"
+                headers = self.openai_headers()
+                load = Request(url, openai_completion_body(False, OPENAI_FEATURE), headers)
+                stream = Request(url, openai_completion_body(True, OPENAI_FEATURE), headers)
+                fmt, label = "sse", "Enclave OpenAI API"
         elif kind == "litellm":
             assert self.litellm_python is not None
             config, log_config = self._litellm_config(port)
@@ -426,7 +479,8 @@ class Bench:
             status, body = http_post(target.load.url, target.load.body, target.load.headers)
             if status == 200:
                 break
-            time.sleep(0.2)  # e.g. 503 while the gateway fetches the issuer's keys
+            # e.g. 503 while the gateway fetches the issuer's keys or the routes
+            time.sleep(0.2)
         if status != 200:
             raise RuntimeError(f"{target.key}: HTTP {status}: {body[:300]!r}")
         text = orjson.loads(body)["choices"][0]["text"]
@@ -567,19 +621,7 @@ class Bench:
         log("== profile: enclave-1w under cProfile, c=16")
         port = free_port()
         stats_path = self.tmp / "gateway.pstats"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ENCLAVE_")}
-        env.update(
-            {
-                "ENCLAVE_DATA_DIR": str(self.tmp / "enclave-data-profile"),
-                "ENCLAVE_GATEWAY__ISSUER_URL": self.issuer_url,
-                "ENCLAVE_GATEWAY__WORKERS": "1",
-                # The limiter runs on every request, as in production, but with a ceiling the load
-                # generator cannot reach: the bench measures its cost, not its refusals.
-                "ENCLAVE_GATEWAY__RATE_LIMIT_PER_INSTANCE_RPS": "1000000",
-                "ENCLAVE_GATEWAY__RATE_LIMIT_PER_INSTANCE_BURST": "1000000",
-                "ENCLAVE_LOG_LEVEL": s.gateway_log_level,
-            }
-        )
+        env = self.gateway_env("enclave-data-profile", 1)
         server = self.processes.start(
             "enclave-profile",
             [
@@ -768,7 +810,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workers", default="1,2", help="server worker counts [1,2]")
     parser.add_argument(
-        "--targets", default="direct,enclave,litellm", help="which targets [all three]"
+        "--targets",
+        default="direct,enclave,openai,litellm",
+        help="which targets: direct, enclave (GitLab /v2/code/completions), openai (the "
+        "gateway's /v1/completions), litellm [all four]",
     )
     parser.add_argument("--skip-litellm", action="store_true", help="do not install/run LiteLLM")
     parser.add_argument(
@@ -828,7 +873,7 @@ def _run(bench: Bench, settings: Settings, budget: Budget) -> int:
     if "litellm" in settings.kinds:
         bench.prepare_litellm()
     bench.start_shared()
-    if "enclave" in settings.kinds:
+    if "enclave" in settings.kinds or "openai" in settings.kinds:
         probe = subprocess.run(
             [PYTHON, "-c", "import enclave.gateway.app"],
             capture_output=True,
@@ -849,7 +894,7 @@ def _run(bench: Bench, settings: Settings, budget: Budget) -> int:
         for kind in settings.kinds:
             if kind == "litellm" and bench.litellm_python is None:
                 continue
-            if kind == "enclave" and not bench.gateway_available:
+            if kind in ("enclave", "openai") and not bench.gateway_available:
                 continue
             estimate = per_target + (30 if kind == "litellm" else 5)
             targets.append(bench.run_target(kind, workers, estimate))
