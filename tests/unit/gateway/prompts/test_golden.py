@@ -32,7 +32,7 @@ SAMPLES: Final[dict[str, str]] = {
     "instruction": "",
     "input": "What does this do?",
     "selected_text": _CODE,
-    "file_content": f"# cart.py\n{_CODE}",
+    "file_content": f"from shop import Item\n\n{_CODE}",
     "language_info": "The code is written in Python.",
     "title": "SQL injection",
     "identifiers": "CWE-89",
