@@ -505,3 +505,22 @@ def test_rate_limit_is_relayed_with_retry_after(api: Api, prompt_gateway: FakeGa
     assert response.status_code == 429
     assert response.headers["retry-after"] == "3"
     assert response.json() == {"detail": "rate limited"}
+
+
+def test_413_for_a_chunked_body_over_the_limit(
+    instance: LiveInstance, prompt_gateway: FakeGateway
+) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"diff": "'
+        for _ in range(9):
+            yield b"+" * (1024 * 1024)
+        yield b'"}'
+
+    response = httpx.post(
+        instance.url + url("generate_commit_message"),
+        content=chunks(),  # a generator: sent chunked, without Content-Length
+        headers={"PRIVATE-TOKEN": instance.admin_token, "Content-Type": "application/json"},
+        timeout=20,
+    )
+    assert response.status_code == 413
+    assert prompt_gateway.requests == []

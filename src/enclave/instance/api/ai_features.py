@@ -430,9 +430,18 @@ class FieldErrorsRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
+            too_big = InstanceAPIError(413, f"the body is over {MAX_BODY_BYTES // 2**20} MiB")
             declared = request.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-                raise InstanceAPIError(413, f"the body is over {MAX_BODY_BYTES // 2**20} MiB")
+                raise too_big
+            # Also count while reading: a chunked body has no Content-Length to check. What
+            # was read is kept where Request.body() looks first, so FastAPI parses it as usual.
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise too_big
+            request._body = bytes(body)
             try:
                 return await handler(request)
             except RequestValidationError as exc:
