@@ -295,10 +295,13 @@ def _load_file(root: Path, path: Path, env: jinja2.Environment) -> Prompt:
         raise DefinitionError(path, problems) from None
     try:
         prompt = Prompt("/".join(parts[:-2]), parts[-2], version, definition, env, path)
-        # A smoke render resolves includes and catches undeclared variables and sandbox
-        # violations now rather than on some user's request.
-        prompt.render({name: "x" for name in definition.inputs}, dt.date(2000, 1, 1))
-        prompt.instructions(dt.date(2000, 1, 1))
+        # Smoke renders resolve includes and catch undeclared variables and sandbox
+        # violations now rather than on some user's request: once with every input set, once
+        # with the optional ones empty (so both sides of `{% if input %}` run).
+        day = dt.date(2000, 1, 1)
+        prompt.render({name: "x" for name in definition.inputs}, day)
+        prompt.render({n: "x" for n, spec in definition.inputs.items() if spec.required}, day)
+        prompt.instructions(day)
     except (jinja2.TemplateError, InputError) as exc:
         raise _template_error(path, exc) from None
     return prompt

@@ -288,5 +288,30 @@ def test_input_checks(tmp_path: Path) -> None:
     assert prompt.render({"question": "x" * 20, "other": object()}).messages[1].content == "x" * 20
 
 
+def test_undeclared_variable_in_an_empty_input_branch_fails_at_load(tmp_path: Path) -> None:
+    root = _registry_root(tmp_path)
+    text = _edit("question: {required: true, max_chars: 20}", "question: {required: false}")
+    text = text.replace(
+        "{{ question }}", "{% if question %}{{ question }}{% else %}{{ oops }}{% endif %}"
+    )
+    path = _write(root, "p/base/1.0.1.yml", text)
+    with pytest.raises(DefinitionError, match="oops"):
+        load_registry(root)
+    assert path.exists()
+
+
+def test_rendering_reads_no_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = load_registry()
+
+    def no_io(*args: object) -> None:
+        raise AssertionError("a template was read from disk on the request path")
+
+    monkeypatch.setattr(jinja2.FileSystemLoader, "get_source", no_io)
+    for prompt in registry.all():
+        inputs = {name: "x" for name in prompt.definition.inputs}
+        prompt.render(inputs)
+        prompt.conversation((ChatMessage("user", "hi"),))
+
+
 def test_feature_catalogue_is_covered() -> None:
     assert set(wire.FEATURE_PROMPT_IDS) == {f.value for f in Feature}
