@@ -7,7 +7,8 @@ Layout follows GitLab's AI gateway, domain first:
   request verification (``verify``) and the gateway's own key and user tokens
   (``self_signed``, for ``/v1/code/user_access_token``);
 * :mod:`enclave.gateway.api` — the HTTP endpoints, by API version;
-* :mod:`enclave.gateway.prompts` — per-model-family prompt building (one data-driven table);
+* :mod:`enclave.gateway.prompts` — the prompt registry (YAML/Jinja definitions per prompt id
+  and model family) and the post-processing of answers;
 * :mod:`enclave.gateway.models` — model clients behind one small interface;
 * :mod:`enclave.gateway.egress` — which model endpoints the gateway may call;
 * (address rules live in :mod:`enclave.common.netrules`, shared with the settings);

@@ -30,7 +30,13 @@ from enclave.gateway.api.v2.code.suggestions import (
 )
 from enclave.gateway.models.base import Api, ChatMessage, ModelRequest
 from enclave.gateway.prompts.context import detect_language, trim_context
-from enclave.gateway.prompts.postprocess import FenceStripper, postprocess_chat
+from enclave.gateway.prompts.postprocess import (
+    BlockEndFilter,
+    FenceStripper,
+    FilterChain,
+    postprocess_chat,
+    stop_at_block_end,
+)
 from enclave.gateway.prompts.registry import get_registry
 from enclave.gateway.streaming import RawTextStreamResponse
 
@@ -42,8 +48,8 @@ FAMILY_GENERAL: Final = "general"
 FAMILIES: Final = COMPATIBLE_FAMILIES[Feature.CODE_COMPLETIONS]
 
 
-def _unchanged(text: str) -> str:
-    return text
+def _clean_chat_answer(text: str, prefix: str, suffix: str) -> str:
+    return stop_at_block_end(postprocess_chat(text, prefix), prefix, suffix)
 
 
 def completion_family(model_name: str | None) -> str:
@@ -104,16 +110,24 @@ def plan_completion(payload: SuggestionsRequest) -> Plan:
         stop=params.stop,
         family=family,
     )
+    # Every answer stops where it leaves the cursor's block (models like to go on with the next
+    # function); instruction-following answers also lose fences and repeated code first.
+    above, below = current.content_above_cursor, current.content_below_cursor
+    if conversational:
+        postprocess = partial(_clean_chat_answer, prefix=above, suffix=below)
+    else:
+        postprocess = partial(stop_at_block_end, prefix=above, suffix=below)
+
+    def stream_filter() -> FilterChain:
+        block = BlockEndFilter(above, below)
+        return FilterChain(FenceStripper(), block) if conversational else FilterChain(block)
+
     return Plan(
         request=request,
         model_name=(payload.model_identifier or "").strip() or family,
         lang=lang,
-        postprocess=(
-            partial(postprocess_chat, prefix=current.content_above_cursor)
-            if conversational
-            else _unchanged
-        ),
-        stream_filter=FenceStripper if conversational else None,
+        postprocess=postprocess,
+        stream_filter=stream_filter,
     )
 
 
