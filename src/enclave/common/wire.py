@@ -55,3 +55,8 @@ FEATURE_PROMPT_IDS: Final[dict[str, str]] = {
     "review_merge_request": "review_merge_request",
     "glab_ask_git_command": "glab_ask_git_command",
 }
+
+# Claim that marks the instance's tokens for the gateway's OpenAI-compatible API. Such a token
+# is accepted there and nowhere else (a user holds it, unlike the instance's own tokens).
+CLAIM_SURFACE: Final = "enclave_surface"
+SURFACE_OPENAI: Final = "openai"

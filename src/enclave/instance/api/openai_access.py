@@ -59,8 +59,8 @@ router = APIRouter()
 
 PATH: Final = "/api/v4/ai/openai/direct_access"
 # The claim that marks a token for the OpenAI-compatible API (the gateway requires it there).
-SURFACE_CLAIM: Final = "enclave_surface"
-SURFACE_OPENAI: Final = "openai"
+SURFACE_CLAIM: Final = wire.CLAIM_SURFACE
+SURFACE_OPENAI: Final = wire.SURFACE_OPENAI
 RATE_LIMIT: Final = 50
 RATE_WINDOW_S: Final = 60.0
 RATE_LIMIT_MESSAGE: Final = "This endpoint has been requested too many times. Try again later."

@@ -52,8 +52,8 @@ log = get_logger(__name__)
 Api = Literal["chat", "completions"]
 
 # The claim the instance puts in tokens for this API (see instance/api/openai_access.py).
-SURFACE_CLAIM: Final = "enclave_surface"
-SURFACE_OPENAI: Final = "openai"
+SURFACE_CLAIM: Final = wire.CLAIM_SURFACE
+SURFACE_OPENAI: Final = wire.SURFACE_OPENAI
 ACCESS_HINT: Final = (
     "get a token for the OpenAI-compatible API with POST /api/v4/ai/openai/direct_access on "
     "the instance (authenticated with a personal access token)"

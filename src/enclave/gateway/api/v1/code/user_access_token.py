@@ -38,7 +38,7 @@ async def user_access_token(request: Request) -> Response:
         principal = await gateway.authenticator.authenticate(request.headers)
     except AuthError as exc:
         return json_response(exc.body, exc.status)
-    if principal.user_token:
+    if principal.user_token or wire.CLAIM_SURFACE in principal.claims:
         return detail(f"{UNAUTHORIZED}: a user token cannot create another token", 403)
     if not principal.can(*SCOPES):
         return detail(

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common.logging import get_logger
-from enclave.common.wire import H_GLOBAL_USER_ID
+from enclave.common.wire import CLAIM_SURFACE, H_GLOBAL_USER_ID
 from enclave.gateway.api.v2.code.schemas import (
     PromptMessage,
     SuggestionsRequest,
@@ -253,6 +253,12 @@ def model_error_response(error: ModelError) -> Response:
     return detail(f"Inference failed: {error.reason}", error.status, headers)
 
 
+OPENAI_ONLY_MESSAGE: Final = (
+    "This token is only valid for the OpenAI-compatible API (/v1/models, /v1/chat/completions, "
+    "/v1/completions)"
+)
+
+
 async def authenticate(request: Request) -> Principal | Response:
     """The verified caller within its rate limits, or the 401/503/429 response to send."""
     gateway: Gateway = request.app.state.gateway
@@ -261,6 +267,10 @@ async def authenticate(request: Request) -> Principal | Response:
         principal = await gateway.authenticator.authenticate(headers)
     except AuthError as exc:
         return json_response(exc.body, exc.status)
+    if CLAIM_SURFACE in principal.claims:
+        # A user's token for the OpenAI-compatible API: it must not reach endpoints that take
+        # the model's endpoint and key from the request body.
+        return json_response({"error": OPENAI_ONLY_MESSAGE}, 401)
     limiter = gateway.rate_limiter
     if limiter.enabled:
         try:
