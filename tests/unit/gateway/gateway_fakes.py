@@ -386,17 +386,21 @@ async def call_asgi(
     body: dict[str, Any],
     disconnect: asyncio.Event | None = None,
     on_body: Any = None,
+    *,
+    path: str = "/v2/code/completions",
+    request_headers: dict[str, str] | None = None,
 ) -> list[Message]:
     """Call the app directly to see every ASGI message it sends (httpx buffers them)."""
-    headers = [(k.lower().encode(), v.encode()) for k, v in gw.headers().items()]
+    given = request_headers if request_headers is not None else gw.headers()
+    headers = [(k.lower().encode(), v.encode()) for k, v in given.items()]
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": "/v2/code/completions",
-        "raw_path": b"/v2/code/completions",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
         "headers": [*headers, (b"content-type", b"application/json")],

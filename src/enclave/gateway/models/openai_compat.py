@@ -48,14 +48,14 @@ def _usage(data: Any) -> Usage | None:
     )
 
 
-def _clean_message(message: Any, api_key: str | None) -> str:
+def clean_error_message(message: Any, api_key: str | None) -> str:
     text = " ".join(str(message).split())[:300]
     if api_key and len(api_key) >= 6:
         text = text.replace(api_key, "[REDACTED]")
     return redact_text(text)
 
 
-def _upstream_message(body: bytes, api_key: str | None) -> str:
+def upstream_error_message(body: bytes, api_key: str | None) -> str:
     """The human part of an error body (``{"error": {"message"}}`` and friends), redacted."""
     message: Any = None
     try:
@@ -72,7 +72,7 @@ def _upstream_message(body: bytes, api_key: str | None) -> str:
             message = message or data.get("detail") or data.get("message")
         else:
             message = data
-    return _clean_message(message, api_key) if message else ""
+    return clean_error_message(message, api_key) if message else ""
 
 
 class OpenAICompatClient:
@@ -138,7 +138,7 @@ class OpenAICompatClient:
         self, request: ModelRequest, status: int, headers: Any, body: bytes
     ) -> ModelError:
         endpoint = display_url(request.endpoint)
-        said = _upstream_message(body, request.api_key)
+        said = upstream_error_message(body, request.api_key)
         said = f": {said}" if said else ""
         if status in (401, 403):
             return ModelError(
@@ -346,7 +346,7 @@ class _EventStream:
         if not isinstance(event, dict):
             return ""
         if event.get("error"):
-            said = _upstream_message(data, self._request.api_key)
+            said = upstream_error_message(data, self._request.api_key)
             raise ModelError(
                 f"the model endpoint {display_url(self._request.endpoint)} failed while "
                 f"streaming: {said}"

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from aiohttp import web
 from gateway_fakes import FakeClock, FakeIssuer, FakeModel, Harness, Keys, jwk_of
+from gateway_fakes import call_asgi as gateway_call_asgi
 from starlette.types import Message
 
 from enclave.common import wire
@@ -195,38 +195,6 @@ async def call_asgi(
     on_body: Callable[[Message], None] | None = None,
 ) -> list[Message]:
     """Call the app directly to see every ASGI message it sends (httpx buffers them)."""
-    headers = [(k.lower().encode(), v.encode()) for k, v in oai.auth().items()]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [*headers, (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("gw", 80),
-        "state": {},
-    }
-    sent: list[Message] = []
-    delivered = False
-    never = asyncio.Event()
-
-    async def receive() -> Message:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": orjson.dumps(body), "more_body": False}
-        await (disconnect or never).wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-        if on_body is not None and message["type"] == "http.response.body":
-            on_body(message)
-
-    await oai.h.app(scope, receive, send)
-    return sent
+    return await gateway_call_asgi(
+        oai.h, body, disconnect, on_body, path=path, request_headers=oai.auth()
+    )

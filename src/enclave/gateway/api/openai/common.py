@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from enclave.common import wire
-from enclave.common.logging import get_logger, redact_text
+from enclave.common.logging import get_logger
 from enclave.gateway.auth.jws import TokenError, parse_token
 from enclave.gateway.auth.verify import AuthError, Principal
 from enclave.gateway.egress import EgressRefused, display_url
@@ -41,6 +41,7 @@ from enclave.gateway.http import (
     read_limited,
 )
 from enclave.gateway.models.base import EndpointNotAllowed
+from enclave.gateway.models.openai_compat import clean_error_message, upstream_error_message
 from enclave.gateway.rate_limit import RateLimited
 from enclave.gateway.routes_table import FeatureRoute, RoutesUnavailable
 
@@ -370,30 +371,9 @@ def check_prompt(body: dict[str, Any]) -> None:
 # -- the upstream call ----------------------------------------------------------------------
 
 
-def _clean(text: str, route: FeatureRoute) -> str:
-    text = " ".join(text.split())[:300]
-    if route.api_key and len(route.api_key) >= 6:
-        text = text.replace(route.api_key, "[REDACTED]")
-    return redact_text(text)
-
-
-def _upstream_message(body: bytes, route: FeatureRoute) -> str:
-    message: Any = None
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        message = body.decode("utf-8", "replace")
-    else:
-        if isinstance(data, dict):
-            inner = data.get("error")
-            message = inner.get("message") if isinstance(inner, dict) else inner
-            message = message or data.get("detail") or data.get("message")
-    return _clean(str(message), route) if message else ""
-
-
 def _status_error(route: FeatureRoute, status: int, headers: Any, body: bytes) -> RequestError:
     shown = display_url(route.endpoint or "")
-    said = _upstream_message(body, route)
+    said = upstream_error_message(body, route.api_key)
     suffix = f": {said}" if said else ""
     if status in (401, 403):
         return RequestError(
@@ -588,7 +568,8 @@ class SSERelayResponse:
                             event["model"] = self._route.feature
                         inner = event.get("error")
                         if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-                            inner["message"] = _clean(inner["message"], self._route)
+                            key = self._route.api_key
+                            inner["message"] = clean_error_message(inner["message"], key)
                         line = b"data: " + orjson.dumps(event)
             out.append(line)
         return b"\n".join(out) + b"\n\n"
