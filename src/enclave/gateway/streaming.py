@@ -9,8 +9,8 @@ model server stops generating for nobody.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import Final, Protocol
+from collections.abc import Coroutine, Mapping
+from typing import Any, Final, Protocol
 
 from starlette.types import Receive, Scope, Send
 
@@ -28,6 +28,37 @@ class TextFilter(Protocol):
     def feed(self, delta: str) -> str: ...
 
     def flush(self) -> str: ...
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def run_until_disconnect(
+    pump: Coroutine[Any, Any, None], receive: Receive
+) -> tuple[asyncio.Task[None], bool]:
+    """Run ``pump`` (which sends the response) while watching for the client going away.
+
+    Returns the pump's task (finished, failed or cancelled: check it) and whether the client
+    left before it finished. Neither task is left running, so the caller can then release or
+    drop its upstream connection.
+    """
+    task = asyncio.ensure_future(pump)
+    watch = asyncio.ensure_future(_wait_for_disconnect(receive))
+    client_left = False
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            client_left = True
+            log.info("client_disconnected_during_stream")
+    finally:
+        for running in (task, watch):
+            running.cancel()
+        await asyncio.gather(task, watch, return_exceptions=True)
+    return task, client_left
 
 
 class _Aborted(Exception):
@@ -70,25 +101,10 @@ class RawTextStreamResponse:
             raise _Aborted from None
         await send({"type": "http.response.body", "body": tail.encode(), "more_body": False})
 
-    @staticmethod
-    async def _wait_for_disconnect(receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        pump = asyncio.ensure_future(self._pump(send))
-        watch = asyncio.ensure_future(self._wait_for_disconnect(receive))
         try:
-            await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if not pump.done():
-                self.client_disconnected = True
-                log.info("client_disconnected_during_stream")
+            pump, self.client_disconnected = await run_until_disconnect(self._pump(send), receive)
         finally:
-            for task in (pump, watch):
-                task.cancel()
-            await asyncio.gather(pump, watch, return_exceptions=True)
             # Releases the connection when the answer was complete, drops it otherwise.
             await self._stream.aclose()
         if pump.cancelled():

@@ -17,7 +17,6 @@ the request, e.g. a prompt over its context), with its message redacted.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -44,6 +43,7 @@ from enclave.gateway.models.base import EndpointNotAllowed
 from enclave.gateway.models.openai_compat import clean_error_message, upstream_error_message
 from enclave.gateway.rate_limit import RateLimited
 from enclave.gateway.routes_table import FeatureRoute, RoutesUnavailable
+from enclave.gateway.streaming import run_until_disconnect
 
 if TYPE_CHECKING:
     from enclave.gateway.app import Gateway
@@ -610,25 +610,10 @@ class SSERelayResponse:
             await send({"type": "http.response.body", "body": body, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    @staticmethod
-    async def _wait_for_disconnect(receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        pump = asyncio.ensure_future(self._pump(send))
-        watch = asyncio.ensure_future(self._wait_for_disconnect(receive))
         try:
-            await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if not pump.done():
-                self.client_disconnected = True
-                log.info("client_disconnected_during_stream")
+            pump, self.client_disconnected = await run_until_disconnect(self._pump(send), receive)
         finally:
-            for task in (pump, watch):
-                task.cancel()
-            await asyncio.gather(pump, watch, return_exceptions=True)
             if self._complete:
                 self._upstream.release()  # back to the pool
             else:
