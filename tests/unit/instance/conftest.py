@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from aiohttp import web
@@ -360,3 +361,72 @@ def instance(
 def fresh_gateway(gateway: FakeGateway) -> FakeGateway:
     gateway.reset()
     return gateway
+
+
+# -- streaming checks shared by every endpoint that relays a gateway stream -------------------
+
+
+async def stream_in_steps(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
+    """A gateway stream whose second chunk waits until the client has seen the first one."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+    await response.prepare(request)
+    await response.write(b"first ")
+    # A buffering relay would never let the client see "first " before the end.
+    released = await wait_for(gateway.release, 10)
+    await response.write(b"second " if released else b"late ")
+    await response.write(b"third")
+    await response.write_eof()
+    return response
+
+
+async def stream_forever(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
+    """A gateway stream that only ends when the instance hangs up on it."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+    await response.prepare(request)
+    try:
+        for _ in range(1000):
+            await response.write(b"tick ")
+            await asyncio.sleep(0.02)
+    except (ConnectionResetError, asyncio.CancelledError):
+        gateway.disconnected.set()
+        raise
+    return response
+
+
+def check_relayed_chunk_by_chunk(
+    instance: LiveInstance, gateway: FakeGateway, path: str, body: dict[str, Any]
+) -> None:
+    """POST ``body`` with ``stream: true``: each gateway chunk reaches the client on its own."""
+    gateway.handler = stream_in_steps
+    with httpx.stream(
+        "POST",
+        instance.url + path,
+        json={**body, "stream": True},
+        headers={"PRIVATE-TOKEN": instance.admin_token},
+        timeout=20,
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert "content-length" not in response.headers
+        chunks = response.iter_raw()
+        assert next(chunks) == b"first "
+        gateway.release.set()
+        rest = b"".join(chunks)
+    assert rest == b"second third"
+    assert gateway.requests[0].body["stream"] is True
+
+
+def check_disconnect_cancels_upstream(
+    instance: LiveInstance, gateway: FakeGateway, path: str, body: dict[str, Any]
+) -> None:
+    """A client that hangs up mid-stream makes the instance hang up on the gateway too."""
+    gateway.handler = stream_forever
+    with httpx.stream(
+        "POST",
+        instance.url + path,
+        json={**body, "stream": True},
+        headers={"PRIVATE-TOKEN": instance.admin_token},
+        timeout=20,
+    ) as response:
+        assert next(response.iter_raw()).startswith(b"tick")
+    assert gateway.disconnected.wait(5)

@@ -3,7 +3,6 @@ prompt-registry body, path and token scopes forwarded, and every way they refuse
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,7 +23,8 @@ from tests.unit.instance.conftest import (
     MODEL_API_KEY,
     FakeGateway,
     LiveInstance,
-    wait_for,
+    check_disconnect_cancels_upstream,
+    check_relayed_chunk_by_chunk,
 )
 
 ANSWER = "Add a + b."
@@ -406,67 +406,19 @@ def test_unreachable_gateway(
     assert MODEL_API_KEY not in response.text
 
 
-async def stream_in_steps(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
-    await response.prepare(request)
-    await response.write(b"first ")
-    # Waits until the client has seen the first chunk: a buffering relay would never let it.
-    released = await wait_for(gateway.release, 10)
-    await response.write(b"second " if released else b"late ")
-    await response.write(b"third")
-    await response.write_eof()
-    return response
-
-
 @pytest.mark.parametrize("path", ["review_merge_request", "explain_code"])
 def test_streaming_is_relayed_chunk_by_chunk(
     instance: LiveInstance, prompt_gateway: FakeGateway, path: str
 ) -> None:
-    prompt_gateway.handler = stream_in_steps
-    with httpx.stream(
-        "POST",
-        instance.url + url(path),
-        json={**CASES[path][0], "stream": True},
-        headers={"PRIVATE-TOKEN": instance.admin_token},
-        timeout=20,
-    ) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
-        assert "content-length" not in response.headers
-        chunks = response.iter_raw()
-        assert next(chunks) == b"first "
-        prompt_gateway.release.set()
-        rest = b"".join(chunks)
-    assert rest == b"second third"
-    assert prompt_gateway.requests[0].body["stream"] is True
-
-
-async def stream_forever(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
-    await response.prepare(request)
-    try:
-        for _ in range(1000):
-            await response.write(b"tick ")
-            await asyncio.sleep(0.02)
-    except (ConnectionResetError, asyncio.CancelledError):
-        gateway.disconnected.set()
-        raise
-    return response
+    check_relayed_chunk_by_chunk(instance, prompt_gateway, url(path), CASES[path][0])
 
 
 def test_client_disconnect_cancels_the_upstream_request(
     instance: LiveInstance, prompt_gateway: FakeGateway
 ) -> None:
-    prompt_gateway.handler = stream_forever
-    with httpx.stream(
-        "POST",
-        instance.url + url("summarize_new_merge_request"),
-        json={"diff": "+x", "stream": True},
-        headers={"PRIVATE-TOKEN": instance.admin_token},
-        timeout=20,
-    ) as response:
-        assert next(response.iter_raw()).startswith(b"tick")
-    assert prompt_gateway.disconnected.wait(5)
+    check_disconnect_cancels_upstream(
+        instance, prompt_gateway, url("summarize_new_merge_request"), {"diff": "+x"}
+    )
 
 
 def test_openapi_documents_each_body(instance: LiveInstance) -> None:

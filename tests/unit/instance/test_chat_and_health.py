@@ -22,7 +22,8 @@ from tests.unit.instance.conftest import (
     FakeGateway,
     Handler,
     LiveInstance,
-    wait_for,
+    check_disconnect_cancels_upstream,
+    check_relayed_chunk_by_chunk,
 )
 
 CHAT = "/api/v4/chat/completions"
@@ -162,65 +163,18 @@ def test_resource_and_current_file_go_with_the_question(
     assert "current_file.selected_text" in bad.json()["message"]
 
 
-async def stream_in_steps(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
-    await response.prepare(request)
-    await response.write(b"Use ")
-    # Waits until the client has seen the first chunk: a buffering relay would never let it.
-    released = await wait_for(gateway.release, 10)
-    await response.write(b"a list " if released else b"late ")
-    await response.write(b"comprehension.")
-    await response.write_eof()
-    return response
-
-
 def test_streamed_chat_is_relayed_chunk_by_chunk(
     instance: LiveInstance, fresh_gateway: FakeGateway
 ) -> None:
-    fresh_gateway.handler = stream_in_steps
-    with httpx.stream(
-        "POST",
-        instance.url + CHAT,
-        json={"content": "How do I flatten a list?", "stream": True},
-        headers={"PRIVATE-TOKEN": instance.admin_token},
-        timeout=20,
-    ) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
-        chunks = response.iter_raw()
-        assert next(chunks) == b"Use "
-        fresh_gateway.release.set()
-        rest = b"".join(chunks)
-    assert rest == b"a list comprehension."
-    assert fresh_gateway.requests[0].body["stream"] is True
-
-
-async def stream_forever(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
-    await response.prepare(request)
-    try:
-        for _ in range(1000):
-            await response.write(b"tick ")
-            await asyncio.sleep(0.02)
-    except (ConnectionResetError, asyncio.CancelledError):
-        gateway.disconnected.set()
-        raise
-    return response
+    check_relayed_chunk_by_chunk(
+        instance, fresh_gateway, CHAT, {"content": "How do I flatten a list?"}
+    )
 
 
 def test_chat_client_disconnect_cancels_the_upstream(
     instance: LiveInstance, fresh_gateway: FakeGateway
 ) -> None:
-    fresh_gateway.handler = stream_forever
-    with httpx.stream(
-        "POST",
-        instance.url + CHAT,
-        json={"content": "hi", "stream": True},
-        headers={"PRIVATE-TOKEN": instance.admin_token},
-        timeout=20,
-    ) as response:
-        assert next(response.iter_raw()).startswith(b"tick")
-    assert fresh_gateway.disconnected.wait(5)
+    check_disconnect_cancels_upstream(instance, fresh_gateway, CHAT, {"content": "hi"})
 
 
 def answering(status: int, body: Any, headers: dict[str, str] | None = None) -> Handler:

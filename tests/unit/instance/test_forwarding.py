@@ -25,8 +25,9 @@ from tests.unit.instance.conftest import (
     MODEL_API_KEY,
     FakeGateway,
     LiveInstance,
+    check_disconnect_cancels_upstream,
+    check_relayed_chunk_by_chunk,
     request_lines,
-    wait_for,
 )
 
 PATH = "/api/v4/code_suggestions/completions"
@@ -168,67 +169,16 @@ def test_token_is_reused_across_requests(
     assert tokens[3] != tokens[0]  # another scope set, another token
 
 
-async def stream_in_steps(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
-    await response.prepare(request)
-    await response.write(b"first ")
-    # Waits until the client has seen the first chunk: a buffering relay would never let it.
-    released = await wait_for(gateway.release, 10)
-    await response.write(b"second " if released else b"late ")
-    await response.write(b"third")
-    await response.write_eof()
-    return response
-
-
 def test_streaming_is_relayed_chunk_by_chunk(
     instance: LiveInstance, fresh_gateway: FakeGateway
 ) -> None:
-    fresh_gateway.handler = stream_in_steps
-    with httpx.stream(
-        "POST",
-        instance.url + PATH,
-        json={**COMPLETION_BODY, "stream": True},
-        headers={"PRIVATE-TOKEN": instance.admin_token},
-        timeout=20,
-    ) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
-        assert "content-length" not in response.headers
-        chunks = response.iter_raw()
-        assert next(chunks) == b"first "
-        fresh_gateway.release.set()
-        rest = b"".join(chunks)
-    assert rest == b"second third"
-    assert fresh_gateway.requests[0].body["stream"] is True
-
-
-async def stream_forever(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
-    await response.prepare(request)
-    try:
-        for _ in range(1000):
-            await response.write(b"tick ")
-            await asyncio.sleep(0.02)
-    except (ConnectionResetError, asyncio.CancelledError):
-        gateway.disconnected.set()
-        raise
-    return response
+    check_relayed_chunk_by_chunk(instance, fresh_gateway, PATH, COMPLETION_BODY)
 
 
 def test_client_disconnect_cancels_the_upstream_request(
     instance: LiveInstance, fresh_gateway: FakeGateway
 ) -> None:
-    fresh_gateway.handler = stream_forever
-    with httpx.stream(
-        "POST",
-        instance.url + PATH,
-        json={**COMPLETION_BODY, "stream": True},
-        headers={"PRIVATE-TOKEN": instance.admin_token},
-        timeout=20,
-    ) as response:
-        assert next(response.iter_raw()).startswith(b"tick")
-    # The client hung up; the instance must hang up on the gateway too.
-    assert fresh_gateway.disconnected.wait(5)
+    check_disconnect_cancels_upstream(instance, fresh_gateway, PATH, COMPLETION_BODY)
 
 
 async def break_mid_stream(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
