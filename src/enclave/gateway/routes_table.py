@@ -22,7 +22,6 @@ decrypted model API keys: they are never logged and never leave except to their 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -32,13 +31,13 @@ from typing import Any, Final
 
 import aiohttp
 import orjson
-import structlog
 
 from enclave.common.logging import get_logger
 from enclave.config import GatewaySettings
 from enclave.gateway.api.v2.code.suggestions import PlanError, resolve_target
 from enclave.gateway.egress import display_url
 from enclave.gateway.http import connect_failure, read_limited
+from enclave.gateway.single_flight import SingleFlight
 
 log = get_logger(__name__)
 
@@ -210,7 +209,7 @@ class RoutesTable:
         self._fresh_until = -math.inf
         self._usable_until = -math.inf
         self.loaded_at: float | None = None
-        self._inflight: asyncio.Task[bool] | None = None
+        self._fetches = SingleFlight(self._fetch)
         self.fetches = 0
         self.generation = 0  # bumped whenever the routes change
         self.last_error: str | None = None
@@ -256,7 +255,7 @@ class RoutesTable:
             raise RoutesUnavailable(self.off_reason)
         now = self._clock()
         if now >= self._fresh_until:
-            self._start_fetch()
+            self._fetches.start()
         if now < self._usable_until:
             return self._routes
         if not self._loaded:
@@ -272,20 +271,11 @@ class RoutesTable:
 
     # -- fetching ---------------------------------------------------------------------------
 
-    def _start_fetch(self) -> asyncio.Task[bool]:
-        if self._inflight is None or self._inflight.done():
-            # The fetch serves every request: it must not log as the one that started it.
-            context = contextvars.copy_context()
-            context.run(structlog.contextvars.unbind_contextvars, "request_id")
-            loop = asyncio.get_running_loop()
-            self._inflight = loop.create_task(self._fetch(), context=context)
-        return self._inflight
-
     async def refresh(self) -> bool:
         """Fetch now (or join the fetch in flight); True when the routes were loaded."""
         if self.off_reason is not None:
             return False
-        return await asyncio.shield(self._start_fetch())
+        return await self._fetches.join()
 
     async def _fetch(self) -> bool:
         self.fetches += 1
@@ -378,7 +368,4 @@ class RoutesTable:
             await asyncio.sleep(delay)
 
     async def aclose(self) -> None:
-        task = self._inflight
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._fetches.aclose()

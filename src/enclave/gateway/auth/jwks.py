@@ -13,7 +13,6 @@ cannot become a flood of fetches. When the issuer is down, the last good keys ke
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -23,7 +22,6 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 import orjson
-import structlog
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
@@ -32,6 +30,7 @@ from enclave.common.logging import get_logger
 from enclave.config import GatewaySettings
 from enclave.gateway.egress import display_url
 from enclave.gateway.http import connect_failure, read_limited
+from enclave.gateway.single_flight import SingleFlight
 
 log = get_logger(__name__)
 
@@ -295,7 +294,7 @@ class KeyStore:
         self._fresh_until = -math.inf
         self._usable_until = -math.inf
         self._last_attempt = -math.inf
-        self._inflight: asyncio.Task[bool] | None = None
+        self._fetches = SingleFlight(self._fetch)
         self.generation = 0  # bumped whenever the key set changes (drops cached tokens)
         self.fetches = 0  # fetch attempts, for metrics and tests
         self.last_error: str | None = None
@@ -316,7 +315,7 @@ class KeyStore:
         return len(self._keys)
 
     def _may_fetch(self, now: float, have_keys: bool) -> bool:
-        if self._inflight is not None and not self._inflight.done():
+        if self._fetches.running:
             return True  # joining a fetch costs nothing extra
         interval = self._cooldown_s if have_keys else min(self._cooldown_s, FAILURE_BACKOFF_S)
         return now - self._last_attempt >= interval
@@ -331,7 +330,7 @@ class KeyStore:
         if now >= self._usable_until:
             return False
         if self._may_fetch(now, have_keys=True):
-            self._start_fetch()  # stale but usable: serve now, refresh behind the scenes
+            self._fetches.start()  # stale but usable: serve now, refresh behind the scenes
         return True
 
     def lookup(self, kid: str | None) -> SigningKey | None:
@@ -370,19 +369,9 @@ class KeyStore:
 
     # -- fetching ---------------------------------------------------------------------------
 
-    def _start_fetch(self) -> asyncio.Task[bool]:
-        if self._inflight is None or self._inflight.done():
-            # The fetch serves every request, so it must not log as the one that started it.
-            context = contextvars.copy_context()
-            context.run(structlog.contextvars.unbind_contextvars, "request_id")
-            loop = asyncio.get_running_loop()
-            self._inflight = loop.create_task(self._fetch(), context=context)
-        return self._inflight
-
     async def refresh(self) -> bool:
         """Fetch now (or join the fetch in flight); True when keys were obtained."""
-        # shield: a request that gives up must not cancel the fetch others are waiting on.
-        return await asyncio.shield(self._start_fetch())
+        return await self._fetches.join()
 
     async def _fetch(self) -> bool:
         ok = await self._fetch_once()
@@ -452,10 +441,7 @@ class KeyStore:
             await asyncio.sleep(delay)
 
     async def aclose(self) -> None:
-        task = self._inflight
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._fetches.aclose()
 
 
 class LocalKeySource:
