@@ -8,8 +8,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from gateway_fakes import MODEL_API_KEY, FakeModel, Harness
-from starlette.types import Message
+from gateway_fakes import MODEL_API_KEY, FakeModel, Harness, call_asgi
 
 from enclave.common import wire
 
@@ -61,40 +60,7 @@ async def call_raw(
     gw: Harness, path: str, body: dict[str, Any], headers: dict[str, str]
 ) -> tuple[dict[str, str], list[bytes]]:
     """The response headers and every body message the app sends, in order (unbuffered)."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            *((k.lower().encode(), v.encode()) for k, v in headers.items()),
-            (b"content-type", b"application/json"),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("gw", 80),
-        "state": {},
-    }
-    sent: list[Message] = []
-    delivered = False
-    never = asyncio.Event()
-
-    async def receive() -> Message:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": orjson.dumps(body), "more_body": False}
-        await never.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await gw.app(scope, receive, send)
+    sent = await call_asgi(gw, body, path=path, request_headers=headers)
     start = sent[0]
     assert start["type"] == "http.response.start"
     response_headers = {k.decode(): v.decode() for k, v in start["headers"]}
