@@ -33,6 +33,7 @@ import aiohttp
 import orjson
 
 from enclave.common.logging import get_logger
+from enclave.common.routes_secret import RoutesSecretError, read_routes_secret
 from enclave.config import GatewaySettings
 from enclave.gateway.api.v2.code.suggestions import PlanError, resolve_target
 from enclave.gateway.egress import display_url
@@ -44,8 +45,6 @@ log = get_logger(__name__)
 ROUTES_PATH: Final = "/api/v4/internal/ai/gateway_routes"
 MAX_ROUTES_BYTES: Final = 1024 * 1024
 MAX_ROUTES: Final = 256
-MAX_SECRET_BYTES: Final = 4096
-MIN_SECRET_CHARS: Final = 16
 # Retry soon after a failure (but not in a tight loop) whatever the refresh interval.
 FAILURE_RETRY_S: Final = 5.0
 # Model providers the OpenAI-compatible API can call (an OpenAI-compatible server).
@@ -155,20 +154,6 @@ def parse_routes(document: Any, max_routes: int = MAX_ROUTES) -> dict[str, Featu
         if route is not None:
             routes.setdefault(route.feature, route)
     return routes
-
-
-def _read_secret(path: Path) -> str:
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_SECRET_BYTES + 1)
-    except OSError as exc:
-        raise RoutesError(
-            f"cannot read the gateway routes secret file {path} ({exc.strerror})"
-        ) from None
-    secret = raw.decode("utf-8", "replace").strip()
-    if len(raw) > MAX_SECRET_BYTES or len(secret) < MIN_SECRET_CHARS:
-        raise RoutesError(f"the gateway routes secret file {path} does not hold a usable secret")
-    return secret
 
 
 SessionGetter = Callable[[], aiohttp.ClientSession]
@@ -297,7 +282,10 @@ class RoutesTable:
 
     async def _get(self) -> Any:
         assert self._secret_file is not None
-        secret = await asyncio.to_thread(_read_secret, self._secret_file)  # off the loop
+        try:
+            secret = await asyncio.to_thread(read_routes_secret, self._secret_file)  # off the loop
+        except RoutesSecretError as exc:
+            raise RoutesError(str(exc)) from None
         shown = display_url(self.url)
         try:
             async with self._session().get(

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from enclave.common.logging import get_logger
+from enclave.common.routes_secret import RoutesSecretError, read_routes_secret
 from enclave.instance.api.deps import context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.context import InstanceContext
@@ -49,9 +50,6 @@ router = APIRouter()
 
 PATH: Final = "/api/v4/internal/ai/gateway_routes"
 ROUTES_VERSION: Final = 1
-# A secret is a line of text; anything bigger is not one of ours.
-MAX_SECRET_BYTES: Final = 4096
-MIN_SECRET_CHARS: Final = 16
 
 
 def read_secret(path: Path | None) -> str | None:
@@ -59,14 +57,9 @@ def read_secret(path: Path | None) -> str | None:
     if path is None:
         return None
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_SECRET_BYTES + 1)
-    except OSError:
+        return read_routes_secret(path)
+    except RoutesSecretError:
         return None
-    if len(raw) > MAX_SECRET_BYTES:
-        return None
-    secret = raw.decode("utf-8", "replace").strip()
-    return secret if len(secret) >= MIN_SECRET_CHARS else None
 
 
 def _presented(request: Request) -> str | None:
