@@ -53,7 +53,7 @@ from enclave.gateway.auth.self_signed import (
     load_or_create_signing_key,
 )
 from enclave.gateway.auth.verify import Authenticator
-from enclave.gateway.egress import EgressGuard, GuardedResolver
+from enclave.gateway.egress import EgressCheckedClient, EgressGuard, GuardedResolver
 from enclave.gateway.http import json_response
 from enclave.gateway.metrics import GatewayMetrics, InstrumentedModelClient, metrics_endpoint
 from enclave.gateway.middleware import ClientAddressMiddleware, RequestContextMiddleware
@@ -183,8 +183,12 @@ class Gateway:
             headers={"User-Agent": USER_AGENT},
             trust_env=False,
         )
-        self.models = InstrumentedModelClient(
-            OpenAICompatClient(self.session, self.settings.gateway.model_timeout_s), self.metrics
+        self.models = EgressCheckedClient(
+            InstrumentedModelClient(
+                OpenAICompatClient(self.session, self.settings.gateway.model_timeout_s),
+                self.metrics,
+            ),
+            self.egress,
         )
         if self._refresh_in_background:
             for store in self.stores.values():

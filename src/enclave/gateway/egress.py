@@ -30,7 +30,13 @@ from enclave.common.netrules import (
     blocked_ip,
     parse_ip,
 )
-from enclave.gateway.models.base import EndpointNotAllowed
+from enclave.gateway.models.base import (
+    EndpointNotAllowed,
+    ModelRequest,
+    ModelResult,
+    TextModelClient,
+    TextStream,
+)
 
 __all__ = [
     "BLOCKED_NETWORKS",
@@ -195,6 +201,26 @@ class BlockedAddressError(EgressRefused):
 
     def __init__(self, host: str, address: str) -> None:
         super().__init__(host, address, "a link-local or cloud metadata address")
+
+
+class EgressCheckedClient:
+    """A model client that runs the pre-call check first, so no endpoint can forget it.
+
+    Raises :class:`EndpointNotAllowed` before any connection when the request's endpoint is
+    refused; each endpoint maps that to its own API's error.
+    """
+
+    def __init__(self, inner: TextModelClient, guard: EgressGuard) -> None:
+        self._inner = inner
+        self._guard = guard
+
+    async def complete(self, request: ModelRequest) -> ModelResult:
+        await self._guard.check(request.endpoint)
+        return await self._inner.complete(request)
+
+    async def stream(self, request: ModelRequest) -> TextStream:
+        await self._guard.check(request.endpoint)
+        return await self._inner.stream(request)
 
 
 class GuardedResolver(AbstractResolver):

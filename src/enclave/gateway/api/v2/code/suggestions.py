@@ -323,7 +323,6 @@ async def serve(request: Request, use_case: UseCase) -> Response | RawTextStream
         return json_response({"detail": exc.detail}, exc.status)
 
     try:
-        await gateway.egress.check(plan.request.endpoint)
         if payload.stream:
             stream = await gateway.models.stream(plan.request)
             return RawTextStreamResponse(

@@ -234,7 +234,6 @@ async def suggestions(request: Request) -> Response | RawTextStreamResponse:
         return json_response({"detail": exc.detail}, exc.status)
 
     try:
-        await gateway.egress.check(plan.request.endpoint)
         if payload.stream:
             stream = await gateway.models.stream(plan.request)
             text_filter = plan.stream_filter() if plan.stream_filter else None
