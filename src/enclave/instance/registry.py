@@ -21,16 +21,15 @@ provider           identifier                   endpoint
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from enclave.common.endpoint_url import MAX_URL_CHARS, EndpointUrlError, check_endpoint_url
 from enclave.instance import audit
 from enclave.instance.actor import Actor
 from enclave.instance.admin_errors import (
@@ -56,7 +55,7 @@ from enclave.instance.features import (
 from enclave.instance.secrets import SecretBox
 
 MAX_NAME_CHARS = 255
-MAX_ENDPOINT_CHARS = 2048
+MAX_ENDPOINT_CHARS = MAX_URL_CHARS
 MAX_IDENTIFIER_CHARS = 255
 MAX_API_TOKEN_CHARS = 4096
 
@@ -120,46 +119,17 @@ def validate_provider(value: Any) -> str:
 
 
 def validate_url(value: Any, field: str, *, what: str) -> str:
-    """An absolute http(s) URL without credentials, query or fragment; trailing / dropped."""
+    """An absolute http(s) URL by the shared endpoint rules (:mod:`enclave.common.endpoint_url`).
+
+    The gateway applies the same rules before it calls anything, so what is saved here is what
+    it will call.
+    """
     if not isinstance(value, str) or not value.strip():
         raise InvalidInputError(f"{field} is missing: give the {what} URL", field=field)
-    url = value.strip()
-    if len(url) > MAX_ENDPOINT_CHARS:
-        raise InvalidInputError(
-            f"{field} is too long ({len(url)} characters; at most {MAX_ENDPOINT_CHARS})",
-            field=field,
-        )
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise InvalidInputError(f"{field} {url!r} is not a valid URL: {exc}", field=field) from None
-    if parts.scheme.lower() not in ("http", "https"):
-        got = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
-        raise InvalidInputError(
-            f"{field} must be an http:// or https:// URL (got {got} in {url!r})", field=field
-        )
-    if not parts.hostname:
-        raise InvalidInputError(f"{field} {url!r} has no host name", field=field)
-    if parts.username is not None or parts.password is not None:
-        raise InvalidInputError(
-            f"{field} must not contain a user name or password; put the model's key in api_token",
-            field=field,
-        )
-    if parts.query or parts.fragment:
-        raise InvalidInputError(
-            f"{field} must not have a query string or fragment (got {url!r})", field=field
-        )
-    if port == 0:
-        raise InvalidInputError(f"{field} has port 0, which cannot be reached", field=field)
-    host = parts.hostname
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        address = None
-    if address is not None and (address.is_unspecified or address.is_multicast):
-        raise InvalidInputError(f"{field} host {host} cannot be connected to", field=field)
-    return url.rstrip("/")
+        return check_endpoint_url(value, field)
+    except EndpointUrlError as exc:
+        raise InvalidInputError(str(exc), field=field) from None
 
 
 def validate_endpoint(value: Any, provider: str) -> str | None:
