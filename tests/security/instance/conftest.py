@@ -8,4 +8,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout: `tests` package
 
-from tests.unit.instance.conftest import *  # noqa: E402, F403  (fixtures are found by name)
+from tests.unit.instance.conftest import *  # noqa: F403  (fixtures are found by name)

@@ -175,7 +175,8 @@ INVALID_MODELS: list[tuple[str, dict[str, Any], int, str]] = [
         "credentials in url",
         {"endpoint": "http://user:pw@10.0.0.5/v1"},
         400,
-        "endpoint must not contain a user name or password; give the model's API key in its own field",
+        "endpoint must not contain a user name or password; give the model's API key in its "
+        "own field",
     ),
     (
         "unknown family",
