@@ -49,6 +49,14 @@ class InstanceSettings(BaseModel):
         description="SQLAlchemy URL (alias ENCLAVE_DATABASE_URL). Default: SQLite file "
         "instance.db in the data dir.",
     )
+    database_busy_timeout_s: float = Field(
+        5,
+        ge=0.05,
+        le=120,
+        description="SQLite only: how long a write waits for another writer's lock before the "
+        'API answers 503 "the instance database is busy" with Retry-After. Writes queue '
+        "for the lock (BEGIN IMMEDIATE), so this bounds the wait, not the number of writers.",
+    )
     gateway_url: str = Field(
         "http://127.0.0.1:5052", description="Where the instance forwards AI requests."
     )

@@ -41,7 +41,10 @@ class InstanceContext:
 
     @classmethod
     def build(cls, settings: EnclaveSettings, boot: BootstrapResult) -> InstanceContext:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(
+            settings.database_url,
+            busy_timeout_ms=round(settings.instance.database_busy_timeout_s * 1000),
+        )
         issuer = settings.instance.issuer()
         return cls(
             settings=settings,

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from enclave.common.logging import get_logger
 from enclave.instance.db.base import utcnow
+from enclave.instance.db.engine import transaction
 from enclave.instance.db.models import PersonalAccessToken, User
 
 log = get_logger(__name__)
@@ -217,18 +218,17 @@ def authenticate_request(
     Blocking (database I/O): call it from a thread pool, not the event loop.
     """
     now = now or utcnow()
-    with sessions() as session:
-        with session.begin():
-            principal = authenticate(session, token, accepted_scopes=accepted_scopes, now=now)
-        if principal.stale_last_used:
-            try:
-                with session.begin():
-                    touch_last_used(session, principal.token_id, now)
-            except OperationalError as exc:
-                # Best effort: a busy database must not turn a valid request into an error.
-                log.warning(
-                    "pat_last_used_not_updated",
-                    token_id=principal.token_id,
-                    error=type(exc).__name__,
-                )
+    with transaction(sessions) as session:
+        principal = authenticate(session, token, accepted_scopes=accepted_scopes, now=now)
+    if principal.stale_last_used:
+        try:
+            with transaction(sessions, write=True) as session:
+                touch_last_used(session, principal.token_id, now)
+        except OperationalError as exc:
+            # Best effort: a busy database must not turn a valid request into an error.
+            log.warning(
+                "pat_last_used_not_updated",
+                token_id=principal.token_id,
+                error=type(exc).__name__,
+            )
     return principal

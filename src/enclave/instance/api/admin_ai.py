@@ -10,9 +10,8 @@ fix>", "errors": {<field>: [...]}}``; API keys are accepted but never returned.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from enclave.instance import ai_settings, audit_views, registry
-from enclave.instance.api.deps import actor_of, admin_user, context_of
+from enclave.instance.api.deps import actor_of, admin_user, context_of, in_transaction
 from enclave.instance.api.pagination import Page, page_params, set_headers
 from enclave.instance.connection import ConnectionResult, ModelUnderTest, check_connection
 from enclave.instance.context import InstanceContext
@@ -33,8 +32,6 @@ from enclave.instance.feature_settings import (
 )
 from enclave.instance.gateway_client import ForwardIdentity, pseudonymous_user_id
 from enclave.instance.pats import Principal
-
-T = TypeVar("T")
 
 router = APIRouter(tags=["admin: AI"])
 audit_router = APIRouter(tags=["audit events"])
@@ -115,11 +112,6 @@ class SettingsUpdate(BaseModel):
     )
 
 
-def _db(ctx: InstanceContext, work: Callable[[Session], T]) -> T:
-    with ctx.sessions() as session, session.begin():
-        return work(session)
-
-
 # --- self-hosted models ---------------------------------------------------------------------
 
 
@@ -134,7 +126,7 @@ def list_models(
         set_headers(request, response, page, total)
         return [registry.model_view(row) for row in rows]
 
-    return _db(ctx, work)
+    return in_transaction(ctx, work)
 
 
 @router.post(f"{PREFIX}/self_hosted_models", status_code=201, summary="Register a model")
@@ -142,16 +134,17 @@ def create_model(request: Request, body: ModelCreate, principal: Admin) -> dict[
     ctx = context_of(request)
     spec = registry.ModelSpec.parse(body.model_dump())
     actor = actor_of(request, principal)
-    return _db(
+    return in_transaction(
         ctx,
         lambda s: registry.model_view(registry.create_model(s, ctx.secret_box, spec, actor)),
+        write=True,
     )
 
 
 @router.get(f"{PREFIX}/self_hosted_models/{{model_id}}", summary="Show a model")
 def show_model(request: Request, model_id: int, principal: Admin) -> dict[str, Any]:
     ctx = context_of(request)
-    return _db(ctx, lambda s: registry.model_view(registry.get_model(s, model_id)))
+    return in_transaction(ctx, lambda s: registry.model_view(registry.get_model(s, model_id)))
 
 
 _UPDATE_MODEL = 'Update a model (absent fields keep their value; api_token "" removes the key)'
@@ -167,11 +160,12 @@ def update_model(
     ctx = context_of(request)
     changes = body.model_dump(exclude_unset=True)
     actor = actor_of(request, principal)
-    return _db(
+    return in_transaction(
         ctx,
         lambda s: registry.model_view(
             registry.update_model(s, ctx.secret_box, model_id, changes, actor)
         ),
+        write=True,
     )
 
 
@@ -183,7 +177,7 @@ def update_model(
 def delete_model(request: Request, model_id: int, principal: Admin) -> Response:
     ctx = context_of(request)
     actor = actor_of(request, principal)
-    _db(ctx, lambda s: registry.delete_model(s, model_id, actor))
+    in_transaction(ctx, lambda s: registry.delete_model(s, model_id, actor), write=True)
     return Response(status_code=204)
 
 
@@ -191,7 +185,9 @@ async def _run_check(
     request: Request, principal: Principal, model: ModelUnderTest
 ) -> ConnectionResult:
     ctx = context_of(request)
-    effective = await run_in_threadpool(_db, ctx, lambda s: ai_settings.effective(s, ctx.settings))
+    effective = await run_in_threadpool(
+        in_transaction, ctx, lambda s: ai_settings.effective(s, ctx.settings)
+    )
     identity = ForwardIdentity(
         instance_id=str(ctx.instance_id),
         host_name=ctx.host_name,
@@ -215,7 +211,7 @@ def _under_test(ctx: InstanceContext, model_id: int) -> ModelUnderTest:
             api_key=registry.decrypt_api_token(ctx.secret_box, model),
         )
 
-    return _db(ctx, work)
+    return in_transaction(ctx, work)
 
 
 @router.post(
@@ -253,7 +249,7 @@ def list_features(
     request: Request, response: Response, principal: Admin, page: Paging
 ) -> list[dict[str, Any]]:
     ctx = context_of(request)
-    views: list[dict[str, Any]] = _db(ctx, list_feature_settings)
+    views: list[dict[str, Any]] = in_transaction(ctx, list_feature_settings)
     set_headers(request, response, page, len(views))
     return views[page.offset : page.offset + page.per_page]
 
@@ -262,7 +258,7 @@ def list_features(
 def show_feature(request: Request, feature: str, principal: Admin) -> dict[str, Any]:
     ctx = context_of(request)
     parsed = parse_feature(feature)
-    return _db(ctx, lambda s: get_feature_setting(s, parsed))
+    return in_transaction(ctx, lambda s: get_feature_setting(s, parsed))
 
 
 _UPDATE_FEATURE = "Set one feature to disabled, vendored, a self-hosted model, or unassigned"
@@ -279,8 +275,10 @@ def update_feature(
     parsed = parse_feature(feature)
     provider = parse_provider(body.provider)
     actor = actor_of(request, principal)
-    views = _db(
-        ctx, lambda s: set_features(s, [parsed], provider, body.self_hosted_model_id, actor)
+    views = in_transaction(
+        ctx,
+        lambda s: set_features(s, [parsed], provider, body.self_hosted_model_id, actor),
+        write=True,
     )
     return views[0]
 
@@ -293,7 +291,11 @@ def update_features(
     features = [parse_feature(name) for name in body.features]
     provider = parse_provider(body.provider)
     actor = actor_of(request, principal)
-    return _db(ctx, lambda s: set_features(s, features, provider, body.self_hosted_model_id, actor))
+    return in_transaction(
+        ctx,
+        lambda s: set_features(s, features, provider, body.self_hosted_model_id, actor),
+        write=True,
+    )
 
 
 # --- AI settings ----------------------------------------------------------------------------
@@ -302,7 +304,7 @@ def update_features(
 @router.get(f"{PREFIX}/settings", summary="Show the AI settings in effect")
 def show_settings(request: Request, principal: Admin) -> dict[str, Any]:
     ctx = context_of(request)
-    return _db(ctx, lambda s: ai_settings.effective(s, ctx.settings).view())
+    return in_transaction(ctx, lambda s: ai_settings.effective(s, ctx.settings).view())
 
 
 @router.put(f"{PREFIX}/settings", summary="Change AI settings (absent: kept)")
@@ -313,7 +315,9 @@ def update_settings(request: Request, body: SettingsUpdate, principal: Admin) ->
     ctx = context_of(request)
     changes = body.model_dump(exclude_unset=True)
     actor = actor_of(request, principal)
-    return _db(ctx, lambda s: ai_settings.update(s, ctx.settings, changes, actor).view())
+    return in_transaction(
+        ctx, lambda s: ai_settings.update(s, ctx.settings, changes, actor).view(), write=True
+    )
 
 
 # --- audit ----------------------------------------------------------------------------------
@@ -345,7 +349,7 @@ def _events(
         set_headers(request, response, page, total)
         return [view(row) for row in rows]
 
-    return _db(ctx, work)
+    return in_transaction(ctx, work)
 
 
 EventName = Annotated[

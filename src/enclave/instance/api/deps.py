@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import cast
+from typing import TypeVar, cast
 
 from fastapi import Request
+from sqlalchemy.orm import Session
 
 from enclave.common.logging import get_logger
 from enclave.instance.actor import Actor
 from enclave.instance.api.errors import InstanceAPIError, unauthorized
 from enclave.instance.context import InstanceContext
+from enclave.instance.db.engine import transaction
 from enclave.instance.pats import (
     AuthError,
     InsufficientScopeError,
@@ -21,9 +23,18 @@ from enclave.instance.pats import (
 
 log = get_logger(__name__)
 
+T = TypeVar("T")
+
 
 def context_of(request: Request) -> InstanceContext:
     return cast(InstanceContext, request.app.state.ctx)
+
+
+def in_transaction(ctx: InstanceContext, work: Callable[[Session], T], *, write: bool = False) -> T:
+    """Run ``work`` in one transaction; ``write=True`` whenever it may write (on SQLite the
+    transaction then takes the write lock up front and queues for it, see db/engine.py)."""
+    with transaction(ctx.sessions, write=write) as session:
+        return work(session)
 
 
 def authenticated(accepted_scopes: Iterable[str]) -> Callable[[Request], Principal]:

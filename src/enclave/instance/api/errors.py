@@ -105,7 +105,37 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return error_response(400, status_message(400, detail))
 
 
+# SQLSTATEs of PostgreSQL's "try again" errors: lock not available, serialization failure,
+# deadlock detected. The server is up; another transaction was in the way.
+_PG_BUSY_SQLSTATES = frozenset({"55P03", "40001", "40P01"})
+DATABASE_BUSY_RETRY_AFTER_S = 1
+
+
+def database_busy(exc: OperationalError) -> bool:
+    """Whether ``exc`` means "another writer holds the lock" rather than "database down"."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in _PG_BUSY_SQLSTATES:
+        return True
+    # sqlite3 has no error codes before Python 3.11's sqlite_errorcode; its texts are stable:
+    # "database is locked" (SQLITE_BUSY) and "database table is locked" (SQLITE_LOCKED).
+    return type(orig).__module__ == "sqlite3" and "is locked" in str(orig)
+
+
 async def _database_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, OperationalError)
+    if database_busy(exc):
+        # Not an outage: writes queued past the busy timeout. The client may simply retry.
+        log.warning("database_busy", error=type(exc.orig).__name__)
+        return error_response(
+            503,
+            status_message(
+                503,
+                "the instance database is busy with other writes; retry after the number of "
+                "seconds in Retry-After (if this persists, look for a long-running write such "
+                "as a backup or a migration holding the database lock)",
+            ),
+            {"Retry-After": str(DATABASE_BUSY_RETRY_AFTER_S)},
+        )
     log.error("database_unavailable", error=type(exc).__name__)
     return error_response(
         503,

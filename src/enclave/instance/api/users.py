@@ -13,21 +13,23 @@ working at once on every replica.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from enclave.instance import accounts
-from enclave.instance.api.deps import actor_of, admin_user, authenticated, context_of
+from enclave.instance.api.deps import (
+    actor_of,
+    admin_user,
+    authenticated,
+    context_of,
+    in_transaction,
+)
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.pagination import Page, page_params, set_headers
-from enclave.instance.context import InstanceContext
 from enclave.instance.pats import READ_USER_SCOPES, SCOPE_API, SCOPE_READ_API, Principal
-
-T = TypeVar("T")
 
 router = APIRouter(tags=["users and tokens"])
 
@@ -60,15 +62,10 @@ class TokenCreate(BaseModel):
     description: str | None = Field(None, description="Accepted for GitLab compatibility.")
 
 
-def _db(ctx: InstanceContext, work: Callable[[Session], T]) -> T:
-    with ctx.sessions() as session, session.begin():
-        return work(session)
-
-
 @router.get("/api/v4/user", summary="The authenticated user")
 def current_user(request: Request, principal: Reader) -> dict[str, Any]:
     ctx = context_of(request)
-    return _db(
+    return in_transaction(
         ctx, lambda s: accounts.user_view(accounts.get_user(s, principal.user_id), ctx.issuer)
     )
 
@@ -96,14 +93,14 @@ def list_users(
             for user in rows
         ]
 
-    return _db(ctx, work)
+    return in_transaction(ctx, work)
 
 
 @router.post("/api/v4/users", status_code=201, summary="Create a user (admin)")
 def create_user(request: Request, body: UserCreate, principal: Admin) -> dict[str, Any]:
     ctx = context_of(request)
     actor = actor_of(request, principal)
-    return _db(
+    return in_transaction(
         ctx,
         lambda s: accounts.user_view(
             accounts.create_user(
@@ -116,6 +113,7 @@ def create_user(request: Request, body: UserCreate, principal: Admin) -> dict[st
             ),
             ctx.issuer,
         ),
+        write=True,
     )
 
 
@@ -123,7 +121,7 @@ def create_user(request: Request, body: UserCreate, principal: Admin) -> dict[st
 def show_user(request: Request, user_id: int, principal: ApiReader) -> dict[str, Any]:
     ctx = context_of(request)
     full = principal.is_admin or principal.user_id == user_id
-    return _db(
+    return in_transaction(
         ctx, lambda s: accounts.user_view(accounts.get_user(s, user_id), ctx.issuer, full=full)
     )
 
@@ -132,7 +130,7 @@ def show_user(request: Request, user_id: int, principal: ApiReader) -> dict[str,
 def block_user(request: Request, user_id: int, principal: Admin) -> bool:
     ctx = context_of(request)
     actor = actor_of(request, principal)
-    _db(ctx, lambda s: accounts.set_blocked(s, user_id, True, actor))
+    in_transaction(ctx, lambda s: accounts.set_blocked(s, user_id, True, actor), write=True)
     return True
 
 
@@ -140,7 +138,7 @@ def block_user(request: Request, user_id: int, principal: Admin) -> bool:
 def unblock_user(request: Request, user_id: int, principal: Admin) -> bool:
     ctx = context_of(request)
     actor = actor_of(request, principal)
-    _db(ctx, lambda s: accounts.set_blocked(s, user_id, False, actor))
+    in_transaction(ctx, lambda s: accounts.set_blocked(s, user_id, False, actor), write=True)
     return True
 
 
@@ -166,7 +164,7 @@ def create_token(
         )
         return {**accounts.token_view(row), "token": created.plaintext}
 
-    response: dict[str, Any] = _db(ctx, work)
+    response: dict[str, Any] = in_transaction(ctx, work, write=True)
     return response
 
 
@@ -200,7 +198,7 @@ def list_tokens(
         set_headers(request, response, page, total)
         return [accounts.token_view(row) for row in rows]
 
-    return _db(ctx, work)
+    return in_transaction(ctx, work)
 
 
 def _token_id(principal: Principal, token_ref: str) -> int:
@@ -227,7 +225,7 @@ def show_token(request: Request, token_ref: str, principal: ApiReader) -> dict[s
         _own_or_admin(principal, token.user_id, token_id)
         return accounts.token_view(token)
 
-    return _db(ctx, work)
+    return in_transaction(ctx, work)
 
 
 @router.delete(
@@ -245,5 +243,5 @@ def revoke_token(request: Request, token_ref: str, principal: ApiUser) -> Respon
         _own_or_admin(principal, token.user_id, token_id)
         accounts.revoke_token(session, token_id, actor)
 
-    _db(ctx, work)
+    in_transaction(ctx, work, write=True)
     return Response(status_code=204)
