@@ -101,12 +101,77 @@ class InstanceSettings(BaseModel):
         "is the client).",
     )
 
-    @field_validator("allowed_client_cidrs", "trusted_proxies", mode="before")
+    # Limits (enclave/instance/limits.py): per user, per process; 0 turns one off.
+    code_suggestions_api_rate_limit: int = Field(
+        60,
+        ge=0,
+        description="Requests a minute per user to POST /api/v4/code_suggestions/completions "
+        "(GitLab's code_suggestions_api_rate_limit, default 60); more get 429 with Retry-After.",
+    )
+    code_suggestions_direct_access_rate_limit: int = Field(
+        50,
+        ge=0,
+        description="Requests a minute per user to POST /api/v4/code_suggestions/direct_access "
+        "and to /api/v4/ai/openai/direct_access, each (GitLab's "
+        "code_suggestions_direct_access limit: 50).",
+    )
+    duo_chat_rate_limit: int = Field(
+        160,
+        ge=0,
+        description="Requests per user to POST /api/v4/chat/completions within "
+        "duo_chat_rate_limit_window_s (GitLab counts chat against its ai_action limit: 160 "
+        "per 8 hours).",
+    )
+    duo_chat_rate_limit_window_s: float = Field(
+        8 * 3600, gt=0, le=7 * 86400, description="The window of duo_chat_rate_limit."
+    )
+    ai_action_rate_limit: int = Field(
+        160,
+        ge=0,
+        description="Requests per user to the AI feature endpoints POST /api/v4/ai/<feature> "
+        "(explain code, generate tests, ...) within ai_action_rate_limit_window_s (GitLab's "
+        "ai_action: 160 per 8 hours).",
+    )
+    ai_action_rate_limit_window_s: float = Field(
+        8 * 3600, gt=0, le=7 * 86400, description="The window of ai_action_rate_limit."
+    )
+    failed_auth_max_retry: int = Field(
+        10,
+        ge=0,
+        description="Failed authentications (a wrong, revoked or expired token) from one client "
+        "address within failed_auth_find_time_s that ban the address for "
+        "failed_auth_ban_time_s: every request with a token from it then gets 429, even with "
+        "a valid token (GitLab's Rack::Attack maxretry 10, findtime 60 s, bantime 1 h). "
+        "0 turns the ban off.",
+    )
+    failed_auth_find_time_s: float = Field(
+        60, gt=0, le=86400, description="The window of failed_auth_max_retry."
+    )
+    failed_auth_ban_time_s: float = Field(
+        3600, gt=0, le=7 * 86400, description="How long an address stays banned."
+    )
+    failed_auth_exempt_cidrs: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="Client addresses (CIDRs) never banned for failed authentications. Default: "
+        "loopback (GitLab's ip_whitelist), so a reverse proxy on the same host that is not in "
+        "trusted_proxies cannot get all its users banned at once; [] bans everyone alike.",
+    )
+    rate_limit_max_keys: int = Field(
+        100_000,
+        ge=100,
+        le=10_000_000,
+        description="Most users or addresses each limit remembers; beyond it the least recently "
+        "seen are forgotten, so a flood of distinct addresses costs bounded memory.",
+    )
+
+    @field_validator(
+        "allowed_client_cidrs", "trusted_proxies", "failed_auth_exempt_cidrs", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split_list(value)
 
-    @field_validator("allowed_client_cidrs", "trusted_proxies")
+    @field_validator("allowed_client_cidrs", "trusted_proxies", "failed_auth_exempt_cidrs")
     @classmethod
     def _networks(cls, value: list[str], info: ValidationInfo) -> list[str]:
         parse_networks(value, str(info.field_name))

@@ -18,6 +18,7 @@ from enclave.common.client_address import ClientAddressMiddleware
 from enclave.common.logging import configure_logging, get_logger
 from enclave.common.netrules import parse_networks
 from enclave.config import EnclaveSettings, load_settings
+from enclave.instance import metrics
 from enclave.instance.api import all_routers
 from enclave.instance.api.errors import install_error_handlers
 from enclave.instance.api.middleware import RequestContextMiddleware
@@ -64,6 +65,8 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
     install_error_handlers(app)
     for router in all_routers():
         app.include_router(router)
+    # Prometheus text, no token (as the gateway's); the client address rules still apply.
+    app.add_route(metrics.PATH, metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
     # Added first, so it runs inside the request context: refusals are logged with a request id.
     app.add_middleware(
         ClientAddressMiddleware,

@@ -13,12 +13,9 @@ from enclave.instance.bootstrap import BootstrapResult
 from enclave.instance.db.engine import make_engine, make_session_factory
 from enclave.instance.gateway_client import GatewayClient, host_name
 from enclave.instance.keys import KeyStore
-from enclave.instance.rate_limit import SlidingWindowLimiter
+from enclave.instance.limits import InstanceLimits
 from enclave.instance.secrets import SecretBox
 from enclave.instance.tokens import TokenMinter
-
-DIRECT_ACCESS_LIMIT = 50
-DIRECT_ACCESS_WINDOW_S = 60.0
 
 
 @dataclass
@@ -34,10 +31,8 @@ class InstanceContext:
     issuer: str
     host_name: str
     gateway: GatewayClient
-    # POST /api/v4/code_suggestions/direct_access: 50 a minute per user, as GitLab.
-    direct_access_limiter: SlidingWindowLimiter = field(
-        default_factory=lambda: SlidingWindowLimiter(DIRECT_ACCESS_LIMIT, DIRECT_ACCESS_WINDOW_S)
-    )
+    # Per-user and per-address limits, and the metrics that count them (per process).
+    limits: InstanceLimits
 
     @classmethod
     def build(cls, settings: EnclaveSettings, boot: BootstrapResult) -> InstanceContext:
@@ -65,4 +60,5 @@ class InstanceContext:
             gateway=GatewayClient(
                 settings.instance.gateway_url, settings.instance.gateway_timeout_s
             ),
+            limits=InstanceLimits(settings.instance),
         )

@@ -17,7 +17,7 @@ import structlog
 
 from enclave.common.features import FEATURE_UNIT_PRIMITIVES, Feature
 from enclave.common.net import free_port
-from enclave.instance.rate_limit import SlidingWindowLimiter
+from enclave.instance import limits
 from tests.unit.instance.conftest import (
     EMBEDDED_ENDPOINT,
     MODEL_API_KEY,
@@ -237,9 +237,9 @@ def test_access_leaves_out_what_is_not_served(fresh: Callable[[], LiveInstance])
 
 
 def test_access_is_rate_limited_per_user(live: LiveInstance) -> None:
-    app = live.server.config.app
-    previous = getattr(app.state, "openai_access_limiter", None)
-    app.state.openai_access_limiter = SlidingWindowLimiter(2, 60)
+    limiter = live.ctx.limits.limiter(limits.OPENAI_DIRECT_ACCESS)
+    assert limiter is not None and limiter.limit == 50  # GitLab's direct access limit
+    limiter.limit = 2
     try:
         token, other = live.new_token(("ai_features",)), live.new_token(("ai_features",))
         statuses = [access(live, token).status_code for _ in range(3)]
@@ -249,7 +249,7 @@ def test_access_is_rate_limited_per_user(live: LiveInstance) -> None:
         assert "too many times" in limited.json()["message"]
         assert access(live, other).status_code == 200
     finally:
-        app.state.openai_access_limiter = previous or SlidingWindowLimiter(50, 60)
+        limiter.limit = 50
 
 
 def test_no_secret_reaches_the_logs(live: LiveInstance) -> None:

@@ -37,6 +37,7 @@ from starlette.responses import Response
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
+from enclave.instance import limits
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError, field_errors
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
@@ -379,6 +380,7 @@ async def forward_feature(
 ) -> Response:
     """What every endpoint in :data:`AI_FEATURES` does (see the module docstring)."""
     ctx = context_of(request)
+    ctx.limits.check(limits.AI_ACTION, principal.user_id)
     annotate(request, feature=spec.feature.value, stream=body.stream)
     model, effective = await resolve_for_request(ctx, spec.feature)
     minted = ctx.minter.token(spec.scopes)

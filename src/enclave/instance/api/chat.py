@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
+from enclave.instance import limits
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
@@ -201,6 +202,7 @@ async def chat_completions(
     principal: Annotated[Principal, Depends(authenticated(AI_SCOPES))],
 ) -> Any:
     ctx = context_of(request)
+    ctx.limits.check(limits.CHAT, principal.user_id)
     feature, invokable, text = route_question(body.content)
     annotate(request, feature=feature.value, stream=body.stream)
     model, effective = await resolve_for_request(ctx, feature)

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from enclave.common.logging import get_logger
+from enclave.instance import limits
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
@@ -73,6 +74,7 @@ async def completions(
     request: Request, principal: Annotated[Principal, Depends(authenticated(AI_SCOPES))]
 ) -> Response:
     ctx = context_of(request)
+    ctx.limits.check(limits.CODE_SUGGESTIONS, principal.user_id)
     try:
         suggestion = CompletionRequest.model_validate(await read_json_body(request))
     except ValidationError as exc:

@@ -46,15 +46,19 @@ def authenticated(accepted_scopes: Iterable[str]) -> Callable[[Request], Princip
     scopes = frozenset(accepted_scopes)
 
     def dependency(request: Request) -> Principal:
+        ctx = context_of(request)
+        # The address ClientAddressMiddleware settled on (X-Forwarded-For only from a trusted
+        # proxy); a banned one is refused before its token is even looked at.
+        address = request.client.host if request.client else None
+        ctx.limits.check_address(address)
         token = token_from_headers(
             request.headers.get("private-token"), request.headers.get("authorization")
         )
         try:
-            principal = authenticate_request(
-                context_of(request).sessions, token, accepted_scopes=scopes
-            )
+            principal = authenticate_request(ctx.sessions, token, accepted_scopes=scopes)
         except AuthError as exc:
             log.info("authentication_failed", reason=exc.reason)
+            ctx.limits.auth_failed(address, exc.reason)
             raise unauthorized() from None
         except InsufficientScopeError as exc:
             log.info("insufficient_scope", accepted=list(exc.accepted))

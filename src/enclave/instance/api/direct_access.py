@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
+from enclave.instance import limits
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
@@ -50,7 +51,6 @@ from enclave.instance.gateway_client import (
     gateway_headers,
 )
 from enclave.instance.pats import AI_SCOPES, Principal
-from enclave.instance.rate_limit import retry_after
 
 log = get_logger(__name__)
 
@@ -58,7 +58,6 @@ router = APIRouter()
 
 PATH = "/api/v4/code_suggestions/direct_access"
 GATEWAY_PATH = "/v1/code/user_access_token"
-RATE_LIMIT_MESSAGE = "This endpoint has been requested too many times. Try again later."
 # The gateway answers from memory; a short bound keeps a hung gateway from holding the IDE.
 GATEWAY_TIMEOUT_S = 30.0
 DEFAULT_ERROR_STATUS = 503
@@ -96,14 +95,7 @@ async def direct_access(
     # 403 unless code completions are served by a self-hosted model.
     _, effective = await resolve_for_request(ctx, Feature.CODE_COMPLETIONS)
 
-    wait = ctx.direct_access_limiter.hit(principal.user_id)
-    if wait is not None:
-        log.info("rate_limited", endpoint="direct_access", user_id=principal.user_id)
-        return JSONResponse(
-            {"message": RATE_LIMIT_MESSAGE},
-            status_code=429,
-            headers={"Retry-After": retry_after(wait), wire.H_ERROR_ORIGIN: "monolith"},
-        )
+    ctx.limits.check(limits.DIRECT_ACCESS, principal.user_id)
 
     minted = ctx.minter.token([wire.UP_COMPLETE_CODE])
     identity = forward_identity(ctx, request, principal)

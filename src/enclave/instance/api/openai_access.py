@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
-from enclave.instance import ai_settings
+from enclave.instance import ai_settings, limits
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.middleware import annotate
@@ -51,7 +51,6 @@ from enclave.instance.features import (
 )
 from enclave.instance.gateway_client import pseudonymous_user_id
 from enclave.instance.pats import AI_SCOPES, Principal
-from enclave.instance.rate_limit import SlidingWindowLimiter, retry_after
 
 log = get_logger(__name__)
 
@@ -61,22 +60,8 @@ PATH: Final = "/api/v4/ai/openai/direct_access"
 # The claim that marks a token for the OpenAI-compatible API (the gateway requires it there).
 SURFACE_CLAIM: Final = wire.CLAIM_SURFACE
 SURFACE_OPENAI: Final = wire.SURFACE_OPENAI
-RATE_LIMIT: Final = 50
-RATE_WINDOW_S: Final = 60.0
-RATE_LIMIT_MESSAGE: Final = "This endpoint has been requested too many times. Try again later."
 MAX_BODY_BYTES: Final = 16 * 1024
 MAX_FEATURES: Final = len(Feature)
-
-
-def _limiter(request: Request) -> SlidingWindowLimiter:
-    # One per application (the instance context is not ours to extend); per process, as
-    # every instance rate limit.
-    state = request.app.state
-    limiter = getattr(state, "openai_access_limiter", None)
-    if limiter is None:
-        limiter = SlidingWindowLimiter(RATE_LIMIT, RATE_WINDOW_S)
-        state.openai_access_limiter = limiter
-    return limiter
 
 
 def _requested(raw: bytes) -> list[Feature]:
@@ -165,12 +150,7 @@ async def openai_direct_access(
     annotate(request, feature="openai")
     features = _requested(await request.body())
 
-    wait = _limiter(request).hit(principal.user_id)
-    if wait is not None:
-        log.info("rate_limited", endpoint="openai_direct_access", user_id=principal.user_id)
-        raise InstanceAPIError(
-            429, message=RATE_LIMIT_MESSAGE, headers={"Retry-After": retry_after(wait)}
-        )
+    ctx.limits.check(limits.OPENAI_DIRECT_ACCESS, principal.user_id)
 
     served, unavailable, settings = await run_in_threadpool(_served, ctx, features)
     if not served:

@@ -1,0 +1,54 @@
+"""Prometheus metrics of the instance, served as text at ``GET /metrics``.
+
+Each app has its own :class:`~prometheus_client.CollectorRegistry` (tests build many apps in
+one process), as in the gateway (``enclave/gateway/metrics.py``). Labels stay bounded: the
+name of a limit or an authentication failure reason, never a user, a token or an address.
+
+``/metrics`` needs no token (as the gateway's) but is subject to the client address allow-list
+like every other path. With several workers each worker counts its own share.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+PATH: Final = "/metrics"
+
+
+class InstanceMetrics:
+    def __init__(self, limit_names: tuple[str, ...], failure_reasons: tuple[str, ...]) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=False)
+        self.rate_limited = Counter(
+            "enclave_instance_rate_limited_requests_total",
+            "Requests refused with 429 by an instance limit, by limit name.",
+            ["limit"],
+            registry=registry,
+        )
+        self.failed_authentications = Counter(
+            "enclave_instance_failed_authentications_total",
+            "Requests with a personal access token that did not authenticate, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.address_bans = Counter(
+            "enclave_instance_failed_authentication_bans_total",
+            "Client addresses banned after too many failed authentications.",
+            registry=registry,
+        )
+        # Children exist from the start, so every series is scraped as 0 before it first counts.
+        for name in limit_names:
+            self.rate_limited.labels(name)
+        for reason in failure_reasons:
+            self.failed_authentications.labels(reason)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    metrics: InstanceMetrics = request.app.state.ctx.limits.metrics
+    return Response(metrics.render(), headers={"content-type": CONTENT_TYPE_LATEST})
