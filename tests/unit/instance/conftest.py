@@ -292,7 +292,15 @@ class LiveInstance:
 def start_instance(settings: EnclaveSettings, port: int) -> LiveInstance:
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", loop="asyncio"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        loop="asyncio",
+        # As enclave.common.serve: only ClientAddressMiddleware (trusted_proxies) may believe
+        # X-Forwarded-For; uvicorn's own proxy headers would trust it from any loopback peer.
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="instance", daemon=True)
