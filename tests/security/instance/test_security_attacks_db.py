@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from tests.unit.instance.conftest import LiveInstance
+from sqlalchemy import create_engine, text
+from tests.unit.instance.conftest import Backend, LiveInstance
 
 WRITERS = 8
 DURATION_S = 10.0
@@ -111,3 +112,37 @@ def test_busy_timeout_setting_reaches_sqlite(
     with live.ctx.engine.connect() as connection:
         value = connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
     assert value == round(timeout_s * 1000)
+
+
+def test_postgres_lock_timeout_is_503_busy_too(
+    live_instance_factory: Callable[..., LiveInstance], db_backend: Backend
+) -> None:
+    if db_backend.name != "postgresql":
+        pytest.skip("checks PostgreSQL's lock_timeout")
+    live = live_instance_factory()
+    headers = {"PRIVATE-TOKEN": live.admin_token}
+    user_id = httpx.post(
+        live.url + "/api/v4/users",
+        json={"username": "locked", "email": "locked@example.com"},
+        headers=headers,
+    ).json()["id"]
+    # PostgreSQL queues writers on row locks as long as its lock_timeout says; an administrator
+    # who bounds it gets the same "busy" answer as on SQLite.
+    engine = create_engine(live.settings.database_url)
+    with engine.connect() as admin:
+        database = admin.exec_driver_sql("SELECT current_database()").scalar()
+        admin.exec_driver_sql(f"ALTER DATABASE \"{database}\" SET lock_timeout = '200ms'")
+        admin.commit()
+    live.ctx.engine.dispose()  # new connections pick the setting up
+    try:
+        with engine.connect() as holder:
+            holder.execute(text("SELECT id FROM users WHERE id = :id FOR UPDATE"), {"id": user_id})
+            response = httpx.post(
+                f"{live.url}/api/v4/users/{user_id}/block", headers=headers, timeout=30
+            )
+            holder.rollback()
+    finally:
+        engine.dispose()
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == "1"
+    assert "busy" in response.json()["message"]
