@@ -66,7 +66,10 @@ def _env() -> Iterator[Env]:
         boot = initialise(settings)
     except Exception as exc:  # configuration, database or key problems: say which
         _fail(f"cannot open the instance: {exc}")
-    engine = make_engine(settings.database_url)
+    engine = make_engine(
+        settings.database_url,
+        busy_timeout_ms=round(settings.instance.database_busy_timeout_s * 1000),
+    )
     try:
         yield Env(settings, boot, make_session_factory(engine), Actor.cli())
     finally:
@@ -80,9 +83,12 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 def _run(env: Env, work: Callable[[Session], T]) -> T:
     from enclave.instance.admin_errors import AdminError
+    from enclave.instance.db.engine import transaction
 
     try:
-        with env.sessions() as session, session.begin():
+        # Every command may write and runs once: take the write lock up front, so a command
+        # queues behind the running server's writes instead of failing on SQLite.
+        with transaction(env.sessions, write=True) as session:
             return work(session)
     except AdminError as exc:
         _fail(exc.message)
