@@ -156,10 +156,10 @@ class InstanceLimits:
         raise InstanceAPIError(
             429,
             message=(
-                "This endpoint has been requested too many times. Try again later: "
-                f"{limit.what} are limited to {limit.limit} requests per {limit.per()} per "
+                "This endpoint has been requested too many times. Try again later: the "
+                f"limit for {limit.what} is {limit.limit} requests per {limit.per()} per "
                 f"user; retry in {seconds} s (Retry-After). An administrator can change "
-                f"the limit with {limit.setting}."
+                f"it with {limit.setting}."
             ),
             headers={"Retry-After": seconds},
         )
