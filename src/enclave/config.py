@@ -116,45 +116,48 @@ class InstanceSettings(BaseModel):
         "code_suggestions_direct_access limit: 50).",
     )
     duo_chat_rate_limit: int = Field(
-        160,
+        60,
         ge=0,
         description="Requests per user to POST /api/v4/chat/completions within "
-        "duo_chat_rate_limit_window_s (GitLab counts chat against its ai_action limit: 160 "
-        "per 8 hours).",
+        "duo_chat_rate_limit_window_s. Default 60 a minute: a runaway client is stopped at once "
+        "while a day of real use never is (GitLab counts chat against its ai_action limit, 160 "
+        "per 8 hours: set 160 and 28800 for that).",
     )
     duo_chat_rate_limit_window_s: float = Field(
-        8 * 3600, gt=0, le=7 * 86400, description="The window of duo_chat_rate_limit."
+        60, gt=0, le=7 * 86400, description="The window of duo_chat_rate_limit."
     )
     ai_action_rate_limit: int = Field(
-        160,
+        60,
         ge=0,
-        description="Requests per user to the AI feature endpoints POST /api/v4/ai/<feature> "
-        "(explain code, generate tests, ...) within ai_action_rate_limit_window_s (GitLab's "
-        "ai_action: 160 per 8 hours).",
+        description="Requests per user to each AI feature endpoint POST /api/v4/ai/<feature> "
+        "(explain code, generate tests, ...) within ai_action_rate_limit_window_s. Default 60 "
+        "a minute (GitLab's ai_action: 160 per 8 hours).",
     )
     ai_action_rate_limit_window_s: float = Field(
-        8 * 3600, gt=0, le=7 * 86400, description="The window of ai_action_rate_limit."
+        60, gt=0, le=7 * 86400, description="The window of ai_action_rate_limit."
     )
     failed_auth_max_retry: int = Field(
-        10,
+        30,
         ge=0,
         description="Failed authentications (a wrong, revoked or expired token) from one client "
         "address within failed_auth_find_time_s that ban the address for "
         "failed_auth_ban_time_s: every request with a token from it then gets 429, even with "
-        "a valid token (GitLab's Rack::Attack maxretry 10, findtime 60 s, bantime 1 h). "
-        "0 turns the ban off.",
+        "a valid token, so a guesser learns nothing. 0 turns the ban off. (GitLab's "
+        "Rack::Attack: maxretry 10, findtime 60 s, bantime 1 h; Enclave's defaults are "
+        "milder so that one person's typos never lock a shared address out for long.)",
     )
     failed_auth_find_time_s: float = Field(
         60, gt=0, le=86400, description="The window of failed_auth_max_retry."
     )
     failed_auth_ban_time_s: float = Field(
-        3600, gt=0, le=7 * 86400, description="How long an address stays banned."
+        60, gt=0, le=7 * 86400, description="How long an address stays banned."
     )
     failed_auth_exempt_cidrs: list[str] = Field(
-        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        default_factory=list,
         description="Client addresses (CIDRs) never banned for failed authentications. Default: "
-        "loopback (GitLab's ip_whitelist), so a reverse proxy on the same host that is not in "
-        "trusted_proxies cannot get all its users banned at once; [] bans everyone alike.",
+        "none, loopback included (deny when unsure). A reverse proxy on the same host belongs in "
+        "trusted_proxies, so that its clients are told apart; list it here only if it cannot "
+        "send X-Forwarded-For (GitLab's ip_whitelist).",
     )
     rate_limit_max_keys: int = Field(
         100_000,

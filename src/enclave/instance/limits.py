@@ -9,9 +9,8 @@
   which refuses the address, not the token): an attacker guessing tokens cannot tell a hit
   from a miss. Endpoints without a token (health, JWKS, discovery, metrics) stay reachable.
   The address is the one ``ClientAddressMiddleware`` settled on (X-Forwarded-For only from
-  ``trusted_proxies``); ``failed_auth_exempt_cidrs`` (loopback by default, as GitLab's
-  ``ip_whitelist``) are never banned, so a reverse proxy on the same host that is not listed
-  as trusted does not get every user banned at once.
+  ``trusted_proxies``); ``failed_auth_exempt_cidrs`` (none by default: a reverse proxy on the
+  same host belongs in ``trusted_proxies``) are never banned.
 
 All state is in process (``rate_limit.py``), bounded in keys; refusals are counted in
 ``metrics.py`` by limit name, never by user or address.

@@ -134,7 +134,7 @@ async def prompt_answer(request: web.Request, gateway: FakeGateway) -> web.Strea
             chat_answer,
             "duo_chat_rate_limit",
             limits.CHAT,
-            "8 hours",
+            "minute",
         ),
         (
             EXPLAIN,
@@ -142,7 +142,7 @@ async def prompt_answer(request: web.Request, gateway: FakeGateway) -> web.Strea
             prompt_answer,
             "ai_action_rate_limit",
             limits.AI_ACTION,
-            "8 hours",
+            "minute",
         ),
     ],
 )
@@ -170,7 +170,7 @@ def test_chat_and_ai_features_are_limited_per_user(
         httpx.post(instance.url + path, json=body, headers={"PRIVATE-TOKEN": other}).status_code
         == 200
     )
-    clock.advance(8 * 3600)
+    clock.advance(61)
     assert (
         httpx.post(instance.url + path, json=body, headers={"PRIVATE-TOKEN": flooder}).status_code
         == 200
@@ -288,14 +288,26 @@ def test_rotating_x_forwarded_for_does_not_escape_the_ban_without_a_trusted_prox
     assert from_address(live, "10.9.1.99", live.admin_token).status_code == 429
 
 
-def test_loopback_is_exempt_by_default(live_instance_factory: Callable[..., LiveInstance]) -> None:
-    # GitLab's ip_whitelist: a same-host proxy that is not listed as trusted would otherwise
-    # get every user banned by one client's typos.
+def test_exempt_addresses_are_never_banned(
+    live_instance_factory: Callable[..., LiveInstance],
+) -> None:
+    # GitLab's ip_whitelist, for a same-host proxy that cannot send X-Forwarded-For.
     live = live_instance_factory()
-    use_limits(live, Clock(), failed_auth_max_retry=2)
+    use_limits(live, Clock(), failed_auth_max_retry=2, failed_auth_exempt_cidrs=["127.0.0.0/8"])
     for _ in range(4):
         assert from_address(live, "10.9.2.1", BAD).status_code == 401
     assert from_address(live, "10.9.2.1", live.admin_token).status_code == 200
+
+
+def test_loopback_is_banned_by_default(live_instance_factory: Callable[..., LiveInstance]) -> None:
+    # Deny when unsure: a flood of bad tokens from the instance's own host is throttled too.
+    live = live_instance_factory()
+    use_limits(live, Clock(), failed_auth_max_retry=2)
+    for _ in range(2):
+        assert from_address(live, "127.0.0.1", BAD).status_code == 401
+    refused = from_address(live, "127.0.0.1", live.admin_token)
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) >= 1
 
 
 # --- bounded memory -------------------------------------------------------------------------
