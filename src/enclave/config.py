@@ -80,6 +80,31 @@ class InstanceSettings(BaseModel):
         "its OpenAI-compatible API serves. Unset: that endpoint answers 404. `enclave up` "
         "generates <data_dir>/keys/gateway-routes.secret (0600) and sets it for both roles.",
     )
+    revocation_window_s: int = Field(
+        7200,
+        ge=120,
+        le=7 * 86400,
+        description="How long a revoked personal access token or a blocked user stays in the "
+        "revocation list the AI gateway reads with the feature→model routes, counted from the "
+        "PAT's last use (which is when tokens were made from it). Must exceed the lifetime of "
+        "the tokens made from a PAT (token_lifetime_s and the gateway's user_token_lifetime_s, "
+        "1 h each by default) plus the clock leeway; longer only makes the list bigger. The "
+        "gateway picks revocations up within its routes_refresh_s (30 s by default).",
+    )
+    model_egress_allow: list[str] = Field(
+        default_factory=lambda: [*_LOOPBACK_AND_PRIVATE, "localhost"],
+        description="Where model endpoints may point, checked when a model is saved: the same "
+        "entries and default as the gateway's model_egress_allow (`enclave up` gives both "
+        "roles the same list). A host name that is not listed is resolved at save time and "
+        "every address must be allowed; link-local and cloud metadata addresses are always "
+        "refused.",
+    )
+    endpoint_resolve_timeout_s: float = Field(
+        3,
+        gt=0,
+        le=30,
+        description="How long saving a model waits for the DNS answer for its endpoint's host.",
+    )
     allowed_client_cidrs: list[str] = Field(
         default_factory=lambda: list(_LOOPBACK_AND_PRIVATE),
         description="Client addresses (CIDRs) that may call the instance (IDEs, admins, and the "
@@ -102,6 +127,17 @@ class InstanceSettings(BaseModel):
     @classmethod
     def _networks(cls, value: list[str], info: ValidationInfo) -> list[str]:
         parse_networks(value, str(info.field_name))
+        return value
+
+    @field_validator("model_egress_allow", mode="before")
+    @classmethod
+    def _egress_comma_separated(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("model_egress_allow")
+    @classmethod
+    def _egress_entries(cls, value: list[str]) -> list[str]:
+        EgressPolicy.parse(value)
         return value
 
     def issuer(self) -> str:

@@ -17,7 +17,9 @@ Deny by default: the token's ``scopes`` are the unit primitives of the requested
 a self-hosted model serves right now (disabled, vendored or unassigned ones are left out; none
 left → 403). Its claims name the instance (``gitlab_instance_id``, ``gitlab_realm``), the user's
 pseudonymous id (``sub``, the same HMAC pseudonym as ``X-Gitlab-Global-User-Id`` elsewhere) and
-``enclave_surface: openai``; the gateway accepts only such tokens there, from its one trusted
+``enclave_surface: openai`` and the PAT's id (``enclave_pat_id``): once that PAT is revoked or the
+user blocked, the gateway refuses the token within its routes refresh interval (30 s by default;
+see ``api/gateway_routes.py``). The gateway accepts only such tokens there, from its one trusted
 instance, with or without the ``headers`` (an OpenAI client sends only ``Authorization``; when
 a client sends them they must match). Rate limited like GitLab's direct access: 50 a minute per
 user (429 with ``Retry-After``).
@@ -131,7 +133,12 @@ def _served(
 
 
 def mint_openai_token(
-    ctx: InstanceContext, global_user_id: str, scopes: list[str], *, now: float | None = None
+    ctx: InstanceContext,
+    global_user_id: str,
+    scopes: list[str],
+    *,
+    pat_id: int | None = None,
+    now: float | None = None,
 ) -> tuple[str, int]:
     """An instance-signed JWT for one user of the OpenAI-compatible API, and its ``exp``."""
     issued_at = int(time.time() if now is None else now)
@@ -150,6 +157,9 @@ def mint_openai_token(
         "exp": expires_at,
         "jti": str(uuid.uuid4()),
     }
+    if pat_id is not None:
+        # Revocable: the gateway refuses the token once this PAT is revoked.
+        claims[wire.CLAIM_PAT_ID] = pat_id
     key = ctx.keys.active
     token = jwt.encode(
         claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "JWT"}
@@ -179,7 +189,7 @@ async def openai_direct_access(
 
     global_user_id = pseudonymous_user_id(ctx.user_id_salt, principal.user_id)
     scopes = [FEATURE_UNIT_PRIMITIVES[feature] for feature in served]
-    token, expires_at = mint_openai_token(ctx, global_user_id, scopes)
+    token, expires_at = mint_openai_token(ctx, global_user_id, scopes, pat_id=principal.token_id)
     log.info(
         "openai_token_issued",
         user_id=principal.user_id,

@@ -183,9 +183,10 @@ async def authenticate(request: Request) -> tuple[Principal, Mapping[str, Featur
     try:
         principal = await gateway.authenticator.authenticate(_auth_view(request.headers))
     except AuthError as exc:
+        # Revoked (401 token_revoked) and revocation state unknown (503) keep their own code.
         if exc.status == 503:
-            raise RequestError(503, exc.message, "issuer_unavailable") from None
-        raise RequestError(exc.status, exc.message, "invalid_api_key") from None
+            raise RequestError(503, exc.message, exc.code or "issuer_unavailable") from None
+        raise RequestError(exc.status, exc.message, exc.code or "invalid_api_key") from None
     table = gateway.routes_table
     if (
         principal.user_token
