@@ -43,10 +43,10 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
+from enclave.common import wire
 from enclave.common.logging import get_logger
 from enclave.common.routes_secret import RoutesSecretError, read_routes_secret
 from enclave.config import GatewaySettings
-from enclave.common import wire
 from enclave.gateway.api.v2.code.suggestions import PlanError, resolve_target
 from enclave.gateway.auth.verify import AuthError, Principal, forbidden
 from enclave.gateway.egress import display_url
@@ -186,9 +186,7 @@ def _ids(value: Any, name: str) -> frozenset[str]:
     if not isinstance(value, list):
         raise RoutesError(f"the instance's 'revoked.{name}' is not a list")
     if len(value) > MAX_REVOKED:
-        raise RoutesError(
-            f"the instance sent {len(value)} revoked {name}, more than {MAX_REVOKED}"
-        )
+        raise RoutesError(f"the instance sent {len(value)} revoked {name}, more than {MAX_REVOKED}")
     if not all(isinstance(item, str | int) and not isinstance(item, bool) for item in value):
         raise RoutesError(f"the instance's 'revoked.{name}' holds something other than ids")
     return frozenset(str(item) for item in value)
@@ -219,8 +217,7 @@ REVOKED_PAT: Final = forbidden(
     "personal access token and ask the instance for a new token"
 )
 BLOCKED_USER: Final = forbidden(
-    "the user of this token is blocked on the instance; ask an administrator to unblock the "
-    "account"
+    "the user of this token is blocked on the instance; ask an administrator to unblock the account"
 )
 
 

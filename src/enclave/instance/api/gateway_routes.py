@@ -146,9 +146,7 @@ def routes_document(ctx: InstanceContext) -> dict[str, Any]:
                     },
                 )
             routes.append(entry)
-        revoked = revocations(
-            session, ctx.user_id_salt, ctx.settings.instance.revocation_window_s
-        )
+        revoked = revocations(session, ctx.user_id_salt, ctx.settings.instance.revocation_window_s)
     return {"version": ROUTES_VERSION, "issuer": ctx.issuer, "routes": routes, "revoked": revoked}
 
 

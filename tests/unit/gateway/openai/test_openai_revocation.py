@@ -24,7 +24,9 @@ __all__ = ["make_openai"]  # fixture
 pytestmark = pytest.mark.anyio
 
 
-def revoke(oai: OpenAIHarness, pats: list[Any] | None = None, users: list[str] | None = None) -> None:
+def revoke(
+    oai: OpenAIHarness, pats: list[Any] | None = None, users: list[str] | None = None
+) -> None:
     oai.issuer.routes["revoked"] = {"personal_access_tokens": pats or [], "users": users or []}
 
 
