@@ -41,7 +41,6 @@ from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
 from enclave.instance.api.middleware import annotate
-from enclave.instance.api.relay import gateway_error
 from enclave.instance.features import (
     Feature,
 )
@@ -118,7 +117,8 @@ async def direct_access(
             timeout_s=min(GATEWAY_TIMEOUT_S, effective.ai_gateway_timeout_seconds),
         )
     except GatewayUnavailableError as exc:
-        raise gateway_error(exc) from None
+        # Not a model failure: the gateway's own state, which the IDE's user can report as is.
+        raise InstanceAPIError(exc.status, exc.message) from None
     try:
         status = upstream.status
         body = await upstream.read()
