@@ -514,7 +514,7 @@ def update_model(
             details["previous_endpoint"] = previous_endpoint
             if moved and model.api_token_encrypted is not None:
                 # Who decided that the key may go to the new host (never the key itself).
-                details["api_token"] = "replaced" if "api_token" in changed else "kept"
+                details["key_on_move"] = "replaced" if "api_token" in changed else "kept"
         audit.record(
             session,
             audit.SELF_HOSTED_MODEL_UPDATED,
