@@ -212,17 +212,25 @@ class GatewaySettings(BaseModel):
         description="File with the secret shared with the instance (its "
         "gateway_routes_secret_file); with it the gateway keeps the instance's feature→model "
         "routes in memory and serves the OpenAI-compatible API (/v1/models, "
-        "/v1/chat/completions, /v1/completions). Unset: that API answers 503. Single-instance "
-        "mode only (no trusted_issuers).",
+        "/v1/chat/completions, /v1/completions) and refuses the tokens of revoked PATs and "
+        "blocked users. Unset: that API answers 503 and direct-access user tokens stay valid "
+        "until they expire. Single-instance mode only (no trusted_issuers).",
     )
     routes_refresh_s: float = Field(
-        30, ge=0.2, le=3600, description="How often the feature→model routes are re-read."
+        30,
+        ge=0.2,
+        le=3600,
+        description="How often the feature→model routes and the revocations that come with "
+        "them (revoked personal access tokens, blocked users) are re-read: a revocation "
+        "refuses the OpenAI-API and direct-access user tokens made for that PAT or user within "
+        "this time (plus one fetch, routes_fetch_timeout_s).",
     )
     routes_stale_s: float = Field(
         300,
         ge=0,
         description="How long the last good routes keep serving when the instance cannot be "
-        "reached; after that the OpenAI-compatible API answers 503.",
+        "reached; after that the OpenAI-compatible API, and direct-access user tokens (whose "
+        "revocation can no longer be checked), answer 503.",
     )
     routes_fetch_timeout_s: float = Field(
         5, gt=0, le=60, description="Timeout of one routes fetch."
