@@ -1,7 +1,9 @@
 """What the OpenAI-compatible endpoints share: auth, errors, body checks, the upstream call.
 
 Per request: authenticate (401/503; the instance-signed token of
-``POST /api/v4/ai/openai/direct_access``, ``Authorization: Bearer`` alone is enough) → rate
+``POST /api/v4/ai/openai/direct_access``, ``Authorization: Bearer`` alone is enough; 401
+``token_revoked`` once its PAT is revoked or its user blocked, 503 ``routes_unavailable`` when
+the gateway can no longer know — see :meth:`RoutesTable.check_principal`) → rate
 limits (429) → the instance's routes from memory (503 when never loaded or too old) → the
 feature named by ``model`` (404 unknown, 403 without its unit primitive or when the instance
 does not serve it) → the body (413 too big, 400 not a JSON object or carrying credentials, 422
