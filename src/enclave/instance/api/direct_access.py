@@ -34,6 +34,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
@@ -48,7 +49,7 @@ from enclave.instance.gateway_client import (
     GatewayUnavailableError,
     gateway_headers,
 )
-from enclave.instance.pats import AI_SCOPES, Principal
+from enclave.instance.pats import AI_SCOPES, Principal, record_token_minting
 from enclave.instance.rate_limit import retry_after
 
 log = get_logger(__name__)
@@ -104,6 +105,8 @@ async def direct_access(
             headers={"Retry-After": retry_after(wait), wire.H_ERROR_ORIGIN: "monolith"},
         )
 
+    # The gateway's user token is revocable (blocked user) only if this use is on record.
+    await run_in_threadpool(record_token_minting, ctx.sessions, principal.token_id)
     minted = ctx.minter.token([wire.UP_COMPLETE_CODE])
     identity = forward_identity(ctx, request, principal)
     headers = gateway_headers(minted.token, identity)

@@ -52,7 +52,7 @@ from enclave.instance.features import (
     resolve_feature,
 )
 from enclave.instance.gateway_client import pseudonymous_user_id
-from enclave.instance.pats import AI_SCOPES, Principal
+from enclave.instance.pats import AI_SCOPES, Principal, record_token_minting
 from enclave.instance.rate_limit import SlidingWindowLimiter, retry_after
 
 log = get_logger(__name__)
@@ -183,6 +183,8 @@ async def openai_direct_access(
         )
 
     served, unavailable, settings = await run_in_threadpool(_served, ctx, features)
+    if served:  # revocable only if the PAT's use is on record (see record_token_minting)
+        await run_in_threadpool(record_token_minting, ctx.sessions, principal.token_id)
     if not served:
         reasons = " ".join(unavailable.values())
         raise InstanceAPIError(403, f"none of the requested AI features is available: {reasons}")
