@@ -254,7 +254,13 @@ def models_add(
         view = _run(
             env,
             lambda s: registry.model_view(
-                registry.create_model(s, env.boot.secret_box, spec, env.actor)
+                registry.create_model(
+                    s,
+                    env.boot.secret_box,
+                    spec,
+                    env.actor,
+                    rules=registry.EndpointRules.from_settings(env.settings.instance),
+                )
             ),
         )
     _print_json(view) if as_json else _model_rows([view])
@@ -275,9 +281,21 @@ def models_update(
     remove_api_key: Annotated[
         bool, typer.Option("--remove-api-key", help="Forget the stored API key.")
     ] = False,
+    keep_api_key: Annotated[
+        bool,
+        typer.Option(
+            "--keep-api-key",
+            help="With a new --endpoint on another host: send the stored API key there "
+            "(otherwise give the key again with --api-key-file / --api-key-env).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Change a model; options not given keep their value."""
+    """Change a model; options not given keep their value.
+
+    Moving the endpoint to another host while an API key is stored needs the key again (or
+    --keep-api-key); the audit log records the old and the new endpoint.
+    """
     from enclave.instance import registry
 
     changes: dict[str, Any] = {
@@ -298,12 +316,19 @@ def models_update(
         changes["api_token"] = ""
     if not changes:
         _fail("nothing to change; see enclave models update --help", 2)
+    if keep_api_key:
+        changes["keep_api_token"] = True
     with _env() as env:
 
         def work(session: Session) -> dict[str, Any]:
             target = registry.find_model(session, model)
             updated = registry.update_model(
-                session, env.boot.secret_box, target.id, changes, env.actor
+                session,
+                env.boot.secret_box,
+                target.id,
+                changes,
+                env.actor,
+                rules=registry.EndpointRules.from_settings(env.settings.instance),
             )
             return registry.model_view(updated)
 

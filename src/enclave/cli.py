@@ -136,6 +136,13 @@ def up(
         or settings.gateway.gateway_routes_secret_file
         or ensure_routes_secret(settings.gateway_routes_secret_default_file)
     )
+    # One egress allow-list for both roles: the gateway's when it is configured (it enforces
+    # it), else the instance's (the two defaults are the same).
+    egress_allow = (
+        settings.gateway.model_egress_allow
+        if "model_egress_allow" in settings.gateway.model_fields_set
+        else settings.instance.model_egress_allow
+    )
     plan = make_plan(
         instance_host=host,
         instance_port=instance_port,
@@ -144,6 +151,7 @@ def up(
         model_port=model_port,
         gguf=gguf,
         routes_secret_file=routes_secret_file,
+        model_egress_allow=egress_allow,
     )
     log_dir = settings.data_dir / "logs"
     console.print(f"Starting Enclave (data dir {settings.data_dir}, logs in {log_dir})")

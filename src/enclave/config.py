@@ -88,6 +88,31 @@ class InstanceSettings(BaseModel):
         "its OpenAI-compatible API serves. Unset: that endpoint answers 404. `enclave up` "
         "generates <data_dir>/keys/gateway-routes.secret (0600) and sets it for both roles.",
     )
+    revocation_window_s: int = Field(
+        7200,
+        ge=120,
+        le=7 * 86400,
+        description="How long a revoked personal access token or a blocked user stays in the "
+        "revocation list the AI gateway reads with the feature→model routes, counted from the "
+        "PAT's last use (which is when tokens were made from it). Must exceed the lifetime of "
+        "the tokens made from a PAT (token_lifetime_s and the gateway's user_token_lifetime_s, "
+        "1 h each by default) plus the clock leeway; longer only makes the list bigger. The "
+        "gateway picks revocations up within its routes_refresh_s (30 s by default).",
+    )
+    model_egress_allow: list[str] = Field(
+        default_factory=lambda: [*_LOOPBACK_AND_PRIVATE, "localhost"],
+        description="Where model endpoints may point, checked when a model is saved: the same "
+        "entries and default as the gateway's model_egress_allow (`enclave up` gives both "
+        "roles the same list). A host name that is not listed is resolved at save time and "
+        "every address must be allowed; link-local and cloud metadata addresses are always "
+        "refused.",
+    )
+    endpoint_resolve_timeout_s: float = Field(
+        3,
+        gt=0,
+        le=30,
+        description="How long saving a model waits for the DNS answer for its endpoint's host.",
+    )
     allowed_client_cidrs: list[str] = Field(
         default_factory=lambda: list(_LOOPBACK_AND_PRIVATE),
         description="Client addresses (CIDRs) that may call the instance (IDEs, admins, and the "
@@ -180,6 +205,17 @@ class InstanceSettings(BaseModel):
         parse_networks(value, str(info.field_name))
         return value
 
+    @field_validator("model_egress_allow", mode="before")
+    @classmethod
+    def _egress_comma_separated(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("model_egress_allow")
+    @classmethod
+    def _egress_entries(cls, value: list[str]) -> list[str]:
+        EgressPolicy.parse(value)
+        return value
+
     def issuer(self) -> str:
         return (self.external_url or f"http://{self.host}:{self.port}").rstrip("/")
 
@@ -252,17 +288,25 @@ class GatewaySettings(BaseModel):
         description="File with the secret shared with the instance (its "
         "gateway_routes_secret_file); with it the gateway keeps the instance's feature→model "
         "routes in memory and serves the OpenAI-compatible API (/v1/models, "
-        "/v1/chat/completions, /v1/completions). Unset: that API answers 503. Single-instance "
-        "mode only (no trusted_issuers).",
+        "/v1/chat/completions, /v1/completions) and refuses the tokens of revoked PATs and "
+        "blocked users. Unset: that API answers 503 and direct-access user tokens stay valid "
+        "until they expire. Single-instance mode only (no trusted_issuers).",
     )
     routes_refresh_s: float = Field(
-        30, ge=0.2, le=3600, description="How often the feature→model routes are re-read."
+        30,
+        ge=0.2,
+        le=3600,
+        description="How often the feature→model routes and the revocations that come with "
+        "them (revoked personal access tokens, blocked users) are re-read: a revocation "
+        "refuses the OpenAI-API and direct-access user tokens made for that PAT or user within "
+        "this time (plus one fetch, routes_fetch_timeout_s).",
     )
     routes_stale_s: float = Field(
         300,
         ge=0,
         description="How long the last good routes keep serving when the instance cannot be "
-        "reached; after that the OpenAI-compatible API answers 503.",
+        "reached; after that the OpenAI-compatible API, and direct-access user tokens (whose "
+        "revocation can no longer be checked), answer 503.",
     )
     routes_fetch_timeout_s: float = Field(
         5, gt=0, le=60, description="Timeout of one routes fetch."

@@ -10,6 +10,7 @@ them in reverse order on Ctrl-C or when one of them dies.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import secrets
 import signal
@@ -129,11 +130,14 @@ def make_plan(
     gguf: Path | None = None,
     config_args: list[str] | None = None,
     routes_secret_file: Path | None = None,
+    model_egress_allow: list[str] | None = None,
 ) -> Plan:
     """Build the three roles. The model gets a free loopback port unless one is given.
 
     ``routes_secret_file`` (see :func:`ensure_routes_secret`) is given to the instance and the
     gateway: with it the gateway reads the feature→model routes for its OpenAI-compatible API.
+    ``model_egress_allow`` goes to both as well, so that the instance saves exactly the model
+    endpoints the gateway will call.
     """
     common = config_args or []
     model_port = model_port or free_port()
@@ -162,6 +166,10 @@ def make_plan(
     if routes_secret_file is not None:
         instance.env["ENCLAVE_INSTANCE__GATEWAY_ROUTES_SECRET_FILE"] = str(routes_secret_file)
         gateway.env["ENCLAVE_GATEWAY__GATEWAY_ROUTES_SECRET_FILE"] = str(routes_secret_file)
+    if model_egress_allow is not None:
+        allow = json.dumps(model_egress_allow)
+        instance.env["ENCLAVE_INSTANCE__MODEL_EGRESS_ALLOW"] = allow
+        gateway.env["ENCLAVE_GATEWAY__MODEL_EGRESS_ALLOW"] = allow
     return Plan(model, instance, gateway, instance_url, gateway_url, model_url)
 
 

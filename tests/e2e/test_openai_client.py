@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from enclave.supervisor import ensure_routes_secret
-from tests.e2e.conftest import Stack, running_stack
+from tests.e2e.conftest import Stack, gateway_body, running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -223,3 +223,95 @@ def test_mapping_changes_reach_the_gateway(
 
     assert eventually(refused)
     assert "duo_chat" not in [model.id for model in client.models.list().data]
+
+
+# -- revocation: the instance's revocations reach the gateway with the routes -----------------
+
+
+def new_user_pat(stack: Stack, username: str) -> tuple[int, int, str]:
+    """A fresh user with a PAT (scope ai_features): user id, PAT id, PAT."""
+    headers = {"PRIVATE-TOKEN": stack.admin_token}
+    user = httpx.post(
+        f"{stack.instance_url}/api/v4/users",
+        headers=headers,
+        json={"username": username, "email": f"{username}@example.com"},
+        timeout=30,
+    )
+    assert user.status_code == 201, user.text
+    pat = httpx.post(
+        f"{stack.instance_url}/api/v4/users/{user.json()['id']}/personal_access_tokens",
+        headers=headers,
+        json={"name": "ide", "scopes": ["ai_features"]},
+        timeout=30,
+    )
+    assert pat.status_code == 201, pat.text
+    return int(user.json()["id"]), int(pat.json()["id"]), str(pat.json()["token"])
+
+
+def openai_access_with(stack: Stack, pat: str) -> dict[str, Any]:
+    response = httpx.post(
+        f"{stack.instance_url}/api/v4/ai/openai/direct_access",
+        headers={"PRIVATE-TOKEN": pat},  # every feature served now
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def refused_as_revoked(client: openai.OpenAI) -> bool:
+    try:
+        client.models.list()
+    except openai.AuthenticationError as exc:
+        return exc.code == "token_revoked"
+    return False
+
+
+def test_a_revoked_pat_loses_its_openai_token_within_the_refresh_bound(
+    oai_stack: Stack, access: dict[str, Any]
+) -> None:
+    _, pat_id, pat = new_user_pat(oai_stack, "revoked-pat-user")
+    client = client_for(openai_access_with(oai_stack, pat))
+    assert eventually(lambda: bool(client.models.list().data))
+    revoked = httpx.delete(
+        f"{oai_stack.instance_url}/api/v4/personal_access_tokens/{pat_id}",
+        headers={"PRIVATE-TOKEN": oai_stack.admin_token},
+        timeout=30,
+    )
+    assert revoked.status_code == 204, revoked.text
+    revoked_at = time.monotonic()
+    assert eventually(lambda: refused_as_revoked(client))
+    assert time.monotonic() - revoked_at < PICKUP_TIMEOUT_S
+    assert client_for(access).models.list().data  # other users' tokens keep working
+
+
+def test_a_blocked_user_loses_openai_and_direct_access_tokens(oai_stack: Stack) -> None:
+    user_id, _, pat = new_user_pat(oai_stack, "blocked-user")
+    client = client_for(openai_access_with(oai_stack, pat))
+    direct = httpx.post(
+        f"{oai_stack.instance_url}/api/v4/code_suggestions/direct_access",
+        headers={"PRIVATE-TOKEN": pat},
+        timeout=30,
+    )
+    assert direct.status_code == 200, direct.text
+    grant_ = direct.json()
+    user_headers = {**grant_["headers"], "Authorization": f"Bearer {grant_['token']}"}
+
+    def direct_status() -> int:
+        response = httpx.post(
+            f"{grant_['base_url']}/v2/code/completions",
+            json=gateway_body(oai_stack),
+            headers=user_headers,
+            timeout=60,
+        )
+        return response.status_code
+
+    assert eventually(lambda: bool(client.models.list().data))
+    assert direct_status() == 200
+    blocked = httpx.post(
+        f"{oai_stack.instance_url}/api/v4/users/{user_id}/block",
+        headers={"PRIVATE-TOKEN": oai_stack.admin_token},
+        timeout=30,
+    )
+    assert blocked.status_code == 201, blocked.text
+    assert eventually(lambda: refused_as_revoked(client))
+    assert eventually(lambda: direct_status() == 401)

@@ -2,17 +2,23 @@
 
 Shared by the instance (checked when an administrator saves a model or a setting) and the
 gateway (checked again before any call), so that what the instance accepts is exactly what the
-gateway will call. Pure: no DNS, no I/O. Messages never repeat the URL's user-info, since that
-part is where people paste credentials.
+gateway will call. :func:`check_endpoint_url` is pure (no DNS, no I/O);
+:func:`check_endpoint_address` adds the address rules of the gateway's egress allow-list and
+resolves a host name (bounded time), for the instance to run when a model is *saved*, never on
+the hot path. Messages never repeat the URL's user-info, since that part is where people paste
+credentials.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Final
 from urllib.parse import urlsplit
 
-from enclave.common.netrules import blocked_ip, parse_ip
+from enclave.common.netrules import EgressPolicy, blocked_ip, parse_ip
 
 MAX_URL_CHARS: Final = 2048
 ALLOWED_SCHEMES: Final = ("http", "https")
@@ -85,3 +91,65 @@ def check_endpoint_url(url: str, field: str = "endpoint") -> str:
                 "never calls; use the model server's own address"
             )
     return url.rstrip("/")
+
+
+# Where an administrator can widen the allow-list (both roles must agree: `enclave up` gives
+# them the same list).
+EGRESS_SETTINGS: Final = (
+    "ENCLAVE_INSTANCE__MODEL_EGRESS_ALLOW and ENCLAVE_GATEWAY__MODEL_EGRESS_ALLOW"
+)
+# A few threads for look-ups: getaddrinfo cannot be cancelled, so a slow one is abandoned to its
+# thread when the timeout passes (bounded by this pool's size).
+_RESOLVER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="endpoint-resolve")
+
+
+def _not_allowed(field: str, what: str) -> EndpointUrlError:
+    return EndpointUrlError(
+        f"{field} {what} outside the model egress allow-list, so the AI gateway would refuse "
+        f"to call it; use a model server inside your network, or have an administrator add the "
+        f"host, host:port or network to {EGRESS_SETTINGS}"
+    )
+
+
+def check_endpoint_address(
+    url: str, policy: EgressPolicy, *, field: str = "endpoint", timeout_s: float = 3.0
+) -> None:
+    """Apply the gateway's address rules to an endpoint :func:`check_endpoint_url` accepted.
+
+    The host must be allowed by ``policy``: an address literal directly; a host name either by
+    name, or by resolving it (at most ``timeout_s``) and requiring every address to be allowed.
+    A name that resolves to a link-local or cloud metadata address is refused whatever the
+    list says. A name that does not resolve now is accepted (the model server may not exist
+    yet); the gateway checks its addresses again at every connect. Raises
+    :class:`EndpointUrlError` saying what to do.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    if policy.deny_all:
+        raise EndpointUrlError(
+            f"{field} cannot be saved: the model egress allow-list is empty, so the AI gateway "
+            f"calls no model endpoint; set {EGRESS_SETTINGS}"
+        )
+    ip = parse_ip(host)
+    if ip is not None:
+        if not policy.allows_ip(ip, port):
+            raise _not_allowed(field, f"host {host} port {port} is")
+        return
+    by_name = policy.allows_name(host, port)
+    try:
+        infos = _RESOLVER.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM).result(
+            timeout=timeout_s
+        )
+    except (OSError, UnicodeError, FutureTimeout):
+        return
+    for info in infos:
+        address = str(info[4][0])
+        resolved = parse_ip(address)
+        if resolved is None or blocked_ip(resolved):
+            raise EndpointUrlError(
+                f"{field} host {host} resolves to {address}, a link-local or cloud metadata "
+                "address, which Enclave never calls; use the model server's own address"
+            )
+        if not by_name and not policy.allows_ip(resolved, port):
+            raise _not_allowed(field, f"host {host} resolves to {address}, which is")

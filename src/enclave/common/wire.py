@@ -60,3 +60,6 @@ FEATURE_PROMPT_IDS: Final[dict[str, str]] = {
 # is accepted there and nowhere else (a user holds it, unlike the instance's own tokens).
 CLAIM_SURFACE: Final = "enclave_surface"
 SURFACE_OPENAI: Final = "openai"
+# The id of the personal access token an OpenAI-API token was made from: the instance publishes
+# revoked ids to the gateway (with the feature→model routes), which then refuses those tokens.
+CLAIM_PAT_ID: Final = "enclave_pat_id"

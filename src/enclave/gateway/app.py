@@ -143,6 +143,16 @@ class Gateway:
         self.egress = EgressGuard(clock, self.egress_policy)
         # The instance's feature→model routes (OpenAI-compatible API), fetched from the issuer.
         self.routes_table = RoutesTable.from_settings(gateway_settings, self.issuer_http, clock)
+        # Revoked PATs and blocked users come with the routes: every token made for one user
+        # is checked against them in the authenticator (hot path: set membership only).
+        self.authenticator.revocation_check = self.routes_table.check_principal
+        if not self.routes_table.enabled and self.user_tokens is not None:
+            log.warning(
+                "gateway_revocations_unchecked",
+                reason="without the instance's routes this gateway cannot learn revoked "
+                "personal access tokens and blocked users; direct-access user tokens stay "
+                "valid until they expire",
+            )
         self._refresh_in_background = refresh_keys_in_background
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -92,6 +92,8 @@ AUTH_REASONS: Final = (
     "header_mismatch",
     "untrusted_issuer",
     "issuer_unavailable",
+    "token_revoked",
+    "revocations_unavailable",
     "invalid_token",
 )
 RATE_LIMIT_SCOPES: Final = ("instance", "user")
@@ -102,6 +104,10 @@ def auth_failure_reason(error: verify.AuthError) -> str:
     reason = _AUTH_REASONS.get(error.message)
     if reason is not None:
         return reason
+    if error.code == "token_revoked":
+        return error.code
+    if error.code == "routes_unavailable":  # the revocation state is too old to trust
+        return "revocations_unavailable"
     if error.status == 503:
         return "issuer_unavailable"
     if error.message.startswith("Header mismatch"):

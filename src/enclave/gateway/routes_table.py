@@ -14,6 +14,17 @@ whole table from ``<issuer>/api/v4/internal/ai/gateway_routes`` (presenting the 
   more, then :class:`RoutesUnavailable` says so, with the reason of the last failed fetch;
 * bounded: at most :data:`MAX_ROUTES_BYTES` of JSON and :data:`MAX_ROUTES` routes.
 
+**Revocations** travel in the same document (``"revoked": {"personal_access_tokens": [ids],
+"users": [global user ids]}``): the PATs revoked and the users blocked whose tokens may not have
+expired yet (the instance leaves out the rest, so the lists stay small; at most
+:data:`MAX_REVOKED` each). :meth:`RoutesTable.check_principal` refuses, by set membership on
+the hot path, the tokens made for one user — the instance's OpenAI-API tokens (``sub`` = the
+user's global id, ``enclave_pat_id`` = the PAT they were made from) and the gateway's own
+direct-access user tokens (``sub``) — that such a revocation covers. A revocation therefore
+reaches every gateway within ``routes_refresh_s`` (30 s by default) plus one fetch
+(``routes_fetch_timeout_s``); past the stale window those tokens get a 503 (fail closed), since
+the gateway can no longer know whether they were revoked.
+
 Only the single trusted instance (``gateway.issuer_url``) is asked: a shared gateway
 (``trusted_issuers``) has no one table to serve, so there the API stays off. The table holds
 decrypted model API keys: they are never logged and never leave except to their own endpoint.
@@ -32,10 +43,12 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
+from enclave.common import wire
 from enclave.common.logging import get_logger
 from enclave.common.routes_secret import RoutesSecretError, read_routes_secret
 from enclave.config import GatewaySettings
 from enclave.gateway.api.v2.code.suggestions import PlanError, resolve_target
+from enclave.gateway.auth.verify import AuthError, Principal, forbidden
 from enclave.gateway.egress import display_url
 from enclave.gateway.http import connect_failure, read_limited
 from enclave.gateway.single_flight import SingleFlight
@@ -45,6 +58,9 @@ log = get_logger(__name__)
 ROUTES_PATH: Final = "/api/v4/internal/ai/gateway_routes"
 MAX_ROUTES_BYTES: Final = 1024 * 1024
 MAX_ROUTES: Final = 256
+# Revoked PAT ids and blocked users each; the instance sends only those whose tokens may still
+# be valid (a token lifetime plus margins), so this is far above what a real instance sends.
+MAX_REVOKED: Final = 10_000
 # Retry soon after a failure (but not in a tight loop) whatever the refresh interval.
 FAILURE_RETRY_S: Final = 5.0
 # Model providers the OpenAI-compatible API can call (an OpenAI-compatible server).
@@ -156,6 +172,55 @@ def parse_routes(document: Any, max_routes: int = MAX_ROUTES) -> dict[str, Featu
     return routes
 
 
+@dataclass(frozen=True, slots=True)
+class Revocations:
+    """What the instance revoked recently: PAT ids (as text) and users' global ids."""
+
+    pat_ids: frozenset[str] = frozenset()
+    user_ids: frozenset[str] = frozenset()
+
+
+def _ids(value: Any, name: str) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list):
+        raise RoutesError(f"the instance's 'revoked.{name}' is not a list")
+    if len(value) > MAX_REVOKED:
+        raise RoutesError(f"the instance sent {len(value)} revoked {name}, more than {MAX_REVOKED}")
+    if not all(isinstance(item, str | int) and not isinstance(item, bool) for item in value):
+        raise RoutesError(f"the instance's 'revoked.{name}' holds something other than ids")
+    return frozenset(str(item) for item in value)
+
+
+def parse_revocations(document: Any) -> Revocations:
+    """The revocations of the instance's document; :class:`RoutesError` if malformed.
+
+    An instance too old to send them sends none (an empty set)."""
+    revoked = document.get("revoked") if isinstance(document, dict) else None
+    if revoked is None:
+        return Revocations()
+    if not isinstance(revoked, dict):
+        raise RoutesError("the instance's 'revoked' is not an object")
+    return Revocations(
+        _ids(revoked.get("personal_access_tokens"), "personal_access_tokens"),
+        _ids(revoked.get("users"), "users"),
+    )
+
+
+def needs_revocation_check(principal: Principal) -> bool:
+    """Tokens made for one user from a PAT: the gateway's user tokens, OpenAI-API tokens."""
+    return principal.user_token or principal.claims.get(wire.CLAIM_SURFACE) == wire.SURFACE_OPENAI
+
+
+REVOKED_PAT: Final = forbidden(
+    "the personal access token this token was made from has been revoked; create a new "
+    "personal access token and ask the instance for a new token"
+)
+BLOCKED_USER: Final = forbidden(
+    "the user of this token is blocked on the instance; ask an administrator to unblock the account"
+)
+
+
 SessionGetter = Callable[[], aiohttp.ClientSession]
 
 
@@ -190,6 +255,7 @@ class RoutesTable:
                 "instance (`enclave up` does it for you)"
             )
         self._routes: dict[str, FeatureRoute] = {}
+        self._revoked = Revocations()
         self._loaded = False
         self._fresh_until = -math.inf
         self._usable_until = -math.inf
@@ -253,6 +319,36 @@ class RoutesTable:
             f"the AI feature routes from the instance {self.issuer} are out of date (last "
             f"loaded {age:.0f} s ago) and the instance cannot be reached: {self.last_error}"
         )
+
+    @property
+    def revocations(self) -> Revocations:
+        return self._revoked
+
+    def check_principal(self, principal: Principal) -> None:
+        """Refuse a token whose PAT was revoked or whose user is blocked; no I/O.
+
+        The one revocation check (:attr:`Authenticator.revocation_check` calls it for every
+        request). Raises :class:`AuthError`: 401 ``token_revoked``, or 503
+        ``routes_unavailable`` when the state is not loaded or older than the stale window
+        (fail closed). A gateway without routes (no shared secret, or shared-gateway mode) has
+        no revocation source: it checks nothing and logged so at start-up.
+        """
+        if self.off_reason is not None or not needs_revocation_check(principal):
+            return
+        try:
+            self.routes()  # usable within the stale window; starts a refresh when due
+        except RoutesUnavailable as exc:
+            raise AuthError(
+                503,
+                "The gateway cannot check whether this token was revoked: " + exc.message,
+                "routes_unavailable",
+            ) from None
+        revoked = self._revoked
+        pat_id = principal.claims.get(wire.CLAIM_PAT_ID)
+        if isinstance(pat_id, str | int) and str(pat_id) in revoked.pat_ids:
+            raise AuthError(401, REVOKED_PAT, "token_revoked")
+        if principal.subject is not None and principal.subject in revoked.user_ids:
+            raise AuthError(401, BLOCKED_USER, "token_revoked")
 
     # -- fetching ---------------------------------------------------------------------------
 
@@ -330,7 +426,15 @@ class RoutesTable:
     def install(self, document: Any) -> None:
         """Take the routes of ``document`` as fresh; :class:`RoutesError` when unusable."""
         routes = parse_routes(document)
+        revoked = parse_revocations(document)
         now = self._clock()
+        if revoked != self._revoked:
+            self._revoked = revoked
+            log.info(
+                "gateway_revocations_loaded",
+                personal_access_tokens=len(revoked.pat_ids),
+                users=len(revoked.user_ids),
+            )
         if routes != self._routes or not self._loaded:
             self._routes = routes
             self.generation += 1

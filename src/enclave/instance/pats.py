@@ -206,6 +206,18 @@ def touch_last_used(session: Session, token_id: int, now: datetime | None = None
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+def record_token_minting(sessions: sessionmaker[Session], token_id: int) -> None:
+    """Make sure ``last_used_at`` covers a token being made from this PAT now.
+
+    The revocation list the gateway reads (api/gateway_routes.py) keeps a revoked PAT or a
+    blocked user only while a PAT was used recently, so a token must never be minted without
+    its use recorded: unlike :func:`authenticate_request`'s best-effort touch, a database error
+    here propagates (503) and no token is made. Blocking: call it from a thread pool.
+    """
+    with sessions() as session, session.begin():
+        touch_last_used(session, token_id)
+
+
 def authenticate_request(
     sessions: sessionmaker[Session],
     token: str | None,

@@ -17,6 +17,13 @@ provider           identifier                   endpoint
 ``vertex_ai``      ``vertex_ai/<model>``        optional
 ``anthropic``      ``anthropic/<model>``        optional (an Anthropic-compatible proxy)
 =================  ===========================  =====================================
+
+Endpoints follow the gateway's rules when they are saved (:class:`EndpointRules`): the shared
+URL rules, then the model egress allow-list (``instance.model_egress_allow``, the same entries
+and default as the gateway's) with the host name resolved once, at save time. Moving a model
+with a stored API key to another host (scheme, host or port) needs the key again, or
+``keep_api_token: true`` — so an edit cannot send the stored key somewhere new — and the audit
+event records the old and the new endpoint.
 """
 
 from __future__ import annotations
@@ -25,11 +32,19 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from enclave.common.endpoint_url import MAX_URL_CHARS, EndpointUrlError, check_endpoint_url
+from enclave.common.endpoint_url import (
+    MAX_URL_CHARS,
+    EndpointUrlError,
+    check_endpoint_address,
+    check_endpoint_url,
+)
+from enclave.common.netrules import DEFAULT_EGRESS, EgressPolicy
+from enclave.config import InstanceSettings
 from enclave.instance import audit
 from enclave.instance.actor import Actor
 from enclave.instance.admin_errors import (
@@ -147,6 +162,38 @@ def validate_endpoint(value: Any, provider: str) -> str | None:
             )
         return None
     return validate_url(value, "endpoint", what="model server's")
+
+
+@dataclass(frozen=True)
+class EndpointRules:
+    """The gateway's address rules, applied when a model endpoint is saved (not on the hot path)."""
+
+    policy: EgressPolicy = DEFAULT_EGRESS
+    resolve_timeout_s: float = 3.0
+
+    @classmethod
+    def from_settings(cls, settings: InstanceSettings) -> EndpointRules:
+        return cls(
+            EgressPolicy.parse(settings.model_egress_allow), settings.endpoint_resolve_timeout_s
+        )
+
+    def check(self, endpoint: str | None) -> None:
+        """:class:`InvalidInputError` when the gateway would refuse to call ``endpoint``."""
+        if endpoint is None:
+            return
+        try:
+            check_endpoint_address(endpoint, self.policy, timeout_s=self.resolve_timeout_s)
+        except EndpointUrlError as exc:
+            raise InvalidInputError(str(exc), field="endpoint") from None
+
+
+def _origin(endpoint: str | None) -> tuple[str, str, int] | None:
+    """Where a key sent to ``endpoint`` goes: scheme, host and port (None: the provider's own)."""
+    if endpoint is None:
+        return None
+    parts = urlsplit(endpoint)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
 
 
 def validate_identifier(value: Any, provider: str) -> str:
@@ -319,9 +366,10 @@ def _ensure_unique_name(session: Session, name: str, exclude_id: int | None = No
 
 
 def create_model(
-    session: Session, box: SecretBox, spec: ModelSpec, actor: Actor
+    session: Session, box: SecretBox, spec: ModelSpec, actor: Actor, *, rules: EndpointRules
 ) -> SelfHostedModel:
     _ensure_unique_name(session, spec.name)
+    rules.check(spec.endpoint)
     model = SelfHostedModel(
         name=spec.name,
         family=spec.family,
@@ -351,15 +399,33 @@ def create_model(
     return get_model(session, model.id)
 
 
-UPDATABLE = ("name", "model", "family", "provider", "endpoint", "identifier", "api_token")
+UPDATABLE = (
+    "name",
+    "model",
+    "family",
+    "provider",
+    "endpoint",
+    "identifier",
+    "api_token",
+    "keep_api_token",
+)
 
 
 def update_model(
-    session: Session, box: SecretBox, model_id: int, changes: Mapping[str, Any], actor: Actor
+    session: Session,
+    box: SecretBox,
+    model_id: int,
+    changes: Mapping[str, Any],
+    actor: Actor,
+    *,
+    rules: EndpointRules,
 ) -> SelfHostedModel:
     """Apply ``changes`` (any of :data:`UPDATABLE`); ``api_token``: "" or None removes the key,
     absent keeps it. The result is validated as a whole (e.g. a new provider needs a matching
-    identifier) and against the features that use the model (a new family must suit them)."""
+    identifier) and against the features that use the model (a new family must suit them).
+
+    A new endpoint must pass ``rules``; one on another host (scheme, host or port) while a key
+    is stored needs ``api_token`` again or ``keep_api_token: true``."""
     unknown = sorted(set(changes) - set(UPDATABLE))
     if unknown:
         raise InvalidInputError(
@@ -380,6 +446,28 @@ def update_model(
     family = validate_family(merged["model"])
     endpoint = validate_endpoint(merged["endpoint"], provider)
     identifier = validate_identifier(merged["identifier"], provider)
+    keep = changes.get("keep_api_token")
+    if keep is not None and not isinstance(keep, bool):
+        raise InvalidInputError("keep_api_token must be true or false", field="keep_api_token")
+    if endpoint != model.endpoint:
+        rules.check(endpoint)
+    moved = _origin(endpoint) != _origin(model.endpoint)
+    if (
+        moved
+        and model.api_token_encrypted is not None
+        and "api_token" not in changes
+        and keep is not True
+    ):
+        # Else an edit (or a stolen admin session) could redirect the stored key elsewhere.
+        new_place = endpoint or f"the {PROVIDER_TITLES[provider]} default endpoint"
+        raise InvalidInputError(
+            f"endpoint moves {model.name!r} from {model.endpoint or 'the provider default'} to "
+            f"{new_place}, another host, and the stored API key would be sent there: give the "
+            "key for the new endpoint again (api_token; CLI --api-key-file), remove it "
+            '(api_token ""; CLI --remove-api-key), or confirm that the new host may receive it '
+            "(keep_api_token: true; CLI --keep-api-key)",
+            field="api_token",
+        )
     if name != model.name:
         _ensure_unique_name(session, name, exclude_id=model.id)
     if family != model.family:
@@ -395,6 +483,7 @@ def update_model(
                     "assign another model to that feature first",
                     field="model",
                 )
+    previous_endpoint = model.endpoint
     changed: list[str] = []
     for attribute, value in (
         ("name", name),
@@ -412,19 +501,25 @@ def update_model(
         changed.append("api_token")
     if changed:
         session.flush()
+        details: dict[str, Any] = {
+            "name": model.name,
+            "changed": changed,
+            "model": model.family,
+            "provider": model.provider,
+            "endpoint": model.endpoint,
+            "identifier": model.identifier,
+            "has_api_token": model.api_token_encrypted is not None,
+        }
+        if "endpoint" in changed:
+            details["previous_endpoint"] = previous_endpoint
+            if moved and model.api_token_encrypted is not None:
+                # Who decided that the key may go to the new host (never the key itself).
+                details["key_on_move"] = "replaced" if "api_token" in changed else "kept"
         audit.record(
             session,
             audit.SELF_HOSTED_MODEL_UPDATED,
             f"ai_self_hosted_model/{model.id}",
-            {
-                "name": model.name,
-                "changed": changed,
-                "model": model.family,
-                "provider": model.provider,
-                "endpoint": model.endpoint,
-                "identifier": model.identifier,
-                "has_api_token": model.api_token_encrypted is not None,
-            },
+            details,
             actor=actor,
         )
     return get_model(session, model.id)

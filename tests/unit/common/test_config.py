@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from enclave.config import load_settings
+from enclave.config import GatewaySettings, InstanceSettings, load_settings
+from enclave.supervisor import make_plan
 
 
 @pytest.fixture(autouse=True)
@@ -75,3 +77,23 @@ def test_out_of_range_values_are_refused(
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         load_settings()
+
+
+def test_instance_and_gateway_share_the_egress_allow_list_default() -> None:
+    assert InstanceSettings().model_egress_allow == GatewaySettings().model_egress_allow
+    assert InstanceSettings().revocation_window_s > InstanceSettings().token_lifetime_s + 300
+    with pytest.raises(ValidationError, match="model_egress_allow"):
+        InstanceSettings(model_egress_allow=["http://10.0.0.1/"])
+
+
+def test_enclave_up_hands_both_roles_the_same_egress_allow_list() -> None:
+    allow = ["10.20.0.0/16", "vllm.internal:8000"]
+    plan = make_plan(
+        instance_host="127.0.0.1",
+        instance_port=8080,
+        gateway_host="127.0.0.1",
+        gateway_port=5052,
+        model_egress_allow=allow,
+    )
+    assert json.loads(plan.instance.env["ENCLAVE_INSTANCE__MODEL_EGRESS_ALLOW"]) == allow
+    assert json.loads(plan.gateway.env["ENCLAVE_GATEWAY__MODEL_EGRESS_ALLOW"]) == allow

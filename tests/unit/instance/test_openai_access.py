@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,14 @@ import httpx
 import jwt
 import pytest
 import structlog
+from sqlalchemy import select
 
 from enclave.common.features import FEATURE_UNIT_PRIMITIVES, Feature
 from enclave.common.net import free_port
 from enclave.instance import limits
+from enclave.instance.db import utcnow
+from enclave.instance.db.models import PersonalAccessToken
+from enclave.instance.pats import token_digest
 from tests.unit.instance.conftest import (
     EMBEDDED_ENDPOINT,
     MODEL_API_KEY,
@@ -264,3 +269,65 @@ def test_no_secret_reaches_the_logs(live: LiveInstance) -> None:
         assert secret not in text
     assert any(entry["event"] == "gateway_routes_served" for entry in logs)
     assert any(entry["event"] == "gateway_routes_unauthorized" for entry in logs)
+
+
+# -- revocations in the routes document -------------------------------------------------------
+
+
+def _admin(instance: LiveInstance, method: str, path: str) -> httpx.Response:
+    headers = {"PRIVATE-TOKEN": instance.admin_token}
+    return httpx.request(method, instance.url + path, headers=headers, timeout=20)
+
+
+def _token_id(instance: LiveInstance, plaintext: str) -> tuple[int, int]:
+    with instance.ctx.sessions() as session, session.begin():
+        row = session.scalar(
+            select(PersonalAccessToken).where(
+                PersonalAccessToken.token_digest == token_digest(plaintext)
+            )
+        )
+        assert row is not None
+        return row.id, row.user_id
+
+
+def _age_last_use(instance: LiveInstance, token_id: int, seconds: float) -> None:
+    with instance.ctx.sessions() as session, session.begin():
+        row = session.get(PersonalAccessToken, token_id)
+        assert row is not None
+        row.last_used_at = utcnow() - timedelta(seconds=seconds)
+
+
+def test_openai_tokens_name_their_pat_and_revocations_reach_the_routes(
+    live: LiveInstance,
+) -> None:
+    plaintext = live.new_token(("ai_features",))
+    body = access(live, plaintext).json()
+    pat_id, user_id = _token_id(live, plaintext)
+    assert verified_claims(live, body["token"])["enclave_pat_id"] == pat_id
+    assert pat_id not in routes(live).json()["revoked"]["personal_access_tokens"]
+
+    assert _admin(live, "DELETE", f"/api/v4/personal_access_tokens/{pat_id}").status_code == 204
+    revoked = routes(live).json()["revoked"]
+    assert pat_id in revoked["personal_access_tokens"]
+    assert body["headers"]["X-Gitlab-Global-User-Id"] not in revoked["users"]
+
+    assert _admin(live, "POST", f"/api/v4/users/{user_id}/block").status_code == 201
+    assert body["headers"]["X-Gitlab-Global-User-Id"] in routes(live).json()["revoked"]["users"]
+    assert _admin(live, "POST", f"/api/v4/users/{user_id}/unblock").status_code == 201
+    assert body["headers"]["X-Gitlab-Global-User-Id"] not in routes(live).json()["revoked"]["users"]
+
+
+def test_revocations_leave_out_what_can_no_longer_be_used(live: LiveInstance) -> None:
+    """Bounded: a PAT last used before the window made no token that is still valid."""
+    plaintext = live.new_token(("ai_features",), username=f"old{id(live)}")
+    assert access(live, plaintext).status_code == 200
+    pat_id, user_id = _token_id(live, plaintext)
+    assert _admin(live, "DELETE", f"/api/v4/personal_access_tokens/{pat_id}").status_code == 204
+    assert _admin(live, "POST", f"/api/v4/users/{user_id}/block").status_code == 201
+    assert pat_id in routes(live).json()["revoked"]["personal_access_tokens"]
+    _age_last_use(live, pat_id, live.settings.instance.revocation_window_s + 60)
+    revoked = routes(live).json()["revoked"]
+    assert pat_id not in revoked["personal_access_tokens"]
+    assert len(revoked["users"]) == len(set(revoked["users"]))
+    never_used = live.new_token(("ai_features",), revoked=True)  # never used: no token from it
+    assert _token_id(live, never_used)[0] not in revoked["personal_access_tokens"]

@@ -15,6 +15,10 @@ Checks, in GitLab's order (headers are case-insensitive):
    (``iss`` ``gitlab-ai-gateway``) ``X-Gitlab-Global-User-Id`` equals ``sub`` → else 401
    ``Header mismatch '<header>'``.
 
+6. for tokens made for one user (gateway-signed user tokens, the instance's OpenAI-API tokens)
+   the :attr:`Authenticator.revocation_check` hook: 401 when the user is blocked or the PAT
+   revoked, 503 when the revocation state is too old (see :mod:`enclave.gateway.routes_table`).
+
 Trusted issuers: the configured instances (one :class:`~enclave.gateway.auth.jwks.KeyStore`
 each) and the gateway itself (its own key, always loaded). User tokens only ever grant
 ``complete_code``, whatever they say.
@@ -93,12 +97,16 @@ def header_mismatch(header: str) -> str:
 
 
 class AuthError(Exception):
-    """Authentication failed; ``status`` and ``body`` are the response to send."""
+    """Authentication failed; ``status`` and ``body`` are the response to send.
 
-    def __init__(self, status: int, message: str) -> None:
+    ``code`` names the failure for surfaces that carry one (the OpenAI API's ``error.code``).
+    """
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.code = code
 
     @property
     def body(self) -> dict[str, str]:
@@ -165,6 +173,9 @@ class Authenticator:
         self.hit_counter: _Incrementable | None = None
         self.miss_counter: _Incrementable | None = None
         self.on_failure: Callable[[AuthError], None] | None = None
+        # Revocation hook (set by the gateway: RoutesTable.check_principal): called for every
+        # authenticated request, cached token or not; raises AuthError for revoked tokens.
+        self.revocation_check: Callable[[Principal], None] | None = None
 
     @property
     def stores(self) -> Mapping[str, KeyStore]:
@@ -219,6 +230,10 @@ class Authenticator:
             subject = principal.subject
             if subject is None or subject != headers.get(wire.H_GLOBAL_USER_ID):
                 raise AuthError(401, header_mismatch("X-Gitlab-Global-User-Id"))
+        if self.revocation_check is not None:
+            # The one place every token is authenticated: revoked PATs and blocked users are
+            # refused here for every endpoint (set membership, no I/O).
+            self.revocation_check(principal)
         return principal
 
     # -- verified-token cache ---------------------------------------------------------------

@@ -80,6 +80,16 @@ class ModelCreate(BaseModel):
 
 class ModelUpdate(ModelCreate):
     provider: str | None = Field(None, description="See create.")
+    keep_api_token: bool | None = Field(
+        None,
+        description="Moving the endpoint to another host (scheme, host or port) while an API "
+        "key is stored needs the key again in api_token, or this set to true to send the "
+        "stored key to the new host.",
+    )
+
+
+def _rules(ctx: InstanceContext) -> registry.EndpointRules:
+    return registry.EndpointRules.from_settings(ctx.settings.instance)
 
 
 class FeatureUpdate(BaseModel):
@@ -136,7 +146,9 @@ def create_model(request: Request, body: ModelCreate, principal: Admin) -> dict[
     actor = actor_of(request, principal)
     return in_transaction(
         ctx,
-        lambda s: registry.model_view(registry.create_model(s, ctx.secret_box, spec, actor)),
+        lambda s: registry.model_view(
+            registry.create_model(s, ctx.secret_box, spec, actor, rules=_rules(ctx))
+        ),
         write=True,
     )
 
@@ -163,7 +175,7 @@ def update_model(
     return in_transaction(
         ctx,
         lambda s: registry.model_view(
-            registry.update_model(s, ctx.secret_box, model_id, changes, actor)
+            registry.update_model(s, ctx.secret_box, model_id, changes, actor, rules=_rules(ctx))
         ),
         write=True,
     )
@@ -235,6 +247,7 @@ async def test_unsaved_model(
     if not data.get("name"):
         data["name"] = "connection-test"
     spec = registry.ModelSpec.parse(data)
+    await run_in_threadpool(_rules(context_of(request)).check, spec.endpoint)  # may resolve DNS
     model = ModelUnderTest(
         spec.name, spec.family, spec.provider, spec.endpoint, spec.identifier, spec.api_token
     )

@@ -43,11 +43,13 @@ from enclave.instance.api.errors import InstanceAPIError, field_errors
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
 from enclave.instance.api.middleware import annotate
 from enclave.instance.api.relay import (
+    caller_message,
     gateway_error,
     gateway_reason,
     json_or_text,
     read_body,
     relay,
+    relay_to_caller,
 )
 from enclave.instance.features import (
     CHAT_SUB_FEATURES,
@@ -397,26 +399,26 @@ async def forward_feature(
             timeout_s=effective.ai_gateway_timeout_seconds,
         )
     except GatewayUnavailableError as exc:
-        raise gateway_error(exc) from None
+        raise gateway_error(exc, request, principal) from None
     if body.stream and upstream.status == 200:
         return await relay(upstream, stream=True)
-    content = await read_body(upstream)
     if upstream.status in MODEL_FAILED_STATUSES:
+        content = await read_body(upstream)
         reason = gateway_reason(content, model.api_key, MAX_REASON_CHARS)
         log.warning("model_failed", feature=spec.feature.value, status=upstream.status)
-        raise InstanceAPIError(
-            502,
+        precise = (
             f"the model {model.name!r} failed to answer: {reason}. Check the model server "
             "and the model's endpoint, identifier and API key (admin AI settings, "
-            "Test connection).",
+            "Test connection)."
         )
+        raise InstanceAPIError(502, caller_message(request, principal, precise, status=502))
     if upstream.status != 200:
-        # The gateway's own refusal, as it came (its origin is the gateway, not the instance);
-        # Retry-After goes with a 429 so clients can back off.
-        headers = {"content-type": upstream.headers.get("Content-Type", "application/json")}
-        if "Retry-After" in upstream.headers:
-            headers["retry-after"] = upstream.headers["Retry-After"]
-        return Response(content, status_code=upstream.status, headers=headers)
+        # The gateway's own refusal (its origin is the gateway, not the instance), with
+        # Retry-After so clients can back off; its text only for administrators.
+        return await relay_to_caller(
+            upstream, stream=False, request=request, principal=principal, secret=model.api_key
+        )
+    content = await read_body(upstream)
     answer = json_or_text(content)
     if isinstance(answer, dict):  # /v2/prompts shape, should a gateway answer with it
         answer = answer.get("content", answer.get("response"))

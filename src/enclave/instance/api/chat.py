@@ -48,7 +48,13 @@ from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
 from enclave.instance.api.middleware import annotate
-from enclave.instance.api.relay import gateway_reason, json_or_text, read_body, relay
+from enclave.instance.api.relay import (
+    caller_message,
+    gateway_reason,
+    json_or_text,
+    read_body,
+    relay,
+)
 from enclave.instance.features import (
     FEATURE_UNIT_PRIMITIVES,
     Feature,
@@ -225,9 +231,9 @@ async def chat_completions(
             timeout_s=effective.ai_gateway_timeout_seconds,
         )
     except GatewayUnavailableError as exc:
-        raise _unreachable(exc) from None
+        raise _unreachable(exc, request, principal) from None
     try:
-        return await _answer(upstream, model, stream=body.stream)
+        return await _answer(upstream, model, request, principal, stream=body.stream)
     except InstanceAPIError:
         raise
     except Exception:  # a bug must still reach the user as a chat error, not a bare 500
@@ -241,7 +247,14 @@ async def chat_completions(
         ) from None
 
 
-async def _answer(upstream: aiohttp.ClientResponse, model: ResolvedModel, *, stream: bool) -> Any:
+async def _answer(
+    upstream: aiohttp.ClientResponse,
+    model: ResolvedModel,
+    request: Request,
+    principal: Principal,
+    *,
+    stream: bool,
+) -> Any:
     if stream and upstream.status == 200:
         return await relay(upstream, stream=True)
     try:
@@ -256,7 +269,7 @@ async def _answer(upstream: aiohttp.ClientResponse, model: ResolvedModel, *, str
             "keeps happening, ask an administrator to check the gateway and model server logs.",
         ) from None
     if upstream.status != 200:
-        raise _gateway_failure(upstream, content, model)
+        raise _gateway_failure(upstream, content, model, request, principal)
     data = json_or_text(content)
     answer = data.get("response") if isinstance(data, dict) else data
     if not isinstance(answer, str) or not answer.strip():
@@ -280,26 +293,39 @@ def _timeout() -> ChatError:
     )
 
 
-def _unreachable(error: GatewayUnavailableError) -> ChatError:
+def _unreachable(
+    error: GatewayUnavailableError, request: Request, principal: Principal
+) -> ChatError:
     if error.status == 504:
         return _timeout()
-    # The gateway client's message says which URL and what to check; it holds no secret.
-    return ChatError(502, A1001_GATEWAY, error.message[:1].upper() + error.message[1:])
+    # The gateway client's message says which URL and what to check (administrators only).
+    precise = error.message[:1].upper() + error.message[1:]
+    return ChatError(502, A1001_GATEWAY, caller_message(request, principal, precise, status=502))
 
 
 def _gateway_failure(
-    upstream: aiohttp.ClientResponse, content: bytes, model: ResolvedModel
+    upstream: aiohttp.ClientResponse,
+    content: bytes,
+    model: ResolvedModel,
+    request: Request,
+    principal: Principal,
 ) -> ChatError:
     status = upstream.status
     reason = gateway_reason(content, model.api_key, MAX_REASON_CHARS).rstrip(". ")
     log.warning("chat_gateway_error", status=status)
+
+    def told(precise: str) -> str:
+        return caller_message(request, principal, precise, status=status)
+
     if status in MODEL_FAILED_STATUSES:
         return ChatError(
             502,
             A1003_MODEL,
-            f"The model {model.name!r} failed while answering ({reason}). Try again; if it "
-            "keeps happening, ask an administrator to check the model server and the model's "
-            "settings (Test connection).",
+            told(
+                f"The model {model.name!r} failed while answering ({reason}). Try again; if it "
+                "keeps happening, ask an administrator to check the model server and the "
+                "model's settings (Test connection)."
+            ),
         )
     if status == 429:
         retry = upstream.headers.get("Retry-After")
@@ -314,12 +340,16 @@ def _gateway_failure(
         return ChatError(
             502,
             A1001_GATEWAY,
-            f"The AI gateway refused the request ({status}: {reason}). Ask an administrator "
-            "to check the gateway logs and that the gateway trusts this instance.",
+            told(
+                f"The AI gateway refused the request ({status}: {reason}). Ask an administrator "
+                "to check the gateway logs and that the gateway trusts this instance."
+            ),
         )
     return ChatError(
         502,
         A9999_UNKNOWN,
-        f"The AI gateway failed ({status}: {reason}). Try again; if it keeps happening, ask an "
-        "administrator to check the gateway logs.",
+        told(
+            f"The AI gateway failed ({status}: {reason}). Try again; if it keeps happening, "
+            "ask an administrator to check the gateway logs."
+        ),
     )

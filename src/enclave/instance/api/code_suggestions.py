@@ -22,7 +22,7 @@ from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
 from enclave.instance.api.middleware import annotate
-from enclave.instance.api.relay import gateway_error, relay
+from enclave.instance.api.relay import gateway_error, relay_to_caller
 from enclave.instance.code_suggestions import (
     CompletionRequest,
     describe_validation_error,
@@ -98,5 +98,11 @@ async def completions(
             timeout_s=effective.ai_gateway_timeout_seconds,
         )
     except GatewayUnavailableError as exc:
-        raise gateway_error(exc) from None
-    return await relay(upstream, stream=suggestion.stream)
+        raise gateway_error(exc, request, principal) from None
+    return await relay_to_caller(
+        upstream,
+        stream=suggestion.stream,
+        request=request,
+        principal=principal,
+        secret=model.api_key,
+    )

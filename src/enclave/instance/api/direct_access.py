@@ -34,6 +34,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
@@ -42,7 +43,6 @@ from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
 from enclave.instance.api.middleware import annotate
-from enclave.instance.api.relay import gateway_error
 from enclave.instance.features import (
     Feature,
 )
@@ -50,7 +50,7 @@ from enclave.instance.gateway_client import (
     GatewayUnavailableError,
     gateway_headers,
 )
-from enclave.instance.pats import AI_SCOPES, Principal
+from enclave.instance.pats import AI_SCOPES, Principal, record_token_minting
 
 log = get_logger(__name__)
 
@@ -97,6 +97,8 @@ async def direct_access(
 
     ctx.limits.check(limits.DIRECT_ACCESS, principal.user_id)
 
+    # The gateway's user token is revocable (blocked user) only if this use is on record.
+    await run_in_threadpool(record_token_minting, ctx.sessions, principal.token_id)
     minted = ctx.minter.token([wire.UP_COMPLETE_CODE])
     identity = forward_identity(ctx, request, principal)
     headers = gateway_headers(minted.token, identity)
@@ -110,7 +112,8 @@ async def direct_access(
             timeout_s=min(GATEWAY_TIMEOUT_S, effective.ai_gateway_timeout_seconds),
         )
     except GatewayUnavailableError as exc:
-        raise gateway_error(exc) from None
+        # Not a model failure: the gateway's own state, which the IDE's user can report as is.
+        raise InstanceAPIError(exc.status, exc.message) from None
     try:
         status = upstream.status
         body = await upstream.read()

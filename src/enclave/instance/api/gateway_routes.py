@@ -16,17 +16,27 @@ everywhere)::
          "model": {"name", "family", "provider", "endpoint", "identifier", "api_key"}},
         {"feature": "summarize_review", "unit_primitive": "summarize_review",
          "available": false, "reason": "disabled" | "vendored" | "unassigned" | "misconfigured",
-         "message": "..."}]}
+         "message": "..."}],
+     "revoked": {"personal_access_tokens": [<PAT id>, ...], "users": [<global user id>, ...]}}
+
+``revoked`` lists the revoked PATs and the blocked users (by the pseudonymous global id the
+tokens carry as ``sub``) whose tokens may still be valid: those whose PAT was last used — tokens
+are only made from a PAT while it is used — within ``instance.revocation_window_s``, newest
+first, at most :data:`MAX_REVOKED` each. The gateway refuses tokens they cover (see
+``enclave.gateway.routes_table``), so a revocation reaches it within its refresh interval.
 """
 
 from __future__ import annotations
 
 import hmac
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from enclave.common.logging import get_logger
@@ -34,7 +44,8 @@ from enclave.common.routes_secret import RoutesSecretError, read_routes_secret
 from enclave.instance.api.deps import context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.context import InstanceContext
-from enclave.instance.db.models import FeatureProvider
+from enclave.instance.db import utcnow
+from enclave.instance.db.models import FeatureProvider, PersonalAccessToken, User
 from enclave.instance.features import (
     FEATURE_UNIT_PRIMITIVES,
     Feature,
@@ -43,6 +54,7 @@ from enclave.instance.features import (
     effective_setting,
     resolve_feature,
 )
+from enclave.instance.gateway_client import pseudonymous_user_id
 
 log = get_logger(__name__)
 
@@ -50,6 +62,8 @@ router = APIRouter()
 
 PATH: Final = "/api/v4/internal/ai/gateway_routes"
 ROUTES_VERSION: Final = 1
+# The gateway's bound (enclave.gateway.routes_table.MAX_REVOKED) is the same.
+MAX_REVOKED: Final = 10_000
 
 
 def read_secret(path: Path | None) -> str | None:
@@ -74,6 +88,30 @@ def _unavailable_reason(provider: str | None) -> str:
     if provider == FeatureProvider.VENDORED:
         return "vendored"
     return "unassigned"
+
+
+def revocations(session: Session, salt: bytes, window_s: int) -> dict[str, list[Any]]:
+    """Revoked PATs and blocked users whose tokens may not have expired yet (bounded)."""
+    recent = PersonalAccessToken.last_used_at >= utcnow() - timedelta(seconds=window_s)
+    pat_ids = session.scalars(
+        select(PersonalAccessToken.id)
+        .where(PersonalAccessToken.revoked.is_(True), recent)
+        .order_by(PersonalAccessToken.last_used_at.desc())
+        .limit(MAX_REVOKED)
+    ).all()
+    user_ids = session.scalars(
+        select(User.id)
+        .where(User.blocked.is_(True))
+        .where(User.id.in_(select(PersonalAccessToken.user_id).where(recent)))
+        .order_by(User.id.desc())
+        .limit(MAX_REVOKED)
+    ).all()
+    if MAX_REVOKED in (len(pat_ids), len(user_ids)):
+        log.error("gateway_revocations_truncated", limit=MAX_REVOKED)
+    return {
+        "personal_access_tokens": list(pat_ids),
+        "users": [pseudonymous_user_id(salt, user_id) for user_id in user_ids],
+    }
 
 
 def routes_document(ctx: InstanceContext) -> dict[str, Any]:
@@ -108,7 +146,8 @@ def routes_document(ctx: InstanceContext) -> dict[str, Any]:
                     },
                 )
             routes.append(entry)
-    return {"version": ROUTES_VERSION, "issuer": ctx.issuer, "routes": routes}
+        revoked = revocations(session, ctx.user_id_salt, ctx.settings.instance.revocation_window_s)
+    return {"version": ROUTES_VERSION, "issuer": ctx.issuer, "routes": routes, "revoked": revoked}
 
 
 @router.get(PATH, include_in_schema=False)

@@ -17,7 +17,9 @@ Deny by default: the token's ``scopes`` are the unit primitives of the requested
 a self-hosted model serves right now (disabled, vendored or unassigned ones are left out; none
 left → 403). Its claims name the instance (``gitlab_instance_id``, ``gitlab_realm``), the user's
 pseudonymous id (``sub``, the same HMAC pseudonym as ``X-Gitlab-Global-User-Id`` elsewhere) and
-``enclave_surface: openai``; the gateway accepts only such tokens there, from its one trusted
+``enclave_surface: openai`` and the PAT's id (``enclave_pat_id``): once that PAT is revoked or the
+user blocked, the gateway refuses the token within its routes refresh interval (30 s by default;
+see ``api/gateway_routes.py``). The gateway accepts only such tokens there, from its one trusted
 instance, with or without the ``headers`` (an OpenAI client sends only ``Authorization``; when
 a client sends them they must match). Rate limited like GitLab's direct access: 50 a minute per
 user (429 with ``Retry-After``).
@@ -50,7 +52,7 @@ from enclave.instance.features import (
     resolve_feature,
 )
 from enclave.instance.gateway_client import pseudonymous_user_id
-from enclave.instance.pats import AI_SCOPES, Principal
+from enclave.instance.pats import AI_SCOPES, Principal, record_token_minting
 
 log = get_logger(__name__)
 
@@ -116,7 +118,12 @@ def _served(
 
 
 def mint_openai_token(
-    ctx: InstanceContext, global_user_id: str, scopes: list[str], *, now: float | None = None
+    ctx: InstanceContext,
+    global_user_id: str,
+    scopes: list[str],
+    *,
+    pat_id: int | None = None,
+    now: float | None = None,
 ) -> tuple[str, int]:
     """An instance-signed JWT for one user of the OpenAI-compatible API, and its ``exp``."""
     issued_at = int(time.time() if now is None else now)
@@ -135,6 +142,9 @@ def mint_openai_token(
         "exp": expires_at,
         "jti": str(uuid.uuid4()),
     }
+    if pat_id is not None:
+        # Revocable: the gateway refuses the token once this PAT is revoked.
+        claims[wire.CLAIM_PAT_ID] = pat_id
     key = ctx.keys.active
     token = jwt.encode(
         claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "JWT"}
@@ -153,13 +163,15 @@ async def openai_direct_access(
     ctx.limits.check(limits.OPENAI_DIRECT_ACCESS, principal.user_id)
 
     served, unavailable, settings = await run_in_threadpool(_served, ctx, features)
+    if served:  # revocable only if the PAT's use is on record (see record_token_minting)
+        await run_in_threadpool(record_token_minting, ctx.sessions, principal.token_id)
     if not served:
         reasons = " ".join(unavailable.values())
         raise InstanceAPIError(403, f"none of the requested AI features is available: {reasons}")
 
     global_user_id = pseudonymous_user_id(ctx.user_id_salt, principal.user_id)
     scopes = [FEATURE_UNIT_PRIMITIVES[feature] for feature in served]
-    token, expires_at = mint_openai_token(ctx, global_user_id, scopes)
+    token, expires_at = mint_openai_token(ctx, global_user_id, scopes, pat_id=principal.token_id)
     log.info(
         "openai_token_issued",
         user_id=principal.user_id,

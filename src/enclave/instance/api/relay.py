@@ -2,6 +2,13 @@
 
 Streamed answers are passed on chunk by chunk as they arrive (no buffering), and the upstream
 request is aborted as soon as the client goes away, so the model stops generating for nobody.
+
+Failures are told apart by who asks (:func:`caller_message`, the one place that decides):
+administrators get the precise cause (which gateway, which model endpoint, what the model
+server said); everyone else gets one generic "model unavailable" message with the request id,
+the same status code and, in chat, the same error code — a model's host, port or error text
+says nothing a user can act on and maps the internal network for whoever asks. The precise
+cause always goes to the log, under the request id, and to the admin's "test connection".
 """
 
 from __future__ import annotations
@@ -12,16 +19,39 @@ from typing import Any
 import aiohttp
 import anyio
 import orjson
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from enclave.common import wire
 from enclave.common.logging import get_logger
-from enclave.instance.api.errors import InstanceAPIError
+from enclave.instance.api.errors import InstanceAPIError, status_message
 from enclave.instance.gateway_client import GatewayUnavailableError
+from enclave.instance.pats import Principal
 
 log = get_logger(__name__)
 
 DEFAULT_CONTENT_TYPE = "application/json"
+GENERIC_MODEL_ERROR = (
+    "The AI model is not available right now. Try again later; if it keeps happening, give "
+    "an administrator the request id {request_id}."
+)
+
+
+def request_id_of(request: Request) -> str:
+    return str(getattr(request.state, "request_id", None) or "unknown")
+
+
+def caller_message(request: Request, principal: Principal, precise: str, *, status: int) -> str:
+    """What the caller is told about a gateway or model failure (see the module docstring).
+
+    ``precise`` must already be free of secrets (:func:`gateway_reason` strips the model key;
+    the log filter redacts tokens as well).
+    """
+    log.warning("model_request_failed", status=status, cause=precise, admin=principal.is_admin)
+    if principal.is_admin:
+        return precise
+    return GENERIC_MODEL_ERROR.format(request_id=request_id_of(request))
 
 
 class UpstreamStreamError(Exception):
@@ -128,6 +158,38 @@ def gateway_reason(content: bytes, secret: str | None, limit: int = 500) -> str:
     return text[:limit]
 
 
-def gateway_error(error: GatewayUnavailableError) -> InstanceAPIError:
+def gateway_error(
+    error: GatewayUnavailableError, request: Request, principal: Principal
+) -> InstanceAPIError:
     """The client-facing error for a gateway that could not be reached."""
-    return InstanceAPIError(error.status, error.message)
+    message = caller_message(request, principal, error.message, status=error.status)
+    return InstanceAPIError(error.status, message)
+
+
+async def relay_to_caller(
+    upstream: aiohttp.ClientResponse,
+    *,
+    stream: bool,
+    request: Request,
+    principal: Principal,
+    secret: str | None,
+) -> Response:
+    """:func:`relay`, except that a failure's text reaches administrators only.
+
+    Others get the same status (and ``Retry-After``, origin header) with the generic message.
+    ``secret`` is the model's API key, kept out of the log should a model server echo it.
+    """
+    if upstream.status < 400:
+        return await relay(upstream, stream=stream)
+    content = await read_body(upstream)
+    precise = f"the AI gateway answered HTTP {upstream.status}: " + gateway_reason(content, secret)
+    message = caller_message(request, principal, precise, status=upstream.status)
+    headers = _response_headers(upstream)
+    for name in ("Retry-After", wire.H_ERROR_ORIGIN):  # so clients back off / see the origin
+        if name in upstream.headers:
+            headers[name.lower()] = upstream.headers[name]
+    if principal.is_admin:
+        return Response(content, status_code=upstream.status, headers=headers)
+    headers["content-type"] = DEFAULT_CONTENT_TYPE
+    body = orjson.dumps({"message": status_message(upstream.status, message)})
+    return Response(body, status_code=upstream.status, headers=headers)

@@ -1,7 +1,9 @@
 """What the OpenAI-compatible endpoints share: auth, errors, body checks, the upstream call.
 
 Per request: authenticate (401/503; the instance-signed token of
-``POST /api/v4/ai/openai/direct_access``, ``Authorization: Bearer`` alone is enough) → rate
+``POST /api/v4/ai/openai/direct_access``, ``Authorization: Bearer`` alone is enough; 401
+``token_revoked`` once its PAT is revoked or its user blocked, 503 ``routes_unavailable`` when
+the gateway can no longer know — see :meth:`RoutesTable.check_principal`) → rate
 limits (429) → the instance's routes from memory (503 when never loaded or too old) → the
 feature named by ``model`` (404 unknown, 403 without its unit primitive or when the instance
 does not serve it) → the body (413 too big, 400 not a JSON object or carrying credentials, 422
@@ -183,9 +185,10 @@ async def authenticate(request: Request) -> tuple[Principal, Mapping[str, Featur
     try:
         principal = await gateway.authenticator.authenticate(_auth_view(request.headers))
     except AuthError as exc:
+        # Revoked (401 token_revoked) and revocation state unknown (503) keep their own code.
         if exc.status == 503:
-            raise RequestError(503, exc.message, "issuer_unavailable") from None
-        raise RequestError(exc.status, exc.message, "invalid_api_key") from None
+            raise RequestError(503, exc.message, exc.code or "issuer_unavailable") from None
+        raise RequestError(exc.status, exc.message, exc.code or "invalid_api_key") from None
     table = gateway.routes_table
     if (
         principal.user_token
