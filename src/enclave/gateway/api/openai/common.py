@@ -440,6 +440,18 @@ def _transport_error(route: FeatureRoute, exc: BaseException, timeout_s: float) 
     )
 
 
+def _stream_error(route: FeatureRoute, exc: BaseException, timeout_s: float) -> RequestError:
+    """The error event for a stream that broke after the status was sent."""
+    if isinstance(exc, TimeoutError):
+        return _transport_error(route, exc, timeout_s)
+    return RequestError(
+        502,
+        f"The model server of '{route.feature}' ({display_url(route.endpoint or '')}) stopped "
+        f"in the middle of the answer ({type(exc).__name__}); retry the request",
+        "upstream_stream_broken",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     """One forwarded request."""
@@ -582,10 +594,12 @@ class SSERelayResponse:
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         pending: list[bytes] = []
+        done = False
         try:
             async for raw in self._upstream.content:
                 line = raw.rstrip(b"\r\n")
                 if line:
+                    done = done or line == b"data: [DONE]"
                     pending.append(line)
                     continue
                 if pending:
@@ -594,10 +608,12 @@ class SSERelayResponse:
             if pending:
                 frame = self._frame(pending)
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
+            if not done:  # closed without OpenAI's terminator: the server went away mid-answer
+                raise aiohttp.ClientPayloadError("the stream ended before data: [DONE]")
             self._complete = True
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            failure = _transport_error(self._route, exc, self._timeout_s)
-            log.warning("model_stream_failed", reason=failure.message)
+            failure = _stream_error(self._route, exc, self._timeout_s)
+            log.warning("model_stream_failed", reason=failure.message, dialect="openai_sse")
             event = {
                 "error": {
                     "message": failure.message,
