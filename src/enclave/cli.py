@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -120,11 +122,12 @@ def up(
     from enclave.config import load_settings
     from enclave.supervisor import (
         StartupFailed,
+        choose_model_port,
         ensure_routes_secret,
         make_plan,
         start_all,
         stop_all,
-        watch,
+        supervise,
     )
 
     _set_env("ENCLAVE_MODEL__THREADS", model_threads)
@@ -141,7 +144,8 @@ def up(
         instance_port=instance_port,
         gateway_host=host,
         gateway_port=gateway_port,
-        model_port=model_port,
+        # Same port as last time when it is free: the instance has the model's endpoint stored.
+        model_port=choose_model_port(settings.model_dir / "port", model_port),
         gguf=gguf,
         routes_secret_file=routes_secret_file,
     )
@@ -168,9 +172,9 @@ def up(
 
     _print_welcome(plan.instance_url, plan.gateway_url, plan.model_url, settings.admin_token_file)
     try:
-        stopped = watch(plan)
+        stopped = supervise(plan, log_dir, _supervisor_events(log_dir / "supervisor.log"))
         console.print(
-            f"[red]The {stopped.name} stopped unexpectedly[/red] "
+            f"[red]The {stopped.name} kept crashing; giving up[/red] "
             f"(log: {stopped.log_path}):\n{stopped.log_tail()}"
         )
         code = 1
@@ -180,6 +184,27 @@ def up(
     stop_all(plan)
     console.print("Stopped.")
     raise typer.Exit(code)
+
+
+def _supervisor_events(path: Path) -> Callable[[str, dict[str, Any]], None]:
+    """Each supervisor event as one JSON log line in ``path`` and one line on the console."""
+    import orjson
+
+    from enclave.common.logging import redact
+
+    def emit(event: str, fields: dict[str, Any]) -> None:
+        line = {
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "level": "error" if event in ("role_exited", "role_gave_up") else "info",
+            "event": event,
+            "component": "supervisor",
+            **redact(fields),
+        }
+        with path.open("ab") as handle:
+            handle.write(orjson.dumps(line) + b"\n")
+        console.print(f"[supervisor] {event} " + " ".join(f"{k}={v}" for k, v in fields.items()))
+
+    return emit
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
