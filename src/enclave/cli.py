@@ -171,8 +171,11 @@ def up(
         raise typer.Exit(130) from None
 
     _print_welcome(plan.instance_url, plan.gateway_url, plan.model_url, settings.admin_token_file)
+    events = _supervisor_events(log_dir / "supervisor.log")
+    for role in plan.roles:
+        events("role_started", {"role": role.name, "pid": role.pid})
     try:
-        stopped = supervise(plan, log_dir, _supervisor_events(log_dir / "supervisor.log"))
+        stopped = supervise(plan, log_dir, events)
         console.print(
             f"[red]The {stopped.name} kept crashing; giving up[/red] "
             f"(log: {stopped.log_path}):\n{stopped.log_tail()}"

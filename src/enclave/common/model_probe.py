@@ -18,7 +18,7 @@ from typing import Final
 import aiohttp
 
 PROBE_TIMEOUT_S: Final = 1.0
-PROBE_TTL_S: Final = 2.0
+PROBE_TTL_S: Final = 1.0
 MAX_PROBED: Final = 16  # readiness stays cheap whatever the number of models
 
 
