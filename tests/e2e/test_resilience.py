@@ -235,3 +235,32 @@ def test_gateway_killed(up: Up) -> None:
     exited = _events_of(up, "gateway", "role_exited")[-1]
     assert exited["exit_code"] == -9
     wait_for(lambda: up.chat().status_code == 200, 30, "a chat through the new gateway")
+
+
+def test_model_killed_mid_stream_behind_the_instance(up: Up) -> None:
+    # The instance's streams are raw text (GitLab's dialect has no error event): the client
+    # must see a broken transfer, never a short answer that looks complete.
+    wait_for(lambda: _ready(up, "ok"), 40, "readiness to list the model as ok")
+    model_pid = up.pid("model")
+    before = len(_events_of(up, "model", "role_restarted"))
+    received = b""
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream(
+            "POST",
+            f"{up.instance_url}/api/v4/chat/completions",
+            json={"content": "hi", "stream": True},
+            headers={"PRIVATE-TOKEN": up.token},
+            timeout=30,
+        ) as response,
+    ):
+        assert response.status_code == 200
+        for chunk in response.iter_raw():
+            if not received:
+                os.kill(model_pid, signal.SIGKILL)
+            received += chunk
+    assert received.startswith(b" w000")
+    wait_for(
+        lambda: len(_events_of(up, "model", "role_restarted")) > before, 40, "the model restart"
+    )
+    wait_for(lambda: up.chat().status_code == 200, 30, "a chat once the model is back")
