@@ -170,11 +170,11 @@ def up(
         console.print("Interrupted during start-up; stopped.")
         raise typer.Exit(130) from None
 
-    _print_welcome(plan.instance_url, plan.gateway_url, plan.model_url, settings.admin_token_file)
     events = _supervisor_events(log_dir / "supervisor.log")
-    for role in plan.roles:
-        events("role_started", {"role": role.name, "pid": role.pid})
-    try:
+    _print_welcome(plan.instance_url, plan.gateway_url, plan.model_url, settings.admin_token_file)
+    try:  # from here on, Ctrl-C always means "stop in order"
+        for role in plan.roles:
+            events("role_started", {"role": role.name, "pid": role.pid})
         stopped = supervise(plan, log_dir, events)
         console.print(
             f"[red]The {stopped.name} kept crashing; giving up[/red] "
@@ -205,7 +205,8 @@ def _supervisor_events(path: Path) -> Callable[[str, dict[str, Any]], None]:
         }
         with path.open("ab") as handle:
             handle.write(orjson.dumps(line) + b"\n")
-        console.print(f"[supervisor] {event} " + " ".join(f"{k}={v}" for k, v in fields.items()))
+        details = " ".join(f"{k}={v}" for k, v in fields.items())
+        console.print(f"[supervisor] {event} {details}", markup=False)
 
     return emit
 
