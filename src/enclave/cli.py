@@ -97,7 +97,11 @@ def up(
     instance_port: Annotated[int, typer.Option(help="Instance port.")] = 8080,
     gateway_port: Annotated[int, typer.Option(help="Gateway port (GitLab's is 5052).")] = 5052,
     model_port: Annotated[
-        int, typer.Option(help="Embedded model port; 0 picks a free loopback port.")
+        int,
+        typer.Option(
+            help="Embedded model port; 0 reuses the last run's port (data/model/port) when it "
+            "is free, else picks a free loopback port."
+        ),
     ] = 0,
     gguf: Annotated[
         Path | None,

@@ -123,12 +123,14 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
             model_url.group(1),
         )
     finally:
+        stopping = time.monotonic()
         process.send_signal(signal.SIGINT)
         try:
             process.wait(timeout=60)
         finally:
             if process.poll() is None:
                 process.kill()
+    print(f"stopped {time.monotonic() - stopping:.1f} s after Ctrl-C")
     assert process.returncode == 0, "".join(output)
 
 
@@ -264,3 +266,33 @@ def test_model_killed_mid_stream_behind_the_instance(up: Up) -> None:
         lambda: len(_events_of(up, "model", "role_restarted")) > before, 40, "the model restart"
     )
     wait_for(lambda: up.chat().status_code == 200, 30, "a chat once the model is back")
+
+
+def test_instance_killed(up: Up) -> None:
+    # The gateway keeps serving from what it holds in memory (keys, routes) while the
+    # instance is away; the supervisor brings the instance back.
+    access = httpx.post(
+        f"{up.instance_url}/api/v4/ai/openai/direct_access",
+        headers={"PRIVATE-TOKEN": up.token},
+        timeout=30,
+    ).json()
+    wait_for(lambda: _ready(up, "ok"), 40, "the model to be up")
+    instance_pid = up.pid("instance")
+    before = len(_events_of(up, "instance", "role_restarted"))
+    os.kill(instance_pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{up.instance_url}/-/liveness", timeout=5)
+    served = httpx.post(
+        f"{access['base_url']}/completions",
+        json={"model": "code_completions", "prompt": "def add(a, b):", "max_tokens": 3},
+        headers={"Authorization": f"Bearer {access['token']}"},
+        timeout=30,
+    )
+    assert served.status_code == 200, served.text
+    wait_for(
+        lambda: len(_events_of(up, "instance", "role_restarted")) > before, 40, "instance restart"
+    )
+    print(f"instance back after {time.monotonic() - killed_at:.1f} s")
+    assert up.pid("instance") != instance_pid
+    wait_for(lambda: up.chat().status_code == 200, 30, "a chat through the new instance")
