@@ -166,6 +166,7 @@ class FakeModel:
     # terminator (the model server was killed); "eof" ends the body cleanly but without a
     # finish_reason or [DONE] (a server that went away behind a proxy).
     stream_cut: Literal["abort", "eof"] | None = None
+    done_frame: bytes = b"data: [DONE]\n\n"  # how the stream ends; b"": without [DONE]
     ignore_stream: bool = False  # answer a stream request with one JSON body
     location: str | None = None  # Location header of non-200 answers (redirects)
     requests: list[Recorded] = field(default_factory=list)
@@ -240,7 +241,8 @@ class FakeModel:
             if include_usage and self.usage is not None:
                 usage_event = {"id": "c", "choices": [], "usage": self.usage}
                 await response.write(b"data: " + orjson.dumps(usage_event) + b"\n\n")
-            await response.write(b"data: [DONE]\n\n")
+            if self.done_frame:
+                await response.write(self.done_frame)
         except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
             self.stream_closed.set()
             raise

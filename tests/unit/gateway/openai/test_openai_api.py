@@ -317,6 +317,19 @@ async def test_a_model_cut_mid_stream_ends_with_an_error_event(
     assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
 
 
+@pytest.mark.parametrize("done", [b"data:[DONE]\n\n", b""])
+async def test_a_stream_that_ended_is_not_taken_for_a_break(
+    oai: OpenAIHarness, done: bytes
+) -> None:
+    # [DONE] written without a space, or no [DONE] after the finish_reason: both complete.
+    oai.model.done_frame = done
+    body = {"model": "duo_chat", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    sent = await call_asgi(oai, "/v1/chat/completions", body)
+    text = b"".join(m["body"] for m in sent[1:])
+    assert b'"error"' not in text
+    assert text.endswith(done or b"\n\n")
+
+
 # -- upstream failures ----------------------------------------------------------------------
 
 

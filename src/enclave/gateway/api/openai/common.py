@@ -440,6 +440,13 @@ def _transport_error(route: FeatureRoute, exc: BaseException, timeout_s: float) 
     )
 
 
+def _has_finish_reason(event: dict[str, Any]) -> bool:
+    choices = event.get("choices")
+    return isinstance(choices, list) and any(
+        isinstance(choice, dict) and choice.get("finish_reason") for choice in choices
+    )
+
+
 def _stream_error(route: FeatureRoute, exc: BaseException, timeout_s: float) -> RequestError:
     """The error event for a stream that broke after the status was sent."""
     if isinstance(exc, TimeoutError):
@@ -561,6 +568,7 @@ class SSERelayResponse:
         self._route = route
         self._timeout_s = timeout_s
         self._complete = False
+        self._ended = False  # [DONE] or a finish_reason seen: a close after it is no break
         self.status_code = 200
         self.client_disconnected = False
 
@@ -570,12 +578,14 @@ class SSERelayResponse:
         for line in lines:
             if line.startswith(b"data:"):
                 data = line[5:].strip()
+                self._ended = self._ended or data == b"[DONE]"
                 if data and data != b"[DONE]":
                     try:
                         event = orjson.loads(data)
                     except orjson.JSONDecodeError:
                         event = None
                     if isinstance(event, dict):
+                        self._ended = self._ended or _has_finish_reason(event)
                         if "model" in event:
                             event["model"] = self._route.feature
                         inner = event.get("error")
@@ -594,12 +604,10 @@ class SSERelayResponse:
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         pending: list[bytes] = []
-        done = False
         try:
             async for raw in self._upstream.content:
                 line = raw.rstrip(b"\r\n")
                 if line:
-                    done = done or line == b"data: [DONE]"
                     pending.append(line)
                     continue
                 if pending:
@@ -608,7 +616,7 @@ class SSERelayResponse:
             if pending:
                 frame = self._frame(pending)
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
-            if not done:  # closed without OpenAI's terminator: the server went away mid-answer
+            if not self._ended:  # closed before the answer ended: the server went away
                 raise aiohttp.ClientPayloadError("the stream ended before data: [DONE]")
             self._complete = True
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
