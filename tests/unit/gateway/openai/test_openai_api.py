@@ -314,6 +314,7 @@ async def test_a_model_cut_mid_stream_ends_with_an_error_event(
     assert error["type"] == "api_error"
     assert error["code"] == "upstream_stream_broken"
     assert "stopped in the middle of the answer" in error["message"]
+    assert "127.0.0.1" not in error["message"]  # the endpoint is for the log, not for users
     assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
 
 

@@ -448,13 +448,20 @@ def _has_finish_reason(event: dict[str, Any]) -> bool:
 
 
 def _stream_error(route: FeatureRoute, exc: BaseException, timeout_s: float) -> RequestError:
-    """The error event for a stream that broke after the status was sent."""
+    """The error event for a stream that broke after the status was sent (the endpoint and
+    the exact cause go to the log only: these callers are users, not administrators)."""
     if isinstance(exc, TimeoutError):
         return _transport_error(route, exc, timeout_s)
+    log.warning(
+        "model_stream_broken",
+        feature=route.feature,
+        endpoint=display_url(route.endpoint or ""),
+        error=type(exc).__name__,
+    )
     return RequestError(
         502,
-        f"The model server of '{route.feature}' ({display_url(route.endpoint or '')}) stopped "
-        f"in the middle of the answer ({type(exc).__name__}); retry the request",
+        f"The model server of '{route.feature}' stopped in the middle of the answer; retry the "
+        "request, and if it happens again ask an administrator to check the model server",
         "upstream_stream_broken",
     )
 
