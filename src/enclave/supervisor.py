@@ -47,7 +47,10 @@ def ensure_routes_secret(path: Path) -> Path:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could bind ``port`` now. SO_REUSEADDR as servers set it (llama.cpp's
+    does): connections of a previous run lingering in TIME_WAIT do not make it taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
