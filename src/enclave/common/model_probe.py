@@ -61,13 +61,22 @@ class ModelProbe:
         self._timeout_s = timeout_s
         self._clock = clock
         self._cached: tuple[float, tuple[tuple[str, str], ...], list[ModelStatus]] | None = None
-        self._lock = asyncio.Lock()
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+
+    def _loop_lock(self) -> asyncio.Lock:
+        """One lock per event loop: a probe may outlive the loop that first used it (tests,
+        an app re-created in the same process)."""
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        return self._lock
 
     async def check(
         self, get: StatusGetter, models: Iterable[tuple[str, str]]
     ) -> list[ModelStatus]:
         targets = tuple(sorted(set(models)))[:MAX_PROBED]
-        async with self._lock:  # concurrent readiness calls share one round
+        async with self._loop_lock():  # concurrent readiness calls share one round
             cached = self._cached
             if cached is not None and cached[1] == targets and self._clock() < cached[0]:
                 return cached[2]
