@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -95,7 +97,11 @@ def up(
     instance_port: Annotated[int, typer.Option(help="Instance port.")] = 8080,
     gateway_port: Annotated[int, typer.Option(help="Gateway port (GitLab's is 5052).")] = 5052,
     model_port: Annotated[
-        int, typer.Option(help="Embedded model port; 0 picks a free loopback port.")
+        int,
+        typer.Option(
+            help="Embedded model port; 0 reuses the last run's port (data/model/port) when it "
+            "is free, else picks a free loopback port."
+        ),
     ] = 0,
     gguf: Annotated[
         Path | None,
@@ -120,11 +126,12 @@ def up(
     from enclave.config import load_settings
     from enclave.supervisor import (
         StartupFailed,
+        choose_model_port,
         ensure_routes_secret,
         make_plan,
         start_all,
         stop_all,
-        watch,
+        supervise,
     )
 
     _set_env("ENCLAVE_MODEL__THREADS", model_threads)
@@ -148,7 +155,8 @@ def up(
         instance_port=instance_port,
         gateway_host=host,
         gateway_port=gateway_port,
-        model_port=model_port,
+        # Same port as last time when it is free: the instance has the model's endpoint stored.
+        model_port=choose_model_port(settings.model_dir / "port", model_port),
         gguf=gguf,
         routes_secret_file=routes_secret_file,
         model_egress_allow=egress_allow,
@@ -174,11 +182,14 @@ def up(
         console.print("Interrupted during start-up; stopped.")
         raise typer.Exit(130) from None
 
+    events = _supervisor_events(log_dir / "supervisor.log")
     _print_welcome(plan.instance_url, plan.gateway_url, plan.model_url, settings.admin_token_file)
-    try:
-        stopped = watch(plan)
+    try:  # from here on, Ctrl-C always means "stop in order"
+        for role in plan.roles:
+            events("role_started", {"role": role.name, "pid": role.pid})
+        stopped = supervise(plan, log_dir, events)
         console.print(
-            f"[red]The {stopped.name} stopped unexpectedly[/red] "
+            f"[red]The {stopped.name} kept crashing; giving up[/red] "
             f"(log: {stopped.log_path}):\n{stopped.log_tail()}"
         )
         code = 1
@@ -188,6 +199,28 @@ def up(
     stop_all(plan)
     console.print("Stopped.")
     raise typer.Exit(code)
+
+
+def _supervisor_events(path: Path) -> Callable[[str, dict[str, Any]], None]:
+    """Each supervisor event as one JSON log line in ``path`` and one line on the console."""
+    import orjson
+
+    from enclave.common.logging import redact
+
+    def emit(event: str, fields: dict[str, Any]) -> None:
+        line = {
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "level": "error" if event in ("role_exited", "role_gave_up") else "info",
+            "event": event,
+            "component": "supervisor",
+            **redact(fields),
+        }
+        with path.open("ab") as handle:
+            handle.write(orjson.dumps(line) + b"\n")
+        details = " ".join(f"{k}={v}" for k, v in fields.items())
+        console.print(f"[supervisor] {event} {details}", markup=False)
+
+    return emit
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:

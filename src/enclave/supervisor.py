@@ -4,7 +4,13 @@ Each role runs in its own process (``python -m enclave <role>``), exactly as it 
 production deployment, so ``up`` exercises the real network path: IDE → instance → gateway →
 model, all over loopback. The supervisor starts them in dependency order (the instance needs the
 model's URL, the gateway needs the instance's keys), waits for each to report ready, and stops
-them in reverse order on Ctrl-C or when one of them dies.
+them in reverse order on Ctrl-C.
+
+A role that dies afterwards is restarted with exponential backoff (:class:`RestartPolicy`) while
+the others keep serving: a model crash makes the instance and gateway answer "model unavailable"
+errors for a few seconds instead of taking everything down. The model comes back on the same
+port (recorded in the data dir, see :func:`choose_model_port`), so the endpoint stored in the
+instance stays right.
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from enclave.common.net import free_port, http_ok
 
@@ -38,6 +45,37 @@ def ensure_routes_secret(path: Path) -> Path:
     with os.fdopen(fd, "w") as handle:
         handle.write(ROUTES_SECRET_PREFIX + secrets.token_urlsafe(32) + "\n")
     return path
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could bind ``port`` now. SO_REUSEADDR as servers set it (llama.cpp's
+    does): connections of a previous run lingering in TIME_WAIT do not make it taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_model_port(record: Path, requested: int = 0) -> int:
+    """The embedded model's port: ``requested`` if given, else the one recorded in ``record``
+    when it is free, else a new free one; recorded for the next ``enclave up``.
+
+    The instance stores the model's endpoint (``embedded-smollm2``); a port that stays the same
+    across runs keeps that record right, and within one run restarts reuse the port anyway.
+    """
+    port = requested
+    if not port:
+        try:
+            recorded = int(record.read_text().strip())
+        except (OSError, ValueError):
+            recorded = 0
+        port = recorded if 1024 <= recorded <= 65535 and port_is_free(recorded) else free_port()
+    record.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    record.write_text(f"{port}\n")
+    return port
 
 
 class StartupFailed(RuntimeError):
@@ -68,6 +106,8 @@ class Role:
     def start(self, log_dir: Path, base_env: dict[str, str]) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{self.name}.log"
+        if self._log_file is not None:  # a restart: the previous run's handle
+            self._log_file.close()
         self._log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "enclave", *self.args],
@@ -84,6 +124,15 @@ class Role:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit status (negative: killed by that signal), None while running."""
+        return self.process.poll() if self.process is not None else None
 
     def log_tail(self, lines: int = 15) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -185,8 +234,7 @@ def start_all(
     env: dict[str, str] | None = None,
 ) -> None:
     """Start every role in order and wait until each is ready; stop them all on failure."""
-    base_env = dict(env if env is not None else os.environ)
-    base_env.setdefault("PYTHONUNBUFFERED", "1")
+    base_env = _base_env(env)
     try:
         for role in plan.roles:
             role.start(log_dir, base_env)
@@ -194,6 +242,12 @@ def start_all(
     except BaseException:
         stop_all(plan)
         raise
+
+
+def _base_env(env: dict[str, str] | None) -> dict[str, str]:
+    base_env = dict(env if env is not None else os.environ)
+    base_env.setdefault("PYTHONUNBUFFERED", "1")
+    return base_env
 
 
 def _wait_ready(role: Role, on_progress: Callable[[str, float], None]) -> None:
@@ -215,12 +269,110 @@ def _wait_ready(role: Role, on_progress: Callable[[str, float], None]) -> None:
         time.sleep(0.2)
 
 
-def watch(plan: Plan, poll_s: float = 0.5) -> Role:
-    """Block until a role exits; return it. Ctrl-C raises KeyboardInterrupt as usual."""
+# -- keeping the roles up ---------------------------------------------------------------------
+
+
+@dataclass
+class RestartPolicy:
+    """When to restart a role that died, and when to give up.
+
+    Exponential backoff (``initial_s`` doubling up to ``cap_s``) so that a role that crashes
+    at once again does not spin the CPU, while a one-off crash is retried within a second. A
+    run that lasted ``stable_s`` resets the backoff: a crash a day is always retried quickly.
+    After ``max_attempts`` crashes in a row without a stable run (about 3 minutes of trying
+    with the defaults) the supervisor gives up and stops everything with the role's log: such
+    a role is broken (bad config, port taken, model file gone) and a loop that hides it helps
+    nobody. ``clock`` is injectable for tests.
+    """
+
+    initial_s: float = 1.0
+    cap_s: float = 30.0
+    stable_s: float = 60.0
+    max_attempts: int = 10
+    clock: Callable[[], float] = time.monotonic
+    attempt: int = 0  # crashes in a row without a stable run
+
+    def on_exit(self, started_at: float) -> float | None:
+        """The delay before restarting a role that started at ``started_at`` and just died;
+        None to give up."""
+        if self.clock() - started_at >= self.stable_s:
+            self.attempt = 0
+        self.attempt += 1
+        if self.attempt > self.max_attempts:
+            return None
+        return float(min(self.cap_s, self.initial_s * 2 ** (self.attempt - 1)))
+
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class _Watch:
+    """The supervisor's view of one role after start-up."""
+
+    role: Role
+    policy: RestartPolicy
+    started_at: float
+    restart_at: float | None = None  # set while it waits to be restarted
+    waiting_ready: bool = False
+    exited_at: float = 0.0
+
+
+def supervise(
+    plan: Plan,
+    log_dir: Path,
+    on_event: EventSink,
+    env: dict[str, str] | None = None,
+    policy_factory: Callable[[], RestartPolicy] = RestartPolicy,
+    poll_s: float = 0.2,
+    clock: Callable[[], float] = time.monotonic,
+) -> Role:
+    """Keep every role running: restart the ones that die, with backoff, the others untouched.
+
+    Blocks until a role exceeds its policy's attempts; returns it (the caller stops the rest).
+    Ctrl-C raises KeyboardInterrupt as usual, whatever the loop is doing (it never blocks for
+    long: a restarted role's readiness is polled here, not waited for).
+    Events (``role_exited``, ``role_restarting``, ``role_restarted``, ``role_gave_up``) go to
+    ``on_event`` with the role, its exit code and the attempt.
+    """
+    base_env = _base_env(env)
+    now = clock()
+    watches = [_Watch(role, policy_factory(), now) for role in plan.roles]
     while True:
-        for role in plan.roles:
+        for item in watches:
+            role = item.role
+            now = clock()
+            if item.restart_at is not None:
+                if now >= item.restart_at:
+                    item.restart_at = None
+                    role.start(log_dir, base_env)
+                    item.started_at, item.waiting_ready = now, True
+                    on_event(
+                        "role_restarting",
+                        {"role": role.name, "attempt": item.policy.attempt, "pid": role.pid},
+                    )
+                continue
             if not role.alive():
-                return role
+                code = role.exit_code
+                delay = item.policy.on_exit(item.started_at)
+                fields = {"role": role.name, "exit_code": code, "attempt": item.policy.attempt}
+                if delay is None:
+                    on_event("role_gave_up", fields)
+                    return role
+                on_event("role_exited", {**fields, "restart_in_s": delay})
+                item.restart_at, item.exited_at, item.waiting_ready = now + delay, now, False
+                continue
+            if item.waiting_ready and http_ok(role.ready_url, timeout=0.5):
+                item.waiting_ready = False
+                on_event(
+                    "role_restarted",
+                    {
+                        "role": role.name,
+                        "attempt": item.policy.attempt,
+                        "pid": role.pid,
+                        "down_s": round(now - item.exited_at, 2),
+                    },
+                )
         time.sleep(poll_s)
 
 

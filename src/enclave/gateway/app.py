@@ -32,6 +32,7 @@ from starlette.routing import Route
 from enclave import __version__
 from enclave.common.features import MODEL_FAMILIES
 from enclave.common.logging import configure_logging, get_logger
+from enclave.common.model_probe import ModelProbe
 from enclave.common.netrules import EgressPolicy, parse_networks
 from enclave.config import SELF_SIGNED_ISSUER, EnclaveSettings, load_settings
 from enclave.gateway.api import monitoring
@@ -153,6 +154,7 @@ class Gateway:
                 "personal access tokens and blocked users; direct-access user tokens stay "
                 "valid until they expire",
             )
+        self.model_probe = ModelProbe()  # readiness only: is each routed model server up
         self._refresh_in_background = refresh_keys_in_background
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -4,6 +4,12 @@ GitLab's gateway streams code suggestions as raw text deltas (no SSE ``data:`` f
 ``content-type: text/event-stream``. Each delta is sent as soon as it arrives (no buffering).
 If the client goes away the upstream request is cancelled and its connection dropped, so the
 model server stops generating for nobody.
+
+Raw text has no way to say "error": when the model fails after the status was sent, the
+response is ended without its last chunk (the connection is closed), so HTTP clients report an
+incomplete body (curl exit 18, httpx ``RemoteProtocolError``) rather than a short answer that
+looks complete; the failure is logged as ``model_stream_failed``. Dialects that have an error
+event (GitLab's v4 SSE, Duo Chat's ndjson) emit it from their :class:`TextStream` wrapper.
 """
 
 from __future__ import annotations
@@ -97,7 +103,7 @@ class RawTextStreamResponse:
                     )
             tail = self._filter.flush() if self._filter is not None else ""
         except ModelError as exc:
-            log.warning("model_stream_failed", reason=exc.reason)
+            log.warning("model_stream_failed", reason=exc.reason, dialect="raw_text")
             raise _Aborted from None
         await send({"type": "http.response.body", "body": tail.encode(), "more_body": False})
 

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import jwt
@@ -162,6 +162,11 @@ class FakeModel:
     retry_after: str | None = None
     endless_stream: bool = False  # keeps sending chunks until the client goes away
     stream_error: str | None = None  # an error event after the chunks, instead of the end
+    # After the chunks, instead of the end: "abort" closes the connection without the chunked
+    # terminator (the model server was killed); "eof" ends the body cleanly but without a
+    # finish_reason or [DONE] (a server that went away behind a proxy).
+    stream_cut: Literal["abort", "eof"] | None = None
+    done_frame: bytes = b"data: [DONE]\n\n"  # how the stream ends; b"": without [DONE]
     ignore_stream: bool = False  # answer a stream request with one JSON body
     location: str | None = None  # Location header of non-200 answers (redirects)
     requests: list[Recorded] = field(default_factory=list)
@@ -227,6 +232,8 @@ class FakeModel:
                 error = {"error": {"message": self.stream_error, "code": 500}}
                 await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
                 return response
+            if self.stream_cut is not None:
+                return await cut_stream(request, response, self.stream_cut)
             while self.endless_stream:
                 await asyncio.sleep(0.01)
                 await response.write(self._event("x", chat))
@@ -234,7 +241,8 @@ class FakeModel:
             if include_usage and self.usage is not None:
                 usage_event = {"id": "c", "choices": [], "usage": self.usage}
                 await response.write(b"data: " + orjson.dumps(usage_event) + b"\n\n")
-            await response.write(b"data: [DONE]\n\n")
+            if self.done_frame:
+                await response.write(self.done_frame)
         except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
             self.stream_closed.set()
             raise
@@ -254,6 +262,18 @@ class FakeModel:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+async def cut_stream(
+    request: web.Request, response: web.StreamResponse, how: Literal["abort", "eof"]
+) -> web.StreamResponse:
+    """End a streamed answer early, as a model server that dies mid-answer does."""
+    if how == "abort":
+        assert request.transport is not None
+        request.transport.close()
+    else:
+        await response.write_eof()
+    return response
 
 
 # -- tokens and requests --------------------------------------------------------------------

@@ -138,6 +138,22 @@ async def test_model_failure_mid_stream_ends_with_an_error_line(gw: Harness) -> 
     assert frames[3:] == [b""]
 
 
+async def test_model_cut_mid_stream_ends_with_an_error_line(gw: Harness) -> None:
+    model = await paced_model(["The", " answer"])
+    model.stream_cut = "abort"  # the model server is killed mid-answer
+    try:
+        headers, frames = await call_raw(gw, PATH, agent_body(model.endpoint), chat_headers(gw))
+    finally:
+        await model.stop()
+    assert headers[":status"] == "200"
+    assert frames[:2] == [delta("The"), delta(" answer")]
+    assert frames[2].endswith(b"\n") and frames[2].count(b"\n") == 1  # one whole line
+    error = orjson.loads(frames[2])
+    assert error["type"] == "error"
+    assert error["data"]["message"].startswith("Inference failed: the model endpoint ")
+    assert frames[3:] == [b""]
+
+
 class _UsageStream:
     def __init__(self, chunks: list[str], usage: Usage | None) -> None:
         self._chunks = chunks

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import pytest
@@ -104,6 +104,20 @@ async def test_mid_stream_model_error_aborts_the_response(gw: Harness) -> None:
     bodies = [m for m in messages if m["type"] == "http.response.body"]
     assert [m["body"].decode() for m in bodies] == gw.model.chunks
     assert all(m.get("more_body") for m in bodies)  # never marked complete
+
+
+@pytest.mark.parametrize("cut", ["abort", "eof"])
+async def test_model_cut_mid_stream_leaves_the_raw_text_response_incomplete(
+    gw: Harness, cut: Literal["abort", "eof"]
+) -> None:
+    # Raw text has no error event: the chunks so far, then no final (more_body False)
+    # message, so the server closes the connection and the client sees a broken transfer.
+    gw.model.stream_cut = cut
+    messages = await call_asgi(gw, gw.body(stream=True))
+    assert messages[0]["status"] == 200
+    bodies = [m for m in messages if m["type"] == "http.response.body"]
+    assert [m["body"].decode() for m in bodies] == gw.model.chunks
+    assert all(m.get("more_body") for m in bodies)
 
 
 async def test_server_that_ignores_stream_is_relayed_in_one_chunk(gw: Harness) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import pytest
 from aiohttp import web
-from gateway_fakes import MODEL_API_KEY, FakeModel, Harness, call_asgi
+from gateway_fakes import MODEL_API_KEY, FakeModel, Harness, call_asgi, cut_stream
 
 from enclave.common import wire
 
@@ -35,6 +35,8 @@ class PacedModel(FakeModel):
             await asyncio.sleep(self.delay_s)
             await response.write(self._event(chunk, chat))
         await asyncio.sleep(self.delay_s)
+        if self.stream_cut is not None:
+            return await cut_stream(request, response, self.stream_cut)
         if self.stream_error:
             error = {"error": {"message": self.stream_error, "code": 500}}
             await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
@@ -224,7 +226,7 @@ async def test_stream_over_http_parses_as_sse(gw: Harness) -> None:
     assert contents == ["    return", " a + b"]
 
 
-async def test_model_failure_mid_stream_ends_without_stream_end(gw: Harness) -> None:
+async def test_model_failure_mid_stream_ends_with_an_error_event(gw: Harness) -> None:
     model = await paced_model(["    return", " a"])
     model.stream_error = "out of memory"
     try:
@@ -234,7 +236,33 @@ async def test_model_failure_mid_stream_ends_without_stream_end(gw: Harness) -> 
         await model.stop()
     assert headers[":status"] == "200"
     parse_start(frames[0])
-    assert frames[1:] == [chunk_frame("    return"), chunk_frame(" a")]
+    assert frames[1:3] == [chunk_frame("    return"), chunk_frame(" a")]
+    name, data = frames[3].decode().removesuffix("\n\n").split("\n")
+    assert name == "event: error"  # instead of stream_end
+    message = orjson.loads(data.removeprefix("data: "))["message"]
+    assert message.startswith("Inference failed: ") and "out of memory" in message
+    assert frames[4:] == [b""]  # then the response ends properly
+
+
+@pytest.mark.parametrize("cut", ["abort", "eof"])
+async def test_model_cut_mid_stream_ends_with_an_error_event(
+    gw: Harness, cut: Literal["abort", "eof"]
+) -> None:
+    model = await paced_model(["    return", " a"])
+    model.stream_cut = cut
+    try:
+        body = body_of(editor(gw, endpoint=model.endpoint, stream=True))
+        headers, frames = await call_raw(gw, PATH, body, headers_for(gw))
+    finally:
+        await model.stop()
+    assert headers[":status"] == "200"
+    parse_start(frames[0])
+    assert frames[1:3] == [chunk_frame("    return"), chunk_frame(" a")]
+    assert frames[3].startswith(b"event: error\ndata: ") and frames[3].endswith(b"\n\n")
+    message = orjson.loads(frames[3].split(b"data: ", 1)[1])["message"]
+    assert message.startswith("Inference failed: the model endpoint ")
+    assert ("truncated" in message) if cut == "abort" else ("before the answer" in message)
+    assert frames[4:] == [b""]
 
 
 @pytest.mark.parametrize("stream", [False, True])

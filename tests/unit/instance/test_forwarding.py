@@ -11,12 +11,14 @@ from typing import Any
 
 import httpx
 import jwt
+import orjson
 import pytest
 import structlog
 from aiohttp import web
 from sqlalchemy import select
 
 from enclave.common.net import free_port
+from enclave.instance.api.relay import NDJSON, error_frame
 from enclave.instance.db import SelfHostedModel
 from enclave.instance.secrets import SecretBox
 from tests.unit.instance.conftest import (
@@ -24,6 +26,7 @@ from tests.unit.instance.conftest import (
     EMBEDDED_ENDPOINT,
     MODEL_API_KEY,
     FakeGateway,
+    Handler,
     LiveInstance,
     check_disconnect_cancels_upstream,
     check_relayed_chunk_by_chunk,
@@ -205,6 +208,82 @@ def test_a_broken_upstream_stream_is_not_passed_off_as_complete(
         ) as response,
     ):
         response.read()
+
+
+def break_after(content_type: str, sent: bytes, **headers: str) -> Handler:
+    """A gateway that sends ``sent`` with ``content_type`` and dies mid-answer."""
+
+    async def handler(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": content_type, **headers})
+        await response.prepare(request)
+        await response.write(sent)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    return handler
+
+
+DELTA = b'{"type":"final_answer_delta","data":{"text":"The"}}\n'
+
+
+@pytest.mark.parametrize(
+    ("content_type", "headers", "sent", "expected_head", "error_of"),
+    [
+        # ndjson: the error is one more line, even after half a line.
+        (NDJSON, {}, DELTA, DELTA, lambda tail: orjson.loads(tail)["data"]["message"]),
+        (
+            NDJSON,
+            {},
+            DELTA + b'{"ty',
+            DELTA + b'{"ty\n',
+            lambda t: orjson.loads(t)["data"]["message"],
+        ),
+        # GitLab's v4 SSE: an `event: error` after the last whole event.
+        (
+            "text/event-stream",
+            {"X-Streaming-Format": "sse"},
+            b"event: stream_start\ndata: {}\n\n",
+            b"event: stream_start\ndata: {}\n\n",
+            lambda tail: orjson.loads(tail.removeprefix(b"event: error\ndata: "))["message"],
+        ),
+    ],
+)
+def test_a_broken_upstream_stream_ends_with_the_dialects_error_event(
+    instance: LiveInstance,
+    fresh_gateway: FakeGateway,
+    content_type: str,
+    headers: dict[str, str],
+    sent: bytes,
+    expected_head: bytes,
+    error_of: Callable[[bytes], str],
+) -> None:
+    fresh_gateway.handler = break_after(content_type, sent, **headers)
+    with httpx.stream(
+        "POST",
+        instance.url + PATH,
+        json={**COMPLETION_BODY, "stream": True},
+        headers={"PRIVATE-TOKEN": instance.admin_token},
+        timeout=20,
+    ) as response:
+        assert response.status_code == 200
+        body = response.read()  # complete: no RemoteProtocolError
+    assert response.headers["content-type"].startswith(content_type)
+    for name, value in headers.items():
+        assert response.headers[name] == value
+    assert body.startswith(expected_head)
+    message = error_of(body[len(expected_head) :])
+    assert message.startswith("the AI gateway's stream broke off in the middle of the answer")
+    assert body.endswith(b"\n")
+
+
+def test_error_frames_per_dialect() -> None:
+    cause = "ClientPayloadError"
+    assert error_frame({"Content-Type": "text/event-stream"}, cause, b"x") is None  # raw text
+    line = error_frame({"Content-Type": NDJSON}, cause, b"}\n")
+    assert line is not None and line.startswith(b'{"type":"error"') and line.count(b"\n") == 1
+    sse = error_frame({"X-Streaming-Format": "sse"}, cause, b"\n")
+    assert sse is not None and sse.startswith(b"\n\nevent: error\ndata: {")
 
 
 async def refuse(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import jwt
@@ -11,6 +14,9 @@ import pytest
 import structlog
 from sqlalchemy import create_engine
 
+from enclave.common.model_probe import ModelProbe
+from enclave.common.net import free_port
+from enclave.instance.api import health
 from enclave.instance.db import utcnow
 from tests.unit.instance.conftest import LiveInstance, request_lines
 
@@ -69,13 +75,57 @@ def test_minted_token_verifies_through_discovery_like_a_gateway(instance: LiveIn
 def test_liveness_and_readiness(instance: LiveInstance) -> None:
     assert get(instance, "/-/liveness").json() == {"status": "ok"}
     response = get(instance, "/-/readiness")
+    # The module's embedded model endpoint (port 1) has no server: degraded, not 503.
     assert response.status_code == 200
     assert response.json() == {
-        "status": "ok",
+        "status": "degraded",
         "master_check": [{"status": "ok"}],
         "db_check": [{"status": "ok"}],
         "signing_key_check": [{"status": "ok"}],
+        "model_check": [
+            {
+                "model": "embedded-smollm2",
+                "status": "down",
+                "detail": "unreachable (connection refused or no route)",
+            }
+        ],
     }
+
+
+class _ModelServer(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # like llama.cpp without the key: alive
+        self.send_response(401)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_readiness_follows_the_model_down_and_up(
+    live_instance_factory: Callable[..., LiveInstance], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(health, "_model_probe", ModelProbe(ttl_s=0))
+    port = free_port()
+    live = live_instance_factory(embedded_model_endpoint=f"http://127.0.0.1:{port}/v1")
+
+    def model_check() -> tuple[str, list[dict[str, str]]]:
+        response = get(live, "/-/readiness")
+        assert response.status_code == 200  # a model alone never makes it 503
+        return response.json()["status"], response.json()["model_check"]
+
+    assert model_check()[0] == "degraded"
+    server = http.server.HTTPServer(("127.0.0.1", port), _ModelServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        status, models = model_check()
+        assert status == "ok"
+        assert models == [{"model": "embedded-smollm2", "status": "ok", "detail": "ok"}]
+    finally:
+        server.shutdown()
+        server.server_close()
+    status, models = model_check()
+    assert status == "degraded" and models[0]["status"] == "down"
 
 
 def test_readiness_fails_with_503_when_the_database_is_gone(

@@ -321,6 +321,13 @@ class _EventStream:
                     return
                 if text:
                     yield text
+            if self.finish_reason is None:
+                # Neither [DONE] nor a finish_reason: the server went away mid-answer (a
+                # connection closed without chunked framing ends the loop quietly).
+                raise ModelError(
+                    f"the model endpoint {display_url(request.endpoint)} ended its stream "
+                    "before the answer was complete"
+                )
             self._finished = True
         except ModelError:
             raise

@@ -8,6 +8,12 @@ gateway in effect answers ``/monitoring/healthz``. It is not part of the default
 purpose: a load balancer must not take every instance out because the gateway is down (the
 instance still serves tokens, keys and the admin API), and ``enclave up`` starts the gateway
 after the instance is ready. Neither says anything secret, so neither needs authentication.
+
+``model_check`` lists the model servers the features use (by model name) as ``ok`` or
+``down``: probed cheaply and cached (:mod:`enclave.common.model_probe`), never on a request's
+path. A model that is down makes the answer ``"status": "degraded"`` but not 503, for the same
+reason as the gateway: the instance still serves everything else and answers "model
+unavailable" errors meanwhile.
 """
 
 from __future__ import annotations
@@ -17,14 +23,16 @@ from typing import Any
 import aiohttp
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from enclave.common.logging import get_logger
+from enclave.common.model_probe import ModelProbe
 from enclave.instance import ai_settings
 from enclave.instance.api.deps import context_of
 from enclave.instance.context import InstanceContext
+from enclave.instance.db.models import FeatureProvider, FeatureSetting, SelfHostedModel
 
 log = get_logger(__name__)
 
@@ -96,9 +104,40 @@ async def readiness(request: Request) -> JSONResponse:
     master: dict[str, str] = {"status": "failed" if failed else "ok"}
     if failed:
         master["message"] = "failed checks: " + ", ".join(failed)
+    models = await _model_check(ctx)
+    down = any(model["status"] != "ok" for model in models)
     body: dict[str, Any] = {
-        "status": master["status"],
+        "status": "failed" if failed else "degraded" if down else "ok",
         "master_check": [master],
         **{name: [result] for name, result in checks.items()},
     }
+    if models:
+        body["model_check"] = models
     return JSONResponse(body, status_code=503 if failed else 200, headers=_NO_STORE)
+
+
+_model_probe = ModelProbe()
+
+
+def _models_in_use(ctx: InstanceContext) -> set[tuple[str, str]]:
+    with ctx.sessions() as session:
+        rows = session.execute(
+            select(SelfHostedModel.name, SelfHostedModel.endpoint)
+            .join(FeatureSetting, FeatureSetting.self_hosted_model_id == SelfHostedModel.id)
+            .where(FeatureSetting.provider == FeatureProvider.SELF_HOSTED.value)
+            .where(SelfHostedModel.endpoint.is_not(None))
+            .distinct()
+        ).all()
+    return {(name, endpoint) for name, endpoint in rows if endpoint}
+
+
+async def _model_check(ctx: InstanceContext) -> list[dict[str, str]]:
+    """``ok``/``down`` per model server that a feature uses (cached; see the module doc)."""
+    try:
+        targets = await run_in_threadpool(_models_in_use, ctx)
+    except SQLAlchemyError:
+        return []  # the database check reports the database
+    if not targets:
+        return []
+    # The gateway client's pooled session: the instance opens no other connections.
+    return [status.view() for status in await _model_probe.check(ctx.gateway.get, targets)]

@@ -9,11 +9,17 @@ server said); everyone else gets one generic "model unavailable" message with th
 the same status code and, in chat, the same error code — a model's host, port or error text
 says nothing a user can act on and maps the internal network for whoever asks. The precise
 cause always goes to the log, under the request id, and to the admin's "test connection".
+
+A gateway stream that breaks after the status was sent ends in the client's dialect: an
+``{"type": "error", ...}`` line for ndjson, an ``event: error`` for GitLab's SSE
+(``X-Streaming-Format: sse``); raw text streams have no error event, so the response is left
+incomplete (the connection closes without the last chunk: clients report a broken transfer,
+never a short answer that looks whole). Every case is logged as ``gateway_stream_interrupted``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -59,6 +65,28 @@ class UpstreamStreamError(Exception):
     client sees an incomplete response instead of a silently truncated one."""
 
 
+NDJSON = "application/x-ndjson"
+STREAM_BROKE = (
+    "the AI gateway's stream broke off in the middle of the answer ({cause}); retry, and if it "
+    "happens again check the gateway and model server logs"
+)
+
+
+def error_frame(headers: Mapping[str, str], cause: str, tail: bytes) -> bytes | None:
+    """The error event that ends a broken stream in the dialect of ``headers``; None for raw
+    text (no error event exists). ``tail`` (the last bytes sent) decides whether a separator
+    is needed first, so the event never glues onto a half-sent frame."""
+    message = STREAM_BROKE.format(cause=cause)
+    content_type = headers.get("Content-Type", "")
+    if content_type.startswith(NDJSON):
+        sep = b"" if not tail or tail.endswith(b"\n") else b"\n"
+        return sep + orjson.dumps({"type": "error", "data": {"message": message}}) + b"\n"
+    if headers.get("X-Streaming-Format", "").lower() == "sse":
+        sep = b"" if not tail or tail.endswith(b"\n\n") else b"\n\n"
+        return sep + b"event: error\ndata: " + orjson.dumps({"message": message}) + b"\n\n"
+    return None
+
+
 class DisconnectAwareStreamingResponse(StreamingResponse):
     """A streaming response that always watches for the client going away.
 
@@ -80,19 +108,29 @@ class DisconnectAwareStreamingResponse(StreamingResponse):
                 group.cancel_scope.cancel()
         except BaseExceptionGroup as errors:  # anyio wraps task errors; unwrap a single one
             if len(errors.exceptions) == 1:
+                if isinstance(errors.exceptions[0], UpstreamStreamError):
+                    # Logged already; returning without the last chunk makes the server close
+                    # the connection (an incomplete body for the client), without a traceback.
+                    return
                 raise errors.exceptions[0] from None
             raise
 
 
 async def _chunks(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     finished = False
+    tail = b""
     try:
         async for chunk in upstream.content.iter_any():
+            tail = chunk[-2:] if chunk else tail
             yield chunk
         finished = True
     except (TimeoutError, aiohttp.ClientError) as exc:
-        log.warning("gateway_stream_interrupted", error=type(exc).__name__)
-        raise UpstreamStreamError(type(exc).__name__) from exc
+        cause = type(exc).__name__
+        frame = error_frame(upstream.headers, cause, tail)
+        log.warning("gateway_stream_interrupted", error=cause, error_event=frame is not None)
+        if frame is None:
+            raise UpstreamStreamError(cause) from exc
+        yield frame  # the stream ends properly, its last event saying what went wrong
     finally:
         if finished:
             upstream.release()  # back to the pool
@@ -101,7 +139,10 @@ async def _chunks(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
 
 
 def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
-    return {"content-type": upstream.headers.get("Content-Type", DEFAULT_CONTENT_TYPE)}
+    headers = {"content-type": upstream.headers.get("Content-Type", DEFAULT_CONTENT_TYPE)}
+    if "X-Streaming-Format" in upstream.headers:  # says "SSE" where the type cannot (v4)
+        headers["x-streaming-format"] = upstream.headers["X-Streaming-Format"]
+    return headers
 
 
 async def relay(upstream: aiohttp.ClientResponse, *, stream: bool) -> Response:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import pytest
@@ -283,6 +283,52 @@ async def test_a_failure_mid_stream_ends_with_an_error_event(oai: OpenAIHarness)
     assert response.status_code == 200
     assert '"error"' in response.text and "out of memory" in response.text
     assert MODEL_API_KEY not in response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/v1/chat/completions",
+            {"model": "duo_chat", "messages": [{"role": "user", "content": "x"}]},
+        ),
+        ("/v1/completions", {"model": "code_completions", "prompt": "def add(a, b):"}),
+    ],
+)
+@pytest.mark.parametrize("cut", ["abort", "eof"])
+async def test_a_model_cut_mid_stream_ends_with_an_error_event(
+    oai: OpenAIHarness, path: str, body: dict[str, Any], cut: Literal["abort", "eof"]
+) -> None:
+    # The model server dies mid-answer: as OpenAI and vLLM do, a last `data: {"error": ...}`
+    # event (no [DONE]), then the response ends properly.
+    oai.model.stream_cut = cut
+    sent = await call_asgi(oai, path, {**body, "stream": True})
+    assert sent[0]["status"] == 200
+    frames = [m["body"] for m in sent[1:] if m["body"]]
+    assert all(frame.endswith(b"\n\n") and frame.count(b"\n\n") == 1 for frame in frames)
+    *relayed, last = frames
+    assert relayed[0] == b": keep-alive comment\n\n"
+    assert len(relayed) == 1 + len(oai.model.chunks)  # every delta before the cut
+    assert b"[DONE]" not in b"".join(frames)
+    error = orjson.loads(last.removeprefix(b"data: "))["error"]
+    assert error["type"] == "api_error"
+    assert error["code"] == "upstream_stream_broken"
+    assert "stopped in the middle of the answer" in error["message"]
+    assert "127.0.0.1" not in error["message"]  # the endpoint is for the log, not for users
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+@pytest.mark.parametrize("done", [b"data:[DONE]\n\n", b""])
+async def test_a_stream_that_ended_is_not_taken_for_a_break(
+    oai: OpenAIHarness, done: bytes
+) -> None:
+    # [DONE] written without a space, or no [DONE] after the finish_reason: both complete.
+    oai.model.done_frame = done
+    body = {"model": "duo_chat", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    sent = await call_asgi(oai, "/v1/chat/completions", body)
+    text = b"".join(m["body"] for m in sent[1:])
+    assert b'"error"' not in text
+    assert text.endswith(done or b"\n\n")
 
 
 # -- upstream failures ----------------------------------------------------------------------

@@ -443,6 +443,32 @@ def _transport_error(route: FeatureRoute, exc: BaseException, timeout_s: float) 
     )
 
 
+def _has_finish_reason(event: dict[str, Any]) -> bool:
+    choices = event.get("choices")
+    return isinstance(choices, list) and any(
+        isinstance(choice, dict) and choice.get("finish_reason") for choice in choices
+    )
+
+
+def _stream_error(route: FeatureRoute, exc: BaseException, timeout_s: float) -> RequestError:
+    """The error event for a stream that broke after the status was sent (the endpoint and
+    the exact cause go to the log only: these callers are users, not administrators)."""
+    if isinstance(exc, TimeoutError):
+        return _transport_error(route, exc, timeout_s)
+    log.warning(
+        "model_stream_broken",
+        feature=route.feature,
+        endpoint=display_url(route.endpoint or ""),
+        error=type(exc).__name__,
+    )
+    return RequestError(
+        502,
+        f"The model server of '{route.feature}' stopped in the middle of the answer; retry the "
+        "request, and if it happens again ask an administrator to check the model server",
+        "upstream_stream_broken",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     """One forwarded request."""
@@ -552,6 +578,7 @@ class SSERelayResponse:
         self._route = route
         self._timeout_s = timeout_s
         self._complete = False
+        self._ended = False  # [DONE] or a finish_reason seen: a close after it is no break
         self.status_code = 200
         self.client_disconnected = False
 
@@ -561,12 +588,14 @@ class SSERelayResponse:
         for line in lines:
             if line.startswith(b"data:"):
                 data = line[5:].strip()
+                self._ended = self._ended or data == b"[DONE]"
                 if data and data != b"[DONE]":
                     try:
                         event = orjson.loads(data)
                     except orjson.JSONDecodeError:
                         event = None
                     if isinstance(event, dict):
+                        self._ended = self._ended or _has_finish_reason(event)
                         if "model" in event:
                             event["model"] = self._route.feature
                         inner = event.get("error")
@@ -597,10 +626,12 @@ class SSERelayResponse:
             if pending:
                 frame = self._frame(pending)
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
+            if not self._ended:  # closed before the answer ended: the server went away
+                raise aiohttp.ClientPayloadError("the stream ended before data: [DONE]")
             self._complete = True
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            failure = _transport_error(self._route, exc, self._timeout_s)
-            log.warning("model_stream_failed", reason=failure.message)
+            failure = _stream_error(self._route, exc, self._timeout_s)
+            log.warning("model_stream_failed", reason=failure.message, dialect="openai_sse")
             event = {
                 "error": {
                     "message": failure.message,

@@ -136,7 +136,7 @@ class NdjsonEvents:
                 if delta:
                     yield ndjson_event("final_answer_delta", {"text": delta})
         except ModelError as exc:
-            log.warning("model_stream_failed", reason=exc.reason)
+            log.warning("model_stream_failed", reason=exc.reason, dialect="ndjson")
             yield ndjson_event("error", {"message": f"Inference failed: {exc.reason}"})
             return
         usage = getattr(self._inner, "usage", None)

@@ -165,7 +165,10 @@ class SseEvents:
     """A :class:`TextStream` of SSE frames around a model's text deltas.
 
     ``stream_start`` comes first, one ``content_chunk`` per (filtered, non-empty) delta, and
-    ``stream_end`` once the model finished; a :class:`ModelError` propagates unframed.
+    ``stream_end`` once the model finished. When the model fails after ``stream_start`` (the
+    status is sent), an ``event: error`` with ``{"message": "Inference failed: ..."}`` ends the
+    stream instead of ``stream_end``: GitLab documents no error event here, and a client that
+    does not know it still sees a stream without ``stream_end``, never a silent cut.
     """
 
     def __init__(self, inner: TextStream, plan: Plan, text_filter: TextFilter | None) -> None:
@@ -192,10 +195,15 @@ class SseEvents:
                 }
             },
         )
-        async for delta in self._inner:
-            text = text_filter.feed(delta) if text_filter is not None else delta
-            if text:
-                yield self._chunk(text)
+        try:
+            async for delta in self._inner:
+                text = text_filter.feed(delta) if text_filter is not None else delta
+                if text:
+                    yield self._chunk(text)
+        except ModelError as exc:
+            log.warning("model_stream_failed", reason=exc.reason, dialect="gitlab_sse")
+            yield sse_event("error", {"message": f"Inference failed: {exc.reason}"})
+            return
         tail = text_filter.flush() if text_filter is not None else ""
         if tail:
             yield self._chunk(tail)
