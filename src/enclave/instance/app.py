@@ -21,6 +21,7 @@ from enclave.config import EnclaveSettings, load_settings
 from enclave.instance.api import all_routers
 from enclave.instance.api.errors import install_error_handlers
 from enclave.instance.api.middleware import RequestContextMiddleware
+from enclave.instance.api.routing import check_routes
 from enclave.instance.bootstrap import BootstrapResult, initialise
 from enclave.instance.context import InstanceContext
 
@@ -64,6 +65,8 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
     install_error_handlers(app)
     for router in all_routers():
         app.include_router(router)
+    # Every route authenticates before it reads a body, and reads it under a limit.
+    check_routes(app.routes)
     # Added first, so it runs inside the request context: refusals are logged with a request id.
     app.add_middleware(
         ClientAddressMiddleware,

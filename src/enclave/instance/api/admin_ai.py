@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from enclave.instance import ai_settings, audit_views, registry
 from enclave.instance.api.deps import actor_of, admin_user, context_of
 from enclave.instance.api.pagination import Page, page_params, set_headers
+from enclave.instance.api.routing import InstanceRoute
 from enclave.instance.connection import ConnectionResult, ModelUnderTest, check_connection
 from enclave.instance.context import InstanceContext
 from enclave.instance.feature_settings import (
@@ -36,8 +37,8 @@ from enclave.instance.pats import Principal
 
 T = TypeVar("T")
 
-router = APIRouter(tags=["admin: AI"])
-audit_router = APIRouter(tags=["audit events"])
+router = APIRouter(tags=["admin: AI"], route_class=InstanceRoute)
+audit_router = APIRouter(tags=["audit events"], route_class=InstanceRoute)
 
 PREFIX = "/api/v4/admin/ai"
 Admin = Annotated[Principal, Depends(admin_user)]

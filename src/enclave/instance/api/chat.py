@@ -48,6 +48,7 @@ from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
 from enclave.instance.api.middleware import annotate
 from enclave.instance.api.relay import gateway_reason, json_or_text, read_body, relay
+from enclave.instance.api.routing import AiTextRoute
 from enclave.instance.features import (
     FEATURE_UNIT_PRIMITIVES,
     Feature,
@@ -61,7 +62,7 @@ from enclave.instance.pats import AI_SCOPES, Principal
 
 log = get_logger(__name__)
 
-router = APIRouter(tags=["chat"])
+router = APIRouter(tags=["chat"], route_class=AiTextRoute)
 
 MAX_CONTENT_CHARS = 100_000
 

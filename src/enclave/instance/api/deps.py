@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import cast
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from enclave.common.logging import get_logger
 from enclave.instance.actor import Actor
@@ -26,21 +27,35 @@ def context_of(request: Request) -> InstanceContext:
     return cast(InstanceContext, request.app.state.ctx)
 
 
-def authenticated(accepted_scopes: Iterable[str]) -> Callable[[Request], Principal]:
-    """A dependency that authenticates the caller's PAT and checks its scopes.
+class PatAuth:
+    """A dependency that authenticates the caller's PAT and checks its scopes (and, with
+    ``admin``, that the caller is an administrator).
 
-    It is a plain (sync) function on purpose: FastAPI runs it in the thread pool, so the
-    database lookup never blocks the event loop.
+    The route class (:mod:`enclave.instance.api.routing`) calls it before it reads the body, so
+    a caller without a valid token gets 401 before one body byte is read; the result is kept
+    on the request, and FastAPI's own call of the dependency just returns it. The database
+    lookup runs in the thread pool, never on the event loop.
     """
-    scopes = frozenset(accepted_scopes)
 
-    def dependency(request: Request) -> Principal:
+    def __init__(self, accepted_scopes: Iterable[str], *, admin: bool = False) -> None:
+        self.scopes = frozenset(accepted_scopes)
+        self.admin = admin
+
+    async def __call__(self, request: Request) -> Principal:
+        done: dict[PatAuth, Principal] = request.scope.setdefault(_DONE_KEY, {})
+        principal = done.get(self)
+        if principal is None:
+            principal = await run_in_threadpool(self._authenticate, request)
+            done[self] = principal
+        return principal
+
+    def _authenticate(self, request: Request) -> Principal:
         token = token_from_headers(
             request.headers.get("private-token"), request.headers.get("authorization")
         )
         try:
             principal = authenticate_request(
-                context_of(request).sessions, token, accepted_scopes=scopes
+                context_of(request).sessions, token, accepted_scopes=self.scopes
             )
         except AuthError as exc:
             log.info("authentication_failed", reason=exc.reason)
@@ -53,25 +68,29 @@ def authenticated(accepted_scopes: Iterable[str]) -> Callable[[Request], Princip
                 f"{', '.join(exc.accepted)}; create a token with one of them",
             ) from None
         request.state.user_id = principal.user_id
+        if self.admin and not principal.is_admin:
+            log.info("admin_required", user_id=principal.user_id)
+            raise InstanceAPIError(
+                403, "this endpoint is for administrators; ask an administrator to do it for you"
+            )
         return principal
 
-    return dependency
+
+# Where a request keeps the principals its PatAuth dependencies found (scope key).
+_DONE_KEY = "enclave.principals"
+
+
+def authenticated(accepted_scopes: Iterable[str]) -> PatAuth:
+    """A dependency for a PAT with one of ``accepted_scopes``: 401 without a valid token, 403
+    without one of the scopes."""
+    return PatAuth(accepted_scopes)
 
 
 ADMIN_SCOPES = frozenset({"api"})
 
-
-def admin_user(request: Request) -> Principal:
-    """A dependency for admin endpoints: a PAT with scope ``api`` of an administrator.
-
-    401 without a valid token, 403 for a non-admin (or a token without ``api``)."""
-    principal = authenticated(ADMIN_SCOPES)(request)
-    if not principal.is_admin:
-        log.info("admin_required", user_id=principal.user_id)
-        raise InstanceAPIError(
-            403, "this endpoint is for administrators; ask an administrator to do it for you"
-        )
-    return principal
+# A dependency for admin endpoints: a PAT with scope ``api`` of an administrator. 401 without a
+# valid token, 403 for a non-admin (or a token without ``api``).
+admin_user = PatAuth(ADMIN_SCOPES, admin=True)
 
 
 def actor_of(request: Request, principal: Principal) -> Actor:

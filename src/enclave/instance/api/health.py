@@ -24,11 +24,12 @@ from starlette.concurrency import run_in_threadpool
 from enclave.common.logging import get_logger
 from enclave.instance import ai_settings
 from enclave.instance.api.deps import context_of
+from enclave.instance.api.routing import InstanceRoute
 from enclave.instance.context import InstanceContext
 
 log = get_logger(__name__)
 
-router = APIRouter()
+router = APIRouter(route_class=InstanceRoute)
 
 _NO_STORE = {"Cache-Control": "no-store"}
 

@@ -24,12 +24,13 @@ from enclave.instance import accounts
 from enclave.instance.api.deps import actor_of, admin_user, authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.pagination import Page, page_params, set_headers
+from enclave.instance.api.routing import InstanceRoute
 from enclave.instance.context import InstanceContext
 from enclave.instance.pats import READ_USER_SCOPES, SCOPE_API, SCOPE_READ_API, Principal
 
 T = TypeVar("T")
 
-router = APIRouter(tags=["users and tokens"])
+router = APIRouter(tags=["users and tokens"], route_class=InstanceRoute)
 
 Admin = Annotated[Principal, Depends(admin_user)]
 Reader = Annotated[Principal, Depends(authenticated(READ_USER_SCOPES))]
