@@ -98,9 +98,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         if self._header_count > self._limits.max_count:
-            self._refuse(
-                f"more than {self._limits.max_count} headers", self._limits.count_setting
-            )
+            self._refuse(f"more than {self._limits.max_count} headers", self._limits.count_setting)
             raise _Refused  # stops the parser; uvicorn's 400 is then skipped (send_400_response)
         super().on_header(name, value)
 

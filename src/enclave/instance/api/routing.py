@@ -18,7 +18,7 @@ start if a route is not an :class:`InstanceRoute`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, ClassVar
 
 from fastapi.dependencies.models import Dependant
@@ -91,10 +91,20 @@ class AiTextRoute(InstanceRoute):
     limit_setting = "max_ai_body_bytes"
 
 
-def check_routes(routes: list[BaseRoute]) -> None:
-    """Refuse to build an app with an API route that skips the checks above."""
+def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
+    """Every API route, also inside included routers (which newer FastAPI keeps nested)."""
     for route in routes:
-        if isinstance(route, APIRoute) and not isinstance(route, InstanceRoute):
+        nested = getattr(route, "original_router", None)
+        if nested is not None:
+            yield from api_routes(nested.routes)
+        elif isinstance(route, APIRoute):
+            yield route
+
+
+def check_routes(routes: Iterable[BaseRoute]) -> None:
+    """Refuse to build an app with an API route that skips the checks above."""
+    for route in api_routes(routes):
+        if not isinstance(route, InstanceRoute):
             raise TypeError(
                 f"route {route.path} is a {type(route).__name__}: every instance route must be "
                 "an InstanceRoute (authenticate before reading the body, bounded body)"
