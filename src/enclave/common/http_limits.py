@@ -19,6 +19,10 @@ from typing import Any, cast
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from enclave.common.logging import get_logger
+
+log = get_logger("enclave.http")
+
 # After a 431, keep reading (and discarding) what the client is still sending for this long
 # before closing: closing with unread bytes makes the kernel send a reset, and the client could
 # lose the 431 itself (a "lingering close", as nginx does).
@@ -118,6 +122,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, what: str, setting: str) -> None:
         self._refused = True
+        # No app ran, so no request line is logged for it: say here what was refused.
+        log.info("request_head_refused", status=431, reason=what, client=self.client)
         transport = self.transport
         transport.write(_response_431(self._limits, what, setting))
         if transport.can_write_eof():
