@@ -4,9 +4,9 @@ uvicorn's httptools protocol has no limit of its own: llhttp hands header bytes 
 which concatenates a header's pieces until it ends, and uvicorn keeps every header, so one
 32 MiB header (or a million small ones) is held in memory before any ASGI middleware runs.
 :class:`BoundedHttpToolsProtocol` counts the raw bytes fed to the parser while a request's head
-is incomplete and the headers it yields, and answers ``431 Request Header Fields Too Large``
-(then closes) the moment either limit is passed, so memory per connection stays bounded by
-the limit. The hot path pays one comparison per read and one per header.
+is incomplete, and the headers once it is complete; past either limit it answers ``431 Request
+Header Fields Too Large`` and closes, so memory per connection stays bounded by the limit.
+The hot path pays one comparison per read and one per request.
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._limits = limits
         self._in_head = True  # the next bytes belong to a request line or headers
         self._head_bytes = 0
-        self._header_count = 0
         self._heads_completed = 0
         self._refused = False
 
@@ -95,20 +94,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
         super().data_received(data)
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._header_count = 0
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self._limits.max_count:
-            self._refuse(f"more than {self._limits.max_count} headers", self._limits.count_setting)
-            raise _Refused  # stops the parser; uvicorn's 400 is then skipped (send_400_response)
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._heads_completed += 1
+        # Counted once the head is complete, not per header (the hot path): the byte limit
+        # already bounds how many headers can be held until then.
+        if len(self.headers) > self._limits.max_count:
+            self._refuse(f"more than {self._limits.max_count} headers", self._limits.count_setting)
+            raise _Refused  # stops the parser; uvicorn's 400 is then skipped (send_400_response)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
