@@ -97,20 +97,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._heads_completed += 1
+        if self._refused:
+            return  # the rest of a read after a refusal: never starts the app
         # Counted once the head is complete, not per header (the hot path): the byte limit
         # already bounds how many headers can be held until then.
         if len(self.headers) > self._limits.max_count:
             self._refuse(f"more than {self._limits.max_count} headers", self._limits.count_setting)
-            raise _Refused  # stops the parser; uvicorn's 400 is then skipped (send_400_response)
+            return
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:  # a refused request has no cycle to take its body
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         super().on_message_complete()
         self._in_head = True
         self._head_bytes = 0
 
     def send_400_response(self, msg: str) -> None:
-        if not self._refused:
+        if not self._refused:  # after a 431 the answer is sent and the writing side shut
             super().send_400_response(msg)
 
     def _refuse(self, what: str, setting: str) -> None:
@@ -122,10 +130,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if transport.can_write_eof():
             transport.write_eof()
         self.loop.call_later(LINGER_S, transport.close)
-
-
-class _Refused(Exception):
-    """Raised inside a parser callback to stop parsing a refused request."""
 
 
 def bounded_protocol(limits: HeaderLimits) -> type[asyncio.Protocol]:
