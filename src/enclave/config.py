@@ -124,8 +124,9 @@ class InstanceSettings(BaseModel):
         8 * 1024 * 1024,
         ge=1024,
         le=256 * 1024 * 1024,
-        description="Largest request body of the AI endpoints that carry text (/api/v4/ai/*, "
-        "/api/v4/chat/completions); over it → 413. Code suggestions keep GitLab's 600 kB.",
+        description="Largest request body of the AI endpoints that carry text "
+        "(/api/v4/ai/<feature>, /api/v4/chat/completions); over it → 413. Code suggestions "
+        "keep GitLab's 600 kB.",
     )
 
     @field_validator("allowed_client_cidrs", "trusted_proxies", mode="before")
