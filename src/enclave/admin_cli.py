@@ -629,7 +629,7 @@ def users_list(
             env,
             lambda s: [
                 accounts.user_view(u, env.settings.instance.issuer())
-                for u in accounts.list_users(s, search=search)[0]
+                for u in accounts.list_users(s, search=search, search_emails=True)[0]
             ],
         )
     _print_json(views) if as_json else _user_rows(views)

@@ -294,7 +294,7 @@ def instance(
     _set_env("ENCLAVE_INSTANCE__GATEWAY_URL", gateway_url)
 
     from enclave.common.logging import configure_logging
-    from enclave.common.serve import serve
+    from enclave.common.serve import header_limits, serve
     from enclave.config import load_settings
     from enclave.instance.bootstrap import initialise
 
@@ -306,6 +306,7 @@ def instance(
         "enclave.instance.app:create_app_from_env",
         settings.instance.host,
         settings.instance.port,
+        limits=header_limits(settings.instance),
         workers=settings.instance.workers,
         factory=True,
     )
@@ -348,7 +349,7 @@ def gateway(
     _set_env("ENCLAVE_GATEWAY__JWKS_FILE", jwks_file.resolve() if jwks_file else None)
 
     from enclave.common.logging import configure_logging
-    from enclave.common.serve import serve
+    from enclave.common.serve import header_limits, serve
     from enclave.config import load_settings
 
     settings = load_settings()
@@ -357,6 +358,7 @@ def gateway(
         "enclave.gateway.app:create_app_from_env",
         settings.gateway.host,
         settings.gateway.port,
+        limits=header_limits(settings.gateway),
         workers=settings.gateway.workers,
         factory=True,
     )

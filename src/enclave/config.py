@@ -34,6 +34,24 @@ def default_model_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
+# Request head limits, the same for both servers (enclave.common.http_limits): 16 KiB is
+# Node.js's default and twice what one nginx header buffer holds; 100 headers is Apache's
+# LimitRequestFields. Clients here send a token and a dozen X-Gitlab-* headers (< 4 KiB).
+_MAX_HEADER_BYTES: Any = Field(
+    16 * 1024,
+    ge=1024,
+    le=1024 * 1024,
+    description="Largest request head (request line and all headers together), counted while "
+    "it is read; over it the server answers 431 and closes the connection.",
+)
+_MAX_HEADERS: Any = Field(
+    100,
+    ge=10,
+    le=1000,
+    description="Most headers in one request; over it → 431 and the connection is closed.",
+)
+
+
 class InstanceSettings(BaseModel):
     """The control plane: users, tokens, model registry, signing keys."""
 
@@ -124,6 +142,24 @@ class InstanceSettings(BaseModel):
         description="Reverse proxies (CIDRs) whose X-Forwarded-For is believed: the client is "
         "the rightmost address in it that is not a trusted proxy. Default: none (the TCP peer "
         "is the client).",
+    )
+    max_header_bytes: int = _MAX_HEADER_BYTES
+    max_headers: int = _MAX_HEADERS
+    max_body_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest request body of the admin and account endpoints (users, tokens, "
+        "model registry, settings), counted while it is read, chunked or not; over it → 413. "
+        "Their largest real bodies are a few KiB (a model with its API key).",
+    )
+    max_ai_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="Largest request body of the AI endpoints that carry text "
+        "(/api/v4/ai/<feature>, /api/v4/chat/completions); over it → 413. Code suggestions "
+        "keep GitLab's 600 kB.",
     )
 
     # Limits (enclave/instance/limits.py): per user, per process; 0 turns one off.
@@ -366,6 +402,8 @@ class GatewaySettings(BaseModel):
     rate_limit_per_user_burst: int = Field(
         100, ge=1, description="Requests a user may send at once above their rate."
     )
+    max_header_bytes: int = _MAX_HEADER_BYTES
+    max_headers: int = _MAX_HEADERS
     rate_limit_max_buckets: int = Field(
         100_000,
         ge=1,

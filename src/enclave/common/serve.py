@@ -6,9 +6,34 @@ from typing import Any
 
 import uvicorn
 
+from enclave.common.http_limits import HeaderLimits, bounded_protocol
+from enclave.config import GatewaySettings, InstanceSettings
 
-def serve(app: Any, host: str, port: int, workers: int = 1, factory: bool = False) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM.
+
+def header_limits(settings: InstanceSettings | GatewaySettings) -> HeaderLimits:
+    """A role's head limits; the 431 names its settings and uses its error shape (GitLab's
+    ``{"message"}`` on the instance, the AI gateway's ``{"detail"}``)."""
+    role = "instance" if isinstance(settings, InstanceSettings) else "gateway"
+    prefix = f"ENCLAVE_{role.upper()}__"
+    return HeaderLimits(
+        settings.max_header_bytes,
+        settings.max_headers,
+        "message" if role == "instance" else "detail",
+        bytes_setting=prefix + "MAX_HEADER_BYTES",
+        count_setting=prefix + "MAX_HEADERS",
+    )
+
+
+def serve(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    limits: HeaderLimits,
+    workers: int = 1,
+    factory: bool = False,
+) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM, refusing request heads over ``limits`` with 431.
 
     With ``workers > 1`` uvicorn needs an import string: pass ``"module:function"`` together
     with ``factory=True``.
@@ -20,7 +45,8 @@ def serve(app: Any, host: str, port: int, workers: int = 1, factory: bool = Fals
         workers=workers if workers > 1 else None,
         factory=factory,
         loop="uvloop",
-        http="httptools",
+        # httptools, with bounds on the request head (uvicorn has none for it).
+        http=bounded_protocol(limits),
         log_config=None,  # logging is configured already (enclave.common.logging)
         access_log=False,  # each app writes its own structured request line
         # Never let uvicorn rewrite the client address from X-Forwarded-For: the apps honour

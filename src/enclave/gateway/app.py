@@ -339,9 +339,10 @@ def create_app_from_env() -> Starlette:
 
 def run(settings: EnclaveSettings) -> None:
     """Serve the gateway on ``settings.gateway.host:port`` until interrupted."""
-    from enclave.common.serve import serve
+    from enclave.common.serve import header_limits, serve
 
     gateway_settings = settings.gateway
+    limits = header_limits(gateway_settings)
     if gateway_settings.workers > 1:
         # Each worker builds its own app (and key cache) from the environment / config file.
         # Metrics and rate limits are per worker too: /metrics shows the worker that answers
@@ -350,11 +351,12 @@ def run(settings: EnclaveSettings) -> None:
             "enclave.gateway.app:create_app_from_env",
             gateway_settings.host,
             gateway_settings.port,
+            limits=limits,
             workers=gateway_settings.workers,
             factory=True,
         )
     else:
-        serve(create_app(settings), gateway_settings.host, gateway_settings.port)
+        serve(create_app(settings), gateway_settings.host, gateway_settings.port, limits=limits)
 
 
 __all__ = ["Gateway", "create_app", "create_app_from_env", "run"]

@@ -11,6 +11,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from enclave.common.body import BodyTooLarge
+from enclave.common.body import read_body as common_read_body
+
 JSON_MEDIA_TYPE = "application/json"
 
 # The largest request body the gateway reads: two 100 000-character file halves, up to 100
@@ -35,23 +38,9 @@ def detail(message: str, status_code: int, headers: Mapping[str, str] | None = N
     return json_response({"detail": message}, status_code, headers)
 
 
-class BodyTooLarge(Exception):
-    """The request body exceeds :data:`MAX_BODY_BYTES`."""
-
-
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """Read the whole body, refusing early when it is larger than ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """Read the whole body, refusing early (:class:`BodyTooLarge`) when it is over ``limit``."""
+    return await common_read_body(request, limit)
 
 
 async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -82,3 +71,15 @@ def connect_failure(error: OSError) -> str:
     if error.errno in _ERRNO_TEXT:
         return _ERRNO_TEXT[error.errno]
     return error.strerror or str(error) or type(error).__name__
+
+
+__all__ = [
+    "JSON_MEDIA_TYPE",
+    "MAX_BODY_BYTES",
+    "BodyTooLarge",
+    "connect_failure",
+    "detail",
+    "json_response",
+    "read_body",
+    "read_limited",
+]

@@ -18,7 +18,7 @@ from enclave.instance import audit
 from enclave.instance.actor import Actor
 from enclave.instance.admin_errors import ConflictError, InvalidInputError, NotFoundError
 from enclave.instance.db.base import utcnow
-from enclave.instance.db.models import PersonalAccessToken, User
+from enclave.instance.db.models import MAX_ID, PersonalAccessToken, User, id_can_exist
 from enclave.instance.pats import KNOWN_SCOPES, CreatedToken, create_token
 
 # GitLab's username rule, simplified: letters, digits, _ . -; not starting with - or .
@@ -68,7 +68,7 @@ def user_view(user: User, issuer: str, *, full: bool = True) -> dict[str, Any]:
 
 
 def get_user(session: Session, user_id: int) -> User:
-    user = session.get(User, user_id)
+    user = session.get(User, user_id) if id_can_exist(user_id) else None
     if user is None:
         raise NotFoundError(f"user {user_id} does not exist", field="id")
     return user
@@ -76,8 +76,8 @@ def get_user(session: Session, user_id: int) -> User:
 
 def find_user(session: Session, ref: int | str) -> User:
     """A user by id or username."""
-    if isinstance(ref, int) or str(ref).isdigit():
-        user = session.get(User, int(ref))
+    if isinstance(ref, int) or (str(ref).isdigit() and len(str(ref)) <= len(str(MAX_ID))):
+        user = session.get(User, int(ref)) if id_can_exist(int(ref)) else None
         if user is not None:
             return user
     user = session.scalar(select(User).where(User.username == str(ref)))
@@ -156,19 +156,17 @@ def list_users(
     limit: int | None = None,
     search: str | None = None,
     username: str | None = None,
+    search_emails: bool = False,
 ) -> tuple[list[User], int]:
+    """Users by id; ``search`` matches part of the username or name, and of the e-mail address
+    only with ``search_emails`` (for administrators)."""
     query: Select[tuple[User]] = select(User)
     if username:
         query = query.where(func.lower(User.username) == username.lower())
     if search:
         pattern = f"%{search.lower()}%"
-        query = query.where(
-            or_(
-                func.lower(User.username).like(pattern),
-                func.lower(User.name).like(pattern),
-                func.lower(User.email).like(pattern),
-            )
-        )
+        fields = [User.username, User.name, *([User.email] if search_emails else [])]
+        query = query.where(or_(*(func.lower(field).like(pattern) for field in fields)))
     total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
     query = query.order_by(User.id).offset(offset)
     if limit is not None:
@@ -280,8 +278,10 @@ def create_personal_access_token(
 
 
 def get_token(session: Session, token_id: int) -> PersonalAccessToken:
-    token = session.get(
-        PersonalAccessToken, token_id, options=[joinedload(PersonalAccessToken.user)]
+    token = (
+        session.get(PersonalAccessToken, token_id, options=[joinedload(PersonalAccessToken.user)])
+        if id_can_exist(token_id)
+        else None
     )
     if token is None:
         raise NotFoundError(f"personal access token {token_id} does not exist", field="id")
@@ -317,6 +317,8 @@ def list_tokens(
     now = now or utcnow()
     query: Select[tuple[PersonalAccessToken]] = select(PersonalAccessToken)
     if user_id is not None:
+        if not id_can_exist(user_id):
+            return [], 0  # no such user, so no tokens
         query = query.where(PersonalAccessToken.user_id == user_id)
     if revoked is not None:
         query = query.where(PersonalAccessToken.revoked.is_(revoked))

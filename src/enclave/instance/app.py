@@ -22,6 +22,7 @@ from enclave.instance import metrics
 from enclave.instance.api import all_routers
 from enclave.instance.api.errors import install_error_handlers
 from enclave.instance.api.middleware import RequestContextMiddleware
+from enclave.instance.api.routing import check_routes
 from enclave.instance.bootstrap import BootstrapResult, initialise
 from enclave.instance.context import InstanceContext
 
@@ -67,6 +68,8 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
         app.include_router(router)
     # Prometheus text, no token (as the gateway's); the client address rules still apply.
     app.add_route(metrics.PATH, metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
+    # Every route authenticates before it reads a body, and reads it under a limit.
+    check_routes(app.routes)
     # Added first, so it runs inside the request context: refusals are logged with a request id.
     app.add_middleware(
         ClientAddressMiddleware,

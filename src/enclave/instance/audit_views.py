@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from enclave.instance.accounts import gitlab_time
 from enclave.instance.admin_errors import InvalidInputError
-from enclave.instance.db.models import AuditEvent
+from enclave.instance.db.models import AuditEvent, id_can_exist
 
 _TARGET_TYPES = {
     "ai_self_hosted_model": "Ai::SelfHostedModel",
@@ -64,6 +64,8 @@ def list_events(
     if action:
         query = query.where(AuditEvent.action == action)
     if author_id is not None:
+        if not id_can_exist(author_id):
+            return [], 0  # no such user, so no events by them
         query = query.where(AuditEvent.author_id == author_id)
     if created_after is not None:
         query = query.where(AuditEvent.created_at >= created_after)

@@ -54,10 +54,12 @@ from enclave.instance.admin_errors import (
     NotFoundError,
 )
 from enclave.instance.db.models import (
+    MAX_ID,
     FeatureProvider,
     FeatureSetting,
     ModelProvider,
     SelfHostedModel,
+    id_can_exist,
 )
 from enclave.instance.features import (
     API_TOKEN_PURPOSE,
@@ -320,8 +322,12 @@ def model_view(model: SelfHostedModel) -> dict[str, Any]:
 
 
 def get_model(session: Session, model_id: int) -> SelfHostedModel:
-    model = session.get(
-        SelfHostedModel, model_id, options=[selectinload(SelfHostedModel.feature_settings)]
+    model = (
+        session.get(
+            SelfHostedModel, model_id, options=[selectinload(SelfHostedModel.feature_settings)]
+        )
+        if id_can_exist(model_id)
+        else None
     )
     if model is None:
         raise NotFoundError(f"self-hosted model {model_id} does not exist", field="id")
@@ -330,8 +336,10 @@ def get_model(session: Session, model_id: int) -> SelfHostedModel:
 
 def find_model(session: Session, ref: int | str) -> SelfHostedModel:
     """A model by id or by name (the CLI accepts both)."""
-    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-        by_id = session.get(SelfHostedModel, int(ref))
+    if isinstance(ref, int) or (
+        isinstance(ref, str) and ref.isdigit() and len(ref) <= len(str(MAX_ID))
+    ):
+        by_id = session.get(SelfHostedModel, int(ref)) if id_can_exist(int(ref)) else None
         if by_id is not None:
             return get_model(session, by_id.id)
     model = session.scalar(select(SelfHostedModel).where(SelfHostedModel.name == str(ref)))

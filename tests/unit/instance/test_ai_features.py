@@ -443,7 +443,10 @@ def test_422_for_a_body_that_is_not_json(api: Api, prompt_gateway: FakeGateway) 
 def test_413_for_a_body_over_the_limit(api: Api, prompt_gateway: FakeGateway) -> None:
     response = api.post(url("generate_commit_message"), {"diff": "+" * (9 * 1024 * 1024)})
     assert response.status_code == 413
-    assert response.json()["message"] == "413 Request Entity Too Large - the body is over 8 MiB"
+    assert response.json()["message"] == (
+        "413 Request Entity Too Large - the request body is over 8 MiB, the limit of this "
+        "endpoint (ENCLAVE_INSTANCE__MAX_AI_BODY_BYTES); send a smaller body"
+    )
     assert prompt_gateway.requests == []
 
 

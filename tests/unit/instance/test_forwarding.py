@@ -417,7 +417,10 @@ def test_413_for_bodies_over_600_kb(
         timeout=10,
     )
     assert response.status_code == 413
-    assert response.json() == {"message": "413 Request Entity Too Large"}
+    assert response.json() == {
+        "message": "413 Request Entity Too Large - the request body is over 600 KiB, the limit "
+        "of this endpoint; send a smaller body"
+    }
     assert response.headers["x-gitlab-error-origin"] == "monolith"
     assert fresh_gateway.requests == []
 

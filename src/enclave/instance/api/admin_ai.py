@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from enclave.instance import ai_settings, audit_views, registry
 from enclave.instance.api.deps import actor_of, admin_user, context_of, in_transaction
 from enclave.instance.api.pagination import Page, page_params, set_headers
+from enclave.instance.api.routing import InstanceRoute
 from enclave.instance.connection import ConnectionResult, ModelUnderTest, check_connection
 from enclave.instance.context import InstanceContext
 from enclave.instance.feature_settings import (
@@ -33,8 +34,8 @@ from enclave.instance.feature_settings import (
 from enclave.instance.gateway_client import ForwardIdentity, pseudonymous_user_id
 from enclave.instance.pats import Principal
 
-router = APIRouter(tags=["admin: AI"])
-audit_router = APIRouter(tags=["audit events"])
+router = APIRouter(tags=["admin: AI"], route_class=InstanceRoute)
+audit_router = APIRouter(tags=["audit events"], route_class=InstanceRoute)
 
 PREFIX = "/api/v4/admin/ai"
 Admin = Annotated[Principal, Depends(admin_user)]

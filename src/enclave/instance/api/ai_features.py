@@ -31,7 +31,6 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
@@ -51,6 +50,7 @@ from enclave.instance.api.relay import (
     relay,
     relay_to_caller,
 )
+from enclave.instance.api.routing import AiTextRoute
 from enclave.instance.features import (
     CHAT_SUB_FEATURES,
     FEATURE_UNIT_PRIMITIVES,
@@ -71,9 +71,9 @@ METADATA_PROVIDER = "openai"
 MODEL_FAILED_STATUSES = frozenset({421, 503})
 MAX_REASON_CHARS = 500
 
-# Checked on Content-Length before the body is read: the largest valid body (a 400 000-char
-# diff, or four 100 000-char texts, JSON-escaped) stays well under it.
-MAX_BODY_BYTES = 8 * 1024 * 1024
+# The body limit is the instance's max_ai_body_bytes (8 MiB by default, AiTextRoute): the
+# largest valid body (a 400 000-char diff, or four 100 000-char texts, JSON-escaped) stays
+# well under it.
 MAX_DIFF_CHARS = 400_000
 MAX_TEXT_CHARS = 100_000
 MAX_LIST_ITEMS = 100
@@ -427,25 +427,14 @@ async def forward_feature(
     return JSONResponse({"response": answer, "feature": spec.feature.value, "model": model.name})
 
 
-class FieldErrorsRoute(APIRoute):
-    """Body validation errors as 422 with every bad field named (``errors.field_errors``)."""
+class FieldErrorsRoute(AiTextRoute):
+    """Body validation errors as 422 with every bad field named (``errors.field_errors``);
+    authentication first and the AI body limit come from :class:`AiTextRoute`."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
-            too_big = InstanceAPIError(413, f"the body is over {MAX_BODY_BYTES // 2**20} MiB")
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-                raise too_big
-            # Also count while reading: a chunked body has no Content-Length to check. What
-            # was read is kept where Request.body() looks first, so FastAPI parses it as usual.
-            body = bytearray()
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_BODY_BYTES:
-                    raise too_big
-            request._body = bytes(body)
             try:
                 return await handler(request)
             except RequestValidationError as exc:

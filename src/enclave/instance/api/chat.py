@@ -55,6 +55,7 @@ from enclave.instance.api.relay import (
     read_body,
     relay,
 )
+from enclave.instance.api.routing import AiTextRoute
 from enclave.instance.features import (
     FEATURE_UNIT_PRIMITIVES,
     Feature,
@@ -68,7 +69,7 @@ from enclave.instance.pats import AI_SCOPES, Principal
 
 log = get_logger(__name__)
 
-router = APIRouter(tags=["chat"])
+router = APIRouter(tags=["chat"], route_class=AiTextRoute)
 
 MAX_CONTENT_CHARS = 100_000
 

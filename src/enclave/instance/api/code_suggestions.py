@@ -23,6 +23,7 @@ from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
 from enclave.instance.api.middleware import annotate
 from enclave.instance.api.relay import gateway_error, relay_to_caller
+from enclave.instance.api.routing import InstanceRoute
 from enclave.instance.code_suggestions import (
     CompletionRequest,
     describe_validation_error,
@@ -42,22 +43,20 @@ from enclave.instance.pats import AI_SCOPES, Principal
 
 log = get_logger(__name__)
 
-router = APIRouter()
 
-# GitLab refuses bodies over 600 kB with 413 (two 100 k-char sides plus context fit easily).
-MAX_BODY_BYTES = 600 * 1024
+class CodeSuggestionsRoute(InstanceRoute):
+    """GitLab refuses code suggestion bodies over 600 kB with 413 (two 100 k-char sides plus
+    context fit easily); the route reads the body under it, after authentication."""
+
+    fixed_limit = 600 * 1024
 
 
-async def read_json_body(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
-    """The JSON object in the body; 413 past ``limit`` bytes (checked while reading), else 400."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise InstanceAPIError(413)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise InstanceAPIError(413)
+router = APIRouter(route_class=CodeSuggestionsRoute)
+
+
+async def read_json_body(request: Request) -> dict[str, Any]:
+    """The JSON object in the body (read by the route class, under its limit); else 400."""
+    body = await request.body()
     if not body:
         raise InstanceAPIError(400, "the body is empty; send a JSON object with current_file")
     try:

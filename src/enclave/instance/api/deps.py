@@ -7,6 +7,7 @@ from typing import TypeVar, cast
 
 from fastapi import Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from enclave.common.logging import get_logger
 from enclave.instance.actor import Actor
@@ -37,15 +38,29 @@ def in_transaction(ctx: InstanceContext, work: Callable[[Session], T], *, write:
         return work(session)
 
 
-def authenticated(accepted_scopes: Iterable[str]) -> Callable[[Request], Principal]:
-    """A dependency that authenticates the caller's PAT and checks its scopes.
+class PatAuth:
+    """A dependency that authenticates the caller's PAT and checks its scopes (and, with
+    ``admin``, that the caller is an administrator).
 
-    It is a plain (sync) function on purpose: FastAPI runs it in the thread pool, so the
-    database lookup never blocks the event loop.
+    The route class (:mod:`enclave.instance.api.routing`) calls it before it reads the body, so
+    a caller without a valid token gets 401 before one body byte is read; the result is kept
+    on the request, and FastAPI's own call of the dependency just returns it. The database
+    lookup runs in the thread pool, never on the event loop.
     """
-    scopes = frozenset(accepted_scopes)
 
-    def dependency(request: Request) -> Principal:
+    def __init__(self, accepted_scopes: Iterable[str], *, admin: bool = False) -> None:
+        self.scopes = frozenset(accepted_scopes)
+        self.admin = admin
+
+    async def __call__(self, request: Request) -> Principal:
+        done: dict[PatAuth, Principal] = request.scope.setdefault(_DONE_KEY, {})
+        principal = done.get(self)
+        if principal is None:
+            principal = await run_in_threadpool(self._authenticate, request)
+            done[self] = principal
+        return principal
+
+    def _authenticate(self, request: Request) -> Principal:
         ctx = context_of(request)
         # The address ClientAddressMiddleware settled on (X-Forwarded-For only from a trusted
         # proxy); a banned one is refused before its token is even looked at.
@@ -55,7 +70,7 @@ def authenticated(accepted_scopes: Iterable[str]) -> Callable[[Request], Princip
             request.headers.get("private-token"), request.headers.get("authorization")
         )
         try:
-            principal = authenticate_request(ctx.sessions, token, accepted_scopes=scopes)
+            principal = authenticate_request(ctx.sessions, token, accepted_scopes=self.scopes)
         except AuthError as exc:
             log.info("authentication_failed", reason=exc.reason)
             ctx.limits.auth_failed(address, exc.reason)
@@ -68,25 +83,29 @@ def authenticated(accepted_scopes: Iterable[str]) -> Callable[[Request], Princip
                 f"{', '.join(exc.accepted)}; create a token with one of them",
             ) from None
         request.state.user_id = principal.user_id
+        if self.admin and not principal.is_admin:
+            log.info("admin_required", user_id=principal.user_id)
+            raise InstanceAPIError(
+                403, "this endpoint is for administrators; ask an administrator to do it for you"
+            )
         return principal
 
-    return dependency
+
+# Where a request keeps the principals its PatAuth dependencies found (scope key).
+_DONE_KEY = "enclave.principals"
+
+
+def authenticated(accepted_scopes: Iterable[str]) -> PatAuth:
+    """A dependency for a PAT with one of ``accepted_scopes``: 401 without a valid token, 403
+    without one of the scopes."""
+    return PatAuth(accepted_scopes)
 
 
 ADMIN_SCOPES = frozenset({"api"})
 
-
-def admin_user(request: Request) -> Principal:
-    """A dependency for admin endpoints: a PAT with scope ``api`` of an administrator.
-
-    401 without a valid token, 403 for a non-admin (or a token without ``api``)."""
-    principal = authenticated(ADMIN_SCOPES)(request)
-    if not principal.is_admin:
-        log.info("admin_required", user_id=principal.user_id)
-        raise InstanceAPIError(
-            403, "this endpoint is for administrators; ask an administrator to do it for you"
-        )
-    return principal
+# A dependency for admin endpoints: a PAT with scope ``api`` of an administrator. 401 without a
+# valid token, 403 for a non-admin (or a token without ``api``).
+admin_user = PatAuth(ADMIN_SCOPES, admin=True)
 
 
 def actor_of(request: Request, principal: Principal) -> Actor:

@@ -43,6 +43,7 @@ from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
 from enclave.instance.api.middleware import annotate
+from enclave.instance.api.routing import InstanceRoute
 from enclave.instance.features import (
     Feature,
 )
@@ -54,7 +55,7 @@ from enclave.instance.pats import AI_SCOPES, Principal, record_token_minting
 
 log = get_logger(__name__)
 
-router = APIRouter()
+router = APIRouter(route_class=InstanceRoute)
 
 PATH = "/api/v4/code_suggestions/direct_access"
 GATEWAY_PATH = "/v1/code/user_access_token"

@@ -14,9 +14,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from enclave.instance.api.deps import context_of
+from enclave.instance.api.routing import InstanceRoute
 from enclave.instance.pats import KNOWN_SCOPES
 
-router = APIRouter()
+router = APIRouter(route_class=InstanceRoute)
 
 JWKS_PATH = "/oauth/discovery/keys"
 # GitLab sends 24 h. Shorter here because rotation publishes a new key before it signs: the

@@ -101,6 +101,9 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
     location = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    if first.get("type") == "int_parsing_size" and tuple(first.get("loc", ()))[:1] == ("path",):
+        # An id of thousands of digits names nothing: 404, like any other id that does not exist.
+        return error_response(404, status_message(404, f"{location} is too large to be an id"))
     detail = f"{location or 'request'} is invalid: {first.get('msg', 'bad value')}"
     return error_response(400, status_message(400, detail))
 

@@ -43,6 +43,7 @@ from enclave.common.logging import get_logger
 from enclave.common.routes_secret import RoutesSecretError, read_routes_secret
 from enclave.instance.api.deps import context_of
 from enclave.instance.api.errors import InstanceAPIError
+from enclave.instance.api.routing import InstanceRoute
 from enclave.instance.context import InstanceContext
 from enclave.instance.db import utcnow
 from enclave.instance.db.models import FeatureProvider, PersonalAccessToken, User
@@ -58,7 +59,7 @@ from enclave.instance.gateway_client import pseudonymous_user_id
 
 log = get_logger(__name__)
 
-router = APIRouter()
+router = APIRouter(route_class=InstanceRoute)
 
 PATH: Final = "/api/v4/internal/ai/gateway_routes"
 ROUTES_VERSION: Final = 1

@@ -31,12 +31,13 @@ from enclave.common.logging import get_logger
 from enclave.common.model_probe import ModelProbe
 from enclave.instance import ai_settings
 from enclave.instance.api.deps import context_of
+from enclave.instance.api.routing import InstanceRoute
 from enclave.instance.context import InstanceContext
 from enclave.instance.db.models import FeatureProvider, FeatureSetting, SelfHostedModel
 
 log = get_logger(__name__)
 
-router = APIRouter()
+router = APIRouter(route_class=InstanceRoute)
 
 _NO_STORE = {"Cache-Control": "no-store"}
 

@@ -43,6 +43,7 @@ from enclave.instance import ai_settings, limits
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.middleware import annotate
+from enclave.instance.api.routing import InstanceRoute
 from enclave.instance.context import InstanceContext
 from enclave.instance.features import (
     FEATURE_UNIT_PRIMITIVES,
@@ -56,13 +57,19 @@ from enclave.instance.pats import AI_SCOPES, Principal, record_token_minting
 
 log = get_logger(__name__)
 
-router = APIRouter()
+
+class OpenAIAccessRoute(InstanceRoute):
+    """The body is at most a list of feature names: 16 KiB is plenty."""
+
+    fixed_limit = 16 * 1024
+
+
+router = APIRouter(route_class=OpenAIAccessRoute)
 
 PATH: Final = "/api/v4/ai/openai/direct_access"
 # The claim that marks a token for the OpenAI-compatible API (the gateway requires it there).
 SURFACE_CLAIM: Final = wire.CLAIM_SURFACE
 SURFACE_OPENAI: Final = wire.SURFACE_OPENAI
-MAX_BODY_BYTES: Final = 16 * 1024
 MAX_FEATURES: Final = len(Feature)
 
 
@@ -70,8 +77,6 @@ def _requested(raw: bytes) -> list[Feature]:
     """The features asked for (default: all); 400 for anything but ``{"features": [...]}``."""
     if not raw.strip():
         return list(Feature)
-    if len(raw) > MAX_BODY_BYTES:
-        raise InstanceAPIError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
         body: Any = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -13,9 +13,11 @@ from urllib.parse import urlencode
 from fastapi import Request, Response
 
 from enclave.instance.api.errors import InstanceAPIError
+from enclave.instance.db.models import MAX_ID
 
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
+MAX_PAGE = MAX_ID
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,12 @@ def _positive(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) < 1:
+    digits = raw.lstrip("0")
+    if not raw.isdigit() or not digits:
         raise InstanceAPIError(400, f"{name} is invalid: it must be a whole number of 1 or more")
-    return int(raw)
+    # A page past any table's end is just empty; capped so the offset stays a database integer
+    # (and int() never sees thousands of digits).
+    return MAX_PAGE if len(digits) > len(str(MAX_PAGE)) else min(int(digits), MAX_PAGE)
 
 
 def page_params(request: Request) -> Page:

@@ -29,9 +29,11 @@ from enclave.instance.api.deps import (
 )
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.pagination import Page, page_params, set_headers
+from enclave.instance.api.routing import InstanceRoute
+from enclave.instance.db.models import MAX_ID
 from enclave.instance.pats import READ_USER_SCOPES, SCOPE_API, SCOPE_READ_API, Principal
 
-router = APIRouter(tags=["users and tokens"])
+router = APIRouter(tags=["users and tokens"], route_class=InstanceRoute)
 
 Admin = Annotated[Principal, Depends(admin_user)]
 Reader = Annotated[Principal, Depends(authenticated(READ_USER_SCOPES))]
@@ -76,14 +78,24 @@ def list_users(
     response: Response,
     principal: ApiReader,
     page: Paging,
-    search: Annotated[str | None, Query(description="Part of username, name or e-mail.")] = None,
+    search: Annotated[
+        str | None,
+        Query(description="Part of username or name (admins: or e-mail address)."),
+    ] = None,
     username: Annotated[str | None, Query(description="Exactly this username.")] = None,
 ) -> list[dict[str, Any]]:
     ctx = context_of(request)
 
     def work(session: Session) -> list[dict[str, Any]]:
         rows, total = accounts.list_users(
-            session, offset=page.offset, limit=page.per_page, search=search, username=username
+            session,
+            offset=page.offset,
+            limit=page.per_page,
+            search=search,
+            username=username,
+            # As GitLab: only admins may find users by e-mail, so nobody else can probe
+            # whether an address belongs to someone.
+            search_emails=principal.is_admin,
         )
         set_headers(request, response, page, total)
         return [
@@ -204,8 +216,9 @@ def list_tokens(
 def _token_id(principal: Principal, token_ref: str) -> int:
     if token_ref == "self":  # noqa: S105 - GitLab's alias for the caller's token
         return principal.token_id
-    if not token_ref.isdigit():
-        raise InstanceAPIError(404, f"personal access token {token_ref!r} does not exist")
+    # A number too long to be an id (int() refuses over 4300 digits) names no token either.
+    if not token_ref.isdigit() or len(token_ref) > len(str(MAX_ID)):
+        raise InstanceAPIError(404, f"personal access token {token_ref[:64]!r} does not exist")
     return int(token_ref)
 
 

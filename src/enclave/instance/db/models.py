@@ -28,6 +28,15 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from enclave.instance.db.base import Base, UTCDateTime, utcnow
 
+# Every id column is an INTEGER: 32 bits on PostgreSQL. A larger (or non-positive) id names
+# nothing, and must not reach the database, which refuses it (SQLite cannot even bind ints
+# past 64 bits): lookups treat it as "not found".
+MAX_ID = 2**31 - 1
+
+
+def id_can_exist(value: int) -> bool:
+    return 0 < value <= MAX_ID
+
 
 class FeatureProvider(StrEnum):
     """Who serves a feature (GitLab's ``Ai::FeatureSetting#provider``)."""

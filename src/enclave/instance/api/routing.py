@@ -1,0 +1,111 @@
+"""The route class of every instance endpoint: authenticate first, then read a bounded body.
+
+FastAPI reads (and buffers) a route's body before it runs any dependency, so a PAT check
+written as a dependency would run only after an anonymous client's body had been read whole.
+:class:`InstanceRoute` changes the order for every route:
+
+1. the route's PAT checks (:class:`~enclave.instance.api.deps.PatAuth`, wherever they are
+   among its dependencies) run first: 401/403 before a single body byte is read;
+2. the body is read with a limit counted while reading, chunked or not (413 ``{"message"}``
+   naming the limit past it), and kept where FastAPI and ``Request.body()`` look for it, so
+   routes parse it as usual.
+
+Subclasses pick the limit: :class:`InstanceRoute` the admin/account one
+(``max_body_bytes``), :class:`AiTextRoute` the AI one (``max_ai_body_bytes``), and routes with
+a fixed limit of their own set :attr:`InstanceRoute.fixed_limit`. ``create_app`` refuses to
+start if a route is not an :class:`InstanceRoute`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from typing import Any, ClassVar
+
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from enclave.common.body import BodyTooLarge, read_body
+from enclave.instance.api.deps import PatAuth, context_of
+from enclave.instance.api.errors import InstanceAPIError
+
+
+def size_text(size: int) -> str:
+    """``65536`` → ``64 KiB``, ``8388608`` → ``8 MiB``; other sizes in bytes."""
+    if size % (1024 * 1024) == 0:
+        return f"{size // (1024 * 1024)} MiB"
+    if size % 1024 == 0:
+        return f"{size // 1024} KiB"
+    return f"{size} bytes"
+
+
+def _pat_checks(dependant: Dependant) -> Iterator[PatAuth]:
+    for dependency in dependant.dependencies:
+        if isinstance(dependency.call, PatAuth):
+            yield dependency.call
+        yield from _pat_checks(dependency)
+
+
+class InstanceRoute(APIRoute):
+    """Authenticate, then read the body with the admin/account limit (module docstring)."""
+
+    # The InstanceSettings field with this route's limit, unless it has a fixed one.
+    limit_setting: ClassVar[str] = "max_body_bytes"
+    fixed_limit: ClassVar[int | None] = None
+
+    def body_limit(self, request: Request) -> tuple[int, str | None]:
+        """The limit in bytes, and the setting that changes it (None when fixed)."""
+        if self.fixed_limit is not None:
+            return self.fixed_limit, None
+        settings = context_of(request).settings.instance
+        return int(getattr(settings, self.limit_setting)), self.limit_setting
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        checks = tuple(dict.fromkeys(_pat_checks(self.dependant)))
+
+        async def route(request: Request) -> Response:
+            for check in checks:
+                await check(request)  # raises 401/403; FastAPI later reuses the result
+            limit, setting = self.body_limit(request)
+            try:
+                # Kept where Request.body() and FastAPI look first.
+                request._body = await read_body(request, limit)
+            except BodyTooLarge:
+                where = f" (ENCLAVE_INSTANCE__{setting.upper()})" if setting else ""
+                raise InstanceAPIError(
+                    413,
+                    f"the request body is over {size_text(limit)}, the limit of this "
+                    f"endpoint{where}; send a smaller body",
+                ) from None
+            return await handler(request)
+
+        return route
+
+
+class AiTextRoute(InstanceRoute):
+    """AI endpoints that carry code or text to the model: the larger AI limit."""
+
+    limit_setting = "max_ai_body_bytes"
+
+
+def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
+    """Every API route, also inside included routers (which newer FastAPI keeps nested)."""
+    for route in routes:
+        nested = getattr(route, "original_router", None)
+        if nested is not None:
+            yield from api_routes(nested.routes)
+        elif isinstance(route, APIRoute):
+            yield route
+
+
+def check_routes(routes: Iterable[BaseRoute]) -> None:
+    """Refuse to build an app with an API route that skips the checks above."""
+    for route in api_routes(routes):
+        if not isinstance(route, InstanceRoute):
+            raise TypeError(
+                f"route {route.path} is a {type(route).__name__}: every instance route must be "
+                "an InstanceRoute (authenticate before reading the body, bounded body)"
+            )
