@@ -35,10 +35,10 @@ import orjson
 from enclave.common.logging import get_logger
 from enclave.common.routes_secret import RoutesSecretError, read_routes_secret
 from enclave.config import GatewaySettings
-from enclave.gateway.api.v2.code.suggestions import PlanError, resolve_target
 from enclave.gateway.egress import display_url
 from enclave.gateway.http import connect_failure, read_limited
 from enclave.gateway.single_flight import SingleFlight
+from enclave.gateway.targets import PlanError, resolve_target
 
 log = get_logger(__name__)
 
@@ -77,6 +77,7 @@ class FeatureRoute:
     endpoint: str | None = None  # OpenAI API base, no trailing slash
     upstream_model: str | None = None  # the "model" the model server expects
     api_key: str | None = field(default=None, repr=False)
+    force_text_completion: bool = False  # a text-completion-* identifier
 
 
 def _route(entry: Any) -> FeatureRoute | None:
@@ -119,7 +120,8 @@ def _route(entry: Any) -> FeatureRoute | None:
     try:
         target = resolve_target(None, family, text("endpoint"), text("api_key"), text("identifier"))
     except PlanError as exc:
-        detail = exc.detail if isinstance(exc.detail, str) else "endpoint or identifier missing"
+        # Users read this message: it never repeats the administrator's endpoint.
+        detail = exc.detail if isinstance(exc.detail, str) else "endpoint or identifier invalid"
         return FeatureRoute(
             feature,
             primitive,
@@ -138,6 +140,7 @@ def _route(entry: Any) -> FeatureRoute | None:
         endpoint=target.endpoint,
         upstream_model=target.model,
         api_key=target.api_key,
+        force_text_completion=target.force_text_completion,
     )
 
 

@@ -359,17 +359,34 @@ async def test_model_answer_with_null_text(gw: Harness) -> None:
     ],
 )
 async def test_forbidden_model_endpoints(gw: Harness, endpoint: str) -> None:
+    # The URL rules the instance applies to models: a URL breaking them is an invalid field.
     response = await gw.complete(gw.body(model_endpoint=endpoint))
-    assert response.status_code == 403
-    assert response.json()["detail"].startswith("The model endpoint")
-    assert "is not allowed" in response.json()["detail"]
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "model_endpoint"]
+    assert error["msg"].startswith("model_endpoint ")
     assert gw.model.requests == []
 
 
-async def test_credentials_in_the_endpoint_are_not_shown(gw: Harness) -> None:
-    response = await gw.complete(gw.body(model_endpoint="http://user:hunter2@169.254.169.254/v1"))
-    assert response.status_code == 403
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://user:hunter2@169.254.169.254/v1",
+        "http://user:hunter2@127.0.0.1:8000/v1",
+        "http://hunter2@model-host/v1",
+        "http://model-host/v1?key=hunter2",
+        "http://model-host/v1#hunter2",
+    ],
+)
+async def test_credentials_in_the_endpoint_are_422_and_not_shown(
+    gw: Harness, endpoint: str
+) -> None:
+    response = await gw.complete(gw.body(model_endpoint=endpoint))
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "model_endpoint"]
     assert "hunter2" not in response.text
+    assert gw.model.requests == []
 
 
 # -- streaming -----------------------------------------------------------------------------

@@ -327,6 +327,7 @@ async def test_unreachable_model_is_502(make_openai: OpenAIFactory) -> None:
 
 
 async def test_refused_endpoint_is_403(make_openai: OpenAIFactory) -> None:
+    # The instance would not accept this endpoint: the route is misconfigured, not called.
     oai = await make_openai(load=False)
     for route in oai.issuer.routes["routes"]:
         if route.get("model"):
@@ -334,7 +335,9 @@ async def test_refused_endpoint_is_403(make_openai: OpenAIFactory) -> None:
     assert await oai.table.refresh()
     response = await oai.chat()
     assert response.status_code == 403
-    assert error_of(response)["code"] == "endpoint_not_allowed"
+    assert error_of(response)["code"] == "model_unavailable"
+    assert "169.254" not in response.text
+    assert oai.model.requests == []
 
 
 # -- secrets --------------------------------------------------------------------------------

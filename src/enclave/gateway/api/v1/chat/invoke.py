@@ -21,12 +21,10 @@ from starlette.responses import Response
 from enclave.common.logging import get_logger
 from enclave.gateway.api.v2.code.schemas import PromptMessage, Str255, _Model
 from enclave.gateway.api.v2.code.suggestions import (
-    PlanError,
     authenticate,
     messages_as_text,
     model_error_response,
     parse_body,
-    resolve_target,
 )
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
@@ -38,6 +36,7 @@ from enclave.gateway.models.base import (
 )
 from enclave.gateway.prompts.registry import Prompt, PromptNotFound, get_registry
 from enclave.gateway.streaming import RawTextStreamResponse
+from enclave.gateway.targets import PlanError, resolve_target
 
 if TYPE_CHECKING:
     from enclave.gateway.app import Gateway

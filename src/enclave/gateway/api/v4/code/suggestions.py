@@ -5,7 +5,8 @@ file around the cursor and the model) and optional ``code_editor_context`` items
 onto the v2 request and planned by the v2 use cases (:data:`COMPLETIONS`, :data:`GENERATIONS`),
 so prompts, model targets and post-processing are the same as there. Pipeline: authenticate
 (401/503/429) → any code-suggestions scope (403) → body (413/422) → the component's scope
-(403) → plan (422) → endpoint (403) → model (503/429).
+(403) → model target (the administrator's for a user's token: 403/503) → plan (422) →
+endpoint (403) → model (503/429; one generic message for a user).
 
 Streamed answers are framed as GitLab's v4 events (header ``X-Streaming-Format: sse``)::
 
@@ -29,7 +30,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common import wire
-from enclave.common.logging import get_logger
 from enclave.gateway.api.v2.code.completions import COMPLETIONS
 from enclave.gateway.api.v2.code.generations import GENERATIONS
 from enclave.gateway.api.v2.code.schemas import (
@@ -45,21 +45,20 @@ from enclave.gateway.api.v2.code.schemas import (
 from enclave.gateway.api.v2.code.suggestions import (
     ENGINE,
     Plan,
-    PlanError,
     UseCase,
     authenticate,
     check_prompt_shape,
-    model_error_response,
+    model_failure,
     parse_body,
+    target_for,
 )
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import EndpointNotAllowed, ModelError, TextStream
 from enclave.gateway.streaming import RawTextStreamResponse, TextFilter
+from enclave.gateway.targets import PlanError
 
 if TYPE_CHECKING:
     from enclave.gateway.app import Gateway
-
-log = get_logger(__name__)
 
 COMPLETION: Final = "code_editor_completion"
 GENERATION: Final = "code_editor_generation"
@@ -214,7 +213,7 @@ def response_body(plan: Plan, text: str, finish_reason: str) -> dict[str, Any]:
 
 async def suggestions(request: Request) -> Response | RawTextStreamResponse:
     gateway: Gateway = request.app.state.gateway
-    principal = await authenticate(request)
+    principal = await authenticate(request, user_tokens=True)
     if isinstance(principal, Response):
         return principal
     if not principal.can(*_ANY_SCOPE):
@@ -229,7 +228,8 @@ async def suggestions(request: Request) -> Response | RawTextStreamResponse:
             return detail(use_case.unauthorized, 403)
         payload = as_v2(body, editor)
         check_prompt_shape(payload)
-        plan = use_case.plan(payload)
+        payload, target = target_for(gateway, principal, use_case.feature, payload)
+        plan = use_case.plan(payload, target)
     except PlanError as exc:
         return json_response({"detail": exc.detail}, exc.status)
 
@@ -241,9 +241,6 @@ async def suggestions(request: Request) -> Response | RawTextStreamResponse:
                 SseEvents(stream, plan, text_filter), headers={STREAMING_FORMAT_HEADER: "sse"}
             )
         result = await gateway.models.complete(plan.request)
-    except EndpointNotAllowed as exc:
-        log.warning("model_endpoint_refused", reason=exc.reason)
-        return detail(exc.reason, 403)
-    except ModelError as exc:
-        return model_error_response(exc)
+    except (EndpointNotAllowed, ModelError) as exc:
+        return model_failure(request, principal, exc)
     return json_response(response_body(plan, plan.postprocess(result.text), result.finish_reason))
