@@ -203,6 +203,7 @@ class FakeModel:
     stream_error: str | None = None  # an error event after the chunks, instead of the end
     ignore_stream: bool = False  # answer a stream request with one JSON body
     location: str | None = None  # Location header of non-200 answers (redirects)
+    delay_s: float = 0.0  # answer this late
     requests: list[Recorded] = field(default_factory=list)
     stream_closed: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
@@ -214,6 +215,8 @@ class FakeModel:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(Recorded(request.path, dict(request.headers), body))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.status != 200:
             headers = {"Retry-After": self.retry_after} if self.retry_after else {}
             if self.location:
