@@ -17,6 +17,7 @@ from typing import Any, Final
 from enclave.common.endpoint_url import EndpointUrlError, check_endpoint_url
 from enclave.gateway.api.v2.code.schemas import field_error
 from enclave.gateway.egress import display_url
+from enclave.gateway.models.base import ChatMessage
 
 PROVIDER_LITELLM: Final = "litellm"
 
@@ -153,3 +154,10 @@ def resolve_target(
         raise PlanError([field_error(loc("endpoint"), str(exc), display_url(endpoint))]) from None
     model, force_text = served_model(identifier, name, loc)
     return ModelTarget(checked, model, api_key or None, force_text)
+
+
+def messages_as_text(messages: tuple[ChatMessage, ...]) -> str:
+    """Chat messages as one raw prompt, for identifiers that force the completions API."""
+    return "\n\n".join(
+        m.content if m.role == "user" else f"{m.role}: {m.content}" for m in messages
+    )

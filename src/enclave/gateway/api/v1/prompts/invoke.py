@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common.logging import get_logger
+from enclave.gateway.api.steps import authenticate, parse_body
 from enclave.gateway.api.v2.code.schemas import Str255, _Model, field_error
-from enclave.gateway.api.v2.code.suggestions import authenticate, messages_as_text, parse_body
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
     Api,
@@ -42,7 +42,13 @@ from enclave.gateway.prompts.registry import (
 )
 from enclave.gateway.prompts.semver import InvalidVersion
 from enclave.gateway.streaming import RawTextStreamResponse
-from enclave.gateway.targets import PROVIDER_LITELLM, ModelTarget, PlanError, resolve_target
+from enclave.gateway.targets import (
+    PROVIDER_LITELLM,
+    ModelTarget,
+    PlanError,
+    messages_as_text,
+    resolve_target,
+)
 
 if TYPE_CHECKING:
     from enclave.gateway.app import Gateway

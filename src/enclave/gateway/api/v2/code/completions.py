@@ -22,7 +22,6 @@ from enclave.gateway.api.v2.code.schemas import SuggestionsRequest
 from enclave.gateway.api.v2.code.suggestions import (
     Plan,
     UseCase,
-    messages_as_text,
     messages_from,
     serve,
 )
@@ -37,7 +36,7 @@ from enclave.gateway.prompts.postprocess import (
 )
 from enclave.gateway.prompts.registry import get_registry
 from enclave.gateway.streaming import RawTextStreamResponse
-from enclave.gateway.targets import ModelTarget, PlanError
+from enclave.gateway.targets import ModelTarget, PlanError, messages_as_text
 
 USE_CASE_NAME = "code completions"
 PROMPT_ID: Final = "code_suggestions/completions"

@@ -20,7 +20,6 @@ from enclave.gateway.api.v2.code.schemas import SuggestionsRequest
 from enclave.gateway.api.v2.code.suggestions import (
     Plan,
     UseCase,
-    messages_as_text,
     messages_from,
     serve,
 )
@@ -29,7 +28,7 @@ from enclave.gateway.prompts.context import detect_language
 from enclave.gateway.prompts.postprocess import GenerationStreamFilter, postprocess_generation
 from enclave.gateway.prompts.registry import get_registry
 from enclave.gateway.streaming import RawTextStreamResponse
-from enclave.gateway.targets import ModelTarget
+from enclave.gateway.targets import ModelTarget, messages_as_text
 
 PROMPT_ID: Final = "code_suggestions/generations"
 # The file around the cursor that goes into the gateway's own instruction.

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common import wire
+from enclave.gateway.api.steps import authenticate, model_failure, parse_body
 from enclave.gateway.api.v2.code.completions import COMPLETIONS
 from enclave.gateway.api.v2.code.generations import GENERATIONS
 from enclave.gateway.api.v2.code.schemas import (
@@ -46,10 +47,7 @@ from enclave.gateway.api.v2.code.suggestions import (
     ENGINE,
     Plan,
     UseCase,
-    authenticate,
     check_prompt_shape,
-    model_failure,
-    parse_body,
     target_for,
 )
 from enclave.gateway.http import detail, json_response
