@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import pytest
 from gateway_fakes import MODEL_API_KEY, Harness, HarnessFactory, call_asgi
+from pydantic import BaseModel, StringConstraints, ValidationError
 from starlette.types import Message
 
 from enclave.common.net import free_port
+from enclave.gateway.api.v2.code.schemas import validation_detail
 
 pytestmark = pytest.mark.anyio
 
@@ -218,6 +220,28 @@ async def test_validation_errors_are_fastapi_shaped(gw: Harness) -> None:
     # FastAPI would echo the whole body, API key included; we never do.
     assert error["input"]["model_api_key"] == "[REDACTED]"
     assert MODEL_API_KEY not in orjson.dumps(error).decode()
+
+
+def test_secret_fields_are_never_echoed_whatever_their_shape() -> None:
+    class Body(BaseModel):
+        model_api_key: Annotated[str, StringConstraints(max_length=8)] | None = None
+        nested: dict[str, Annotated[str, StringConstraints(max_length=4)]] = {}
+        max_tokens: int = 1
+
+    bad = {
+        "model_api_key": "long-secret-value",
+        "nested": {"api_key": "other-secret", "token": "third-secret"},
+        "max_tokens": "lots",
+    }
+    with pytest.raises(ValidationError) as caught:
+        Body.model_validate(bad)
+    details = {tuple(e["loc"]): e for e in validation_detail(caught.value)}
+    assert details["body", "model_api_key"]["input"] == "[REDACTED]"
+    assert "ctx" not in details["body", "model_api_key"]  # ctx may carry the value too
+    assert details["body", "nested", "api_key"]["input"] == "[REDACTED]"
+    assert details["body", "nested", "token"]["input"] == "[REDACTED]"
+    assert details["body", "max_tokens"]["input"] == "lots"  # a count, not a secret
+    assert "secret" not in orjson.dumps(list(details.values())).decode()
 
 
 @pytest.mark.parametrize(
