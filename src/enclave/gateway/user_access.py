@@ -77,6 +77,10 @@ def user_model_failure(
     return detail(model_unavailable_message(request), 503)
 
 
+def _blank(value: str | None) -> bool:
+    return not (value or "").strip()
+
+
 @dataclass(frozen=True, slots=True)
 class NamedModel:
     """The model fields a request body carries (all optional)."""
@@ -86,71 +90,63 @@ class NamedModel:
     api_key: str | None = None
     identifier: str | None = None
 
+    def _other_provider(self) -> bool:
+        return (self.provider or PROVIDER_LITELLM).strip().lower() != PROVIDER_LITELLM
 
-def _blank(value: str | None) -> bool:
-    return not (value or "").strip()
+    @property
+    def names_a_model(self) -> bool:
+        """True when the body names any endpoint, key, identifier or a provider."""
+        return self._other_provider() or not (
+            _blank(self.endpoint) and _blank(self.api_key) and _blank(self.identifier)
+        )
 
-
-def _names_another(named: NamedModel, target: ModelTarget) -> bool:
-    """True when the body names anything but the administrator's model (or nothing)."""
-    if (named.provider or PROVIDER_LITELLM).strip().lower() != PROVIDER_LITELLM:
-        return True
-    if not _blank(named.endpoint):
-        assert named.endpoint is not None
-        if named.endpoint.strip().rstrip("/") != target.endpoint:
+    def names_another_than(self, target: ModelTarget) -> bool:
+        """True when the body names anything but ``target`` (naming nothing is fine)."""
+        if self._other_provider():
             return True
-    if not _blank(named.api_key):
-        assert named.api_key is not None
-        key = (target.api_key or "").encode()
-        if not hmac.compare_digest(named.api_key.strip().encode(), key):
+        endpoint = (self.endpoint or "").strip().rstrip("/")
+        if endpoint and endpoint != target.endpoint:
             return True
-    if not _blank(named.identifier):
-        try:
-            model = served_model(named.identifier, None, lambda name: [name])
-        except PlanError:
+        key = (self.api_key or "").strip()
+        if key and not hmac.compare_digest(key.encode(), (target.api_key or "").encode()):
             return True
-        if model != (target.model, target.force_text_completion):
-            return True
-    return False
+        if not _blank(self.identifier):
+            try:
+                served = served_model(self.identifier, None, lambda name: [name])
+            except PlanError:
+                return True
+            if served != (target.model, target.force_text_completion):
+                return True
+        return False
 
 
 def admin_model(gateway: Gateway, feature: str, named: NamedModel) -> tuple[ModelTarget, str]:
     """The administrator's model for ``feature`` and its family; :class:`PlanError` (403/503).
 
-    A body that names a model is refused even while the routes are unavailable (the answer
-    must not depend on what the body names); it passes only when it names exactly the
-    administrator's model (an IDE may echo the model it was told about).
+    A body that names a model is refused whatever state the routes are in; it passes only
+    when it names exactly the administrator's model (an IDE may echo what it was told).
     """
     table = gateway.routes_table
     if not table.enabled:
-        if _names_model(named):
+        if named.names_a_model:
             raise PlanError(ADMIN_CHOOSES_MODEL, 403)
         raise PlanError(NO_ROUTES_HERE, 503)
     try:
         routes = table.routes()
     except RoutesUnavailable as exc:
-        if _names_model(named):
+        if named.names_a_model:
             raise PlanError(ADMIN_CHOOSES_MODEL, 403) from None
         log.warning("user_model_routes_unavailable", reason=exc.message)
         raise PlanError(ROUTES_NOT_LOADED, 503) from None
     route = routes.get(feature)
     if route is None or not route.available or not route.endpoint or not route.upstream_model:
-        if _names_model(named):
+        if named.names_a_model:
             raise PlanError(ADMIN_CHOOSES_MODEL, 403)
         message = route.message if route is not None and route.message else None
         raise PlanError(message or f"No model is assigned to {feature} on this instance", 403)
     target = ModelTarget(
         route.endpoint, route.upstream_model, route.api_key, route.force_text_completion
     )
-    if _names_another(named, target):
+    if named.names_another_than(target):
         raise PlanError(ADMIN_CHOOSES_MODEL, 403)
     return target, route.family or ""
-
-
-def _names_model(named: NamedModel) -> bool:
-    return not (
-        _blank(named.endpoint)
-        and _blank(named.api_key)
-        and _blank(named.identifier)
-        and (named.provider or PROVIDER_LITELLM).strip().lower() == PROVIDER_LITELLM
-    )
