@@ -17,7 +17,7 @@ import pytest
 
 from enclave.common.net import free_port
 from enclave.model.tiny_gguf import TINY_ANSWER, write_tiny_gguf
-from enclave.supervisor import Plan, make_plan, start_all, stop_all
+from enclave.supervisor import Plan, ensure_routes_secret, make_plan, start_all, stop_all
 
 
 @dataclass
@@ -82,9 +82,28 @@ def gateway_body(stack: Stack) -> dict[str, Any]:
     }
 
 
+def ide_body() -> dict[str, Any]:
+    """A completion request as an IDE sends it with direct access: no model fields (the
+    gateway uses the model the administrator assigned to code completions)."""
+    return {
+        "current_file": {
+            "file_name": "calc.py",
+            "content_above_cursor": "def add(a, b):\n    ",
+            "content_below_cursor": "",
+        },
+        "prompt_version": 2,
+        "prompt": "",
+        "stream": False,
+    }
+
+
 @contextmanager
 def running_stack(data_dir: Path, gguf: Path, **extra_env: str) -> Iterator[Stack]:
-    """The three roles, as ``enclave up`` runs them, on free ports with their own data dir."""
+    """The three roles, as ``enclave up`` runs them, on free ports with their own data dir.
+
+    As ``enclave up`` does, the instance and the gateway share the routes secret: the gateway
+    reads the feature→model routes (OpenAI-compatible API, direct access).
+    """
     env = {**stack_env(data_dir), **extra_env}
     plan = make_plan(
         instance_host="127.0.0.1",
@@ -92,6 +111,7 @@ def running_stack(data_dir: Path, gguf: Path, **extra_env: str) -> Iterator[Stac
         gateway_host="127.0.0.1",
         gateway_port=free_port(),
         gguf=gguf,
+        routes_secret_file=ensure_routes_secret(data_dir / "keys" / "gateway-routes.secret"),
     )
     start_all(plan, data_dir / "logs", lambda role, elapsed: None, env=env)
     try:

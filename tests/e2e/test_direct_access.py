@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import Stack, gateway_body
+from tests.e2e.conftest import Stack, gateway_body, ide_body
 
 pytestmark = pytest.mark.e2e
 
@@ -31,14 +32,43 @@ def call(access: dict[str, Any], path: str, body: dict[str, Any]) -> httpx.Respo
     )
 
 
-def test_the_ide_completes_code_straight_at_the_gateway(stack: Stack, expected_answer: str) -> None:
+def completed(access: dict[str, Any], path: str, timeout_s: float = 30) -> httpx.Response:
+    """The answer once the gateway has read the routes (in the background, at start-up)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = call(access, path, ide_body())
+        if response.status_code != 503 or time.monotonic() > deadline:
+            return response
+        time.sleep(0.3)
+
+
+@pytest.mark.parametrize("path", ["/v2/code/completions", "/v2/completions"])
+def test_the_ide_completes_code_straight_at_the_gateway(
+    stack: Stack, expected_answer: str, path: str
+) -> None:
     access = direct_access(stack)
     assert access["base_url"] == stack.gateway_url
     assert access["model_details"] == {}
     assert access["headers"]["X-Gitlab-Authentication-Type"] == "oidc"
-    response = call(access, "/v2/code/completions", gateway_body(stack))
+    # No model in the body: the gateway serves the model the administrator assigned.
+    response = completed(access, path)
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["text"] == expected_answer
+
+
+def test_the_user_token_cannot_choose_the_endpoint_or_key(stack: Stack) -> None:
+    access = direct_access(stack)
+    assert completed(access, "/v2/code/completions").status_code == 200  # routes are loaded
+    attacks = [
+        {"model_endpoint": f"{stack.instance_url}/api/v4/internal?x=", "model_api_key": "mine"},
+        {"model_endpoint": f"{stack.model_url}/../other"},
+        {"model_api_key": "a-key-of-my-choice"},
+        {"model_identifier": "custom_openai/another-model"},
+    ]
+    for fields in attacks:
+        response = call(access, "/v2/code/completions", {**ide_body(), **fields})
+        assert response.status_code == 403, (fields, response.text)
+        assert "chosen by the administrator" in response.json()["detail"]
 
 
 def test_the_user_token_does_not_generate_code(stack: Stack) -> None:

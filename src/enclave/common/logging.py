@@ -37,6 +37,11 @@ def redact_text(text: str) -> str:
     return _SECRET_VALUES.sub(REDACTED, text)
 
 
+def is_secret_key(key: str) -> bool:
+    """True when a field named ``key`` holds a secret (``max_tokens`` style counts do not)."""
+    return bool(_SECRET_KEYS.search(key)) and not key.lower().endswith("tokens")
+
+
 def redact(value: Any, key: str | None = None) -> Any:
     """Redact a log value: secret keys lose their values, strings lose secret-looking parts."""
     if (

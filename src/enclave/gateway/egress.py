@@ -1,10 +1,12 @@
 """Which model endpoints the gateway may call (SSRF safety).
 
-The model endpoint comes with each request, so the gateway must not become a way to reach
-things the caller could not reach itself. Rules (:class:`~enclave.common.netrules.EgressPolicy`,
-from ``gateway.model_egress_allow``): http(s) only; link-local and cloud metadata addresses
-always refused; otherwise the host must be allowed by name, or every address it resolves to must
-be in the allow-list. The check runs twice, cheaply: before the call (clear 403, verdicts cached
+The model endpoint comes with the instance's requests (or its routes), so the gateway must not
+become a way to reach things the caller could not reach itself. Rules: the URL rules the instance
+applies to models (:func:`~enclave.common.endpoint_url.check_endpoint_url`: http(s) only, no
+user-info, query or fragment); then (:class:`~enclave.common.netrules.EgressPolicy`, from
+``gateway.model_egress_allow``) link-local and cloud metadata addresses always refused;
+otherwise the host must be allowed by name, or every address it resolves to must be in the
+allow-list. The check runs twice, cheaply: before the call (clear 403, verdicts cached
 for a minute) and inside the HTTP client's resolver (:class:`GuardedResolver`) for the very
 addresses it is about to connect to, so a DNS answer that changes between the two (rebinding)
 still cannot reach anything outside the list. Address literals are not resolved at all, so the
@@ -23,6 +25,7 @@ from urllib.parse import SplitResult, urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from enclave.common.endpoint_url import EndpointUrlError, check_endpoint_url
 from enclave.common.netrules import (
     BLOCKED_NETWORKS,
     DEFAULT_EGRESS,
@@ -122,6 +125,12 @@ class EgressGuard:
         self._allowed[endpoint] = self._clock() + _RESOLVE_TTL_S
 
     async def _check(self, endpoint: str) -> None:
+        try:
+            # The rules the instance applies when an administrator saves a model: whatever
+            # reaches this point (a body, a route) is held to the same ones.
+            check_endpoint_url(endpoint, "the URL")
+        except EndpointUrlError as exc:
+            raise _refusal(endpoint, str(exc)) from None
         try:
             parts = urlsplit(endpoint)
             port = parts.port

@@ -47,11 +47,11 @@ from enclave.common import wire
 from enclave.common.logging import get_logger
 from enclave.common.routes_secret import RoutesSecretError, read_routes_secret
 from enclave.config import GatewaySettings
-from enclave.gateway.api.v2.code.suggestions import PlanError, resolve_target
 from enclave.gateway.auth.verify import AuthError, Principal, forbidden
 from enclave.gateway.egress import display_url
 from enclave.gateway.http import connect_failure, read_limited
 from enclave.gateway.single_flight import SingleFlight
+from enclave.gateway.targets import PlanError, resolve_target
 
 log = get_logger(__name__)
 
@@ -93,6 +93,7 @@ class FeatureRoute:
     endpoint: str | None = None  # OpenAI API base, no trailing slash
     upstream_model: str | None = None  # the "model" the model server expects
     api_key: str | None = field(default=None, repr=False)
+    force_text_completion: bool = False  # a text-completion-* identifier
 
 
 def _route(entry: Any) -> FeatureRoute | None:
@@ -135,7 +136,8 @@ def _route(entry: Any) -> FeatureRoute | None:
     try:
         target = resolve_target(None, family, text("endpoint"), text("api_key"), text("identifier"))
     except PlanError as exc:
-        detail = exc.detail if isinstance(exc.detail, str) else "endpoint or identifier missing"
+        # Users read this message: it never repeats the administrator's endpoint.
+        detail = exc.detail if isinstance(exc.detail, str) else "endpoint or identifier invalid"
         return FeatureRoute(
             feature,
             primitive,
@@ -154,6 +156,7 @@ def _route(entry: Any) -> FeatureRoute | None:
         endpoint=target.endpoint,
         upstream_model=target.model,
         api_key=target.api_key,
+        force_text_completion=target.force_text_completion,
     )
 
 
@@ -317,7 +320,8 @@ class RoutesTable:
         age = now - (self.loaded_at or now)
         raise RoutesUnavailable(
             f"the AI feature routes from the instance {self.issuer} are out of date (last "
-            f"loaded {age:.0f} s ago) and the instance cannot be reached: {self.last_error}"
+            f"loaded {age:.0f} s ago) and the instance cannot be reached: "
+            f"{self.last_error or 'a new fetch is under way'}"
         )
 
     @property

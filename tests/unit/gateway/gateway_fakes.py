@@ -27,6 +27,11 @@ from enclave.common import wire
 
 INSTANCE_ID = "5f0f0f0f-1111-4222-8333-444455556666"
 MODEL_API_KEY = "sk-test-model-key-0123456789abcdef"
+# The secret the instance and the gateway share for the feature→model routes.
+ROUTES_SECRET = "enclkey-routes-test-secret-0123456789"
+# The key of the model the administrator assigned (the routes'), unlike the one bodies carry.
+ROUTE_MODEL_KEY = "admin-assigned-model-key-5a7b9c"
+ROUTE_IDENTIFIER = "custom_openai/admin-served-model"
 
 
 # -- keys -----------------------------------------------------------------------------------
@@ -79,12 +84,35 @@ def jwk_of(private_key: Any, kid: str, alg: str | None = None) -> dict[str, Any]
 # -- fake issuer ----------------------------------------------------------------------------
 
 
+def route_entry(feature: str, primitive: str, endpoint: str, **model: Any) -> dict[str, Any]:
+    """One available route of the instance's routes document."""
+    return {
+        "feature": feature,
+        "unit_primitive": primitive,
+        "available": True,
+        "model": {
+            "name": f"{feature}-model",
+            "family": "codestral",
+            "provider": "api",
+            "endpoint": endpoint,
+            "identifier": ROUTE_IDENTIFIER,
+            "api_key": ROUTE_MODEL_KEY,
+            **model,
+        },
+    }
+
+
 class FakeIssuer:
-    """Serves OIDC discovery and a JWKS; counts fetches; can fail on demand."""
+    """Serves OIDC discovery and a JWKS, and the instance's feature→model routes when shown
+    :data:`ROUTES_SECRET`; counts fetches; can fail on demand."""
 
     def __init__(self) -> None:
         self.base = ""
         self.jwks: dict[str, Any] = {"keys": []}
+        self.routes: dict[str, Any] = {"version": 1, "routes": []}
+        self.routes_status: int | None = None  # answer the routes endpoint with this instead
+        self.routes_hits = 0
+        self.secret_seen: list[str] = []
         self.discovery_hits = 0
         self.jwks_hits = 0
         self.fail_status: int | None = None
@@ -115,14 +143,25 @@ class FakeIssuer:
             return web.Response(body=self.raw_keys, content_type="application/json")
         return web.json_response(self.jwks)
 
+    async def _routes(self, request: web.Request) -> web.Response:
+        self.routes_hits += 1
+        self.secret_seen.append(request.headers.get("Authorization", ""))
+        if self.routes_status:
+            return web.Response(status=self.routes_status)
+        if request.headers.get("Authorization") != f"Bearer {ROUTES_SECRET}":
+            return web.Response(status=401)
+        return web.json_response(self.routes)
+
     @property
     def hits(self) -> int:
+        """Key fetches (discovery and JWKS); routes fetches are counted apart."""
         return self.discovery_hits + self.jwks_hits
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/.well-known/openid-configuration", self._discovery)
         app.router.add_get("/oauth/discovery/keys", self._keys)
+        app.router.add_get("/api/v4/internal/ai/gateway_routes", self._routes)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -169,6 +208,7 @@ class FakeModel:
     done_frame: bytes = b"data: [DONE]\n\n"  # how the stream ends; b"": without [DONE]
     ignore_stream: bool = False  # answer a stream request with one JSON body
     location: str | None = None  # Location header of non-200 answers (redirects)
+    delay_s: float = 0.0  # answer this late
     requests: list[Recorded] = field(default_factory=list)
     stream_closed: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
@@ -180,6 +220,8 @@ class FakeModel:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(Recorded(request.path, dict(request.headers), body))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.status != 200:
             headers = {"Retry-After": self.retry_after} if self.retry_after else {}
             if self.location:
@@ -341,6 +383,20 @@ class Harness:
         }
         values.update(overrides)
         return {name: value for name, value in values.items() if value is not None}
+
+    def user_body(self, **overrides: Any) -> dict[str, Any]:
+        """A direct-access request as an IDE sends it: no model fields."""
+        body = self.body(**overrides)
+        for name in (
+            "model_provider",
+            "model_name",
+            "model_endpoint",
+            "model_api_key",
+            "model_identifier",
+        ):
+            if name not in overrides:
+                body.pop(name, None)
+        return body
 
     def body(self, **overrides: Any) -> dict[str, Any]:
         body: dict[str, Any] = {

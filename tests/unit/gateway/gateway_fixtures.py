@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from gateway_fakes import (
+    ROUTES_SECRET,
     FakeClock,
     FakeIssuer,
     FakeModel,
@@ -23,8 +24,10 @@ from gateway_fakes import (
     jwk_of,
     new_keys,
     pem_of,
+    route_entry,
 )
 
+from enclave.common import wire
 from enclave.common.net import free_port
 from enclave.config import EnclaveSettings, GatewaySettings
 from enclave.gateway.app import create_app
@@ -61,14 +64,28 @@ async def make_harness(
         refresh_keys_in_background: bool = False,
         issuer_up: bool = True,
         direct_jwks_url: bool = False,
+        routes: bool = True,
         **gateway_overrides: Any,
     ) -> Harness:
+        """``routes``: the gateway shares the routes secret with the issuer (as under ``enclave
+        up``) and has loaded its routes: code completions and generations on the fake model."""
         issuer = FakeIssuer()
         model = FakeModel()
         await issuer.start()
         await model.start()
         cleanups.extend([issuer.stop, model.stop])
         issuer.jwks = {"keys": [jwk_of(keys.rsa, "key-1", "RS256")]}
+        issuer.routes = {
+            "version": 1,
+            "routes": [
+                route_entry("code_completions", wire.UP_COMPLETE_CODE, model.endpoint),
+                route_entry("code_generations", wire.UP_GENERATE_CODE, model.endpoint),
+            ],
+        }
+        if routes and issuer_up:
+            secret_file = tmp_path / "routes.secret"
+            secret_file.write_text(ROUTES_SECRET + "\n")
+            gateway_overrides.setdefault("gateway_routes_secret_file", secret_file)
         issuer_url = issuer.base
         if direct_jwks_url:
             gateway_overrides["jwks_url"] = f"{issuer.base}/oauth/discovery/keys"
@@ -93,6 +110,9 @@ async def make_harness(
             await lifespan.__aexit__(None, None, None)
 
         cleanups.append(close)
+        table = app.state.gateway.routes_table
+        if table.enabled:
+            assert await table.refresh(), table.last_error
         return Harness(app, client, issuer, model, clock, keys)
 
     yield factory

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import pytest
 from gateway_fakes import MODEL_API_KEY, Harness, HarnessFactory, call_asgi
+from pydantic import BaseModel, StringConstraints, ValidationError
 from starlette.types import Message
 
 from enclave.common.net import free_port
+from enclave.gateway.api.v2.code.schemas import validation_detail
 
 pytestmark = pytest.mark.anyio
 
@@ -220,6 +222,28 @@ async def test_validation_errors_are_fastapi_shaped(gw: Harness) -> None:
     assert MODEL_API_KEY not in orjson.dumps(error).decode()
 
 
+def test_secret_fields_are_never_echoed_whatever_their_shape() -> None:
+    class Body(BaseModel):
+        model_api_key: Annotated[str, StringConstraints(max_length=8)] | None = None
+        nested: dict[str, Annotated[str, StringConstraints(max_length=4)]] = {}
+        max_tokens: int = 1
+
+    bad = {
+        "model_api_key": "long-secret-value",
+        "nested": {"api_key": "other-secret", "token": "third-secret"},
+        "max_tokens": "lots",
+    }
+    with pytest.raises(ValidationError) as caught:
+        Body.model_validate(bad)
+    details = {tuple(e["loc"]): e for e in validation_detail(caught.value)}
+    assert details["body", "model_api_key"]["input"] == "[REDACTED]"
+    assert "ctx" not in details["body", "model_api_key"]  # ctx may carry the value too
+    assert details["body", "nested", "api_key"]["input"] == "[REDACTED]"
+    assert details["body", "nested", "token"]["input"] == "[REDACTED]"
+    assert details["body", "max_tokens"]["input"] == "lots"  # a count, not a secret
+    assert "secret" not in orjson.dumps(list(details.values())).decode()
+
+
 @pytest.mark.parametrize(
     ("change", "loc", "kind"),
     [
@@ -359,17 +383,34 @@ async def test_model_answer_with_null_text(gw: Harness) -> None:
     ],
 )
 async def test_forbidden_model_endpoints(gw: Harness, endpoint: str) -> None:
+    # The URL rules the instance applies to models: a URL breaking them is an invalid field.
     response = await gw.complete(gw.body(model_endpoint=endpoint))
-    assert response.status_code == 403
-    assert response.json()["detail"].startswith("The model endpoint")
-    assert "is not allowed" in response.json()["detail"]
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "model_endpoint"]
+    assert error["msg"].startswith("model_endpoint ")
     assert gw.model.requests == []
 
 
-async def test_credentials_in_the_endpoint_are_not_shown(gw: Harness) -> None:
-    response = await gw.complete(gw.body(model_endpoint="http://user:hunter2@169.254.169.254/v1"))
-    assert response.status_code == 403
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://user:hunter2@169.254.169.254/v1",
+        "http://user:hunter2@127.0.0.1:8000/v1",
+        "http://hunter2@model-host/v1",
+        "http://model-host/v1?key=hunter2",
+        "http://model-host/v1#hunter2",
+    ],
+)
+async def test_credentials_in_the_endpoint_are_422_and_not_shown(
+    gw: Harness, endpoint: str
+) -> None:
+    response = await gw.complete(gw.body(model_endpoint=endpoint))
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "model_endpoint"]
     assert "hunter2" not in response.text
+    assert gw.model.requests == []
 
 
 # -- streaming -----------------------------------------------------------------------------

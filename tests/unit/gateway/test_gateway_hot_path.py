@@ -59,5 +59,6 @@ async def test_warm_user_tokens_need_no_network_at_all(gw: Harness) -> None:
     token = await gw.user_token()
     issuer_calls = gw.issuer.hits
     for _ in range(10):
-        assert (await gw.complete(headers=gw.user_headers(token))).status_code == 200
+        response = await gw.complete(gw.user_body(), headers=gw.user_headers(token))
+        assert response.status_code == 200
     assert gw.issuer.hits == issuer_calls

@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from enclave.gateway.api.v2.code.completions import FAMILIES, completion_family
-from enclave.gateway.api.v2.code.suggestions import PlanError
 from enclave.gateway.prompts import context as ctx
 from enclave.gateway.prompts import postprocess as pp
 from enclave.gateway.prompts.registry import get_registry
+from enclave.gateway.targets import PlanError
 
 
 def test_every_completion_family_is_consistent() -> None:

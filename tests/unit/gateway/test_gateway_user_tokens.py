@@ -11,7 +11,16 @@ from pathlib import Path
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from gateway_fakes import INSTANCE_ID, Harness, HarnessFactory, Keys, pem_of
+from gateway_fakes import (
+    INSTANCE_ID,
+    MODEL_API_KEY,
+    ROUTE_IDENTIFIER,
+    ROUTE_MODEL_KEY,
+    Harness,
+    HarnessFactory,
+    Keys,
+    pem_of,
+)
 from starlette.datastructures import Headers
 
 from enclave.config import EnclaveSettings, GatewaySettings
@@ -50,11 +59,80 @@ async def test_mints_a_user_token(gw: Harness, keys: Keys) -> None:
     assert gw.model.requests == []
 
 
-async def test_user_token_serves_completions(gw: Harness) -> None:
+async def test_user_token_serves_completions_with_the_administrators_model(gw: Harness) -> None:
     token = await gw.user_token("user-7")
-    response = await gw.complete(headers=gw.user_headers(token, "user-7"))
+    response = await gw.complete(gw.user_body(), headers=gw.user_headers(token, "user-7"))
     assert response.status_code == 200, response.text
-    assert len(gw.model.requests) == 1
+    [call] = gw.model.requests
+    assert call.headers["Authorization"] == f"Bearer {ROUTE_MODEL_KEY}"
+    assert call.json["model"] == ROUTE_IDENTIFIER.removeprefix("custom_openai/")
+    assert response.json()["model"]["name"] == "codestral"  # the route's family
+
+
+async def test_user_token_may_echo_the_administrators_model(gw: Harness) -> None:
+    # An IDE that repeats what it was told (the same endpoint and identifier) is not refused.
+    token = await gw.user_token()
+    body = gw.user_body(
+        model_provider="litellm",
+        model_endpoint=gw.model.endpoint + "/",
+        model_identifier=ROUTE_IDENTIFIER,
+    )
+    response = await gw.complete(body, headers=gw.user_headers(token))
+    assert response.status_code == 200, response.text
+    [call] = gw.model.requests
+    assert call.headers["Authorization"] == f"Bearer {ROUTE_MODEL_KEY}"
+
+
+async def test_user_token_on_a_gateway_without_routes_is_503(make_harness: HarnessFactory) -> None:
+    gw: Harness = await make_harness(routes=False)
+    token = await gw.user_token()
+    response = await gw.complete(gw.user_body(), headers=gw.user_headers(token))
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith("Direct access is not available on this gateway")
+    assert gw.model.requests == []
+
+
+async def test_user_token_while_the_routes_are_out_of_date_is_503(gw: Harness) -> None:
+    gw.issuer.routes_status = 500
+    gw.clock.advance(10_000)  # past the stale window: the last routes no longer serve
+    token = await gw.user_token()
+    response = await gw.complete(gw.user_body(), headers=gw.user_headers(token))
+    # The revocation check fails closed first (it needs the same routes document).
+    assert response.status_code == 503
+    message = response.json()["error"]
+    assert "cannot check whether this token was revoked" in message
+    assert "out of date" in message and "None" not in message
+    assert gw.model.requests == []
+
+
+async def test_user_token_for_an_unassigned_feature_is_403(gw: Harness) -> None:
+    gw.issuer.routes = {
+        "version": 1,
+        "routes": [
+            {
+                "feature": "code_completions",
+                "unit_primitive": "complete_code",
+                "available": False,
+                "reason": "disabled",
+                "message": "Code completions are disabled on this instance.",
+            }
+        ],
+    }
+    assert await gw.app.state.gateway.routes_table.refresh()
+    token = await gw.user_token()
+    response = await gw.complete(gw.user_body(), headers=gw.user_headers(token))
+    assert response.status_code == 403
+    assert response.json() == {"detail": "Code completions are disabled on this instance."}
+    assert gw.model.requests == []
+
+
+async def test_instance_token_still_names_the_model(gw: Harness) -> None:
+    # GitLab's instance sends the administrator's model in the body: used as sent.
+    response = await gw.complete()
+    assert response.status_code == 200, response.text
+    [call] = gw.model.requests
+    assert call.headers["Authorization"] == f"Bearer {MODEL_API_KEY}"
+    assert call.json["model"] == "codestral-local"
 
 
 async def test_user_token_must_match_the_user_header(gw: Harness) -> None:

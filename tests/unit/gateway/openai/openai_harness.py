@@ -15,8 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
-from gateway_fakes import FakeClock, FakeIssuer, FakeModel, Harness, Keys, jwk_of
+from gateway_fakes import ROUTES_SECRET, FakeClock, FakeIssuer, FakeModel, Harness, Keys, jwk_of
 from gateway_fakes import call_asgi as gateway_call_asgi
 from starlette.types import Message
 
@@ -25,7 +24,6 @@ from enclave.config import EnclaveSettings, GatewaySettings
 from enclave.gateway.app import create_app
 from enclave.gateway.routes_table import RoutesTable
 
-ROUTES_SECRET = "enclkey-routes-test-secret-0123456789"
 MODEL_API_KEY = "enclkey-upstream-model-key-abcdef012345"
 USER_ID = "5f0c1d-user-pseudonym"
 REFRESH_S = 30.0
@@ -67,35 +65,8 @@ def routes_document(endpoint: str) -> dict[str, Any]:
     }
 
 
-class RoutesIssuer(FakeIssuer):
-    """The fake issuer, plus the routes endpoint of the instance."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.routes: dict[str, Any] = {"version": 1, "routes": []}
-        self.routes_status: int | None = None  # answer the routes endpoint with this instead
-        self.routes_hits = 0
-        self.secret_seen: list[str] = []
-
-    async def _routes(self, request: web.Request) -> web.Response:
-        self.routes_hits += 1
-        self.secret_seen.append(request.headers.get("Authorization", ""))
-        if self.routes_status:
-            return web.Response(status=self.routes_status)
-        if request.headers.get("Authorization") != f"Bearer {ROUTES_SECRET}":
-            return web.Response(status=401)
-        return web.json_response(self.routes)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/.well-known/openid-configuration", self._discovery)
-        app.router.add_get("/oauth/discovery/keys", self._keys)
-        app.router.add_get("/api/v4/internal/ai/gateway_routes", self._routes)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.base = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+# The fake issuer serves the routes itself (gateway_fakes); the name stays for these tests.
+RoutesIssuer = FakeIssuer
 
 
 @dataclass

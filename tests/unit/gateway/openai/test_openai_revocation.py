@@ -69,7 +69,7 @@ async def test_blocked_user_loses_openai_and_direct_access_tokens(
     user_token = await oai.h.user_token(USER_ID)
     other_user = await oai.h.user_token("someone-else")
     headers = oai.h.user_headers(user_token, USER_ID)
-    assert (await oai.h.complete(headers=headers)).status_code == 200
+    assert (await oai.h.complete(oai.h.user_body(), headers=headers)).status_code == 200
 
     revoke(oai, users=[USER_ID])
     await next_refresh(oai)
@@ -78,10 +78,14 @@ async def test_blocked_user_loses_openai_and_direct_access_tokens(
     assert response.json()["error"]["code"] == "token_revoked"
     assert "blocked" in response.json()["error"]["message"]
     # GitLab dialect on GitLab's endpoints.
-    refused = await oai.h.complete(headers=headers)
+    refused = await oai.h.complete(oai.h.user_body(), headers=headers)
     assert refused.status_code == 401
     assert set(refused.json()) == {"error"} and "blocked" in refused.json()["error"]
-    assert (await oai.h.complete(headers=oai.h.user_headers(other_user, "someone-else"))).is_success
+    assert (
+        await oai.h.complete(
+            oai.h.user_body(), headers=oai.h.user_headers(other_user, "someone-else")
+        )
+    ).is_success
     # Unblocked: the instance stops listing the user, the tokens work again.
     revoke(oai)
     await next_refresh(oai)

@@ -12,9 +12,10 @@ API key and its own model name → its answer with ``model`` set back to the fea
 SSE frames relayed one by one.
 
 Errors are OpenAI-shaped, ``{"error": {"message", "type", "param", "code"}}``, so OpenAI
-clients raise the right exception; model-server failures are 502 (bad answer, unreachable,
-refused key), 504 (timeout), 429 (its rate limit, ``Retry-After`` relayed) or 400 (it rejected
-the request, e.g. a prompt over its context), with its message redacted.
+clients raise the right exception. Every token of this API is a user's, so a model-server
+failure (bad answer, unreachable, refused key, timeout, refused endpoint, its own error) is one
+generic 503 ``model_unavailable`` with the request id, 429 with ``Retry-After`` for its rate
+limit; the precise cause goes to the gateway's log under that request id.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from enclave.gateway.models.openai_compat import clean_error_message, upstream_e
 from enclave.gateway.rate_limit import RateLimited
 from enclave.gateway.routes_table import FeatureRoute, RoutesUnavailable
 from enclave.gateway.streaming import run_until_disconnect
+from enclave.gateway.user_access import model_unavailable_message
 
 if TYPE_CHECKING:
     from enclave.gateway.app import Gateway
@@ -479,8 +481,28 @@ class Call:
     stream: bool
 
 
+def _unavailable(request: Request, failure: RequestError) -> RequestError:
+    """The generic error a user gets for any model failure; the precise one goes to the log."""
+    log.warning("model_call_failed", reason=failure.message, code=failure.code, caller="user")
+    if failure.status == 429:  # the model's rate limit: "retry later", with its Retry-After
+        return RequestError(
+            429, model_unavailable_message(request), "model_unavailable", headers=failure.headers
+        )
+    return RequestError(503, model_unavailable_message(request), "model_unavailable")
+
+
 async def forward(request: Request, call: Call) -> Response | SSERelayResponse:
-    """Send ``call`` to its model server; its answer, relayed (raises :class:`RequestError`)."""
+    """Send ``call`` to its model server; its answer, relayed (raises :class:`RequestError`).
+
+    Every token of this API is a user's: model failures are answered generically.
+    """
+    try:
+        return await _forward(request, call)
+    except RequestError as exc:
+        raise _unavailable(request, exc) from None
+
+
+async def _forward(request: Request, call: Call) -> Response | SSERelayResponse:
     gateway: Gateway = request.app.state.gateway
     route = call.route
     endpoint = route.endpoint or ""
@@ -519,7 +541,7 @@ async def forward(request: Request, call: Call) -> Response | SSERelayResponse:
         and response.status == 200
         and "event-stream" in response.headers.get("Content-Type", "")
     ):
-        return SSERelayResponse(response, route, timeout_s)
+        return SSERelayResponse(response, route, timeout_s, model_unavailable_message(request))
     try:
         if response.status != 200:
             try:
@@ -573,10 +595,17 @@ class SSERelayResponse:
 
     media_type: Final = "text/event-stream; charset=utf-8"
 
-    def __init__(self, upstream: aiohttp.ClientResponse, route: FeatureRoute, timeout_s: float):
+    def __init__(
+        self,
+        upstream: aiohttp.ClientResponse,
+        route: FeatureRoute,
+        timeout_s: float,
+        unavailable: str,
+    ):
         self._upstream = upstream
         self._route = route
         self._timeout_s = timeout_s
+        self._unavailable = unavailable  # the generic message a user gets for failures
         self._complete = False
         self._ended = False  # [DONE] or a finish_reason seen: a close after it is no break
         self.status_code = 200
@@ -601,7 +630,9 @@ class SSERelayResponse:
                         inner = event.get("error")
                         if isinstance(inner, dict) and isinstance(inner.get("message"), str):
                             key = self._route.api_key
-                            inner["message"] = clean_error_message(inner["message"], key)
+                            said = clean_error_message(inner["message"], key)
+                            log.warning("model_stream_failed", reason=said, caller="user")
+                            inner["message"] = self._unavailable
                         line = b"data: " + orjson.dumps(event)
             out.append(line)
         return b"\n".join(out) + b"\n\n"
@@ -631,13 +662,15 @@ class SSERelayResponse:
             self._complete = True
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             failure = _stream_error(self._route, exc, self._timeout_s)
-            log.warning("model_stream_failed", reason=failure.message, dialect="openai_sse")
+            log.warning(
+                "model_stream_failed", reason=failure.message, dialect="openai_sse", caller="user"
+            )
             event = {
                 "error": {
-                    "message": failure.message,
+                    "message": self._unavailable,
                     "type": "api_error",
                     "param": None,
-                    "code": failure.code,
+                    "code": "model_unavailable",
                 }
             }
             body = b"data: " + orjson.dumps(event) + b"\n\n"

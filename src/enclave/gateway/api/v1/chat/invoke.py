@@ -19,15 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common.logging import get_logger
+from enclave.gateway.api.steps import authenticate, model_error_response, parse_body
 from enclave.gateway.api.v2.code.schemas import PromptMessage, Str255, _Model
-from enclave.gateway.api.v2.code.suggestions import (
-    PlanError,
-    authenticate,
-    messages_as_text,
-    model_error_response,
-    parse_body,
-    resolve_target,
-)
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
     Api,
@@ -38,6 +31,7 @@ from enclave.gateway.models.base import (
 )
 from enclave.gateway.prompts.registry import Prompt, PromptNotFound, get_registry
 from enclave.gateway.streaming import RawTextStreamResponse
+from enclave.gateway.targets import PlanError, messages_as_text, resolve_target
 
 if TYPE_CHECKING:
     from enclave.gateway.app import Gateway

@@ -22,16 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common.logging import get_logger
+from enclave.gateway.api.steps import authenticate, parse_body
 from enclave.gateway.api.v2.code.schemas import Str255, _Model, field_error
-from enclave.gateway.api.v2.code.suggestions import (
-    PROVIDER_LITELLM,
-    ModelTarget,
-    PlanError,
-    authenticate,
-    messages_as_text,
-    parse_body,
-    resolve_target,
-)
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
     Api,
@@ -50,6 +42,13 @@ from enclave.gateway.prompts.registry import (
 )
 from enclave.gateway.prompts.semver import InvalidVersion
 from enclave.gateway.streaming import RawTextStreamResponse
+from enclave.gateway.targets import (
+    PROVIDER_LITELLM,
+    ModelTarget,
+    PlanError,
+    messages_as_text,
+    resolve_target,
+)
 
 if TYPE_CHECKING:
     from enclave.gateway.app import Gateway

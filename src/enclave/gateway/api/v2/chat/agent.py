@@ -26,14 +26,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common.logging import get_logger
+from enclave.gateway.api.steps import authorize, model_error_response, parse_body
 from enclave.gateway.api.v1.prompts.invoke import ModelMetadata, metadata_target, target_request
 from enclave.gateway.api.v2.code.schemas import Str255, _Model
-from enclave.gateway.api.v2.code.suggestions import (
-    PlanError,
-    authorize,
-    model_error_response,
-    parse_body,
-)
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
     ChatMessage,
@@ -45,6 +40,7 @@ from enclave.gateway.models.base import (
 )
 from enclave.gateway.prompts.registry import get_registry
 from enclave.gateway.streaming import RawTextStreamResponse
+from enclave.gateway.targets import PlanError
 
 if TYPE_CHECKING:
     from enclave.gateway.app import Gateway

@@ -21,11 +21,8 @@ from enclave.common.features import COMPATIBLE_FAMILIES, Feature
 from enclave.gateway.api.v2.code.schemas import SuggestionsRequest
 from enclave.gateway.api.v2.code.suggestions import (
     Plan,
-    PlanError,
     UseCase,
-    messages_as_text,
     messages_from,
-    model_target,
     serve,
 )
 from enclave.gateway.models.base import Api, ChatMessage, ModelRequest
@@ -39,6 +36,7 @@ from enclave.gateway.prompts.postprocess import (
 )
 from enclave.gateway.prompts.registry import get_registry
 from enclave.gateway.streaming import RawTextStreamResponse
+from enclave.gateway.targets import ModelTarget, PlanError, messages_as_text
 
 USE_CASE_NAME = "code completions"
 PROMPT_ID: Final = "code_suggestions/completions"
@@ -63,8 +61,7 @@ def completion_family(model_name: str | None) -> str:
     return family
 
 
-def plan_completion(payload: SuggestionsRequest) -> Plan:
-    target = model_target(payload)
+def plan_completion(payload: SuggestionsRequest, target: ModelTarget) -> Plan:
     family = completion_family(payload.model_name)
     definition = get_registry().resolve(PROMPT_ID, family)
     params = definition.params
@@ -133,6 +130,7 @@ def plan_completion(payload: SuggestionsRequest) -> Plan:
 
 COMPLETIONS = UseCase(
     name=USE_CASE_NAME,
+    feature=Feature.CODE_COMPLETIONS,
     scopes=(wire.UP_COMPLETE_CODE, wire.UP_CODE_SUGGESTIONS),
     plan=plan_completion,
 )

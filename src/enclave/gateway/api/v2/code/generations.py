@@ -14,14 +14,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common import wire
+from enclave.common.features import Feature
 from enclave.gateway.api.v2.code.completions import FAMILY_GENERAL
 from enclave.gateway.api.v2.code.schemas import SuggestionsRequest
 from enclave.gateway.api.v2.code.suggestions import (
     Plan,
     UseCase,
-    messages_as_text,
     messages_from,
-    model_target,
     serve,
 )
 from enclave.gateway.models.base import Api, ChatMessage, ModelRequest
@@ -29,6 +28,7 @@ from enclave.gateway.prompts.context import detect_language
 from enclave.gateway.prompts.postprocess import GenerationStreamFilter, postprocess_generation
 from enclave.gateway.prompts.registry import get_registry
 from enclave.gateway.streaming import RawTextStreamResponse
+from enclave.gateway.targets import ModelTarget, messages_as_text
 
 PROMPT_ID: Final = "code_suggestions/generations"
 # The file around the cursor that goes into the gateway's own instruction.
@@ -36,8 +36,7 @@ MAX_PREFIX_CHARS: Final = 16000
 MAX_SUFFIX_CHARS: Final = 8000
 
 
-def plan_generation(payload: SuggestionsRequest) -> Plan:
-    target = model_target(payload)
+def plan_generation(payload: SuggestionsRequest, target: ModelTarget) -> Plan:
     family = (payload.model_name or FAMILY_GENERAL).strip().lower() or FAMILY_GENERAL
     current = payload.current_file
     lang = detect_language(current.language_identifier, current.file_name)
@@ -88,6 +87,7 @@ def plan_generation(payload: SuggestionsRequest) -> Plan:
 
 GENERATIONS = UseCase(
     name="code generations",
+    feature=Feature.CODE_GENERATIONS,
     scopes=(wire.UP_GENERATE_CODE, wire.UP_CODE_SUGGESTIONS),
     plan=plan_generation,
 )

@@ -5,7 +5,8 @@ file around the cursor and the model) and optional ``code_editor_context`` items
 onto the v2 request and planned by the v2 use cases (:data:`COMPLETIONS`, :data:`GENERATIONS`),
 so prompts, model targets and post-processing are the same as there. Pipeline: authenticate
 (401/503/429) → any code-suggestions scope (403) → body (413/422) → the component's scope
-(403) → plan (422) → endpoint (403) → model (503/429).
+(403) → model target (the administrator's for a user's token: 403/503) → plan (422) →
+endpoint (403) → model (503/429; one generic message for a user).
 
 Streamed answers are framed as GitLab's v4 events (header ``X-Streaming-Format: sse``)::
 
@@ -30,6 +31,7 @@ from starlette.responses import Response
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
+from enclave.gateway.api.steps import authenticate, model_failure, parse_body
 from enclave.gateway.api.v2.code.completions import COMPLETIONS
 from enclave.gateway.api.v2.code.generations import GENERATIONS
 from enclave.gateway.api.v2.code.schemas import (
@@ -45,16 +47,15 @@ from enclave.gateway.api.v2.code.schemas import (
 from enclave.gateway.api.v2.code.suggestions import (
     ENGINE,
     Plan,
-    PlanError,
     UseCase,
-    authenticate,
     check_prompt_shape,
-    model_error_response,
-    parse_body,
+    target_for,
 )
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import EndpointNotAllowed, ModelError, TextStream
 from enclave.gateway.streaming import RawTextStreamResponse, TextFilter
+from enclave.gateway.targets import PlanError
+from enclave.gateway.user_access import model_unavailable_message
 
 if TYPE_CHECKING:
     from enclave.gateway.app import Gateway
@@ -168,13 +169,21 @@ class SseEvents:
     ``stream_end`` once the model finished. When the model fails after ``stream_start`` (the
     status is sent), an ``event: error`` with ``{"message": "Inference failed: ..."}`` ends the
     stream instead of ``stream_end``: GitLab documents no error event here, and a client that
-    does not know it still sees a stream without ``stream_end``, never a silent cut.
+    does not know it still sees a stream without ``stream_end``, never a silent cut. For a
+    user's token the event carries ``user_message`` (the generic one) instead of the cause.
     """
 
-    def __init__(self, inner: TextStream, plan: Plan, text_filter: TextFilter | None) -> None:
+    def __init__(
+        self,
+        inner: TextStream,
+        plan: Plan,
+        text_filter: TextFilter | None,
+        user_message: str | None = None,
+    ) -> None:
         self._inner = inner
         self._plan = plan
         self._filter = text_filter
+        self._user_message = user_message
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
@@ -201,8 +210,12 @@ class SseEvents:
                 if text:
                     yield self._chunk(text)
         except ModelError as exc:
-            log.warning("model_stream_failed", reason=exc.reason, dialect="gitlab_sse")
-            yield sse_event("error", {"message": f"Inference failed: {exc.reason}"})
+            caller = "user" if self._user_message is not None else "instance"
+            log.warning(
+                "model_stream_failed", reason=exc.reason, dialect="gitlab_sse", caller=caller
+            )
+            message = self._user_message or f"Inference failed: {exc.reason}"
+            yield sse_event("error", {"message": message})
             return
         tail = text_filter.flush() if text_filter is not None else ""
         if tail:
@@ -222,7 +235,7 @@ def response_body(plan: Plan, text: str, finish_reason: str) -> dict[str, Any]:
 
 async def suggestions(request: Request) -> Response | RawTextStreamResponse:
     gateway: Gateway = request.app.state.gateway
-    principal = await authenticate(request)
+    principal = await authenticate(request, user_tokens=True)
     if isinstance(principal, Response):
         return principal
     if not principal.can(*_ANY_SCOPE):
@@ -237,7 +250,8 @@ async def suggestions(request: Request) -> Response | RawTextStreamResponse:
             return detail(use_case.unauthorized, 403)
         payload = as_v2(body, editor)
         check_prompt_shape(payload)
-        plan = use_case.plan(payload)
+        payload, target = target_for(gateway, principal, use_case.feature, payload)
+        plan = use_case.plan(payload, target)
     except PlanError as exc:
         return json_response({"detail": exc.detail}, exc.status)
 
@@ -245,13 +259,12 @@ async def suggestions(request: Request) -> Response | RawTextStreamResponse:
         if payload.stream:
             stream = await gateway.models.stream(plan.request)
             text_filter = plan.stream_filter() if plan.stream_filter else None
+            user_message = model_unavailable_message(request) if principal.user_token else None
             return RawTextStreamResponse(
-                SseEvents(stream, plan, text_filter), headers={STREAMING_FORMAT_HEADER: "sse"}
+                SseEvents(stream, plan, text_filter, user_message),
+                headers={STREAMING_FORMAT_HEADER: "sse"},
             )
         result = await gateway.models.complete(plan.request)
-    except EndpointNotAllowed as exc:
-        log.warning("model_endpoint_refused", reason=exc.reason)
-        return detail(exc.reason, 403)
-    except ModelError as exc:
-        return model_error_response(exc)
+    except (EndpointNotAllowed, ModelError) as exc:
+        return model_failure(request, principal, exc)
     return json_response(response_body(plan, plan.postprocess(result.text), result.finish_reason))

@@ -1,0 +1,107 @@
+"""Request steps every endpoint of GitLab's API shares: authenticate, read the body, answer a
+failed model call. (The OpenAI-compatible API has its own, OpenAI-shaped, in ``api/openai``.)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from enclave.common.logging import get_logger
+from enclave.common.wire import CLAIM_SURFACE, H_GLOBAL_USER_ID
+from enclave.gateway.api.v2.code.schemas import validation_detail
+from enclave.gateway.auth.verify import AuthError, Principal
+from enclave.gateway.http import MAX_BODY_BYTES, BodyTooLarge, detail, json_response, read_body
+from enclave.gateway.models.base import EndpointNotAllowed, ModelError
+from enclave.gateway.rate_limit import RateLimited
+from enclave.gateway.user_access import USER_ONLY_COMPLETIONS, user_model_failure
+
+if TYPE_CHECKING:
+    from enclave.gateway.app import Gateway
+
+log = get_logger(__name__)
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
+
+
+def model_error_response(error: ModelError) -> Response:
+    log.warning("model_call_failed", status=error.status, reason=error.reason)
+    headers = {"Retry-After": error.retry_after} if error.retry_after else None
+    return detail(f"Inference failed: {error.reason}", error.status, headers)
+
+
+def model_failure(
+    request: Request, principal: Principal, error: ModelError | EndpointNotAllowed
+) -> Response:
+    """The answer to a failed model call: precise for the instance, generic for a user."""
+    if isinstance(error, EndpointNotAllowed):
+        if principal.user_token:
+            return user_model_failure(request, error.reason)
+        log.warning("model_endpoint_refused", reason=error.reason)
+        return detail(error.reason, 403)
+    if principal.user_token:
+        return user_model_failure(request, error.reason, error.status, error.retry_after)
+    return model_error_response(error)
+
+
+OPENAI_ONLY_MESSAGE: Final = (
+    "This token is only valid for the OpenAI-compatible API (/v1/models, /v1/chat/completions, "
+    "/v1/completions)"
+)
+
+
+async def authenticate(request: Request, *, user_tokens: bool = False) -> Principal | Response:
+    """The verified caller within its rate limits, or the 401/503/429/403 response to send.
+
+    ``user_tokens``: whether the endpoint serves users' direct-access tokens (code completions
+    only); elsewhere the body names the model, which only the instance's tokens may do.
+    """
+    gateway: Gateway = request.app.state.gateway
+    headers = request.headers
+    try:
+        principal = await gateway.authenticator.authenticate(headers)
+    except AuthError as exc:
+        return json_response(exc.body, exc.status)
+    if CLAIM_SURFACE in principal.claims:
+        # A user's token for the OpenAI-compatible API: it must not reach endpoints that take
+        # the model's endpoint and key from the request body.
+        return json_response({"error": OPENAI_ONLY_MESSAGE}, 401)
+    if principal.user_token and not user_tokens:
+        return detail(USER_ONLY_COMPLETIONS, 403)
+    limiter = gateway.rate_limiter
+    if limiter.enabled:
+        try:
+            limiter.check(principal.issuer, principal.instance_id, headers.get(H_GLOBAL_USER_ID))
+        except RateLimited as exc:
+            return detail(exc.detail, 429, {"Retry-After": str(exc.retry_after_s)})
+    return principal
+
+
+async def authorize(
+    request: Request, scopes: tuple[str, ...], unauthorized: str
+) -> Response | None:
+    """Authenticate the caller (401/503) and check it holds any of ``scopes`` (403).
+
+    None when the request may go on, else the error response to send.
+    """
+    principal = await authenticate(request)
+    if isinstance(principal, Response):
+        return principal
+    if not principal.can(*scopes):
+        return detail(unauthorized, 403)
+    return None
+
+
+async def parse_body(request: Request, schema: type[BodyT]) -> BodyT | Response:
+    """The request body validated as ``schema``, or the 413/422 response to send."""
+    try:
+        body = await read_body(request)
+    except BodyTooLarge:
+        return detail(f"Request body larger than {MAX_BODY_BYTES} bytes", 413)
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as exc:
+        return json_response({"detail": validation_detail(exc)}, 422)

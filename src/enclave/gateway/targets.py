@@ -1,0 +1,163 @@
+"""Model targets: where a model call goes, from the LiteLLM-style fields GitLab's instance sends.
+
+Pure (no I/O): used by every endpoint that takes a model from the request body (only for the
+instance's own tokens, see :mod:`enclave.gateway.user_access`) and by the routes table, which
+reads the administrator's models from the instance. Endpoint URLs follow the one rule set that
+the instance's registry applies (:func:`enclave.common.endpoint_url.check_endpoint_url`), so
+the gateway calls nothing the instance would have refused; a bad URL is a 422 at its field,
+which never repeats the URL's user-info or query (where credentials get pasted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from enclave.common.endpoint_url import EndpointUrlError, check_endpoint_url
+from enclave.gateway.api.v2.code.schemas import field_error
+from enclave.gateway.egress import display_url
+from enclave.gateway.models.base import ChatMessage
+
+PROVIDER_LITELLM: Final = "litellm"
+
+# LiteLLM-style identifier prefixes that mean "an OpenAI-compatible server".
+_OPENAI_PROVIDERS: Final = frozenset({"custom_openai", "openai", "hosted_vllm"})
+_TEXT_COMPLETION_PROVIDERS: Final = frozenset(
+    {"text-completion-custom_openai", "text-completion-openai"}
+)
+# Providers LiteLLM knows that speak something else; refused with a hint instead of guessed.
+_OTHER_PROVIDERS: Final = frozenset(
+    {
+        "bedrock",
+        "azure",
+        "azure_ai",
+        "vertex_ai",
+        "anthropic",
+        "gemini",
+        "ollama",
+        "sagemaker",
+        "fireworks_ai",
+        "mistral",
+        "codestral",
+        "huggingface",
+        "cohere",
+        "groq",
+    }
+)
+
+
+class PlanError(Exception):
+    """The request is valid JSON but cannot be served as asked (422 unless told otherwise)."""
+
+    def __init__(self, detail: str | list[dict[str, Any]], status: int = 422) -> None:
+        super().__init__(str(detail))
+        self.detail = detail
+        self.status = status
+
+    @property
+    def message(self) -> str:
+        """The detail as one sentence (the first field error's message for a list)."""
+        if isinstance(self.detail, str):
+            return self.detail
+        return "; ".join(str(item.get("msg", "")) for item in self.detail)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTarget:
+    endpoint: str  # without trailing slash
+    model: str  # the served model name sent as "model"
+    api_key: str | None
+    force_text_completion: bool
+
+
+def _suggestions_loc(name: str) -> list[str | int]:
+    return [f"model_{name}"]
+
+
+Loc = Callable[[str], list[str | int]]
+
+
+def served_model(identifier: str | None, name: str | None, loc: Loc) -> tuple[str, bool]:
+    """The served model name and whether to force the completions API, from an identifier."""
+    raw_identifier = identifier
+    identifier = (identifier or "").strip()
+    force_text = False
+    if not identifier:
+        model = (name or "").strip()
+    else:
+        prefix, slash, rest = identifier.partition("/")
+        if not slash:
+            model = identifier
+        elif prefix in _OPENAI_PROVIDERS:
+            model = rest
+        elif prefix in _TEXT_COMPLETION_PROVIDERS:
+            model, force_text = rest, True
+        elif prefix in _OTHER_PROVIDERS:
+            raise PlanError(
+                f"model identifier provider '{prefix}' is not supported by this gateway yet; "
+                "use custom_openai/<served model name> with an OpenAI-compatible endpoint"
+            )
+        else:
+            model = identifier  # e.g. a Hugging Face style name such as Qwen/Qwen2.5-Coder
+    if not model:
+        raise PlanError(
+            [
+                field_error(
+                    loc("identifier"),
+                    "model_identifier is required: custom_openai/<served model name>",
+                    raw_identifier,
+                    kind="missing",
+                )
+            ]
+        )
+    return model, force_text
+
+
+def resolve_target(
+    provider: str | None,
+    name: str | None,
+    endpoint: str | None,
+    api_key: str | None,
+    identifier: str | None,
+    *,
+    loc: Loc = _suggestions_loc,
+) -> ModelTarget:
+    """The model target from a provider, family name, endpoint, key and LiteLLM identifier.
+
+    ``loc`` names a field ("endpoint", "identifier") where the request body carries it, for
+    FastAPI-style error locations.
+    """
+    provider = (provider or PROVIDER_LITELLM).strip().lower()
+    if provider != PROVIDER_LITELLM:
+        raise PlanError(
+            f"model provider '{provider}' is not supported by this gateway yet; use "
+            "model_provider 'litellm' with an OpenAI-compatible model_endpoint"
+        )
+    if not (endpoint or "").strip():
+        raise PlanError(
+            [
+                field_error(
+                    loc("endpoint"),
+                    "model_endpoint is required for model_provider litellm: the "
+                    "OpenAI-compatible API base, e.g. http://model-host:8000/v1",
+                    endpoint,
+                    kind="missing",
+                )
+            ]
+        )
+    assert endpoint is not None
+    try:
+        checked = check_endpoint_url(endpoint, "model_endpoint")
+    except EndpointUrlError as exc:
+        # The input is shown without user-info and query: that is where credentials hide.
+        raise PlanError([field_error(loc("endpoint"), str(exc), display_url(endpoint))]) from None
+    model, force_text = served_model(identifier, name, loc)
+    return ModelTarget(checked, model, api_key or None, force_text)
+
+
+def messages_as_text(messages: tuple[ChatMessage, ...]) -> str:
+    """Chat messages as one raw prompt, for identifiers that force the completions API."""
+    return "\n\n".join(
+        m.content if m.role == "user" else f"{m.role}: {m.content}" for m in messages
+    )
