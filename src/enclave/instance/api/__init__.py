@@ -11,7 +11,9 @@ from enclave.instance.api import (
     code_suggestions,
     direct_access,
     discovery,
+    editors,
     gateway_routes,
+    graphql_endpoint,
     health,
     openai_access,
     users,
@@ -31,4 +33,6 @@ def all_routers() -> list[APIRouter]:
         ai_features.router,
         admin_ai.router,
         admin_ai.audit_router,
+        editors.router,
+        graphql_endpoint.router,
     ]
