@@ -74,6 +74,35 @@ type Mutation {
   aiAction(input: AiActionInput!): AiActionPayload
 }
 
+type Subscription {
+  "Duo Chat's answers as they are generated (over ActionCable, /-/cable)."
+  aiCompletionResponse(
+    userId: UserID
+    aiAction: AiAction
+    clientSubscriptionId: String
+    resourceId: AiModelID
+    htmlResponse: Boolean
+  ): AiMessage
+}
+
+enum AiAction {
+  CHAT
+}
+
+type AiMessage {
+  id: ID
+  requestId: String
+  role: AiMessageRole!
+  content: String
+  contentHtml: String
+  timestamp: Time!
+  errors: [String!]
+  type: String
+  chunkId: Int
+  threadId: ID
+  extras: AiMessageExtras
+}
+
 type CurrentUser {
   id: UserID!
   username: String!

@@ -29,8 +29,10 @@ no internal detail reaches the client.
 from __future__ import annotations
 
 import asyncio
+import codecs
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
 import orjson
@@ -49,6 +51,7 @@ from graphql import (
 from graphql.pyutils import is_awaitable
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
 
 from enclave.common.logging import get_logger
 from enclave.instance.api import chat
@@ -57,7 +60,9 @@ from enclave.instance.api.deps import authenticated, context_of, in_transaction
 from enclave.instance.api.editors import metadata_view
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.middleware import annotate
-from enclave.instance.chat_history import ChatHistory, ChatMessage, Role
+from enclave.instance.api.relay import UpstreamStreamError
+from enclave.instance.chat_events import ChatEvents
+from enclave.instance.chat_history import ChatMessage, Role
 from enclave.instance.context import InstanceContext
 from enclave.instance.duo_availability import DuoAvailability, availability, may_use_ai
 from enclave.instance.graphql_schema import MAX_TOKENS, SCHEMA, QueryLimits
@@ -160,24 +165,91 @@ def chat_request(chat_input: dict[str, Any], action: dict[str, Any]) -> chat.Cha
     )
 
 
+def _chunk_view(request_id: str, content: str, chunk_id: int) -> dict[str, Any]:
+    return {
+        "id": None,
+        "requestId": request_id,
+        "role": "ASSISTANT",
+        "content": content,
+        "contentHtml": None,
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "errors": [],
+        "type": None,
+        "chunkId": chunk_id,
+        "threadId": None,
+        "extras": None,
+    }
+
+
+async def _collect(
+    response: Any, events: ChatEvents, user_id: int, subscription: str | None, request_id: str
+) -> str:
+    """The streamed answer, each piece pushed to the subscription as a numbered chunk."""
+    assert isinstance(response, StreamingResponse)
+    chunks = response.body_iterator
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    parts: list[str] = []
+    try:
+        async for raw in chunks:
+            text = decoder.decode(raw if isinstance(raw, bytes) else str(raw).encode())
+            if text:
+                parts.append(text)
+                chunk = _chunk_view(request_id, text, len(parts))
+                events.publish(user_id, subscription, chunk, final=False)
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()  # the gateway connection goes back, or is dropped when broken
+    parts.append(decoder.decode(b"", final=True))
+    return "".join(parts)
+
+
+def _failed(code: str, text: str) -> str:
+    return f"{text} Error code: {code}"
+
+
 async def _answer(
     request: Request,
     principal: Principal,
     call: chat.ChatCall,
-    history: ChatHistory,
+    ctx: InstanceContext,
     request_id: str,
+    subscription: str | None,
 ) -> None:
+    """Get the answer, keep it for ``aiMessages`` and push it to subscribers (streamed in
+    chunks when the editor subscribed for this chat); failures become the answer's errors."""
+    history, events, user_id = ctx.chat_history, ctx.chat_events, principal.user_id
+    stream = subscription is not None and events.listening(user_id, subscription)
+    error: str | None = None
+    answer = ""
     try:
-        answer = await chat.ask_gateway(request, principal, call, stream=False)
+        result = await chat.ask_gateway(request, principal, call, stream=stream)
+        if stream:
+            answer = await _collect(result, events, user_id, subscription, request_id)
+        else:
+            answer = str(result)
+        if not answer.strip():
+            error = _failed(
+                chat.A1002_NO_ANSWER,
+                "The AI gateway answered without a usable response. Try again; if it keeps "
+                "happening, ask an administrator to check the gateway logs and the model.",
+            )
     except InstanceAPIError as exc:  # ChatError: GitLab's error code is in the message
-        history.add(principal.user_id, request_id, "assistant", exc.message, errors=[exc.message])
-        return
+        error = exc.message
+    except UpstreamStreamError:
+        error = _failed(
+            chat.A1003_MODEL,
+            "The answer broke off while the AI gateway was sending it. Try again; if it keeps "
+            "happening, ask an administrator to check the gateway and model server logs.",
+        )
     except Exception:
         log.exception("editor_chat_failed")
-        message = f"{INTERNAL_ERROR}. Error code: {chat.A9999_UNKNOWN}"
-        history.add(principal.user_id, request_id, "assistant", message, errors=[message])
-        return
-    history.add(principal.user_id, request_id, "assistant", str(answer))
+        error = _failed(chat.A9999_UNKNOWN, f"{INTERNAL_ERROR}.")
+    if error is not None:
+        message = history.add(user_id, request_id, "assistant", error, errors=[error])
+    else:
+        message = history.add(user_id, request_id, "assistant", answer)
+    events.publish(user_id, subscription, _message_view(message), final=True)
 
 
 class Root:
@@ -263,7 +335,10 @@ class Root:
         request_id = history.new_request_id()
         annotate(request, ai_request_id=request_id)
         history.add(principal.user_id, request_id, "user", body.content)
-        task = asyncio.create_task(_answer(request, principal, call, history, request_id))
+        subscription = input.get("clientSubscriptionId")
+        task = asyncio.create_task(
+            _answer(request, principal, call, resolution.ctx, request_id, subscription)
+        )
         _running.add(task)
         task.add_done_callback(_running.discard)
         return {
