@@ -7,6 +7,7 @@ gateway (tests/unit/instance/conftest.py)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from typing import Any
 
@@ -14,6 +15,9 @@ import httpx
 import pytest
 from aiohttp import web
 from sqlalchemy import select
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
 from enclave.common import wire
 from enclave.instance.db import PersonalAccessToken, User
@@ -288,3 +292,117 @@ def test_track_event_needs_an_event_name(instance: LiveInstance) -> None:
         headers=bearer(token),
     )
     assert batch.status_code == 200
+
+
+# --- streamed answers over ActionCable (/-/cable) --------------------------------------------
+
+SUBSCRIPTION = """
+subscription aiCompletionResponse($userId: UserID, $clientSubscriptionId: String,
+                                  $aiAction: AiAction, $htmlResponse: Boolean = true) {
+  aiCompletionResponse(userId: $userId, aiAction: $aiAction,
+                       clientSubscriptionId: $clientSubscriptionId) {
+    id requestId content contentHtml @include(if: $htmlResponse) errors role timestamp
+    chunkId extras { sources }
+  }
+}
+"""
+
+
+async def stream_answer(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
+    body = await request.json()
+    if not body.get("stream"):
+        return web.json_response({"response": "It adds two numbers."})
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+    await response.prepare(request)
+    for piece in (b"It adds ", b"two numbers."):
+        await response.write(piece)
+    await response.write_eof()
+    return response
+
+
+def cable_identifier(user_gid: str, subscription_id: str) -> str:
+    return json.dumps(
+        {
+            "channel": "GraphqlChannel",
+            "query": SUBSCRIPTION,
+            "variables": {
+                "userId": user_gid,
+                "clientSubscriptionId": subscription_id,
+                "aiAction": "CHAT",
+                "htmlResponse": True,
+            },
+            "operationName": "aiCompletionResponse",
+        }
+    )
+
+
+def cable_frames(ws: Any, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` frames that are not pings."""
+    frames: list[dict[str, Any]] = []
+    while len(frames) < count:
+        frame = json.loads(ws.recv(timeout=20))
+        if frame.get("type") != "ping":
+            frames.append(frame)
+    return frames
+
+
+def test_chat_answers_stream_over_actioncable(
+    instance: LiveInstance, fresh_gateway: FakeGateway
+) -> None:
+    fresh_gateway.handler = stream_answer
+    token = instance.new_token(("api",), username="cable-editor")
+    me = graphql(instance, token, "{ currentUser { id } }")["data"]["currentUser"]["id"]
+    cable_url = instance.url.replace("http://", "ws://") + "/-/cable"
+    with connect(
+        cable_url,
+        subprotocols=[Subprotocol("actioncable-v1-json")],
+        additional_headers=bearer(token),
+    ) as ws:
+        assert ws.subprotocol == "actioncable-v1-json"
+        assert cable_frames(ws, 1) == [{"type": "welcome"}]
+        identifier = cable_identifier(me, "sub-42")
+        ws.send(json.dumps({"command": "subscribe", "identifier": identifier}))
+        assert cable_frames(ws, 1) == [{"identifier": identifier, "type": "confirm_subscription"}]
+        # Someone else's answers are not to be had.
+        other = cable_identifier("gid://gitlab/User/999999", "sub-42")
+        ws.send(json.dumps({"command": "subscribe", "identifier": other}))
+        assert cable_frames(ws, 1) == [{"identifier": other, "type": "reject_subscription"}]
+
+        asked = graphql(
+            instance,
+            token,
+            CHAT,
+            {
+                "question": "/refactor x=1",
+                "platformOrigin": "vs_code_extension",
+                "clientSubscriptionId": "sub-42",
+            },
+        )
+        request_id = asked["data"]["aiAction"]["requestId"]
+        messages = []
+        while not messages or messages[-1]["chunkId"] is not None:
+            [frame] = cable_frames(ws, 1)
+            assert frame["identifier"] == identifier and frame["message"]["more"] is True
+            messages.append(frame["message"]["result"]["data"]["aiCompletionResponse"])
+        *chunks, final = messages
+        assert [c["chunkId"] for c in chunks] == list(range(1, len(chunks) + 1))
+        assert "".join(c["content"] for c in chunks) == "It adds two numbers."
+        assert final["content"] == "It adds two numbers." and final["errors"] == []
+        assert final["requestId"] == request_id and final["role"] == "ASSISTANT"
+        assert final["contentHtml"] is None
+        assert fresh_gateway.requests[0].path == "/v1/chat/refactor_code"
+        assert fresh_gateway.requests[0].body["stream"] is True
+        ws.send(json.dumps({"command": "unsubscribe", "identifier": identifier}))
+    # The answer is kept for polling as well.
+    assert poll_answer(instance, token, request_id)["content"] == "It adds two numbers."
+
+
+@pytest.mark.parametrize("scopes", [None, ("read_user",)])
+def test_the_cable_needs_a_token_that_may_use_ai(
+    instance: LiveInstance, scopes: tuple[str, ...] | None
+) -> None:
+    headers = bearer(instance.new_token(scopes)) if scopes else {}
+    cable_url = instance.url.replace("http://", "ws://") + "/-/cable"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(cable_url, additional_headers=headers).close()
+    assert refused.value.response.status_code == 403

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from enclave.instance.api import (
     admin_ai,
     ai_features,
+    cable,
     chat,
     code_suggestions,
     direct_access,
@@ -35,4 +36,5 @@ def all_routers() -> list[APIRouter]:
         admin_ai.audit_router,
         editors.router,
         graphql_endpoint.router,
+        cable.router,
     ]
