@@ -72,6 +72,8 @@ def test_unknown_field_is_a_graphql_error(instance: LiveInstance, token: str) ->
 
 def test_syntax_errors_and_missing_queries(instance: LiveInstance, token: str) -> None:
     assert "Syntax Error" in query(instance, token, "{ currentUser { id ")["errors"][0]["message"]
+    empty = httpx.post(instance.url + PATH, headers={"PRIVATE-TOKEN": token})
+    assert empty.status_code == 400 and '"query"' in empty.json()["message"]
     missing = post(instance, token, {"variables": {}})
     assert missing.status_code == 200
     assert missing.json()["errors"][0]["message"] == "No query string was present"

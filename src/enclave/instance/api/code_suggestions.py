@@ -48,8 +48,14 @@ router = APIRouter()
 MAX_BODY_BYTES = 600 * 1024
 
 
-async def read_json_body(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
-    """The JSON object in the body; 413 past ``limit`` bytes (checked while reading), else 400."""
+async def read_json_body(
+    request: Request,
+    limit: int = MAX_BODY_BYTES,
+    *,
+    empty_hint: str = "send a JSON object with current_file",
+) -> dict[str, Any]:
+    """The JSON object in the body; 413 past ``limit`` bytes (checked while reading), else 400
+    (``empty_hint`` says what to send instead of nothing)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise InstanceAPIError(413)
@@ -59,7 +65,7 @@ async def read_json_body(request: Request, limit: int = MAX_BODY_BYTES) -> dict[
         if len(body) > limit:
             raise InstanceAPIError(413)
     if not body:
-        raise InstanceAPIError(400, "the body is empty; send a JSON object with current_file")
+        raise InstanceAPIError(400, f"the body is empty; {empty_hint}")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -135,7 +135,7 @@ def _valid_event(item: Any) -> bool:
 
 @router.post("/api/v4/usage_data/track_event", summary="Accept an editor's usage event")
 async def track_event(request: Request, principal: AiUser) -> dict[str, Any]:
-    body = await read_json_body(request, MAX_EVENT_BODY_BYTES)
+    body = await read_json_body(request, MAX_EVENT_BODY_BYTES, empty_hint='send {"event": ...}')
     if not _valid_event(body):
         raise InstanceAPIError(400, "event is missing")
     context_of(request).limits.metrics.usage_events.inc()
@@ -144,7 +144,9 @@ async def track_event(request: Request, principal: AiUser) -> dict[str, Any]:
 
 @router.post("/api/v4/usage_data/track_events", summary="Accept a batch of usage events")
 async def track_events(request: Request, principal: AiUser) -> dict[str, Any]:
-    body = await read_json_body(request, MAX_EVENT_BODY_BYTES)
+    body = await read_json_body(
+        request, MAX_EVENT_BODY_BYTES, empty_hint='send {"events": [{"event": ...}]}'
+    )
     events = body.get("events")
     if not isinstance(events, list) or not events:
         raise InstanceAPIError(400, "events is missing")

@@ -378,7 +378,9 @@ def _formatted(result: ExecutionResult) -> dict[str, Any]:
 
 @router.post(PATH, summary="GraphQL (the part of GitLab's schema editors use)")
 async def graphql_endpoint(request: Request, principal: AnyTokenUser) -> JSONResponse:
-    body = await read_json_body(request, MAX_BODY_BYTES)
+    body = await read_json_body(
+        request, MAX_BODY_BYTES, empty_hint='send {"query": ..., "variables": {...}}'
+    )
     query = body.get("query")
     if not isinstance(query, str) or not query.strip():
         return _errors_only(GraphQLError("No query string was present"))
