@@ -96,6 +96,10 @@ class ChatHistory:
                 self._users.popitem(last=False)
         return message
 
+    def clear(self, user_id: int) -> None:
+        with self._lock:
+            self._users.pop(user_id, None)
+
     def messages(
         self,
         user_id: int,

@@ -268,8 +268,8 @@ class QueryLimits(ValidationRule):
         elif self._fields > MAX_COMPLEXITY:
             self.report_error(
                 GraphQLError(
-                    f"Query has complexity of more than {MAX_COMPLEXITY}, which exceeds max "
-                    f"complexity of {MAX_COMPLEXITY}",
+                    f"Query selects more than {MAX_COMPLEXITY} fields (fragments counted where "
+                    f"they are spread), which exceeds max complexity of {MAX_COMPLEXITY}",
                     node,
                 )
             )

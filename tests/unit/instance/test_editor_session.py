@@ -402,6 +402,12 @@ def test_chat_answers_stream_over_actioncable(
         ws.send(json.dumps({"command": "unsubscribe", "identifier": identifier}))
     # The answer is kept for polling as well.
     assert poll_answer(instance, token, request_id)["content"] == "It adds two numbers."
+    # Unsubscribed and gone: nothing is left listening for this user.
+    user_id = int(me.rsplit("/", 1)[1])
+    deadline = time.monotonic() + 5
+    while instance.ctx.chat_events.listening(user_id, "sub-42"):
+        assert time.monotonic() < deadline, "the subscription outlived the connection"
+        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("scopes", [None, ("read_user",)])

@@ -193,6 +193,20 @@ def test_a_failed_answer_reaches_ai_messages_with_its_error_code(
     assert fresh_gateway.requests[0].path == "/v1/chat/write_tests"
 
 
+def test_clear_and_reset_manage_the_conversation_without_a_model(
+    instance: LiveInstance, fresh_gateway: FakeGateway
+) -> None:
+    token = instance.new_token(("ai_features",))
+    listed = "{ aiMessages { nodes { content role } } }"
+    reset = query(instance, token, ASK % "/reset")["data"]["aiAction"]
+    assert reset["errors"] == [] and reset["requestId"]
+    nodes = query(instance, token, listed)["data"]["aiMessages"]["nodes"]
+    assert nodes == [{"content": "/reset", "role": "USER"}]
+    query(instance, token, ASK % "/clear")
+    assert query(instance, token, listed)["data"]["aiMessages"]["nodes"] == []
+    assert fresh_gateway.requests == []
+
+
 def test_messages_are_per_user(instance: LiveInstance, token: str) -> None:
     other = instance.new_token(("api",))
     instance.ctx.chat_history.add(10**9, "r", "user", "not yours")

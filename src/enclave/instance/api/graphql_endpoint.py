@@ -16,7 +16,8 @@ real state (schema and limits in ``graphql_schema.py``).
   model switching, context exclusion, flow registry) stay off, so the clients hide those.
 * ``project(fullPath) { duoFeaturesEnabled }``: Enclave has no projects; every path stands for
   the instance, enabled when the caller can use code suggestions or chat.
-* ``aiAction(input: {chat: ...})``: the same checks and gateway call as
+* ``aiAction(input: {chat: ...})`` (``/clear``, ``/reset``, ``/new`` manage the conversation
+  and reach no model): the same checks and gateway call as
   ``POST /api/v4/chat/completions`` (``chat.prepare_chat`` / ``chat.ask_gateway``: chat limit,
   slash commands, feature setting, model); refusals are GraphQL errors. It answers at once with
   the ``requestId``; the question and, when the model has answered, the answer (or the chat
@@ -84,6 +85,10 @@ NOT_AVAILABLE: Final = (
     "permission to perform this action"
 )
 INTERNAL_ERROR: Final = "Internal server error"
+# Chat inputs that manage the conversation (GitLab's clients send them): /clear forgets the
+# user's messages; /reset and /new start a new conversation, which for Enclave's chat (every
+# question stands alone) is only a marker in the history.
+CONVERSATION_COMMANDS: Final = frozenset({"/clear", "/reset", "/new"})
 RULES: Final = (*specified_rules, QueryLimits)
 
 AnyTokenUser = Annotated[Principal, Depends(authenticated(KNOWN_SCOPES))]
@@ -319,6 +324,21 @@ class Root:
         chat_input = input.get("chat")
         if chat_input is None:
             raise GraphQLError("Only the chat action is available on this instance: send chat.")
+        history = resolution.ctx.chat_history
+        special = str(chat_input.get("content", "")).strip().lower()
+        if special in CONVERSATION_COMMANDS:
+            # GitLab's clients send these to manage the conversation, not to ask the model.
+            request_id = history.new_request_id()
+            if special == "/clear":
+                history.clear(principal.user_id)
+            else:
+                history.add(principal.user_id, request_id, "user", special)
+            return {
+                "clientMutationId": input.get("clientMutationId"),
+                "requestId": request_id,
+                "threadId": None,
+                "errors": [],
+            }
         try:
             body = chat_request(chat_input, input)
         except ValidationError as exc:
@@ -331,7 +351,6 @@ class Root:
             call = await chat.prepare_chat(request, principal, body)
         except InstanceAPIError as exc:
             raise GraphQLError(exc.message, extensions={"status": exc.status}) from None
-        history = resolution.ctx.chat_history
         request_id = history.new_request_id()
         annotate(request, ai_request_id=request_id)
         history.add(principal.user_id, request_id, "user", body.content)
