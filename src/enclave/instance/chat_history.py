@@ -23,9 +23,9 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 Role = Literal["user", "assistant"]
 
@@ -43,7 +43,8 @@ class ChatMessage:
     content: str
     timestamp: datetime
     errors: tuple[str, ...] = ()
-    extras: dict[str, object] = field(default_factory=dict)
+    # The question's context items (id, category, metadata), echoed in ``extras``.
+    additional_context: tuple[dict[str, Any], ...] = ()
     created: float = 0.0  # monotonic, for the age bound
 
 
@@ -77,6 +78,7 @@ class ChatHistory:
         content: str,
         *,
         errors: Iterable[str] = (),
+        additional_context: Iterable[dict[str, Any]] = (),
     ) -> ChatMessage:
         message = ChatMessage(
             id=str(uuid.uuid4()),
@@ -85,6 +87,7 @@ class ChatHistory:
             content=content,
             timestamp=datetime.now(UTC),
             errors=tuple(errors),
+            additional_context=tuple(additional_context),
             created=self._clock(),
         )
         with self._lock:

@@ -14,6 +14,10 @@ and, when chat is served, the additional-context kinds Enclave's chat puts into 
 context (``include_file_context``, …): GitLab's clients check the latter before they offer to
 attach files, snippets and the like. Issue and merge request context are not listed: Enclave has
 no issues or merge requests to read them from.
+
+``codeSuggestionsContexts`` (asked from 17.9 on) lists the code-suggestion context sources the
+client may gather and send: open tabs and imports (they arrive as ``context`` items, which
+Enclave forwards). Not ``repository_xray``, which GitLab reads from its own repository data.
 """
 
 from __future__ import annotations
@@ -41,11 +45,19 @@ CHAT_CONTEXT_FEATURES: Final = (
 )
 
 
+# Code suggestion context sources the client resolves itself (GitLab's names).
+CODE_SUGGESTIONS_CONTEXTS: Final = ("open_tabs", "imports")
+
+
 @dataclass(frozen=True)
 class DuoAvailability:
     code_suggestions: bool
     chat: bool
     chat_features: tuple[str, ...]
+
+    @property
+    def code_suggestions_contexts(self) -> tuple[str, ...]:
+        return CODE_SUGGESTIONS_CONTEXTS if self.code_suggestions else ()
 
     @property
     def any(self) -> bool:

@@ -45,6 +45,8 @@ scalar ProjectID
 scalar JSON
 """An ISO 8601 time."""
 scalar Time
+"""A global id of a chat thread (Enclave keeps none: always null)."""
+scalar AiConversationThreadID
 
 type Query {
   "The user the token belongs to."
@@ -59,7 +61,7 @@ type Query {
   aiMessages(
     requestIds: [ID!]
     roles: [AiMessageRole!]
-    threadId: ID
+    threadId: AiConversationThreadID
     conversationType: AiConversationsThreadsConversationType
     agentVersionId: ID
     after: String
@@ -99,7 +101,7 @@ type AiMessage {
   errors: [String!]
   type: String
   chunkId: Int
-  threadId: ID
+  threadId: AiConversationThreadID
   extras: AiMessageExtras
 }
 
@@ -112,6 +114,7 @@ type CurrentUser {
   duoCodeSuggestionsAvailable: Boolean!
   duoChatAvailable: Boolean!
   duoChatAvailableFeatures: [String!]!
+  codeSuggestionsContexts: [String!]!
 }
 
 type MetadataFeatureFlag {
@@ -161,8 +164,11 @@ enum AiAdditionalContextCategory {
   DEPENDENCY
   LOCAL_GIT
   TERMINAL
+  USER_RULE
   REPOSITORY
   DIRECTORY
+  AGENT_USER_ENVIRONMENT
+  ATTACHMENTS
 }
 
 input AiCurrentFileInput {
@@ -198,20 +204,28 @@ input AiActionInput {
   projectId: ProjectID
   rootNamespaceId: ID
   conversationType: AiConversationsThreadsConversationType
-  threadId: ID
+  threadId: AiConversationThreadID
   additionalContext: [AiAdditionalContextInput!]
 }
 
 type AiActionPayload {
   clientMutationId: String
   requestId: String
-  threadId: ID
+  threadId: AiConversationThreadID
   errors: [String!]!
+}
+
+type AiAdditionalContext {
+  id: ID!
+  category: AiAdditionalContextCategory!
+  content: String
+  metadata: JSON
 }
 
 type AiMessageExtras {
   sources: [JSON!]
   hasFeedback: Boolean
+  additionalContext: [AiAdditionalContext!]
 }
 
 type AiChatMessage {
@@ -224,7 +238,7 @@ type AiChatMessage {
   errors: [String!]
   type: String
   chunkId: Int
-  threadId: ID
+  threadId: AiConversationThreadID
   extras: AiMessageExtras
 }
 

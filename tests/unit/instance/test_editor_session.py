@@ -43,6 +43,10 @@ query getCurrentUser {
                 duoChatAvailableFeatures }
 }
 """
+# From 17.9 on (the clients coerce "17.9.0-enclave" to 17.9.0).
+AVAILABLE_FEATURES = """
+query getDuoAvailableFeatures { currentUser { duoChatAvailableFeatures codeSuggestionsContexts } }
+"""
 FLAG = "query featureFlagsEnabled($name: String!) { featureFlagEnabled(name: $name) }"
 METADATA_FLAGS = """
 query getFlags($names: [String!]!) {
@@ -67,7 +71,8 @@ mutation chat($question: String!, $resourceId: AiModelID,
 MESSAGES = """
 query getAiMessages($requestIds: [ID!], $roles: [AiMessageRole!]) {
   aiMessages(requestIds: $requestIds, roles: $roles) {
-    nodes { requestId role content contentHtml timestamp errors extras { sources } }
+    nodes { requestId role content contentHtml timestamp errors
+            extras { sources additionalContext { id category metadata } } }
   }
 }
 """
@@ -176,6 +181,9 @@ def test_an_editor_session_as_the_language_server_plays_it(
     assert current["duoChatAvailable"] is True
     assert "duo_chat_explain_code" in current["duoChatAvailableFeatures"]
     assert "include_file_context" in current["duoChatAvailableFeatures"]
+    features = graphql(instance, token, AVAILABLE_FEATURES)["data"]["currentUser"]
+    assert features["codeSuggestionsContexts"] == ["open_tabs", "imports"]
+    assert features["duoChatAvailableFeatures"] == current["duoChatAvailableFeatures"]
     for name, enabled in LSP_INSTANCE_FLAGS.items():
         answer = graphql(instance, token, FLAG, {"name": name})
         assert answer == {"data": {"featureFlagEnabled": enabled}}, name
@@ -220,8 +228,12 @@ def test_an_editor_session_as_the_language_server_plays_it(
     assert text.endswith("Explain this code:")
     # The question is in the conversation too, under the same request id.
     everything = graphql(instance, token, MESSAGES, {"requestIds": [payload["requestId"]]})
-    roles = [n["role"] for n in everything["data"]["aiMessages"]["nodes"]]
-    assert roles == ["USER", "ASSISTANT"]
+    question, _ = nodes = everything["data"]["aiMessages"]["nodes"]
+    assert [n["role"] for n in nodes] == ["USER", "ASSISTANT"]
+    assert question["content"] == "/explain"
+    assert question["extras"]["additionalContext"] == [
+        {"id": "helpers", "category": "SNIPPET", "metadata": {}}
+    ]
 
     # 5. Usage ping: accepted and counted, nothing kept.
     before = usage_events(instance)
@@ -309,7 +321,7 @@ subscription aiCompletionResponse($userId: UserID, $clientSubscriptionId: String
   aiCompletionResponse(userId: $userId, aiAction: $aiAction,
                        clientSubscriptionId: $clientSubscriptionId) {
     id requestId content contentHtml @include(if: $htmlResponse) errors role timestamp
-    chunkId extras { sources }
+    type chunkId extras { sources additionalContext { id category metadata } }
   }
 }
 """
@@ -332,12 +344,15 @@ def cable_identifier(user_gid: str, subscription_id: str) -> str:
         {
             "channel": "GraphqlChannel",
             "query": SUBSCRIPTION,
-            "variables": {
-                "userId": user_gid,
-                "clientSubscriptionId": subscription_id,
-                "aiAction": "CHAT",
-                "htmlResponse": True,
-            },
+            # JSON-encoded, as GitLab's AiCompletionResponseChannel sends them.
+            "variables": json.dumps(
+                {
+                    "htmlResponse": False,
+                    "userId": user_gid,
+                    "aiAction": "CHAT",
+                    "clientSubscriptionId": subscription_id,
+                }
+            ),
             "operationName": "aiCompletionResponse",
         }
     )
@@ -358,7 +373,9 @@ def test_chat_answers_stream_over_actioncable(
 ) -> None:
     fresh_gateway.handler = stream_answer
     token = instance.new_token(("api",), username="cable-editor")
-    me = graphql(instance, token, "{ currentUser { id } }")["data"]["currentUser"]["id"]
+    # The client builds the user's global id from GET /api/v4/user.
+    user_id = httpx.get(f"{instance.url}/api/v4/user", headers=bearer(token)).json()["id"]
+    me = f"gid://gitlab/User/{user_id}"
     cable_url = instance.url.replace("http://", "ws://") + "/-/cable"
     with connect(
         cable_url,
@@ -396,14 +413,13 @@ def test_chat_answers_stream_over_actioncable(
         assert "".join(c["content"] for c in chunks) == "It adds two numbers."
         assert final["content"] == "It adds two numbers." and final["errors"] == []
         assert final["requestId"] == request_id and final["role"] == "ASSISTANT"
-        assert final["contentHtml"] is None
+        assert "contentHtml" not in final  # htmlResponse: false
         assert fresh_gateway.requests[0].path == "/v1/chat/refactor_code"
         assert fresh_gateway.requests[0].body["stream"] is True
         ws.send(json.dumps({"command": "unsubscribe", "identifier": identifier}))
     # The answer is kept for polling as well.
     assert poll_answer(instance, token, request_id)["content"] == "It adds two numbers."
     # Unsubscribed and gone: nothing is left listening for this user.
-    user_id = int(me.rsplit("/", 1)[1])
     deadline = time.monotonic() + 5
     while instance.ctx.chat_events.listening(user_id, "sub-42"):
         assert time.monotonic() < deadline, "the subscription outlived the connection"

@@ -183,6 +183,11 @@ class Connection:
         if not isinstance(channel, dict) or channel.get("channel") != CHANNEL:
             return None
         query, variables = channel.get("query"), channel.get("variables") or {}
+        if isinstance(variables, str):  # GitLab's clients send them JSON-encoded
+            try:
+                variables = orjson.loads(variables)
+            except orjson.JSONDecodeError:
+                return None
         if not isinstance(query, str) or not isinstance(variables, dict):
             return None
         operation_name = channel.get("operationName")

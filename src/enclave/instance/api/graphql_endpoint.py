@@ -137,7 +137,11 @@ def _message_view(message: ChatMessage) -> dict[str, Any]:
         "type": None,
         "chunkId": None,
         "threadId": None,
-        "extras": {"sources": [], "hasFeedback": False},
+        "extras": {
+            "sources": [],
+            "hasFeedback": False,
+            "additionalContext": list(message.additional_context),
+        },
     }
 
 
@@ -146,10 +150,29 @@ def _context_item(item: dict[str, Any]) -> dict[str, Any]:
     return {"type": str(item["category"]).lower(), "name": item["id"], "content": item["content"]}
 
 
+def _context_items(chat_input: dict[str, Any], action: dict[str, Any]) -> list[dict[str, Any]]:
+    # In the chat input (current clients) or the action input (older ones).
+    return [*(chat_input.get("additionalContext") or []), *(action.get("additionalContext") or [])]
+
+
+def _context_echo(chat_input: dict[str, Any], action: dict[str, Any]) -> list[dict[str, Any]]:
+    """The question's context items as the clients read them back (``extras``), without their
+    content: the model has it, the client still has it, the history need not keep it."""
+    return [
+        {
+            "id": item["id"],
+            "category": item["category"],
+            "content": None,
+            "metadata": item.get("metadata"),
+        }
+        for item in _context_items(chat_input, action)
+    ]
+
+
 def chat_request(chat_input: dict[str, Any], action: dict[str, Any]) -> chat.ChatRequest:
     """The REST chat's request for an ``aiAction`` chat input (context items from the chat
     input and, as older clients send them, from the action input)."""
-    items = [*(chat_input.get("additionalContext") or []), *(action.get("additionalContext") or [])]
+    items = _context_items(chat_input, action)
     current = chat_input.get("currentFile")
     return chat.ChatRequest.model_validate(
         {
@@ -274,6 +297,7 @@ class Root:
             "duoCodeSuggestionsAvailable": duo.code_suggestions,
             "duoChatAvailable": duo.chat,
             "duoChatAvailableFeatures": list(duo.chat_features),
+            "codeSuggestionsContexts": list(duo.code_suggestions_contexts),
         }
 
     def featureFlagEnabled(self, info: Any, name: str) -> bool:
@@ -353,7 +377,13 @@ class Root:
             raise GraphQLError(exc.message, extensions={"status": exc.status}) from None
         request_id = history.new_request_id()
         annotate(request, ai_request_id=request_id)
-        history.add(principal.user_id, request_id, "user", body.content)
+        history.add(
+            principal.user_id,
+            request_id,
+            "user",
+            body.content,
+            additional_context=_context_echo(chat_input, input),
+        )
         subscription = input.get("clientSubscriptionId")
         task = asyncio.create_task(
             _answer(request, principal, call, resolution.ctx, request_id, subscription)
