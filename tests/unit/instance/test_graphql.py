@@ -4,7 +4,8 @@ chat failures reaching aiMessages; and the bounds of the in-memory chat history.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +18,12 @@ from enclave.instance.api.graphql_endpoint import NOT_AVAILABLE
 from enclave.instance.chat_history import ChatHistory
 from enclave.instance.db import FeatureSetting
 from enclave.instance.graphql_schema import MAX_DEPTH
-from tests.unit.instance.conftest import FakeGateway, LiveInstance
+from tests.unit.instance.conftest import (
+    EMBEDDED_ENDPOINT,
+    FakeGateway,
+    LiveInstance,
+    write_model_api_key,
+)
 
 PATH = "/api/graphql"
 AVAILABILITY = (
@@ -167,6 +173,10 @@ def test_availability_follows_the_feature_settings(instance: LiveInstance, token
     assert data["project"] == {"duoFeaturesEnabled": False}
 
 
+async def chat_answer(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
+    return web.json_response({"response": "Fine."})
+
+
 async def gateway_fails(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
     return web.json_response({"detail": "boom"}, status=500)
 
@@ -241,3 +251,31 @@ def test_history_is_bounded_in_size_age_and_users() -> None:
     history.add(3, "e", "user", "x")
     assert history.messages(1) == []  # least recently active user dropped
     assert [m.request_id for m in history.messages(3)] == ["e"]
+
+
+def test_ai_action_counts_against_the_rest_chats_limit(
+    live_instance_factory: Callable[..., LiveInstance], fresh_gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """One chat limit per user, whichever API asks: aiAction goes through prepare_chat."""
+    fresh_gateway.handler = chat_answer
+    data_dir = tmp_path / "limited"
+    write_model_api_key(data_dir)
+    live = live_instance_factory(
+        data_dir,
+        gateway_url=fresh_gateway.url,
+        embedded_model_endpoint=EMBEDDED_ENDPOINT,
+        duo_chat_rate_limit=2,
+    )
+    token = live.new_token(("ai_features",))
+    assert query(live, token, ASK % "first")["data"]["aiAction"]["errors"] == []
+    rest = httpx.post(
+        f"{live.url}/api/v4/chat/completions",
+        json={"content": "second"},
+        headers={"PRIVATE-TOKEN": token},
+        timeout=30,
+    )
+    assert rest.status_code == 200, rest.text
+    refused = query(live, token, ASK % "third")
+    assert refused["data"] == {"aiAction": None}
+    assert refused["errors"][0]["extensions"] == {"status": 429}
+    assert "the limit for Duo Chat is 2 requests" in refused["errors"][0]["message"]
