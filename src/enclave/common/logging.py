@@ -27,6 +27,7 @@ _SECRET_VALUES = re.compile(
     r"(eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"  # JWT
     r"|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}"  # Authorization: Bearer ...
     r"|encl(?:pat|key)-[A-Za-z0-9_-]{8,}"  # Enclave PATs and model API keys
+    r"|glpat-[A-Za-z0-9_-]{8,}"  # PATs in GitLab's format (the ones Enclave issues now)
     r"|sk-[A-Za-z0-9_-]{16,})"  # OpenAI-style keys
 )
 REDACTED = "[REDACTED]"

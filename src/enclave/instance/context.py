@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from enclave.config import EnclaveSettings
 from enclave.instance.bootstrap import BootstrapResult
+from enclave.instance.chat_events import ChatEvents
+from enclave.instance.chat_history import ChatHistory
 from enclave.instance.db.engine import make_engine, make_session_factory
 from enclave.instance.gateway_client import GatewayClient, host_name
 from enclave.instance.keys import KeyStore
@@ -33,6 +35,10 @@ class InstanceContext:
     gateway: GatewayClient
     # Per-user and per-address limits, and the metrics that count them (per process).
     limits: InstanceLimits
+    # Editor chat conversations (GraphQL aiAction / aiMessages), in memory, bounded.
+    chat_history: ChatHistory = field(default_factory=ChatHistory)
+    # The same chats' answers pushed to ActionCable subscribers as they are generated.
+    chat_events: ChatEvents = field(default_factory=ChatEvents)
 
     @classmethod
     def build(cls, settings: EnclaveSettings, boot: BootstrapResult) -> InstanceContext:

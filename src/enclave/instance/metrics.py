@@ -39,6 +39,13 @@ class InstanceMetrics:
             "Client addresses banned after too many failed authentications.",
             registry=registry,
         )
+        # Editors' usage pings (POST /api/v4/usage_data/track_event): counted, nothing kept.
+        # No label: event names are the client's choice, so they would be unbounded.
+        self.usage_events = Counter(
+            "enclave_instance_usage_events_total",
+            "Usage events editors reported with POST /api/v4/usage_data/track_event(s).",
+            registry=registry,
+        )
         # Children exist from the start, so every series is scraped as 0 before it first counts.
         for name in limit_names:
             self.rate_limited.labels(name)

@@ -1,6 +1,11 @@
 """Personal access tokens: create, read from request headers, authenticate.
 
-A token is ``enclpat-`` + 32 random bytes (URL-safe base64). Only its SHA-256 digest is stored:
+A token is ``glpat-`` + 20 random bytes (URL-safe base64, 27 characters): GitLab's format, and
+33 characters in all, because GitLab's editor clients (the Language Server) take a token of 42
+characters or more for an OAuth token and check it at ``/oauth/token/info`` instead of
+``/api/v4/personal_access_tokens/self``. 160 random bits, of which the 6 characters shown as the
+token's prefix reveal 36: 124 stay secret. Tokens made before (``enclpat-`` + 32 random bytes,
+51 characters) keep working until they expire or are revoked. Only its SHA-256 digest is stored:
 the token is high-entropy random, so a fast hash is enough (no salt, no slow KDF — there is
 nothing to brute-force), and it allows an indexed lookup by digest. GitLab stores its tokens
 the same way. The plaintext exists once, in the hands of whoever created it.
@@ -30,8 +35,12 @@ from enclave.instance.db.models import PersonalAccessToken, User
 
 log = get_logger(__name__)
 
-TOKEN_PREFIX = "enclpat-"  # noqa: S105 - the public prefix
-TOKEN_RANDOM_BYTES = 32
+TOKEN_PREFIX = "glpat-"  # noqa: S105 - the public prefix (GitLab's)
+TOKEN_RANDOM_BYTES = 20
+LEGACY_TOKEN_PREFIX = "enclpat-"  # noqa: S105 - tokens made before; still accepted
+TOKEN_PREFIXES = (TOKEN_PREFIX, LEGACY_TOKEN_PREFIX)
+# GitLab's clients treat a token of this length or more as OAuth (see the module docstring).
+OAUTH_TOKEN_MIN_LENGTH = 42
 _MAX_TOKEN_LENGTH = 256  # anything longer is not ours; refuse before hashing or querying
 DISPLAY_PREFIX_CHARS = 12
 
@@ -154,7 +163,7 @@ def authenticate(
     """Check ``token``; raise :class:`AuthError` or :class:`InsufficientScopeError`."""
     if not token:
         raise AuthError("missing")
-    if not token.startswith(TOKEN_PREFIX) or len(token) > _MAX_TOKEN_LENGTH:
+    if not token.startswith(TOKEN_PREFIXES) or len(token) > _MAX_TOKEN_LENGTH:
         raise AuthError("malformed")
     row = session.execute(
         select(PersonalAccessToken, User)

@@ -13,6 +13,7 @@ from enclave.common.logging import REDACTED, configure_logging, get_logger, reda
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwOi8vMTI3LjAuMC4xIn0.c2lnbmF0dXJlLXZhbHVl"
 PAT = "enclpat-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
+GLPAT = "glpat-AbCdEfGhIjKlMnOpQrStUvWxYz0"
 MODEL_KEY = "enclkey-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
 
 
@@ -21,6 +22,7 @@ MODEL_KEY = "enclkey-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
     [
         f"token {JWT} end",
         f"Authorization: Bearer {PAT}",
+        f"PRIVATE-TOKEN was {GLPAT}",
         f"bearer {MODEL_KEY}",
         f"key={MODEL_KEY}",
         "sk-abcdefghijklmnopqrstuvwxyz",
@@ -29,7 +31,7 @@ MODEL_KEY = "enclkey-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
 def test_secret_looking_values_are_removed_from_text(text: str) -> None:
     cleaned = redact_text(text)
     assert REDACTED in cleaned
-    for secret in (JWT, PAT, MODEL_KEY, "sk-abcdefghijklmnopqrstuvwxyz"):
+    for secret in (JWT, PAT, GLPAT, MODEL_KEY, "sk-abcdefghijklmnopqrstuvwxyz"):
         assert secret not in cleaned
 
 

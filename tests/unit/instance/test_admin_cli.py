@@ -119,7 +119,7 @@ def test_register_two_models_map_features_and_manage_users(cli: Cli, tmp_path: P
     duplicate = cli("users", "add", "alice", "--email", "other@example.com")
     assert duplicate.exit_code == 1 and "Username has already been taken" in duplicate.stderr
     created = cli.json("tokens", "create", "alice", "--name", "vscode", "--expires-in-days", "30")
-    assert created["token"].startswith("enclpat-")
+    assert created["token"].startswith("glpat-")
     assert created["scopes"] == ["ai_features", "read_user"]
     listed = cli.json("tokens", "list", "--user", "alice")
     assert [t["id"] for t in listed] == [created["id"]]

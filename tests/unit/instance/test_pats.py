@@ -70,8 +70,9 @@ def auth(sessions: sessionmaker[Session], token: str | None) -> Principal:
 
 def test_token_format_and_storage(sessions: sessionmaker[Session]) -> None:
     created = new_token(sessions)
-    assert created.plaintext.startswith("enclpat-")
-    assert len(created.plaintext) == len("enclpat-") + 43  # 32 random bytes, base64url
+    # GitLab's format, short enough that editors check it as a PAT (< 42 characters).
+    assert created.plaintext.startswith("glpat-")
+    assert len(created.plaintext) == len("glpat-") + 27 < 42  # 20 random bytes, base64url
     assert created.plaintext not in repr(created)
     with sessions() as session:
         record = session.scalars(select(PersonalAccessToken)).one()
@@ -131,8 +132,9 @@ def test_refusals(sessions: sessionmaker[Session], extra: dict[str, object], rea
     ("token", "reason"),
     [
         (None, "missing"),
-        ("glpat-not-ours", "malformed"),
-        ("enclpat-" + "x" * 300, "malformed"),
+        ("ghp_not-ours", "malformed"),
+        ("glpat-" + "x" * 300, "malformed"),
+        ("glpat-unknown-unknown-unknown", "unknown"),
         ("enclpat-unknown-unknown-unknown", "unknown"),
     ],
 )
@@ -143,6 +145,25 @@ def test_missing_or_wrong_tokens(
     with pytest.raises(AuthError) as caught:
         auth(sessions, token)
     assert caught.value.reason == reason
+
+
+def test_tokens_made_before_in_the_long_format_keep_working(
+    sessions: sessionmaker[Session],
+) -> None:
+    created = new_token(sessions)
+    legacy = "enclpat-" + "L" * 43  # the 51-character format issued before glpat-
+    with sessions() as session, session.begin():
+        record = session.get(PersonalAccessToken, created.id)
+        assert record is not None
+        record.token_digest = hashlib.sha256(legacy.encode()).hexdigest()
+    assert auth(sessions, legacy).token_id == created.id
+    with sessions() as session, session.begin():
+        record = session.get(PersonalAccessToken, created.id)
+        assert record is not None
+        record.revoked = True
+    with pytest.raises(AuthError) as caught:
+        auth(sessions, legacy)
+    assert caught.value.reason == "revoked"
 
 
 def test_token_valid_until_its_expiry(sessions: sessionmaker[Session]) -> None:

@@ -47,7 +47,7 @@ def test_create_user_and_token_then_use_it(api: Api, instance: LiveInstance) -> 
     }
     created = new_token(api, user["id"], expires_at=TOMORROW)
     plaintext = str(created["token"])
-    assert plaintext.startswith("enclpat-")
+    assert plaintext.startswith("glpat-")
     assert created["expires_at"] == TOMORROW
     assert created["active"] is True and created["revoked"] is False
     assert created["scopes"] == ["ai_features", "api"]

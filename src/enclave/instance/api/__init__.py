@@ -7,11 +7,14 @@ from fastapi import APIRouter
 from enclave.instance.api import (
     admin_ai,
     ai_features,
+    cable,
     chat,
     code_suggestions,
     direct_access,
     discovery,
+    editors,
     gateway_routes,
+    graphql_endpoint,
     health,
     openai_access,
     users,
@@ -31,4 +34,7 @@ def all_routers() -> list[APIRouter]:
         ai_features.router,
         admin_ai.router,
         admin_ai.audit_router,
+        editors.router,
+        graphql_endpoint.router,
+        cable.router,
     ]

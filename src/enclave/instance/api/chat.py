@@ -34,6 +34,7 @@ passed off as complete.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
 import aiohttp
@@ -44,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from enclave.common import wire
 from enclave.common.logging import get_logger
 from enclave.instance import limits
+from enclave.instance.ai_settings import EffectiveAiSettings
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
@@ -202,39 +204,58 @@ def chat_body(
     }
 
 
-@router.post("/api/v4/chat/completions", summary="Ask Duo Chat (GitLab's REST chat endpoint)")
-async def chat_completions(
-    request: Request,
-    body: ChatRequest,
-    principal: Annotated[Principal, Depends(authenticated(AI_SCOPES))],
-) -> Any:
+@dataclass(frozen=True)
+class ChatCall:
+    """A question checked and routed: the user may ask it and a model serves its feature."""
+
+    feature: Feature
+    invokable: str
+    text: str
+    context: list[dict[str, Any]]
+    model: ResolvedModel
+    effective: EffectiveAiSettings
+
+
+async def prepare_chat(request: Request, principal: Principal, body: ChatRequest) -> ChatCall:
+    """The checks every chat goes through, whichever API asked (REST here, GraphQL's
+    ``aiAction``): the user's chat limit, the slash command, the feature's setting and model.
+    Raises :class:`InstanceAPIError` (429, 403, 500) when the question cannot be asked."""
     ctx = context_of(request)
     ctx.limits.check(limits.CHAT, principal.user_id)
     feature, invokable, text = route_question(body.content)
     annotate(request, feature=feature.value, stream=body.stream)
     model, effective = await resolve_for_request(ctx, feature)
     annotate(request, model=model.name)
-    scopes = {FEATURE_UNIT_PRIMITIVES[feature], wire.UP_DUO_CHAT}
-    identity = forward_identity(ctx, request, principal)
     context = list(body.additional_context or [])
     if body.current_file is not None:
         context.insert(0, current_file_context(body.current_file))
+    return ChatCall(feature, invokable, text, context, model, effective)
+
+
+async def ask_gateway(
+    request: Request, principal: Principal, call: ChatCall, *, stream: bool
+) -> Any:
+    """Send a prepared question to the gateway: the answer text, or with ``stream`` the
+    relayed stream; failures raise :class:`ChatError` with GitLab's chat error codes."""
+    ctx = context_of(request)
+    scopes = {FEATURE_UNIT_PRIMITIVES[call.feature], wire.UP_DUO_CHAT}
+    identity = forward_identity(ctx, request, principal)
     try:
         upstream = await ctx.gateway.post(
-            f"/v1/chat/{invokable}",
-            orjson.dumps(chat_body(text, context, model, stream=body.stream)),
+            f"/v1/chat/{call.invokable}",
+            orjson.dumps(chat_body(call.text, call.context, call.model, stream=stream)),
             gateway_headers(
                 ctx.minter.token(scopes).token,
                 identity,
-                verbose_ai_logs=effective.enabled_instance_verbose_ai_logs,
+                verbose_ai_logs=call.effective.enabled_instance_verbose_ai_logs,
             ),
-            base_url=effective.ai_gateway_url,
-            timeout_s=effective.ai_gateway_timeout_seconds,
+            base_url=call.effective.ai_gateway_url,
+            timeout_s=call.effective.ai_gateway_timeout_seconds,
         )
     except GatewayUnavailableError as exc:
         raise _unreachable(exc, request, principal) from None
     try:
-        return await _answer(upstream, model, request, principal, stream=body.stream)
+        return await _answer(upstream, call.model, request, principal, stream=stream)
     except InstanceAPIError:
         raise
     except Exception:  # a bug must still reach the user as a chat error, not a bare 500
@@ -246,6 +267,16 @@ async def chat_completions(
             "Duo Chat failed unexpectedly. Try again; if it keeps happening, ask an "
             "administrator to check the instance logs.",
         ) from None
+
+
+@router.post("/api/v4/chat/completions", summary="Ask Duo Chat (GitLab's REST chat endpoint)")
+async def chat_completions(
+    request: Request,
+    body: ChatRequest,
+    principal: Annotated[Principal, Depends(authenticated(AI_SCOPES))],
+) -> Any:
+    call = await prepare_chat(request, principal, body)
+    return await ask_gateway(request, principal, call, stream=body.stream)
 
 
 async def _answer(

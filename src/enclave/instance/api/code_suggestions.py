@@ -54,11 +54,14 @@ class CodeSuggestionsRoute(InstanceRoute):
 router = APIRouter(route_class=CodeSuggestionsRoute)
 
 
-async def read_json_body(request: Request) -> dict[str, Any]:
-    """The JSON object in the body (read by the route class, under its limit); else 400."""
+async def read_json_body(
+    request: Request, *, empty_hint: str = "send a JSON object with current_file"
+) -> dict[str, Any]:
+    """The JSON object in the body (read by the route class, under its limit); else 400
+    (``empty_hint`` says what to send instead of nothing)."""
     body = await request.body()
     if not body:
-        raise InstanceAPIError(400, "the body is empty; send a JSON object with current_file")
+        raise InstanceAPIError(400, f"the body is empty; {empty_hint}")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
