@@ -178,6 +178,32 @@ def test_streaming_is_relayed_chunk_by_chunk(
     check_relayed_chunk_by_chunk(instance, fresh_gateway, PATH, COMPLETION_BODY)
 
 
+async def stream_back_to_back(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+    await response.prepare(request)
+    for piece in (b"return", b" a", b" +", b" b\n"):  # a fast model: no pause between pieces
+        await response.write(piece)
+    await response.write_eof()
+    return response
+
+
+def test_pieces_that_arrive_together_stay_apart(
+    instance: LiveInstance, fresh_gateway: FakeGateway
+) -> None:
+    """Each HTTP chunk of the gateway is its own chunk for the editor, even when a fast model's
+    pieces reach the instance in one read (reading "whatever is buffered" merged them)."""
+    fresh_gateway.handler = stream_back_to_back
+    with httpx.stream(
+        "POST",
+        instance.url + PATH,
+        json={**COMPLETION_BODY, "stream": True},
+        headers={"PRIVATE-TOKEN": instance.admin_token},
+        timeout=20,
+    ) as response:
+        assert response.status_code == 200
+        assert list(response.iter_raw()) == [b"return", b" a", b" +", b" b\n"]
+
+
 def test_client_disconnect_cancels_the_upstream_request(
     instance: LiveInstance, fresh_gateway: FakeGateway
 ) -> None:

@@ -120,8 +120,12 @@ async def _chunks(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     finished = False
     tail = b""
     try:
-        async for chunk in upstream.content.iter_any():
-            tail = chunk[-2:] if chunk else tail
+        # One piece per HTTP chunk of the gateway: reading "whatever is buffered" (iter_any)
+        # merged a fast model's pieces whenever two arrived before the instance read them.
+        async for chunk, _ in upstream.content.iter_chunks():
+            if not chunk:
+                continue  # aiohttp reports the end of a chunk it had already handed out
+            tail = chunk[-2:]
             yield chunk
         finished = True
     except (TimeoutError, aiohttp.ClientError) as exc:
