@@ -86,3 +86,21 @@ def test_the_user_token_cannot_mint_another(stack: Stack) -> None:
 def test_without_a_personal_access_token_it_is_401(stack: Stack) -> None:
     response = httpx.post(f"{stack.instance_url}/api/v4/code_suggestions/direct_access", timeout=30)
     assert response.status_code == 401
+
+
+def test_the_ide_may_echo_the_routed_model(stack: Stack, expected_answer: str) -> None:
+    """The Language Server spreads the answer's ``model_details`` (``model_provider``,
+    ``model_name``) into its body: naming exactly the routed model is no attempt to choose."""
+    access = direct_access(stack)
+    assert completed(access, "/v2/completions").status_code == 200  # routes are loaded
+    setting = httpx.get(
+        f"{stack.instance_url}/api/v4/admin/ai/feature_settings/code_completions",
+        headers={"PRIVATE-TOKEN": stack.admin_token},
+        timeout=30,
+    ).json()
+    echoed = {"model_provider": "litellm", "model_name": setting["self_hosted_model"]["model"]}
+    response = call(access, "/v2/completions", {**ide_body(), "prompt_version": 1, **echoed})
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["text"] == expected_answer
+    other = call(access, "/v2/completions", {**ide_body(), "model_provider": "anthropic"})
+    assert other.status_code == 403
