@@ -671,7 +671,8 @@ def tokens_create(
         typer.Option(
             "--scope",
             help="api, read_api, read_user or ai_features; repeat for several "
-            "[default: ai_features and read_user, enough for IDEs].",
+            "[default: ai_features and read_user; GitLab's editor extensions and its Language "
+            "Server ask for api].",
         ),
     ] = None,
     expires_at: Annotated[
