@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -208,13 +208,13 @@ class Connection:
             variable_values=variables,
             operation_name=operation_name if isinstance(operation_name, str) else None,
         )
-        if is_awaitable(outcome):
-            outcome = await outcome
-        if isinstance(outcome, ExecutionResult):  # refused by the resolver or the variables
-            log.info("cable_subscription_refused", errors=[e.message for e in outcome.errors or ()])
+        started: AsyncIterator[ExecutionResult] | ExecutionResult = (
+            await outcome if is_awaitable(outcome) else cast(Any, outcome)
+        )
+        if isinstance(started, ExecutionResult):  # refused by the resolver or the variables
+            log.info("cable_subscription_refused", errors=[e.message for e in started.errors or ()])
             return None
-        stream: AsyncIterator[ExecutionResult] = outcome
-        return stream
+        return started
 
     async def _relay(self, identifier: str, results: AsyncIterator[ExecutionResult]) -> None:
         try:

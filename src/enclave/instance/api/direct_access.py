@@ -12,15 +12,15 @@ the gateway's ``POST /v1/code/user_access_token`` with an instance token (scope
      "model_details": {}}
 
 The IDE then sends ``Authorization: Bearer <token>`` plus those headers to
-``<base_url>/v2/code/completions`` until ``expires_at``. The token grants ``complete_code``
+``<base_url>/v2/completions`` (GitLab's Language Server) or ``/v2/code/completions`` until
+``expires_at``. The token grants ``complete_code``
 only (no generations, and it cannot mint another token).
 
-``model_details`` stays ``{}`` as in GitLab for self-hosted models: the gateway needs the
-model's endpoint, identifier and family in the completion body, and the model's API key is a
-secret the instance does not hand to IDEs. A direct client of a self-hosted model therefore has
-to know those fields itself (GitLab's IDEs do not use direct access for self-hosted models and
-send completions through the instance); the instance's completions endpoint remains the way
-for everyone else.
+``model_details`` stays ``{}`` as in GitLab for self-hosted models: GitLab's Language Server
+spreads it into its ``/v2/completions`` body, and a user's token never names the model — the
+gateway serves it with the model the administrator routed code completions to (the instance's
+feature→model routes, :mod:`enclave.gateway.user_access`). A body that echoes exactly that
+model (``model_provider: litellm``, its family as ``model_name``) is served as well.
 
 Gateway errors come back GitLab-style, ``{"message": ...}`` with the gateway's status (503 when
 the gateway's answer is not an error status it can pass on); an unreachable gateway is 502/504
