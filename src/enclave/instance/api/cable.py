@@ -40,10 +40,9 @@ from graphql import (
     validate,
 )
 from graphql.pyutils import is_awaitable
-from starlette.concurrency import run_in_threadpool
 
 from enclave.common.logging import get_logger
-from enclave.instance.api.deps import context_of
+from enclave.instance.api.deps import PatAuth, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.graphql_endpoint import NOT_AVAILABLE, RULES, user_gid
 from enclave.instance.chat_events import TooManyListenersError
@@ -51,11 +50,7 @@ from enclave.instance.context import InstanceContext
 from enclave.instance.graphql_schema import MAX_TOKENS, SCHEMA
 from enclave.instance.pats import (
     AI_SCOPES,
-    AuthError,
-    InsufficientScopeError,
     Principal,
-    authenticate_request,
-    token_from_headers,
 )
 
 log = get_logger(__name__)
@@ -105,25 +100,16 @@ def _install_resolvers() -> None:
 _install_resolvers()
 
 
-async def _authenticate(websocket: WebSocket, ctx: InstanceContext) -> Principal | None:
-    address = websocket.client.host if websocket.client else None
+# The REST API's PAT check (failed-authentication counting and the address ban included).
+_AI_USER = PatAuth(AI_SCOPES)
+
+
+async def _authenticate(websocket: WebSocket) -> Principal | None:
+    """The caller, or None when the upgrade is to be refused (logged by the check)."""
     try:
-        ctx.limits.check_address(address)
+        return await _AI_USER(websocket)
     except InstanceAPIError:
         return None
-    token = token_from_headers(
-        websocket.headers.get("private-token"), websocket.headers.get("authorization")
-    )
-    try:
-        return await run_in_threadpool(
-            authenticate_request, ctx.sessions, token, accepted_scopes=AI_SCOPES
-        )
-    except AuthError as exc:
-        log.info("cable_authentication_failed", reason=exc.reason)
-        ctx.limits.auth_failed(address, exc.reason)
-    except InsufficientScopeError:
-        log.info("cable_insufficient_scope")
-    return None
 
 
 class Connection:
@@ -241,8 +227,8 @@ class Connection:
 
 @router.websocket(PATH)
 async def cable(websocket: WebSocket) -> None:
-    ctx = context_of(websocket)  # type: ignore[arg-type]
-    principal = await _authenticate(websocket, ctx)
+    ctx = context_of(websocket)
+    principal = await _authenticate(websocket)
     if principal is None:
         await websocket.close(code=1008)  # before accepting: the upgrade is refused (403)
         return

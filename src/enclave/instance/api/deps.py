@@ -8,6 +8,7 @@ from typing import TypeVar, cast
 from fastapi import Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 
 from enclave.common.logging import get_logger
 from enclave.instance.actor import Actor
@@ -27,7 +28,7 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 
-def context_of(request: Request) -> InstanceContext:
+def context_of(request: HTTPConnection) -> InstanceContext:
     return cast(InstanceContext, request.app.state.ctx)
 
 
@@ -52,7 +53,7 @@ class PatAuth:
         self.scopes = frozenset(accepted_scopes)
         self.admin = admin
 
-    async def __call__(self, request: Request) -> Principal:
+    async def __call__(self, request: HTTPConnection) -> Principal:
         done: dict[PatAuth, Principal] = request.scope.setdefault(_DONE_KEY, {})
         principal = done.get(self)
         if principal is None:
@@ -60,7 +61,7 @@ class PatAuth:
             done[self] = principal
         return principal
 
-    def _authenticate(self, request: Request) -> Principal:
+    def _authenticate(self, request: HTTPConnection) -> Principal:
         ctx = context_of(request)
         # The address ClientAddressMiddleware settled on (X-Forwarded-For only from a trusted
         # proxy); a banned one is refused before its token is even looked at.
