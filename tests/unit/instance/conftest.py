@@ -438,3 +438,22 @@ def check_disconnect_cancels_upstream(
     ) as response:
         assert next(response.iter_raw()).startswith(b"tick")
     assert gateway.disconnected.wait(5)
+
+
+@pytest.fixture()
+def restore_features(instance: LiveInstance) -> Iterator[None]:
+    """Give the module's shared instance its original feature map back after a test."""
+    with instance.ctx.sessions() as session:
+        saved = [
+            (row.feature, row.provider, row.self_hosted_model_id)
+            for row in session.scalars(select(FeatureSetting))
+        ]
+    yield
+    with instance.ctx.sessions() as session, session.begin():
+        for row in session.scalars(select(FeatureSetting)):
+            session.delete(row)
+        session.flush()
+        for feature, provider, model_id in saved:
+            session.add(
+                FeatureSetting(feature=feature, provider=provider, self_hosted_model_id=model_id)
+            )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -11,7 +10,7 @@ import pytest
 import structlog
 from sqlalchemy import select, text
 
-from enclave.instance.db import AuditEvent, FeatureSetting, SelfHostedModel
+from enclave.instance.db import AuditEvent, SelfHostedModel
 from tests.unit.instance.admin_helpers import ADMIN, Api
 from tests.unit.instance.conftest import FakeGateway, LiveInstance
 
@@ -28,25 +27,6 @@ COMPLETION = {
 @pytest.fixture()
 def api(instance: LiveInstance) -> Api:
     return Api(instance)
-
-
-@pytest.fixture()
-def restore_features(instance: LiveInstance) -> Iterator[None]:
-    """Give the module's shared instance its original feature map back after a test."""
-    with instance.ctx.sessions() as session:
-        saved = [
-            (row.feature, row.provider, row.self_hosted_model_id)
-            for row in session.scalars(select(FeatureSetting))
-        ]
-    yield
-    with instance.ctx.sessions() as session, session.begin():
-        for row in session.scalars(select(FeatureSetting)):
-            session.delete(row)
-        session.flush()
-        for feature, provider, model_id in saved:
-            session.add(
-                FeatureSetting(feature=feature, provider=provider, self_hosted_model_id=model_id)
-            )
 
 
 # --- authentication and authorisation ---------------------------------------------------------

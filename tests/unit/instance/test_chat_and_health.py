@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import jwt
 import pytest
 from aiohttp import web
-from sqlalchemy import select
 
 from enclave.common.net import free_port
 from enclave.instance.api import chat
-from enclave.instance.db import FeatureSetting
 from tests.unit.instance.admin_helpers import ADMIN, Api
 from tests.unit.instance.conftest import (
     EMBEDDED_ENDPOINT,
@@ -44,24 +42,6 @@ def api(instance: LiveInstance) -> Api:
 def chat_gateway(fresh_gateway: FakeGateway) -> FakeGateway:
     fresh_gateway.handler = chat_answer
     return fresh_gateway
-
-
-@pytest.fixture()
-def restore_features(instance: LiveInstance) -> Iterator[None]:
-    with instance.ctx.sessions() as session:
-        saved = [
-            (r.feature, r.provider, r.self_hosted_model_id)
-            for r in session.scalars(select(FeatureSetting))
-        ]
-    yield
-    with instance.ctx.sessions() as session, session.begin():
-        for row in session.scalars(select(FeatureSetting)):
-            session.delete(row)
-        session.flush()
-        for feature, provider, model_id in saved:
-            session.add(
-                FeatureSetting(feature=feature, provider=provider, self_hosted_model_id=model_id)
-            )
 
 
 def test_chat_goes_to_the_duo_chat_model(api: Api, chat_gateway: FakeGateway) -> None:

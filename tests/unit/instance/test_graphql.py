@@ -4,7 +4,7 @@ chat failures reaching aiMessages; and the bounds of the in-memory chat history.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +12,9 @@ import httpx
 import pytest
 from aiohttp import web
 from graphql import get_introspection_query
-from sqlalchemy import select
 
 from enclave.instance.api.graphql_endpoint import NOT_AVAILABLE
 from enclave.instance.chat_history import ChatHistory
-from enclave.instance.db import FeatureSetting
 from enclave.instance.graphql_schema import MAX_DEPTH
 from tests.unit.instance.conftest import (
     EMBEDDED_ENDPOINT,
@@ -48,24 +46,6 @@ def query(instance: LiveInstance, token: str, text: str) -> dict[str, Any]:
 @pytest.fixture()
 def token(instance: LiveInstance) -> str:
     return instance.new_token(("api",))
-
-
-@pytest.fixture()
-def restore_features(instance: LiveInstance) -> Iterator[None]:
-    with instance.ctx.sessions() as session:
-        saved = [
-            (r.feature, r.provider, r.self_hosted_model_id)
-            for r in session.scalars(select(FeatureSetting))
-        ]
-    yield
-    with instance.ctx.sessions() as session, session.begin():
-        for row in session.scalars(select(FeatureSetting)):
-            session.delete(row)
-        session.flush()
-        for feature, provider, model_id in saved:
-            session.add(
-                FeatureSetting(feature=feature, provider=provider, self_hosted_model_id=model_id)
-            )
 
 
 def test_unknown_field_is_a_graphql_error(instance: LiveInstance, token: str) -> None:
