@@ -58,7 +58,8 @@ from enclave.gateway.http import json_response
 from enclave.gateway.metrics import GatewayMetrics, InstrumentedModelClient, metrics_endpoint
 from enclave.gateway.middleware import ClientAddressMiddleware, RequestContextMiddleware
 from enclave.gateway.models.base import ModelRequest, ModelResult, TextModelClient, TextStream
-from enclave.gateway.models.openai_compat import OpenAICompatClient
+from enclave.gateway.models.providers import ProviderRouter, install_settings
+from enclave.gateway.models.registry import build_providers, provider_settings
 from enclave.gateway.prompts.registry import (
     DEFINITIONS_DIR,
     PromptRegistry,
@@ -139,6 +140,8 @@ class Gateway:
             max_buckets=gateway_settings.rate_limit_max_buckets,
             limited=self.metrics.rate_limited_scopes,
         )
+        # Where Bedrock and Vertex models without an endpoint are called (region, project).
+        install_settings(provider_settings(gateway_settings))
         self.egress_policy = EgressPolicy.parse(gateway_settings.model_egress_allow)
         self.egress = EgressGuard(clock, self.egress_policy)
         # The instance's feature→model routes (OpenAI-compatible API), fetched from the issuer.
@@ -193,9 +196,10 @@ class Gateway:
             headers={"User-Agent": USER_AGENT},
             trust_env=False,
         )
+        # One chain for every provider: egress check → metrics → provider by the model's kind.
         self.models = EgressCheckedClient(
             InstrumentedModelClient(
-                OpenAICompatClient(self.session, self.settings.gateway.model_timeout_s),
+                ProviderRouter(build_providers(self.session, self.settings.gateway)),
                 self.metrics,
             ),
             self.egress,

@@ -51,6 +51,7 @@ from enclave.gateway.api.v2.code.suggestions import PlanError, resolve_target
 from enclave.gateway.auth.verify import AuthError, Principal, forbidden
 from enclave.gateway.egress import display_url
 from enclave.gateway.http import connect_failure, read_limited
+from enclave.gateway.models.providers import OPENAI
 from enclave.gateway.single_flight import SingleFlight
 
 log = get_logger(__name__)
@@ -142,6 +143,17 @@ def _route(entry: Any) -> FeatureRoute | None:
             available=False,
             reason="misconfigured",
             message=f"the model {name!r} serving {feature} cannot be called: {detail}",
+            model_name=name,
+            family=family,
+        )
+    if target.provider != OPENAI:
+        return FeatureRoute(
+            feature,
+            primitive,
+            available=False,
+            reason="unsupported",
+            message=f"the model {name!r} serving {feature} is a '{target.provider}' model, "
+            "which the OpenAI-compatible API cannot call; assign a model with provider 'api'",
             model_name=name,
             family=family,
         )

@@ -34,6 +34,15 @@ from enclave.gateway.models.base import (
     ModelRequest,
     ModelResult,
 )
+from enclave.gateway.models.providers import (
+    ENDPOINT_OPTIONAL,
+    FIELD_PROVIDERS,
+    IDENTIFIER_PROVIDERS,
+    OPENAI,
+    TEXT_COMPLETION_PREFIXES,
+    ProviderSetupError,
+    default_endpoint,
+)
 from enclave.gateway.rate_limit import RateLimited
 from enclave.gateway.streaming import RawTextStreamResponse, TextFilter
 
@@ -47,19 +56,10 @@ PROVIDER_LITELLM: Final = "litellm"
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
-# LiteLLM-style identifier prefixes that mean "an OpenAI-compatible server".
-_OPENAI_PROVIDERS: Final = frozenset({"custom_openai", "openai", "hosted_vllm"})
-_TEXT_COMPLETION_PROVIDERS: Final = frozenset(
-    {"text-completion-custom_openai", "text-completion-openai"}
-)
-# Providers LiteLLM knows that speak something else; refused with a hint instead of guessed.
+# Providers LiteLLM knows that no provider module speaks; refused with a hint, not guessed.
 _OTHER_PROVIDERS: Final = frozenset(
     {
-        "bedrock",
-        "azure",
         "azure_ai",
-        "vertex_ai",
-        "anthropic",
         "gemini",
         "ollama",
         "sagemaker",
@@ -88,6 +88,7 @@ class ModelTarget:
     model: str  # the served model name sent as "model"
     api_key: str | None
     force_text_completion: bool
+    provider: str = OPENAI  # which provider module serves it (enclave.gateway.models.providers)
 
 
 def model_target(payload: SuggestionsRequest) -> ModelTarget:
@@ -120,13 +121,57 @@ def resolve_target(
     FastAPI-style error locations.
     """
     provider = (provider or PROVIDER_LITELLM).strip().lower()
-    if provider != PROVIDER_LITELLM:
+    # "litellm": the identifier's prefix says which provider; otherwise the field says it.
+    kind = FIELD_PROVIDERS.get(provider)
+    if kind is None and provider != PROVIDER_LITELLM:
         raise PlanError(
-            f"model provider '{provider}' is not supported by this gateway yet; use "
-            "model_provider 'litellm' with an OpenAI-compatible model_endpoint"
+            f"model provider '{provider}' is not supported by this gateway; use model_provider "
+            f"'litellm' (or one of: {', '.join(sorted(FIELD_PROVIDERS))})"
+        )
+    raw_identifier = identifier
+    identifier = (identifier or "").strip()
+    force_text = False
+    if not identifier:
+        model = (name or "").strip()
+    else:
+        prefix, slash, rest = identifier.partition("/")
+        if not slash:
+            model = identifier
+        elif prefix in IDENTIFIER_PROVIDERS:
+            named = IDENTIFIER_PROVIDERS[prefix]
+            if kind is not None and named != kind:
+                raise PlanError(
+                    f"model identifier '{identifier}' is for provider '{named}', not "
+                    f"'{provider}'; fix the identifier or the provider"
+                )
+            kind, model, force_text = named, rest, prefix in TEXT_COMPLETION_PREFIXES
+        elif prefix in _OTHER_PROVIDERS:
+            raise PlanError(
+                f"model identifier provider '{prefix}' is not supported by this gateway; use "
+                "custom_openai/<served model name> with an OpenAI-compatible endpoint, or "
+                f"one of the prefixes {', '.join(sorted(IDENTIFIER_PROVIDERS))}"
+            )
+        else:
+            model = identifier  # e.g. a Hugging Face style name such as Qwen/Qwen2.5-Coder
+    kind = kind or OPENAI
+    if not model:
+        raise PlanError(
+            [
+                field_error(
+                    loc("identifier"),
+                    "model_identifier is required: custom_openai/<served model name>",
+                    raw_identifier,
+                    kind="missing",
+                )
+            ]
         )
     raw_endpoint = endpoint
     endpoint = (endpoint or "").strip().rstrip("/")
+    if kind in ENDPOINT_OPTIONAL:
+        try:
+            endpoint = default_endpoint(kind, model, endpoint)
+        except ProviderSetupError as exc:
+            raise PlanError(str(exc), status=503) from None
     if not endpoint:
         raise PlanError(
             [
@@ -139,38 +184,7 @@ def resolve_target(
                 )
             ]
         )
-    raw_identifier = identifier
-    identifier = (identifier or "").strip()
-    force_text = False
-    if not identifier:
-        model = (name or "").strip()
-    else:
-        prefix, slash, rest = identifier.partition("/")
-        if not slash:
-            model = identifier
-        elif prefix in _OPENAI_PROVIDERS:
-            model = rest
-        elif prefix in _TEXT_COMPLETION_PROVIDERS:
-            model, force_text = rest, True
-        elif prefix in _OTHER_PROVIDERS:
-            raise PlanError(
-                f"model identifier provider '{prefix}' is not supported by this gateway yet; "
-                "use custom_openai/<served model name> with an OpenAI-compatible endpoint"
-            )
-        else:
-            model = identifier  # e.g. a Hugging Face style name such as Qwen/Qwen2.5-Coder
-    if not model:
-        raise PlanError(
-            [
-                field_error(
-                    loc("identifier"),
-                    "model_identifier is required: custom_openai/<served model name>",
-                    raw_identifier,
-                    kind="missing",
-                )
-            ]
-        )
-    return ModelTarget(endpoint, model, api_key or None, force_text)
+    return ModelTarget(endpoint, model, api_key or None, force_text, kind)
 
 
 def messages_from(prompt: list[PromptMessage]) -> tuple[ChatMessage, ...]:

@@ -1,0 +1,42 @@
+"""The provider clients of one gateway process, built from its settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from enclave.config import GatewaySettings
+from enclave.gateway.models.base import TextModelClient
+from enclave.gateway.models.openai_compat import OpenAICompatClient
+from enclave.gateway.models.providers import OPENAI, ProviderSettings
+
+
+def provider_settings(settings: GatewaySettings) -> ProviderSettings:
+    return ProviderSettings(
+        bedrock_region=settings.bedrock_region,
+        bedrock_endpoint=settings.bedrock_endpoint,
+        vertex_project=settings.vertex_project,
+        vertex_location=settings.vertex_location,
+        vertex_endpoint=settings.vertex_endpoint,
+    )
+
+
+def call_options(settings: GatewaySettings) -> dict[str, Any]:
+    """Timeouts and retries, the same for every provider."""
+    return {
+        "connect_timeout_s": settings.model_connect_timeout_s,
+        "retries": settings.model_retries,
+        "backoff_s": settings.model_retry_backoff_s,
+        "max_wait_s": settings.model_retry_max_wait_s,
+    }
+
+
+def build_providers(
+    session: aiohttp.ClientSession, settings: GatewaySettings
+) -> dict[str, TextModelClient]:
+    """One client per provider, all on the gateway's one model-call session."""
+    timeout, options = settings.model_timeout_s, call_options(settings)
+    return {
+        OPENAI: OpenAICompatClient(session, timeout, **options),
+    }
