@@ -199,7 +199,9 @@ class Gateway:
         # One chain for every provider: egress check → metrics → provider by the model's kind.
         self.models = EgressCheckedClient(
             InstrumentedModelClient(
-                ProviderRouter(build_providers(self.session, self.settings.gateway)),
+                ProviderRouter(
+                    build_providers(self.session, self.settings.gateway, self.issuer_http)
+                ),
                 self.metrics,
             ),
             self.egress,

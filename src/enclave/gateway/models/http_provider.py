@@ -54,6 +54,9 @@ _CONTEXT_TOO_LONG: Final = re.compile(
     re.IGNORECASE,
 )
 
+# Answers that mean "busy, nothing generated": 503, and Anthropic's 529 (overloaded).
+_RETRY_STATUSES: Final = frozenset({503, 529})
+
 # (url, body, headers) of one outbound call; a URL already percent-encoded when signed.
 Call = tuple[str | URL, bytes, dict[str, str]]
 
@@ -338,7 +341,7 @@ class HttpProvider:
         """POST the call; a 200 response (body unread), or the mapped error.
 
         Retried, bounded, only where nothing can have been generated yet: the connection
-        failed, or the provider answered 429 or 503 before any answer.
+        failed, or the provider answered 429, 503 or 529 before any answer.
         """
         url, body, headers = self.build(request, stream)
         if self.authorize is not None:
@@ -376,7 +379,7 @@ class HttpProvider:
             error = self.http_error(request, response.status, response.headers, error_body)
             wait = (
                 self._retry_wait(attempt, error.retry_after)
-                if isinstance(error, ModelRateLimited) or response.status == 503
+                if isinstance(error, ModelRateLimited) or response.status in _RETRY_STATUSES
                 else None
             )
             if wait is None:
