@@ -54,6 +54,11 @@ _CONTEXT_TOO_LONG: Final = re.compile(
     re.IGNORECASE,
 )
 
+# A PEM private key (a service-account key echoed back), to the end of the text if cut.
+_PRIVATE_KEY: Final = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"
+)
+
 # Answers that mean "busy, nothing generated": 503, and Anthropic's 529 (overloaded).
 _RETRY_STATUSES: Final = frozenset({503, 529})
 
@@ -62,11 +67,15 @@ Call = tuple[str | URL, bytes, dict[str, str]]
 
 
 def clean_error_message(message: Any, secret: str | None) -> str:
-    """An upstream message fit for callers and logs: one line, bounded, secrets removed."""
-    text = " ".join(str(message).split())[:300]
+    """An upstream message fit for callers and logs: one line, bounded, secrets removed.
+
+    Secrets go before the cut, so that no prefix of one survives it.
+    """
+    text = " ".join(str(message).split())
     if secret and len(secret) >= 6:
         text = text.replace(secret, "[REDACTED]")
-    return redact_text(text)
+    text = _PRIVATE_KEY.sub("[REDACTED]", text)
+    return redact_text(text[:300])
 
 
 def upstream_error_message(body: bytes, secret: str | None) -> str:
