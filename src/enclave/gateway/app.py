@@ -101,6 +101,7 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None  # model calls
         self.issuer_session: aiohttp.ClientSession | None = None  # issuers' keys
         self.models: TextModelClient = _NotStarted()
+        self.providers: ProviderRouter = ProviderRouter({})
         self.stores: dict[str, KeyStore] = build_key_stores(
             gateway_settings, self.issuer_http, clock
         )
@@ -197,14 +198,11 @@ class Gateway:
             trust_env=False,
         )
         # One chain for every provider: egress check → metrics → provider by the model's kind.
+        self.providers = ProviderRouter(
+            build_providers(self.session, self.settings.gateway, self.issuer_http)
+        )
         self.models = EgressCheckedClient(
-            InstrumentedModelClient(
-                ProviderRouter(
-                    build_providers(self.session, self.settings.gateway, self.issuer_http)
-                ),
-                self.metrics,
-            ),
-            self.egress,
+            InstrumentedModelClient(self.providers, self.metrics), self.egress
         )
         if self._refresh_in_background:
             for store in self.stores.values():
@@ -216,6 +214,14 @@ class Gateway:
             key_sources=[store.source.location for store in self.stores.values()],
             direct_access=self.user_tokens is not None,
         )
+
+    async def model_health(self, request: ModelRequest) -> None:
+        """Probe the model ``request`` names (its list, or a one-token answer), egress-checked.
+
+        Raises :class:`EndpointNotAllowed` or the mapped :class:`ModelError`.
+        """
+        await self.egress.check(request.endpoint)
+        await self.providers.health(request)
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -161,18 +161,27 @@ class AnthropicClient(HttpProvider):
 
     api_hint = "is it Anthropic's API (https://api.anthropic.com) or a proxy of it?"
 
-    def build(self, request: ModelRequest, stream: bool) -> Call:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
-            "anthropic-version": ANTHROPIC_VERSION,
-        }
+    @staticmethod
+    def _headers(request: ModelRequest, accept: str) -> dict[str, str]:
+        headers = {"Accept": accept, "anthropic-version": ANTHROPIC_VERSION}
         headers.update(request.extra_headers)
         if request.api_key:
             headers["x-api-key"] = request.api_key
+        return headers
+
+    @staticmethod
+    def _v1(request: ModelRequest) -> str:
         # The registered endpoint is the API's base, with or without its /v1.
-        path = "/messages" if request.endpoint.endswith("/v1") else "/v1/messages"
-        return request.endpoint + path, anthropic_payload(request, stream), headers
+        endpoint = request.endpoint
+        return endpoint if endpoint.endswith("/v1") else endpoint + "/v1"
+
+    def build(self, request: ModelRequest, stream: bool) -> Call:
+        headers = self._headers(request, "text/event-stream" if stream else "application/json")
+        headers["Content-Type"] = "application/json"
+        return self._v1(request) + "/messages", anthropic_payload(request, stream), headers
+
+    def models_call(self, request: ModelRequest) -> tuple[str, dict[str, str]] | None:
+        return self._v1(request) + "/models", self._headers(request, "application/json")
 
     def parse_result(self, request: ModelRequest, data: Any) -> ModelResult:
         return parse_anthropic(self, request, data)

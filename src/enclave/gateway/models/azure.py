@@ -32,11 +32,8 @@ class AzureOpenAIClient(OpenAICompatClient):
         super().__init__(*args, **kw)
         self._api_version = api_version
 
-    def build(self, request: ModelRequest, stream: bool) -> Call:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
-        }
+    @staticmethod
+    def _auth(request: ModelRequest, headers: dict[str, str]) -> dict[str, str]:
         headers.update(request.extra_headers)
         key = request.api_key
         if key:
@@ -44,9 +41,26 @@ class AzureOpenAIClient(OpenAICompatClient):
                 headers["Authorization"] = key  # a Microsoft Entra ID access token
             else:
                 headers["api-key"] = key
+        return headers
+
+    @staticmethod
+    def _base(request: ModelRequest) -> str:
         base = request.endpoint
-        if not base.endswith("/openai"):
-            base += "/openai"
+        return base if base.endswith("/openai") else base + "/openai"
+
+    def models_call(self, request: ModelRequest) -> tuple[str, dict[str, str]] | None:
+        url = f"{self._base(request)}/models?api-version={self._api_version}"
+        return url, self._auth(request, {"Accept": "application/json"})
+
+    def build(self, request: ModelRequest, stream: bool) -> Call:
+        headers = self._auth(
+            request,
+            {
+                "Content-Type": "application/json",
+                "Accept": "text/event-stream" if stream else "application/json",
+            },
+        )
+        base = self._base(request)
         url = (
             f"{base}/deployments/{quote(request.model, safe='')}{_PATHS[request.api]}"
             f"?api-version={self._api_version}"

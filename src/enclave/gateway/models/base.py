@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 Api = Literal["completions", "chat"]
 
@@ -146,3 +146,12 @@ class TextModelClient(Protocol):
         endpoint can still answer with a proper status; later failures raise from iteration.
         """
         ...
+
+
+@runtime_checkable
+class ModelCatalog(Protocol):
+    """What a provider offers beyond answers: its model list and a health probe."""
+
+    async def list_models(self, request: ModelRequest) -> list[str]: ...
+
+    async def health(self, request: ModelRequest) -> None: ...

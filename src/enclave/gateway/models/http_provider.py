@@ -16,6 +16,7 @@ import asyncio
 import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, ClassVar, Final
 
 import aiohttp
@@ -26,6 +27,7 @@ from enclave.common.logging import redact_text
 from enclave.gateway.egress import EgressRefused, display_url
 from enclave.gateway.http import connect_failure, read_limited
 from enclave.gateway.models.base import (
+    ChatMessage,
     ContextTooLong,
     EndpointNotAllowed,
     ModelAuthRefused,
@@ -415,6 +417,53 @@ class HttpProvider:
 
     async def stream(self, request: ModelRequest) -> TextStream:
         return ProviderStream(self, request, await self._open(request, stream=True))
+
+    # -- listing and health -----------------------------------------------------------------
+
+    def models_call(self, request: ModelRequest) -> tuple[str, dict[str, str]] | None:
+        """URL and headers of the provider's model list; None when it has none at the endpoint
+        (Bedrock and Vertex list models on another, control-plane, endpoint)."""
+        return None
+
+    async def list_models(self, request: ModelRequest) -> list[str]:
+        """The model ids the endpoint serves (``data[].id``); just the request's model when
+        the provider has no list at the endpoint."""
+        call = self.models_call(request)
+        if call is None:
+            return [request.model]
+        url, headers = call
+        if self.authorize is not None:
+            await self.authorize(request, headers)
+        try:
+            async with self._session.get(
+                url, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as response:
+                if response.status != 200:
+                    body = await response.content.read(MAX_ERROR_BODY_BYTES)
+                    raise self.http_error(request, response.status, response.headers, body)
+                raw = await read_limited(response, MAX_RESPONSE_BYTES)
+        except ModelError:
+            raise
+        except ValueError:
+            raise self.bad_response(request, "returned an oversized model list") from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise self.transport_error(request, exc) from None
+        data = self.load_json(request, raw)
+        entries = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            raise self.bad_response(request, "returned a model list without data")
+        return [str(e["id"]) for e in entries if isinstance(e, dict) and e.get("id")]
+
+    async def health(self, request: ModelRequest) -> None:
+        """Raise the mapped :class:`ModelError` unless the model answers: its listing where
+        the provider has one, else a one-token answer."""
+        if self.models_call(request) is not None:
+            await self.list_models(request)
+            return
+        probe = replace(
+            request, api="chat", prompt=None, messages=(ChatMessage("user", "ping"),), max_tokens=1
+        )
+        await self.complete(probe)
 
 
 class ProviderStream:

@@ -82,6 +82,12 @@ class OpenAICompatClient(HttpProvider):
             headers["Authorization"] = f"Bearer {request.api_key}"
         return request.endpoint + _PATHS[request.api], openai_payload(request, stream), headers
 
+    def models_call(self, request: ModelRequest) -> tuple[str, dict[str, str]] | None:
+        headers = {"Accept": "application/json", **request.extra_headers}
+        if request.api_key:
+            headers["Authorization"] = f"Bearer {request.api_key}"
+        return request.endpoint + "/models", headers
+
     def not_found(self, request: ModelRequest, said: str) -> str:
         return (
             f" for {_PATHS[request.api]}{said}; check that the endpoint URL is the API base "

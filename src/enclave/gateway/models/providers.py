@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from enclave.gateway.models.base import (
+    ModelCatalog,
     ModelError,
     ModelRequest,
     ModelResult,
@@ -172,3 +173,17 @@ class ProviderRouter:
         except KeyError:
             raise self._unknown(request) from None
         return client.stream(request)
+
+    async def list_models(self, request: ModelRequest) -> list[str]:
+        """The models served where ``request`` points (see ``HttpProvider.list_models``)."""
+        client = self._clients.get(request.provider)
+        if client is None or not isinstance(client, ModelCatalog):
+            raise self._unknown(request)
+        return await client.list_models(request)
+
+    async def health(self, request: ModelRequest) -> None:
+        """Raise the mapped :class:`ModelError` unless the model answers."""
+        client = self._clients.get(request.provider)
+        if client is None or not isinstance(client, ModelCatalog):
+            raise self._unknown(request)
+        await client.health(request)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from gateway_fakes import Harness, HarnessFactory
-from provider_fakes import FakeProvider
+from provider_fakes import FakeProvider, json_reply
 from provider_setup import (
     ANTHROPIC_KEY,
     AZURE_KEY,
@@ -213,3 +213,25 @@ async def test_missing_cloud_settings_are_explained(make_harness: HarnessFactory
     response = await harness.complete(harness.body(**fields))
     assert response.status_code == 503
     assert "ENCLAVE_GATEWAY__VERTEX_PROJECT" in response.json()["detail"]
+
+
+async def test_model_health_goes_through_the_egress_check(gw: Harness, fake: FakeProvider) -> None:
+    from enclave.gateway.models.base import EndpointNotAllowed, ModelRequest
+
+    gateway = gw.app.state.gateway
+    request = ModelRequest(
+        endpoint=fake.base,
+        model=ANTHROPIC_MODEL,
+        api="chat",
+        api_key=ANTHROPIC_KEY,
+        provider="anthropic",
+    )
+    fake.script(json_reply({"data": [{"id": ANTHROPIC_MODEL}]}))
+    await gateway.model_health(request)
+    assert fake.seen[-1].path == "/v1/models"
+    with pytest.raises(EndpointNotAllowed):
+        await gateway.model_health(
+            ModelRequest(
+                endpoint="http://169.254.169.254", model="m", api="chat", provider="anthropic"
+            )
+        )

@@ -415,3 +415,57 @@ async def test_vertex_without_token_url_never_calls_google(session: aiohttp.Clie
 
     with pytest.raises(ModelAuthRefused, match="ENCLAVE_GATEWAY__VERTEX_TOKEN_URL"):
         await tokens.token(SA_KEY)
+
+
+# -- model lists and health ---------------------------------------------------------------------
+# SOURCE: OpenAI "List models" (GET /v1/models), Anthropic "List Models" (GET /v1/models),
+# Azure OpenAI "Models - List" (GET /openai/models?api-version=…): all {"data": [{"id"}]}.
+
+MODEL_LIST = {"object": "list", "data": [{"id": "model-a", "object": "model"}, {"id": "model-b"}]}
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "query", "auth"),
+    [
+        ("openai", "/v1/models", "", ("Authorization", "Bearer sk-test-openai-0123456789")),
+        ("anthropic", "/v1/models", "", ("x-api-key", ANTHROPIC_KEY)),
+        ("azure", "/openai/models", "api-version=2024-10-21", ("api-key", AZURE_KEY)),
+    ],
+)
+async def test_model_list(
+    kind: str,
+    path: str,
+    query: str,
+    auth: tuple[str, str],
+    fake: FakeProvider,
+    session: aiohttp.ClientSession,
+) -> None:
+    from provider_fakes import json_reply
+
+    s = setup(kind, session, fake)
+    fake.script(json_reply(MODEL_LIST))
+    assert await s.client.list_models(s.request()) == ["model-a", "model-b"]
+    await s.client.health(s.request())
+    seen = fake.seen[0]
+    assert (seen.method, seen.path, seen.query) == ("GET", path, query)
+    assert seen.headers[auth[0]] == auth[1]
+
+
+@pytest.mark.parametrize("kind", ["bedrock", "vertex_gemini", "vertex_claude"])
+async def test_health_without_a_list_is_a_one_token_answer(
+    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
+) -> None:
+    from enclave.gateway.models.base import ModelAuthRefused
+
+    s = setup(kind, session, fake)
+    assert await s.client.list_models(s.request()) == [s.model]
+    assert fake.seen == []  # the control-plane list lives elsewhere: nothing is called
+    fake.script(success(kind, stream=False))
+    await s.client.health(s.request())
+    assert fake.seen[0].method == "POST"
+    assert b"ping" in fake.seen[0].body
+    from provider_setup import error_reply
+
+    fake.script(error_reply(kind, 403, "denied"))
+    with pytest.raises(ModelAuthRefused):
+        await s.client.health(s.request())
