@@ -235,3 +235,32 @@ async def test_model_health_goes_through_the_egress_check(gw: Harness, fake: Fak
                 endpoint="http://169.254.169.254", model="m", api="chat", provider="anthropic"
             )
         )
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+async def test_instance_test_connection_reaches_each_provider(
+    kind: str, gw: Harness, fake: FakeProvider
+) -> None:
+    # What the instance's "Test connection" sends (provider "openai", the identifier decides).
+    identifier, family, key, path = MODELS[kind]
+    metadata = {
+        "name": family,
+        "endpoint": fake.base,
+        "api_key": key,
+        "provider": "openai",
+        "identifier": identifier,
+    }
+    body = {"stream": False, "inputs": {}, "model_metadata": metadata}
+    headers = gw.headers(gw.token(scopes=[wire.UP_COMPLETE_CODE]))
+    prepare(kind, fake, False)
+    response = await gw.client.post(
+        "/v1/prompts/model_configuration%2Fcheck", json=body, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    assert fake.seen[0].path == path
+    fake.script(error_reply(kind, 403, "denied"))
+    response = await gw.client.post(
+        "/v1/prompts/model_configuration%2Fcheck", json=body, headers=headers
+    )
+    assert response.status_code == 421
+    assert response.json()["detail"].startswith("403 ")
