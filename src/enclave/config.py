@@ -302,6 +302,17 @@ class GatewaySettings(BaseModel):
         description="The longest wait before a retry; a 429 asking for longer is passed "
         "through with its Retry-After instead.",
     )
+    model_ca_bundle: Path | None = Field(
+        None,
+        description="PEM file of the CAs that model endpoints' TLS certificates are checked "
+        "against (default: the system CA store).",
+    )
+    model_client_cert: Path | None = Field(
+        None,
+        description="PEM client certificate the gateway presents to model endpoints that "
+        "require mutual TLS (with model_client_key, unless the file holds the key too).",
+    )
+    model_client_key: Path | None = Field(None, description="PEM private key of model_client_cert.")
     azure_api_version: str = Field(
         "2024-10-21",
         pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -176,8 +177,21 @@ class Gateway:
             raise RuntimeError("the gateway's HTTP session is not open (lifespan not started)")
         return self.issuer_session
 
+    def model_tls(self) -> ssl.SSLContext | bool:
+        """TLS for model calls: the configured CA bundle and client certificate, else the
+        defaults (True: system CAs, no client certificate)."""
+        gateway_settings = self.settings.gateway
+        cert = gateway_settings.model_client_cert
+        if gateway_settings.model_ca_bundle is None and cert is None:
+            return True
+        context = ssl.create_default_context(cafile=gateway_settings.model_ca_bundle)
+        if cert is not None:
+            context.load_cert_chain(cert, gateway_settings.model_client_key)
+        return context
+
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
+            ssl=self.model_tls(),
             limit=MAX_CONNECTIONS,
             limit_per_host=0,
             ttl_dns_cache=60,

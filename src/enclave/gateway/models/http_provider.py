@@ -313,7 +313,8 @@ class HttpProvider:
             if isinstance(exc, aiohttp.ClientSSLError):
                 return ModelUnreachable(
                     f"TLS handshake with the model endpoint {endpoint} failed; check its "
-                    "certificate (the gateway trusts the system CA store)"
+                    "certificate (the gateway trusts the system CA store, or "
+                    "ENCLAVE_GATEWAY__MODEL_CA_BUNDLE when set)"
                 )
             return ModelUnreachable(
                 f"cannot connect to the model endpoint {endpoint} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import ssl
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +50,8 @@ class Seen:
 class FakeProvider:
     """Answers every path with the next scripted reply (the last one repeats)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._ssl = ssl_context  # serve HTTPS with it
         self.replies: list[Reply] = [Reply()]
         self.token_replies: list[Reply] = []  # POST /token (Vertex service-account exchange)
         self.seen: list[Seen] = []
@@ -103,9 +105,10 @@ class FakeProvider:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
         await site.start()
-        self.base = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        scheme = "https" if self._ssl else "http"
+        self.base = f"{scheme}://127.0.0.1:{self._runner.addresses[0][1]}"
 
     async def stop(self) -> None:
         self._release.set()
