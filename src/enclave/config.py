@@ -302,6 +302,16 @@ class GatewaySettings(BaseModel):
         description="The longest wait before a retry; a 429 asking for longer is passed "
         "through with its Retry-After instead.",
     )
+    model_breaker_failures: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="Failures in a row (unreachable, timed out, 5xx) after which calls to that "
+        "model endpoint fail at once for model_breaker_cooldown_s; 0 disables the breaker.",
+    )
+    model_breaker_cooldown_s: float = Field(
+        10, gt=0, le=600, description="How long an endpoint's open circuit refuses calls."
+    )
     model_ca_bundle: Path | None = Field(
         None,
         description="PEM file of the CAs that model endpoints' TLS certificates are checked "

@@ -250,6 +250,7 @@ class Gateway:
                 await session.close()
         self.session = self.issuer_session = None
         self.models = _NotStarted()
+        self.providers = ProviderRouter({})
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

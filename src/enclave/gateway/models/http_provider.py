@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar, Final
@@ -165,6 +166,63 @@ def json_event(provider: HttpProvider, request: ModelRequest, data: bytes) -> An
         raise provider.bad_response(request, "sent an event that is not JSON") from None
 
 
+class CircuitBreaker:
+    """Per-endpoint circuit breaker: after ``threshold`` failures in a row (unreachable, timed
+    out, 5xx), calls to that endpoint fail at once for ``cooldown_s``; then one call is let
+    through, and one more failure opens the circuit again. Shared by every provider.
+
+    Why: a dead model server otherwise costs every request the connect timeout and retries.
+    """
+
+    __slots__ = ("_clock", "_cooldown_s", "_state", "_threshold")
+
+    def __init__(
+        self,
+        threshold: int = 5,
+        cooldown_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._threshold = threshold
+        self._cooldown_s = cooldown_s
+        self._clock = clock
+        self._state: dict[str, list[float]] = {}  # endpoint -> [failures in a row, open until]
+
+    def open_for(self, endpoint: str) -> float | None:
+        """Seconds the circuit of ``endpoint`` stays open; None when calls may go."""
+        state = self._state.get(endpoint)
+        if state is None or not state[1]:
+            return None
+        left = state[1] - self._clock()
+        if left > 0:
+            return left
+        state[1] = 0.0  # half-open: this call is the probe
+        return None
+
+    def succeeded(self, endpoint: str) -> None:
+        if endpoint in self._state:
+            del self._state[endpoint]
+
+    def failed(self, endpoint: str) -> None:
+        if self._threshold <= 0:
+            return
+        state = self._state.get(endpoint)
+        if state is None:
+            if len(self._state) >= 1024:
+                self._state.clear()  # bounded; forgetting failures only delays opening
+            state = self._state[endpoint] = [0.0, 0.0]
+        state[0] += 1
+        if state[0] >= self._threshold:
+            state[0] = self._threshold - 1  # after the cooldown, one more failure reopens it
+            state[1] = self._clock() + self._cooldown_s
+
+
+def _trips_breaker(error: Exception) -> bool:
+    # The endpoint is down or broken; not the caller's fault (4xx) nor a busy signal (429).
+    return isinstance(error, ModelUnreachable | ModelTimeout) or (
+        isinstance(error, ModelServerError) and (error.upstream_status or 0) >= 500
+    )
+
+
 class HttpProvider:
     """Base of the providers that speak HTTP(S) with JSON bodies."""
 
@@ -188,8 +246,10 @@ class HttpProvider:
         backoff_s: float = 0.25,
         max_wait_s: float = 2.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._session = session
+        self._breaker = breaker
         self._timeout_s = timeout_s
         connect = min(connect_timeout_s or timeout_s, timeout_s)
         self._connect_timeout_s = connect
@@ -355,6 +415,25 @@ class HttpProvider:
         Retried, bounded, only where nothing can have been generated yet: the connection
         failed, or the provider answered 429, 503 or 529 before any answer.
         """
+        breaker = self._breaker
+        if breaker is not None:
+            left = breaker.open_for(request.endpoint)
+            if left is not None:
+                raise ModelUnreachable(
+                    f"the model endpoint {display_url(request.endpoint)} failed several times "
+                    f"in a row; not calling it for another {left:.0f} s"
+                )
+            try:
+                response = await self._open_once(request, stream)
+            except ModelError as exc:
+                if _trips_breaker(exc):
+                    breaker.failed(request.endpoint)
+                raise
+            breaker.succeeded(request.endpoint)
+            return response
+        return await self._open_once(request, stream)
+
+    async def _open_once(self, request: ModelRequest, stream: bool) -> aiohttp.ClientResponse:
         url, body, headers = self.build(request, stream)
         if self.authorize is not None:
             await self.authorize(request, headers)

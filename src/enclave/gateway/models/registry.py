@@ -12,6 +12,7 @@ from enclave.gateway.models.anthropic import AnthropicClient
 from enclave.gateway.models.azure import AzureOpenAIClient
 from enclave.gateway.models.base import TextModelClient
 from enclave.gateway.models.bedrock import BedrockClient
+from enclave.gateway.models.http_provider import CircuitBreaker
 from enclave.gateway.models.openai_compat import OpenAICompatClient
 from enclave.gateway.models.providers import (
     ANTHROPIC,
@@ -41,6 +42,12 @@ def call_options(settings: GatewaySettings) -> dict[str, Any]:
         "retries": settings.model_retries,
         "backoff_s": settings.model_retry_backoff_s,
         "max_wait_s": settings.model_retry_max_wait_s,
+        # One breaker for all providers: it is the endpoint that is down.
+        "breaker": CircuitBreaker(
+            settings.model_breaker_failures, settings.model_breaker_cooldown_s
+        )
+        if settings.model_breaker_failures
+        else None,
     }
 
 
