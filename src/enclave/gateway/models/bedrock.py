@@ -68,6 +68,7 @@ _ERROR_KINDS: Final = {
     "invalidsignatureexception": "auth",
     "expiredtokenexception": "auth",
     "resourcenotfoundexception": "not_found",
+    "modeltimeoutexception": "timeout",
 }
 
 

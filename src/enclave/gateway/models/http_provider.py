@@ -327,6 +327,11 @@ class HttpProvider:
                 f"the prompt is too long for the model '{request.model}' at {endpoint} "
                 f"(HTTP {status}): {said}"
             )
+        if kind == "timeout":
+            detail = f": {said}" if said else ""
+            return ModelTimeout(
+                f"the model at {endpoint} took too long to answer (HTTP {status}){detail}"
+            )
         if kind == "not_found" or status == 404:
             return ModelNotFound(
                 f"the model endpoint {endpoint} answered HTTP {status}"

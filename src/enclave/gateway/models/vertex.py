@@ -135,7 +135,8 @@ class TokenSource:
                 return cached[0]
             token, expires_in = await self._exchange(info)
             if len(self._tokens) >= _MAX_TOKENS_CACHED:
-                self._tokens.clear()
+                self._tokens.clear()  # bounded; a cleared key just fetches a new token
+                self._locks = {cache_key: lock}
             self._tokens[cache_key] = (token, self._clock() + expires_in - _TOKEN_MARGIN_S)
             return token
 

@@ -469,3 +469,30 @@ async def test_health_without_a_list_is_a_one_token_answer(
     fake.script(error_reply(kind, 403, "denied"))
     with pytest.raises(ModelAuthRefused):
         await s.client.health(s.request())
+
+
+async def test_anthropic_overloaded_529_is_retried(
+    fake: FakeProvider, session: aiohttp.ClientSession
+) -> None:
+    from provider_setup import error_reply
+
+    s = setup("anthropic", session, fake)
+    fake.script(error_reply("anthropic", 529, "Overloaded"), success("anthropic", False))
+    assert (await s.client.complete(s.request())).text == ANSWER
+    assert len(fake.seen) == 2
+
+
+async def test_bedrock_model_timeout_is_a_timeout(
+    fake: FakeProvider, session: aiohttp.ClientSession
+) -> None:
+    from provider_fakes import json_reply
+
+    from enclave.gateway.models.base import ModelTimeout
+
+    s = setup("bedrock", session, fake)
+    error_type = "ModelTimeoutException:http://internal.amazon.com/coral/com.amazon.bedrock/"
+    fake.script(
+        json_reply({"message": "Model has timed out"}, 408, **{"x-amzn-ErrorType": error_type})
+    )
+    with pytest.raises(ModelTimeout, match="took too long"):
+        await s.client.complete(s.request())
