@@ -64,6 +64,12 @@ def anthropic_messages(request: ModelRequest) -> tuple[str, list[dict[str, str]]
     return "\n\n".join(system), turns
 
 
+def visible_stops(request: ModelRequest) -> list[str]:
+    """Stop sequences Claude accepts: Anthropic (and Bedrock for Claude) refuse the request
+    when one is only whitespace, as FIM templates' "\n\n" stops are."""
+    return [stop for stop in request.stop if stop.strip()]
+
+
 def anthropic_payload(request: ModelRequest, stream: bool, **fields: Any) -> bytes:
     """The Messages API body; ``fields`` adds, replaces or (None) drops top-level fields."""
     system, messages = anthropic_messages(request)
@@ -76,8 +82,9 @@ def anthropic_payload(request: ModelRequest, stream: bool, **fields: Any) -> byt
         payload["system"] = system
     if stream:
         payload["stream"] = True
-    if request.stop:
-        payload["stop_sequences"] = list(request.stop)
+    stops = visible_stops(request)
+    if stops:
+        payload["stop_sequences"] = stops
     if request.temperature is not None:
         payload["temperature"] = request.temperature
     if request.top_p is not None:

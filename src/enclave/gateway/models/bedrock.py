@@ -33,6 +33,7 @@ from botocore.eventstream import EventStreamBuffer, ParserError
 from yarl import URL
 
 from enclave.gateway.egress import display_url
+from enclave.gateway.models.anthropic import visible_stops
 from enclave.gateway.models.base import (
     ModelAuthRefused,
     ModelError,
@@ -170,8 +171,10 @@ class BedrockClient(HttpProvider):
             config["temperature"] = request.temperature
         if request.top_p is not None:
             config["topP"] = request.top_p
-        if request.stop:
-            config["stopSequences"] = list(request.stop)
+        # Claude on Bedrock refuses whitespace-only stops, as Anthropic's API does.
+        stops = visible_stops(request) if "claude" in request.model else list(request.stop)
+        if stops:
+            config["stopSequences"] = stops
         payload: dict[str, Any] = {"messages": messages, "inferenceConfig": config}
         if system:
             payload["system"] = system

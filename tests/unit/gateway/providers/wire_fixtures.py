@@ -13,7 +13,8 @@ from provider_fakes import Reply, bedrock_event, json_reply
 
 SYSTEM: Final = "You are a careful coder."
 QUESTION: Final = "Write add(a, b) in Python."
-STOP: Final = ["\n\n\n"]
+STOP: Final = ["</code>", "\n\n\n"]
+VISIBLE_STOP: Final = ["</code>"]  # Claude refuses whitespace-only stop sequences
 ANSWER_PARTS: Final = ["def add(a, b):", "\n    return", " a + b\n"]
 ANSWER: Final = "".join(ANSWER_PARTS)
 
@@ -39,7 +40,7 @@ ANTHROPIC_BODY: Final = {
     "max_tokens": 64,
     "system": SYSTEM,
     "messages": [{"role": "user", "content": QUESTION}],
-    "stop_sequences": STOP,
+    "stop_sequences": VISIBLE_STOP,
     "temperature": 0.2,
 }
 ANTHROPIC_MESSAGE: Final = {
@@ -171,7 +172,7 @@ BEDROCK_PATH: Final = "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/conver
 BEDROCK_BODY: Final = {
     "messages": [{"role": "user", "content": [{"text": QUESTION}]}],
     "system": [{"text": SYSTEM}],
-    "inferenceConfig": {"maxTokens": 64, "temperature": 0.2, "stopSequences": STOP},
+    "inferenceConfig": {"maxTokens": 64, "temperature": 0.2, "stopSequences": VISIBLE_STOP},
 }
 BEDROCK_ANSWER: Final = {
     "output": {"message": {"role": "assistant", "content": [{"text": ANSWER}]}},
