@@ -318,6 +318,82 @@ class GatewaySettings(BaseModel):
     jwks_fetch_timeout_s: float = Field(5, gt=0, le=60, description="Timeout of one key fetch.")
     leeway_s: int = Field(30, ge=0, le=300, description="Clock leeway for exp/nbf/iat.")
     model_timeout_s: float = Field(60, gt=0, le=600, description="Timeout of one model call.")
+    model_connect_timeout_s: float = Field(
+        10, gt=0, le=600, description="Timeout of connecting to a model endpoint."
+    )
+    model_retries: int = Field(
+        2,
+        ge=0,
+        le=5,
+        description="Retries of one model call when it is safe: the connection failed, or the "
+        "model answered 429 (with no Retry-After, or a short one) or 503 before any answer.",
+    )
+    model_retry_backoff_s: float = Field(
+        0.25, ge=0, le=10, description="Base of the jittered exponential back-off of retries."
+    )
+    model_retry_max_wait_s: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="The longest wait before a retry; a 429 asking for longer is passed "
+        "through with its Retry-After instead.",
+    )
+    model_breaker_failures: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="Failures in a row (unreachable, timed out, 5xx) after which calls to that "
+        "model endpoint fail at once for model_breaker_cooldown_s; 0 disables the breaker.",
+    )
+    model_breaker_cooldown_s: float = Field(
+        10, gt=0, le=600, description="How long an endpoint's open circuit refuses calls."
+    )
+    model_ca_bundle: Path | None = Field(
+        None,
+        description="PEM file of the CAs that model endpoints' TLS certificates are checked "
+        "against (default: the system CA store).",
+    )
+    model_client_cert: Path | None = Field(
+        None,
+        description="PEM client certificate the gateway presents to model endpoints that "
+        "require mutual TLS (with model_client_key, unless the file holds the key too).",
+    )
+    model_client_key: Path | None = Field(None, description="PEM private key of model_client_cert.")
+    azure_api_version: str = Field(
+        "2024-10-21",
+        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$",
+        description="The api-version query parameter of Azure OpenAI calls.",
+    )
+    bedrock_region: str | None = Field(
+        None,
+        pattern=r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]$",
+        description="AWS region of Amazon Bedrock models registered without an endpoint "
+        "(default: AWS_REGION / AWS_DEFAULT_REGION, or the region of an ARN identifier).",
+    )
+    bedrock_endpoint: str | None = Field(
+        None,
+        description="Bedrock runtime URL to call instead of "
+        "https://bedrock-runtime.<region>.amazonaws.com (a VPC interface endpoint).",
+    )
+    vertex_project: str | None = Field(
+        None, description="Google Cloud project of Vertex AI models."
+    )
+    vertex_location: str = Field(
+        "us-central1",
+        pattern=r"^[a-z0-9-]+$",
+        description="Vertex AI location (region), e.g. us-east5 or europe-west1.",
+    )
+    vertex_endpoint: str | None = Field(
+        None,
+        description="Vertex AI API base to call instead of "
+        "https://<location>-aiplatform.googleapis.com (Private Service Connect, a proxy).",
+    )
+    vertex_token_url: str | None = Field(
+        None,
+        description="OAuth token endpoint that turns a Vertex model's service-account key "
+        "into an access token. Never defaulted: set https://oauth2.googleapis.com/token to use "
+        "Google's, or your own endpoint when air-gapped.",
+    )
     workers: int = Field(1, ge=1, le=64, description="Server worker processes.")
     gateway_routes_secret_file: Path | None = Field(
         None,

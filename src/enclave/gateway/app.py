@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -59,7 +60,8 @@ from enclave.gateway.http import json_response
 from enclave.gateway.metrics import GatewayMetrics, InstrumentedModelClient, metrics_endpoint
 from enclave.gateway.middleware import ClientAddressMiddleware, RequestContextMiddleware
 from enclave.gateway.models.base import ModelRequest, ModelResult, TextModelClient, TextStream
-from enclave.gateway.models.openai_compat import OpenAICompatClient
+from enclave.gateway.models.providers import ProviderRouter, install_settings
+from enclave.gateway.models.registry import build_providers, provider_settings
 from enclave.gateway.prompts.registry import (
     DEFINITIONS_DIR,
     PromptRegistry,
@@ -101,6 +103,7 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None  # model calls
         self.issuer_session: aiohttp.ClientSession | None = None  # issuers' keys
         self.models: TextModelClient = _NotStarted()
+        self.providers: ProviderRouter = ProviderRouter({})
         self.stores: dict[str, KeyStore] = build_key_stores(
             gateway_settings, self.issuer_http, clock
         )
@@ -140,6 +143,8 @@ class Gateway:
             max_buckets=gateway_settings.rate_limit_max_buckets,
             limited=self.metrics.rate_limited_scopes,
         )
+        # Where Bedrock and Vertex models without an endpoint are called (region, project).
+        install_settings(provider_settings(gateway_settings))
         self.egress_policy = EgressPolicy.parse(gateway_settings.model_egress_allow)
         self.egress = EgressGuard(clock, self.egress_policy)
         # The instance's feature→model routes (OpenAI-compatible API), fetched from the issuer.
@@ -174,8 +179,21 @@ class Gateway:
             raise RuntimeError("the gateway's HTTP session is not open (lifespan not started)")
         return self.issuer_session
 
+    def model_tls(self) -> ssl.SSLContext | bool:
+        """TLS for model calls: the configured CA bundle and client certificate, else the
+        defaults (True: system CAs, no client certificate)."""
+        gateway_settings = self.settings.gateway
+        cert = gateway_settings.model_client_cert
+        if gateway_settings.model_ca_bundle is None and cert is None:
+            return True
+        context = ssl.create_default_context(cafile=gateway_settings.model_ca_bundle)
+        if cert is not None:
+            context.load_cert_chain(cert, gateway_settings.model_client_key)
+        return context
+
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
+            ssl=self.model_tls(),
             limit=MAX_CONNECTIONS,
             limit_per_host=0,
             ttl_dns_cache=60,
@@ -195,12 +213,12 @@ class Gateway:
             headers={"User-Agent": USER_AGENT},
             trust_env=False,
         )
+        # One chain for every provider: egress check → metrics → provider by the model's kind.
+        self.providers = ProviderRouter(
+            build_providers(self.session, self.settings.gateway, self.issuer_http)
+        )
         self.models = EgressCheckedClient(
-            InstrumentedModelClient(
-                OpenAICompatClient(self.session, self.settings.gateway.model_timeout_s),
-                self.metrics,
-            ),
-            self.egress,
+            InstrumentedModelClient(self.providers, self.metrics), self.egress
         )
         if self._refresh_in_background:
             for store in self.stores.values():
@@ -212,6 +230,14 @@ class Gateway:
             key_sources=[store.source.location for store in self.stores.values()],
             direct_access=self.user_tokens is not None,
         )
+
+    async def model_health(self, request: ModelRequest) -> None:
+        """Probe the model ``request`` names (its list, or a one-token answer), egress-checked.
+
+        Raises :class:`EndpointNotAllowed` or the mapped :class:`ModelError`.
+        """
+        await self.egress.check(request.endpoint)
+        await self.providers.health(request)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -226,6 +252,7 @@ class Gateway:
                 await session.close()
         self.session = self.issuer_session = None
         self.models = _NotStarted()
+        self.providers = ProviderRouter({})
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

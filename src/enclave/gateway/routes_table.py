@@ -50,6 +50,7 @@ from enclave.config import GatewaySettings
 from enclave.gateway.auth.verify import AuthError, Principal, forbidden
 from enclave.gateway.egress import display_url
 from enclave.gateway.http import connect_failure, read_limited
+from enclave.gateway.models.providers import OPENAI
 from enclave.gateway.single_flight import SingleFlight
 from enclave.gateway.targets import PlanError, resolve_target
 
@@ -144,6 +145,17 @@ def _route(entry: Any) -> FeatureRoute | None:
             available=False,
             reason="misconfigured",
             message=f"the model {name!r} serving {feature} cannot be called: {detail}",
+            model_name=name,
+            family=family,
+        )
+    if target.provider != OPENAI:
+        return FeatureRoute(
+            feature,
+            primitive,
+            available=False,
+            reason="unsupported",
+            message=f"the model {name!r} serving {feature} is a '{target.provider}' model, "
+            "which the OpenAI-compatible API cannot call; assign a model with provider 'api'",
             model_name=name,
             family=family,
         )

@@ -18,22 +18,22 @@ from enclave.common.endpoint_url import EndpointUrlError, check_endpoint_url
 from enclave.gateway.api.v2.code.schemas import field_error
 from enclave.gateway.egress import display_url
 from enclave.gateway.models.base import ChatMessage
+from enclave.gateway.models.providers import (
+    ENDPOINT_OPTIONAL,
+    FIELD_PROVIDERS,
+    IDENTIFIER_PROVIDERS,
+    OPENAI,
+    TEXT_COMPLETION_PREFIXES,
+    ProviderSetupError,
+    default_endpoint,
+)
 
 PROVIDER_LITELLM: Final = "litellm"
 
-# LiteLLM-style identifier prefixes that mean "an OpenAI-compatible server".
-_OPENAI_PROVIDERS: Final = frozenset({"custom_openai", "openai", "hosted_vllm"})
-_TEXT_COMPLETION_PROVIDERS: Final = frozenset(
-    {"text-completion-custom_openai", "text-completion-openai"}
-)
-# Providers LiteLLM knows that speak something else; refused with a hint instead of guessed.
+# Providers LiteLLM knows that no provider module speaks; refused with a hint, not guessed.
 _OTHER_PROVIDERS: Final = frozenset(
     {
-        "bedrock",
-        "azure",
         "azure_ai",
-        "vertex_ai",
-        "anthropic",
         "gemini",
         "ollama",
         "sagemaker",
@@ -69,6 +69,7 @@ class ModelTarget:
     model: str  # the served model name sent as "model"
     api_key: str | None
     force_text_completion: bool
+    provider: str = OPENAI  # which provider module serves it (enclave.gateway.models.providers)
 
 
 def _suggestions_loc(name: str) -> list[str | int]:
@@ -78,8 +79,18 @@ def _suggestions_loc(name: str) -> list[str | int]:
 Loc = Callable[[str], list[str | int]]
 
 
-def served_model(identifier: str | None, name: str | None, loc: Loc) -> tuple[str, bool]:
-    """The served model name and whether to force the completions API, from an identifier."""
+def served_model(
+    identifier: str | None,
+    name: str | None,
+    loc: Loc,
+    kind: str | None = None,
+    field: str = PROVIDER_LITELLM,
+) -> tuple[str, bool, str]:
+    """The served model name, whether to force the completions API, and the provider module.
+
+    The identifier's LiteLLM prefix names the provider; ``kind`` is what the provider field
+    said (None for "litellm"), and the two must agree.
+    """
     raw_identifier = identifier
     identifier = (identifier or "").strip()
     force_text = False
@@ -89,14 +100,19 @@ def served_model(identifier: str | None, name: str | None, loc: Loc) -> tuple[st
         prefix, slash, rest = identifier.partition("/")
         if not slash:
             model = identifier
-        elif prefix in _OPENAI_PROVIDERS:
-            model = rest
-        elif prefix in _TEXT_COMPLETION_PROVIDERS:
-            model, force_text = rest, True
+        elif prefix in IDENTIFIER_PROVIDERS:
+            named = IDENTIFIER_PROVIDERS[prefix]
+            if kind is not None and named != kind:
+                raise PlanError(
+                    f"model identifier '{identifier}' is for provider '{named}', not "
+                    f"'{field}'; fix the identifier or the provider"
+                )
+            kind, model, force_text = named, rest, prefix in TEXT_COMPLETION_PREFIXES
         elif prefix in _OTHER_PROVIDERS:
             raise PlanError(
-                f"model identifier provider '{prefix}' is not supported by this gateway yet; "
-                "use custom_openai/<served model name> with an OpenAI-compatible endpoint"
+                f"model identifier provider '{prefix}' is not supported by this gateway; use "
+                "custom_openai/<served model name> with an OpenAI-compatible endpoint, or "
+                f"one of the prefixes {', '.join(sorted(IDENTIFIER_PROVIDERS))}"
             )
         else:
             model = identifier  # e.g. a Hugging Face style name such as Qwen/Qwen2.5-Coder
@@ -111,7 +127,7 @@ def served_model(identifier: str | None, name: str | None, loc: Loc) -> tuple[st
                 )
             ]
         )
-    return model, force_text
+    return model, force_text, kind or OPENAI
 
 
 def resolve_target(
@@ -126,15 +142,26 @@ def resolve_target(
     """The model target from a provider, family name, endpoint, key and LiteLLM identifier.
 
     ``loc`` names a field ("endpoint", "identifier") where the request body carries it, for
-    FastAPI-style error locations.
+    FastAPI-style error locations. Anthropic, Bedrock and Vertex models may leave the endpoint
+    out (their public API, or one derived from the gateway's region/project settings); every
+    endpoint, given or derived, passes the shared URL rules.
     """
-    provider = (provider or PROVIDER_LITELLM).strip().lower()
-    if provider != PROVIDER_LITELLM:
+    field = (provider or PROVIDER_LITELLM).strip().lower()
+    # "litellm": the identifier's prefix says which provider; otherwise the field says it.
+    kind = FIELD_PROVIDERS.get(field)
+    if kind is None and field != PROVIDER_LITELLM:
         raise PlanError(
-            f"model provider '{provider}' is not supported by this gateway yet; use "
-            "model_provider 'litellm' with an OpenAI-compatible model_endpoint"
+            f"model provider '{field}' is not supported by this gateway; use model_provider "
+            f"'litellm' (or one of: {', '.join(sorted(FIELD_PROVIDERS))})"
         )
-    if not (endpoint or "").strip():
+    model, force_text, kind = served_model(identifier, name, loc, kind, field)
+    given = (endpoint or "").strip()
+    if kind in ENDPOINT_OPTIONAL:
+        try:
+            given = default_endpoint(kind, model, given.rstrip("/"))
+        except ProviderSetupError as exc:
+            raise PlanError(str(exc), status=503) from None
+    if not given:
         raise PlanError(
             [
                 field_error(
@@ -146,14 +173,12 @@ def resolve_target(
                 )
             ]
         )
-    assert endpoint is not None
     try:
-        checked = check_endpoint_url(endpoint, "model_endpoint")
+        checked = check_endpoint_url(given, "model_endpoint")
     except EndpointUrlError as exc:
         # The input is shown without user-info and query: that is where credentials hide.
-        raise PlanError([field_error(loc("endpoint"), str(exc), display_url(endpoint))]) from None
-    model, force_text = served_model(identifier, name, loc)
-    return ModelTarget(checked, model, api_key or None, force_text)
+        raise PlanError([field_error(loc("endpoint"), str(exc), display_url(given))]) from None
+    return ModelTarget(checked, model, api_key or None, force_text, kind)
 
 
 def messages_as_text(messages: tuple[ChatMessage, ...]) -> str:

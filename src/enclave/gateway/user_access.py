@@ -115,7 +115,7 @@ class NamedModel:
                 served = served_model(self.identifier, None, lambda name: [name])
             except PlanError:
                 return True
-            if served != (target.model, target.force_text_completion):
+            if served != (target.model, target.force_text_completion, target.provider):
                 return True
         return False
 

@@ -28,6 +28,7 @@ event records the old and the new endpoint.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -249,8 +250,14 @@ def _example_identifier(provider: str) -> str:
     }[provider]
 
 
-def validate_api_token(value: Any) -> str | None:
-    """The key to store; None or "" means "no key"."""
+def validate_api_token(value: Any, provider: str | None = None) -> str | None:
+    """The key to store; None or "" means "no key".
+
+    Keys go into a header, so spaces and control characters are refused, except in the
+    shapes some providers take: Vertex AI's service-account key (its JSON, stored compact;
+    the gateway exchanges it for a token) and Azure's ``Bearer <Entra ID token>``. Bedrock's
+    ``ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]`` must have non-empty parts.
+    """
     if value is None:
         return None
     if not isinstance(value, str):
@@ -260,11 +267,42 @@ def validate_api_token(value: Any) -> str | None:
         raise InvalidInputError(
             f"api_token is too long (at most {MAX_API_TOKEN_CHARS} characters)", field="api_token"
         )
-    if any(ord(ch) < 32 or ch == " " for ch in token):
+    if provider == ModelProvider.VERTEX_AI.value and token.startswith("{"):
+        return _service_account_key(token)
+    checked = token
+    if provider == ModelProvider.AZURE_OPENAI.value and token.startswith("Bearer "):
+        checked = token.removeprefix("Bearer ")
+    if any(ord(ch) < 32 or ch == " " for ch in checked):
         raise InvalidInputError(
             "api_token must not contain spaces or control characters", field="api_token"
         )
+    if provider == ModelProvider.BEDROCK.value and ":" in token:
+        parts = token.split(":")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise InvalidInputError(
+                "api_token of a Bedrock model is ACCESS_KEY_ID:SECRET_ACCESS_KEY"
+                "[:SESSION_TOKEN] (or a Bedrock API key, without colons)",
+                field="api_token",
+            )
     return token or None
+
+
+def _service_account_key(text: str) -> str:
+    try:
+        info = json.loads(text)
+    except ValueError:
+        info = None
+    if (
+        not isinstance(info, dict)
+        or not isinstance(info.get("client_email"), str)
+        or "PRIVATE KEY-----" not in str(info.get("private_key", ""))
+    ):
+        raise InvalidInputError(
+            "api_token of a Vertex AI model is a service-account key (the JSON file, with "
+            "client_email and private_key) or an access token",
+            field="api_token",
+        )
+    return json.dumps(info, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -288,7 +326,7 @@ class ModelSpec:
             provider=provider,
             endpoint=validate_endpoint(data.get("endpoint"), provider),
             identifier=validate_identifier(data.get("identifier"), provider),
-            api_token=validate_api_token(data.get("api_token")),
+            api_token=validate_api_token(data.get("api_token"), provider),
         )
 
 
@@ -504,7 +542,7 @@ def update_model(
             setattr(model, attribute, value)
             changed.append("model" if attribute == "family" else attribute)
     if "api_token" in changes:
-        token = validate_api_token(changes["api_token"])
+        token = validate_api_token(changes["api_token"], provider)
         model.api_token_encrypted = box.encrypt(token, API_TOKEN_PURPOSE) if token else None
         changed.append("api_token")
     if changed:

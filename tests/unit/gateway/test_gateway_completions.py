@@ -289,8 +289,12 @@ async def test_oversized_body_is_413(gw: Harness) -> None:
 @pytest.mark.parametrize(
     ("change", "text"),
     [
-        ({"model_provider": "anthropic"}, "model provider 'anthropic' is not supported"),
-        ({"model_identifier": "bedrock/anthropic.claude"}, "provider 'bedrock' is not supported"),
+        ({"model_provider": "amazon_q"}, "model provider 'amazon_q' is not supported"),
+        ({"model_identifier": "sagemaker/endpoint-1"}, "provider 'sagemaker' is not supported"),
+        (
+            {"model_provider": "anthropic"},
+            "is for provider 'openai', not 'anthropic'",
+        ),
     ],
 )
 async def test_unsupported_providers(gw: Harness, change: dict[str, Any], text: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 Api = Literal["completions", "chat"]
 
@@ -36,6 +36,9 @@ class ModelRequest:
     stop: Sequence[str] = ()
     extra_headers: dict[str, str] = field(default_factory=dict)
     family: str = "other"  # model family, for metrics only (a bounded label)
+    # Which provider module serves the call (a key of enclave.gateway.models.providers):
+    # "openai", "anthropic", "azure", "bedrock" or "vertex_ai".
+    provider: str = "openai"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,46 @@ class ModelError(Exception):
         self.upstream_status = upstream_status
 
 
+# One class per kind of upstream failure, so every provider reports the same failure the same
+# way; all are ModelErrors, which every endpoint already maps (503, or 429 passed through).
+
+
+class ModelUnreachable(ModelError):
+    """No connection: refused, DNS, TLS, network unreachable."""
+
+
+class ModelTimeout(ModelError):
+    """Connecting, the first byte or the whole answer took longer than allowed."""
+
+
+class ModelAuthRefused(ModelError):
+    """The provider refused the credentials (HTTP 401/403)."""
+
+
+class ModelNotFound(ModelError):
+    """The provider does not know the model, deployment or path (HTTP 404)."""
+
+
+class ModelRateLimited(ModelError):
+    """The provider is rate limiting (HTTP 429, or a throttling error); status 429."""
+
+
+class ContextTooLong(ModelError):
+    """The prompt does not fit the model's context window."""
+
+
+class ModelBadResponse(ModelError):
+    """The provider's answer could not be understood (not JSON, wrong shape, garbage stream)."""
+
+
+class ModelServerError(ModelError):
+    """The provider failed (HTTP 5xx) or cut the answer short."""
+
+
+class ModelRequestRejected(ModelError):
+    """The provider rejected the request (another HTTP 4xx, or a redirect)."""
+
+
 class EndpointNotAllowed(Exception):
     """The model endpoint is one the gateway never calls (see :mod:`enclave.gateway.egress`)."""
 
@@ -103,3 +146,12 @@ class TextModelClient(Protocol):
         endpoint can still answer with a proper status; later failures raise from iteration.
         """
         ...
+
+
+@runtime_checkable
+class ModelCatalog(Protocol):
+    """What a provider offers beyond answers: its model list and a health probe."""
+
+    async def list_models(self, request: ModelRequest) -> list[str]: ...
+
+    async def health(self, request: ModelRequest) -> None: ...

@@ -116,6 +116,7 @@ def plan_chat(prompt_id: str, payload: ChatPayload) -> ModelRequest:
     return ModelRequest(
         endpoint=target.endpoint,
         model=target.model,
+        provider=target.provider,
         api=api,
         api_key=target.api_key,
         prompt=text,

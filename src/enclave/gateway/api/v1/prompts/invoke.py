@@ -141,6 +141,7 @@ def target_request(
     return ModelRequest(
         endpoint=target.endpoint,
         model=target.model,
+        provider=target.provider,
         api=api,
         api_key=target.api_key,
         prompt=prompt,

@@ -66,6 +66,7 @@ def plan_generation(payload: SuggestionsRequest, target: ModelTarget) -> Plan:
     request = ModelRequest(
         endpoint=target.endpoint,
         model=target.model,
+        provider=target.provider,
         api=api,
         api_key=target.api_key,
         prompt=prompt,
