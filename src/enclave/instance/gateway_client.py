@@ -57,7 +57,11 @@ def host_name(url: str) -> str:
 
 
 def gateway_headers(
-    token: str, identity: ForwardIdentity, *, verbose_ai_logs: bool | None = None
+    token: str,
+    identity: ForwardIdentity,
+    *,
+    verbose_ai_logs: bool | None = None,
+    version: str = wire.INSTANCE_VERSION,
 ) -> dict[str, str]:
     headers = {
         "Authorization": f"Bearer {token}",
@@ -66,7 +70,7 @@ def gateway_headers(
         "X-Gitlab-Realm": wire.REALM_SELF_MANAGED,
         "X-Gitlab-Global-User-Id": identity.global_user_id,
         "X-Gitlab-Host-Name": identity.host_name,
-        "X-Gitlab-Version": wire.INSTANCE_VERSION,
+        "X-Gitlab-Version": version,
         "X-Request-ID": identity.request_id,
         "Content-Type": "application/json",
     }

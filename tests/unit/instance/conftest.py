@@ -184,6 +184,7 @@ class FakeGateway:
             app.router.add_post("/v1/code/user_access_token", self._dispatch)
             app.router.add_post("/v1/prompts/{prompt_id:.*}", self._dispatch)
             app.router.add_post("/v1/chat/{invokable}", self._dispatch)
+            app.router.add_post("/v2/chat/agent", self._dispatch)
             app.router.add_get("/monitoring/healthz", self._healthz)
             self._runner = web.AppRunner(app, access_log=None)
             self._loop.run_until_complete(self._runner.setup())
@@ -342,11 +343,10 @@ def write_model_api_key(data_dir: Path, key: str = MODEL_API_KEY) -> None:
     (data_dir / "model" / "api-key").write_text(key + "\n")
 
 
-@pytest.fixture(scope="module")
-def instance(
-    gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory, db_backend: Backend
+def module_instance(
+    gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory, **instance: Any
 ) -> Iterator[LiveInstance]:
-    """One instance per module, with the embedded model registered and the fake gateway."""
+    """A live instance with the embedded model registered and the fake gateway."""
     data_dir = tmp_path_factory.mktemp("instance") / "data"
     write_model_api_key(data_dir)
     port = free_port()
@@ -356,6 +356,7 @@ def instance(
             external_url=f"http://127.0.0.1:{port}",
             gateway_url=gateway.url,
             embedded_model_endpoint=EMBEDDED_ENDPOINT,
+            **instance,
         ),
         port,
     )
@@ -363,6 +364,22 @@ def instance(
         yield live
     finally:
         live.stop()
+
+
+@pytest.fixture(scope="module")
+def instance(
+    gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory, db_backend: Backend
+) -> Iterator[LiveInstance]:
+    """One instance per module (GitLab 18's gateway API, the default)."""
+    yield from module_instance(gateway, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def instance17(
+    gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory, db_backend: Backend
+) -> Iterator[LiveInstance]:
+    """One instance per module that speaks GitLab 17's gateway API (ai_gateway_api)."""
+    yield from module_instance(gateway, tmp_path_factory, ai_gateway_api="gitlab17")
 
 
 @pytest.fixture()
