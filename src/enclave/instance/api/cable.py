@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -213,8 +213,8 @@ class Connection:
         if isinstance(outcome, ExecutionResult):  # refused by the resolver or the variables
             log.info("cable_subscription_refused", errors=[e.message for e in outcome.errors or ()])
             return None
-        stream: AsyncIterator[ExecutionResult] = outcome
-        return stream
+        # is_awaitable does not narrow for mypy: what is left is the subscription's stream.
+        return cast(AsyncIterator[ExecutionResult], outcome)
 
     async def _relay(self, identifier: str, results: AsyncIterator[ExecutionResult]) -> None:
         try:
