@@ -14,6 +14,8 @@ prompt_version    ``^2.0.0`` for the MR and review        ``^1.0.0`` everywhere
                   summaries, else ``^1.0.0``
 code suggestions  ``complete_code`` / ``generate_code``   also the legacy ``code_suggestions``
 X-Gitlab-Version  18.11.0-enclave                         17.9.0-enclave
+X-Gitlab-Unit-    the feature's unit primitive            not sent
+Primitive
 ================  ======================================  =====================================
 """
 
@@ -38,6 +40,11 @@ def is_gitlab18(ctx: InstanceContext) -> bool:
 
 def version_header(ctx: InstanceContext) -> str:
     return wire.INSTANCE_VERSION_18 if is_gitlab18(ctx) else wire.INSTANCE_VERSION
+
+
+def unit_primitive_header(ctx: InstanceContext, unit_primitive: str) -> str | None:
+    """``X-Gitlab-Unit-Primitive``, which GitLab 18 instances send (none for GitLab 17)."""
+    return unit_primitive if is_gitlab18(ctx) else None
 
 
 def prompt_version(ctx: InstanceContext, prompt_id: str) -> str:

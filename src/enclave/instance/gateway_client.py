@@ -62,6 +62,7 @@ def gateway_headers(
     *,
     verbose_ai_logs: bool | None = None,
     version: str = wire.INSTANCE_VERSION,
+    unit_primitive: str | None = None,
 ) -> dict[str, str]:
     headers = {
         "Authorization": f"Bearer {token}",
@@ -76,6 +77,8 @@ def gateway_headers(
     }
     if verbose_ai_logs is not None:
         headers["X-Gitlab-Enabled-Instance-Verbose-Ai-Logs"] = str(verbose_ai_logs).lower()
+    if unit_primitive is not None:  # GitLab 18: what the request is for (the gateway logs it)
+        headers["X-Gitlab-Unit-Primitive"] = unit_primitive
     return headers
 
 

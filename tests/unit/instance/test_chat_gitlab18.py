@@ -82,6 +82,7 @@ def test_chat_goes_to_v2_chat_agent(api: Api, fresh_gateway: FakeGateway) -> Non
     }
     assert scopes_of(sent.headers) == ["duo_chat", "duo_classic_chat"]
     assert sent.headers["X-Gitlab-Version"] == "18.11.0-enclave"
+    assert sent.headers["X-Gitlab-Unit-Primitive"] == "duo_chat"
 
 
 def test_streamed_chat_relays_the_agent_text(api: Api, fresh_gateway: FakeGateway) -> None:
@@ -126,6 +127,7 @@ def test_slash_commands_go_to_the_prompt_registry(api: Api, fresh_gateway: FakeG
         "input": "what does it return?",
     }
     assert scopes_of(sent.headers) == ["duo_chat", "duo_classic_chat", "explain_code"]
+    assert sent.headers["X-Gitlab-Unit-Primitive"] == "explain_code"
 
 
 @pytest.mark.parametrize(

@@ -419,6 +419,9 @@ async def forward_feature(
                 identity,
                 verbose_ai_logs=effective.enabled_instance_verbose_ai_logs,
                 version=gateway_api.version_header(ctx),
+                unit_primitive=gateway_api.unit_primitive_header(
+                    ctx, FEATURE_UNIT_PRIMITIVES[spec.feature]
+                ),
             ),
             base_url=effective.ai_gateway_url,
             timeout_s=effective.ai_gateway_timeout_seconds,

@@ -349,6 +349,9 @@ async def ask_gateway(
                 identity,
                 verbose_ai_logs=call.effective.enabled_instance_verbose_ai_logs,
                 version=gateway_api.version_header(ctx),
+                unit_primitive=gateway_api.unit_primitive_header(
+                    ctx, FEATURE_UNIT_PRIMITIVES[call.feature]
+                ),
             ),
             base_url=call.effective.ai_gateway_url,
             timeout_s=call.effective.ai_gateway_timeout_seconds,
