@@ -11,10 +11,17 @@ from typing import Any
 import jwt
 import orjson
 import pytest
+import structlog
 from aiohttp import web
 
 from tests.unit.instance.admin_helpers import Api
-from tests.unit.instance.conftest import EMBEDDED_ENDPOINT, MODEL_API_KEY, FakeGateway, LiveInstance
+from tests.unit.instance.conftest import (
+    EMBEDDED_ENDPOINT,
+    MODEL_API_KEY,
+    FakeGateway,
+    LiveInstance,
+    request_lines,
+)
 
 CHAT = "/api/v4/chat/completions"
 
@@ -83,6 +90,21 @@ def test_chat_goes_to_v2_chat_agent(api: Api, fresh_gateway: FakeGateway) -> Non
     assert scopes_of(sent.headers) == ["duo_chat", "duo_classic_chat"]
     assert sent.headers["X-Gitlab-Version"] == "18.11.0-enclave"
     assert sent.headers["X-Gitlab-Unit-Primitive"] == "duo_chat"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_finish_reason_and_usage_reach_the_request_log(
+    api: Api, fresh_gateway: FakeGateway, stream: bool
+) -> None:
+    fresh_gateway.handler = agent_answer
+    request_id = f"usage-{stream}"
+    with structlog.testing.capture_logs() as logs:
+        response = api.post(
+            CHAT, {"content": "hi", "stream": stream}, headers={"X-Request-ID": request_id}
+        )
+        assert response.status_code == 200, response.text
+        [line] = request_lines(logs, request_id)
+    assert (line["input_tokens"], line["output_tokens"], line["finish_reason"]) == (5, 2, "stop")
 
 
 def test_streamed_chat_relays_the_agent_text(api: Api, fresh_gateway: FakeGateway) -> None:

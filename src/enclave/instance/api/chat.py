@@ -498,8 +498,11 @@ def ndjson_text_stream(upstream: aiohttp.ClientResponse, request: Request) -> Re
                 pending = lines.pop()
                 for event in agent_events(lines):
                     kind, data = event.get("type"), event["data"]
-                    if kind == "final_answer_delta" and data.get("text"):
-                        yield str(data["text"]).encode()
+                    if kind == "final_answer_delta":
+                        if data.get("finish_reason"):
+                            annotate(request, finish_reason=str(data["finish_reason"])[:32])
+                        if data.get("text"):
+                            yield str(data["text"]).encode()
                     elif kind == "usage":
                         record_usage(request, event)
                     elif kind == "error":
