@@ -6,8 +6,10 @@ test_chat_and_health.py."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import httpx
 import jwt
 import orjson
 import pytest
@@ -174,3 +176,25 @@ def test_each_slash_command_has_its_prompt(
     assert inputs["language_info"] == ""
     if command != "/troubleshoot":
         assert {"file_content", "file_content_reuse", "input"} <= set(inputs)
+
+
+def test_editor_chat_asks_v2_chat_agent(instance: LiveInstance, fresh_gateway: FakeGateway) -> None:
+    """GraphQL's aiAction (the editors' chat) goes the same way as the REST chat."""
+    fresh_gateway.handler = agent_answer
+    token = instance.new_token(("api",))
+    url = f"{instance.url}/api/graphql"
+    ask = 'mutation { aiAction(input: {chat: {content: "undo?"}}) { requestId errors } }'
+    asked = httpx.post(url, json={"query": ask}, headers={"PRIVATE-TOKEN": token}, timeout=30)
+    request_id = asked.json()["data"]["aiAction"]["requestId"]
+    polled = (
+        f'{{ aiMessages(requestIds: ["{request_id}"], roles: [ASSISTANT]) '
+        "{ nodes { content errors } } }"
+    )
+    nodes: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 20
+    while not nodes and time.monotonic() < deadline:
+        answer = httpx.post(url, json={"query": polled}, headers={"PRIVATE-TOKEN": token})
+        nodes = answer.json()["data"]["aiMessages"]["nodes"]
+        time.sleep(0.05)
+    assert nodes == [{"content": "Use git revert.", "errors": []}]
+    assert [r.path for r in fresh_gateway.requests] == ["/v2/chat/agent"]
