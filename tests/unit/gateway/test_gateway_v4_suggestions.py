@@ -427,9 +427,12 @@ async def test_generation_takes_a_semver_prompt_version(
 @pytest.mark.parametrize("version", ["^9.0.0", "not-a-version"])
 async def test_an_unknown_prompt_version_is_422(gw: Harness, version: str) -> None:
     component = gitlab18_editor("code_editor_generation", prompt_version=version)
-    body = {**body_of(component), "model_metadata": model_metadata(gw, "mistral")}
+    body = {
+        **body_of(context_item("a.py", "x = 1"), component),
+        "model_metadata": model_metadata(gw, "mistral"),
+    }
     response = await gw.client.post(PATH, json=body, headers=headers_for(gw))
     assert response.status_code == 422, response.text
     [error] = response.json()["detail"]
-    assert error["loc"] == ["body", "prompt_components", 0, "payload", "prompt_version"]
+    assert error["loc"] == ["body", "prompt_components", 1, "payload", "prompt_version"]
     assert gw.model.requests == []

@@ -138,7 +138,9 @@ def v2_prompt_version(payload: EditorPayload) -> Literal[1, 2, 3]:
     return 2 if payload.prompt else 1
 
 
-def check_prompt_constraint(editor: EditorComponent, family: str | None) -> None:
+def check_prompt_constraint(
+    body: V4SuggestionsRequest, editor: EditorComponent, family: str | None
+) -> None:
     """A semver ``prompt_version`` must name a version of the registry prompt (422)."""
     constraint = editor.payload.prompt_version
     if not isinstance(constraint, str):
@@ -147,7 +149,8 @@ def check_prompt_constraint(editor: EditorComponent, family: str | None) -> None
     try:
         get_registry().resolve(prompt_id, family, constraint)
     except (InvalidVersion, NoMatchingVersion, PromptNotFound) as exc:
-        loc: list[str | int] = ["prompt_components", 0, "payload", "prompt_version"]
+        index = body.prompt_components.index(editor)
+        loc: list[str | int] = ["prompt_components", index, "payload", "prompt_version"]
         raise PlanError([field_error(loc, str(exc), constraint)]) from None
 
 
@@ -299,7 +302,7 @@ async def suggestions(request: Request) -> Response | RawTextStreamResponse:
         if not principal.can(*use_case.scopes):
             return detail(use_case.unauthorized, 403)
         payload = as_v2(body, editor)
-        check_prompt_constraint(editor, payload.model_name)
+        check_prompt_constraint(body, editor, payload.model_name)
         check_prompt_shape(payload)
         payload, target = target_for(gateway, principal, use_case.feature, payload)
         plan = use_case.plan(payload, target)
