@@ -81,6 +81,13 @@ class InstanceSettings(BaseModel):
     gateway_timeout_s: float = Field(
         60, ge=1, le=600, description="How long the instance waits for the gateway."
     )
+    ai_gateway_api: Literal["gitlab18", "gitlab17"] = Field(
+        "gitlab18",
+        description="Which GitLab generation's AI gateway API the instance speaks: gitlab18 "
+        "(chat on /v2/chat/agent, chat tasks on /v1/prompts, current inputs and scopes) or "
+        "gitlab17 for gateways from before GitLab 18 (/v1/chat/*, the code_suggestions scope). "
+        "Enclave's gateway understands both.",
+    )
     token_lifetime_s: int = Field(
         3600, ge=60, le=86400, description="Lifetime of the JWTs the instance mints."
     )

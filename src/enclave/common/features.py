@@ -191,3 +191,37 @@ def incompatibility(feature: Feature, family: str) -> str | None:
         f"{FEATURE_TITLES[feature]} feature ({feature.value}); compatible model families: "
         f"{allowed}"
     )
+
+
+# The families GitLab's own AI gateway (GitLab 18, 2026) serves on /v2/code/completions and
+# /v2/code/generations for self-hosted (litellm) models; it refuses the others with 422,
+# ``general`` among them, which Enclave's gateway serves. ``enclave doctor`` reports a feature
+# whose family GitLab's gateway would refuse when the instance points at one.
+GITLAB_GATEWAY_CODE_FAMILIES: dict[Feature, frozenset[str]] = {
+    Feature.CODE_COMPLETIONS: frozenset(
+        {
+            "claude_3",
+            "codegemma",
+            "codellama",
+            "codestral",
+            "deepseekcoder",
+            "gpt",
+            "llama3",
+            "mistral",
+            "mixtral",
+        }
+    ),
+    Feature.CODE_GENERATIONS: frozenset(
+        {
+            "claude_3",
+            "codegemma",
+            "codellama",
+            "codestral",
+            "deepseekcoder",
+            "gpt",
+            "llama3",
+            "mistral",
+            "mixtral",
+        }
+    ),
+}

@@ -31,9 +31,23 @@ UP_COMPLETE_CODE: Final = "complete_code"
 UP_GENERATE_CODE: Final = "generate_code"
 UP_CODE_SUGGESTIONS: Final = "code_suggestions"  # legacy scope GitLab's gateway still accepts
 UP_DUO_CHAT: Final = "duo_chat"
+# GitLab 18: /v2/chat/agent (the prompt chat/react) needs this one; duo_chat alone is refused.
+UP_DUO_CLASSIC_CHAT: Final = "duo_classic_chat"
 
-# Version string the instance reports in X-Gitlab-Version (GitLab's gateway logs it).
+# The AI gateway API generations an instance can speak (``instance.ai_gateway_api``).
+GITLAB17: Final = "gitlab17"
+GITLAB18: Final = "gitlab18"
+
+# Version string the instance reports in X-Gitlab-Version (GitLab's gateway logs it, and
+# since GitLab 18 decides the Duo Core chat cutoff from it), per API generation.
 INSTANCE_VERSION: Final = "17.9.0-enclave"
+INSTANCE_VERSION_18: Final = "18.11.0-enclave"
+
+# The prompt_version a GitLab 18 instance asks for, where it is not "^1.0.0".
+GITLAB18_PROMPT_VERSIONS: Final[dict[str, str]] = {
+    "summarize_new_merge_request": "^2.0.0",
+    "summarize_review": "^2.0.0",
+}
 
 # The gateway prompt-registry id that serves each feature (``POST /v1/prompts/<id>``), named as
 # in GitLab's AI gateway so a GitLab instance's calls land on the same prompts. Keys are the

@@ -11,7 +11,7 @@ that a feature uses.
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import aiohttp
@@ -19,6 +19,7 @@ import orjson
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from enclave.common.features import GITLAB_GATEWAY_CODE_FAMILIES
 from enclave.config import EnclaveSettings
 from enclave.instance import ai_settings
 from enclave.instance.connection import ModelUnderTest, check_connection
@@ -90,6 +91,8 @@ class _State:
     salt: bytes = b""
     # The model fields of a code completion request, when code_completions has a usable model.
     completion_model: dict[str, Any] | None = None
+    # The family of the self-hosted model each feature uses.
+    families: dict[Feature, str] = field(default_factory=dict)
 
 
 async def run_checks(settings: EnclaveSettings) -> list[Check]:
@@ -122,7 +125,7 @@ async def run_checks(settings: EnclaveSettings) -> list[Check]:
                 state.instance_id, state.salt = row.instance_id, row.user_id_salt
             _secret_checks(settings, session, state)
             _signing_key_check(settings, state)
-            feature_models = _feature_checks(session, add)
+            feature_models = _feature_checks(session, add, state.families)
             effective = ai_settings.effective(session, settings)
             models = {
                 m.id: m
@@ -240,8 +243,9 @@ def _signing_key_check(settings: EnclaveSettings, state: _State) -> None:
     )
 
 
-def _feature_checks(session: Any, add: Any) -> set[int]:
-    """Feature map problems; returns the ids of the models that features use."""
+def _feature_checks(session: Any, add: Any, families: dict[Feature, str] | None = None) -> set[int]:
+    """Feature map problems; returns the ids of the models that features use (and records
+    each feature's model family in ``families``)."""
     used: set[int] = set()
     unassigned: list[str] = []
     vendored: list[str] = []
@@ -259,6 +263,8 @@ def _feature_checks(session: Any, add: Any) -> set[int]:
             vendored.append(feature.value)
         elif provider == FeatureProvider.SELF_HOSTED and row is not None and row.self_hosted_model:
             used.add(row.self_hosted_model.id)
+            if families is not None:
+                families[feature] = row.self_hosted_model.family
             problem = incompatibility(feature, row.self_hosted_model.family)
             if problem:
                 incompatible.append(problem)
@@ -377,6 +383,7 @@ async def _network_checks(
             )
             return
         add(Check("AI gateway", "ok", f"{gateway_url} is healthy"))
+        await _gateway_kind_check(client, gateway_url, state)
         if state.keys is None or state.instance_id is None:
             return
         minter = TokenMinter(
@@ -417,6 +424,56 @@ async def _network_checks(
                 )
     finally:
         await client.close()
+
+
+async def is_enclave_gateway(client: GatewayClient, gateway_url: str) -> bool | None:
+    """Whether the gateway is Enclave's, told by its answer: Enclave's serves the
+    OpenAI-compatible ``GET /v1/models`` (401 without a token), GitLab's has no such route
+    (404). None when it cannot be told."""
+    try:
+        status = await client.get(f"{gateway_url}/v1/models", HTTP_TIMEOUT_S)
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+    if status == 404:
+        return False
+    return status in (200, 401, 403)
+
+
+async def _gateway_kind_check(client: GatewayClient, gateway_url: str, state: _State) -> None:
+    """With GitLab's own AI gateway: the features whose model family it refuses."""
+    add = state.checks.append
+    enclave = await is_enclave_gateway(client, gateway_url)
+    if enclave is not False:
+        return
+    refused = [
+        (feature, family, allowed)
+        for feature, allowed in GITLAB_GATEWAY_CODE_FAMILIES.items()
+        if (family := state.families.get(feature)) is not None and family not in allowed
+    ]
+    if not refused:
+        add(
+            Check(
+                "GitLab AI gateway",
+                "ok",
+                f"{gateway_url} is GitLab's AI gateway; it serves the code features' model "
+                "families",
+            )
+        )
+        return
+    problems = "; ".join(
+        f"{feature.value} uses a {family} model, which GitLab's gateway refuses on "
+        f"/v2/code/* (families it serves: {', '.join(sorted(allowed))})"
+        for feature, family, allowed in refused
+    )
+    add(
+        Check(
+            "GitLab AI gateway",
+            "fail",
+            f"{gateway_url} is GitLab's AI gateway, not Enclave's: {problems}",
+            "assign a model of a family it serves (enclave features set FEATURE --model NAME), "
+            "or point the instance at Enclave's gateway, which serves every family",
+        )
+    )
 
 
 async def _end_to_end(

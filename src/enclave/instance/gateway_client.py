@@ -57,7 +57,12 @@ def host_name(url: str) -> str:
 
 
 def gateway_headers(
-    token: str, identity: ForwardIdentity, *, verbose_ai_logs: bool | None = None
+    token: str,
+    identity: ForwardIdentity,
+    *,
+    verbose_ai_logs: bool | None = None,
+    version: str = wire.INSTANCE_VERSION,
+    unit_primitive: str | None = None,
 ) -> dict[str, str]:
     headers = {
         "Authorization": f"Bearer {token}",
@@ -66,12 +71,14 @@ def gateway_headers(
         "X-Gitlab-Realm": wire.REALM_SELF_MANAGED,
         "X-Gitlab-Global-User-Id": identity.global_user_id,
         "X-Gitlab-Host-Name": identity.host_name,
-        "X-Gitlab-Version": wire.INSTANCE_VERSION,
+        "X-Gitlab-Version": version,
         "X-Request-ID": identity.request_id,
         "Content-Type": "application/json",
     }
     if verbose_ai_logs is not None:
         headers["X-Gitlab-Enabled-Instance-Verbose-Ai-Logs"] = str(verbose_ai_logs).lower()
+    if unit_primitive is not None:  # GitLab 18: what the request is for (the gateway logs it)
+        headers["X-Gitlab-Unit-Primitive"] = unit_primitive
     return headers
 
 

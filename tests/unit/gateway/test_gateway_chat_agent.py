@@ -52,8 +52,9 @@ def line(kind: str, data: Any) -> bytes:
     return orjson.dumps({"type": kind, "data": data}) + b"\n"
 
 
-def delta(text: str) -> bytes:
-    return line("final_answer_delta", {"text": text})
+def delta(text: str, finish_reason: str | None = None) -> bytes:
+    # GitLab 18: every delta carries finish_reason, the model's on the last one.
+    return line("final_answer_delta", {"text": text, "finish_reason": finish_reason})
 
 
 async def test_stream_sends_exact_ndjson_lines_in_order(gw: Harness) -> None:
@@ -66,7 +67,7 @@ async def test_stream_sends_exact_ndjson_lines_in_order(gw: Harness) -> None:
     assert headers[":status"] == "200"
     assert headers["content-type"] == "application/x-ndjson"
     # One line per model delta, each sent on its own: none dropped, merged or reordered.
-    assert frames == [*(delta(text) for text in chunks), b""]
+    assert frames == [*(delta(text) for text in chunks[:-1]), delta(".", "stop"), b""]
     [call] = model.requests
     assert call.path == "/v1/chat/completions"
     assert call.json["stream"] is True
@@ -86,10 +87,14 @@ async def test_stream_over_http_is_one_json_object_per_line(gw: Harness) -> None
         assert response.status_code == 200
         lines = [orjson.loads(text) async for text in response.aiter_lines() if text]
     assert lines == [
-        {"type": "final_answer_delta", "data": {"text": "Two"}},
-        {"type": "final_answer_delta", "data": {"text": "."}},
-        # The fake model reports usage because the gateway asks for it (include_usage).
-        {"type": "usage", "data": {"input_tokens": 27, "output_tokens": 9}},
+        {"type": "final_answer_delta", "data": {"text": "Two", "finish_reason": None}},
+        {"type": "final_answer_delta", "data": {"text": ".", "finish_reason": "stop"}},
+        # The fake model reports usage because the gateway asks for it (include_usage), and
+        # it comes last, per model, as GitLab 18 sends it.
+        {
+            "type": "usage",
+            "data": {"usage": {"mistral-local": {"input_tokens": 27, "output_tokens": 9}}},
+        },
     ]
 
 
@@ -189,9 +194,10 @@ async def test_usage_line_only_when_the_model_reports_usage(
     stream = _UsageStream(["A", "B"], usage)
     gw.app.state.gateway.models = _UsageClient(stream)
     _, frames = await call_raw(gw, PATH, agent_body(gw.model.endpoint), chat_headers(gw))
-    expected = [delta("A"), delta("B")]
+    expected = [delta("A"), delta("B", "stop")]
     if usage is not None:
-        expected.append(line("usage", {"input_tokens": 12, "output_tokens": 3}))
+        counts = {"input_tokens": 12, "output_tokens": 3}
+        expected.append(line("usage", {"usage": {"mistral-local": counts}}))
     assert frames == [*expected, b""]
     assert stream.closed
 
@@ -261,3 +267,57 @@ async def test_unsupported_model_provider_is_422(gw: Harness) -> None:
     response = await gw.client.post(PATH, json=body, headers=chat_headers(gw))
     assert response.status_code == 422
     assert gw.model.requests == []
+
+
+# GitLab 18: chat/react needs duo_classic_chat; duo_chat alone is the Duo Core cutoff.
+CUTOFF = {"detail": "Duo Core no longer authorized to access Duo Classic Chat"}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"X-Gitlab-Version": "18.11.0-ee"},
+        {"X-Gitlab-Version": "19.0.0"},
+        {"X-Gitlab-Feature-Enablement-Type": "duo_core"},
+    ],
+)
+async def test_duo_chat_only_from_a_gitlab_18_instance_is_the_duo_core_cutoff(
+    gw: Harness, extra: dict[str, str]
+) -> None:
+    headers = {**chat_headers(gw), **extra}
+    response = await gw.client.post(PATH, json=agent_body(gw.model.endpoint), headers=headers)
+    assert (response.status_code, response.json()) == (403, CUTOFF)
+    assert gw.model.requests == []
+
+
+@pytest.mark.parametrize("version", ["17.9.0-ee", None])
+async def test_duo_chat_only_from_a_gitlab_17_instance_is_served(
+    gw: Harness, version: str | None
+) -> None:
+    headers = chat_headers(gw)
+    if version is not None:
+        headers["X-Gitlab-Version"] = version
+    response = await gw.client.post(PATH, json=agent_body(gw.model.endpoint), headers=headers)
+    assert response.status_code == 200, response.text
+
+
+async def test_duo_classic_chat_is_served_from_gitlab_18(gw: Harness) -> None:
+    headers = {**chat_headers(gw, "duo_classic_chat"), "X-Gitlab-Version": "18.11.0-ee"}
+    response = await gw.client.post(PATH, json=agent_body(gw.model.endpoint), headers=headers)
+    assert response.status_code == 200, response.text
+
+
+async def test_gitlab_duo_mention_keeps_duo_chat_working_after_the_cutoff(gw: Harness) -> None:
+    headers = {**chat_headers(gw), "X-Gitlab-Version": "18.11.0-ee"}
+    body = agent_body(gw.model.endpoint, content="@GitLabDuo review this merge request")
+    response = await gw.client.post(PATH, json=body, headers=headers)
+    assert response.status_code == 200, response.text
+
+
+async def test_neither_chat_primitive_is_unauthorized(gw: Harness) -> None:
+    headers = chat_headers(gw, "explain_code")
+    response = await gw.client.post(PATH, json=agent_body(gw.model.endpoint), headers=headers)
+    assert (response.status_code, response.json()) == (
+        403,
+        {"detail": "Unauthorized to access duo_chat"},
+    )

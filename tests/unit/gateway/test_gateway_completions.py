@@ -39,13 +39,16 @@ async def test_completion_response_and_model_call(gw: Harness) -> None:
             "tokens_consumption_metadata": {
                 "input_tokens": 27,
                 "output_tokens": 9,
+                "max_output_tokens_used": True,
                 "context_tokens_sent": 0,
                 "context_tokens_used": 0,
             },
+            "region": "self-hosted",
         },
         "experiments": [],
         "object": "text_completion",
         "choices": [{"text": "    return a + b\n", "index": 0, "finish_reason": "length"}],
+        "metadata": {"enabled_feature_flags": []},
     }
     [call] = gw.model.requests
     assert call.path == "/v1/completions"

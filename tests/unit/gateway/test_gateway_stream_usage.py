@@ -23,8 +23,8 @@ async def test_stream_requests_usage_and_reports_it_as_the_last_line(gw: Harness
     lines = [item + b"\n" for item in body.split(b"\n") if item]
     assert lines == [
         delta("Two"),
-        delta("."),
-        line("usage", {"input_tokens": 31, "output_tokens": 2}),
+        delta(".", "stop"),
+        line("usage", {"usage": {"mistral-local": {"input_tokens": 31, "output_tokens": 2}}}),
     ]
 
 

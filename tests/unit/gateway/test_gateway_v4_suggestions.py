@@ -358,3 +358,81 @@ async def test_plan_errors_are_422(gw: Harness) -> None:
         response = await gw.client.post(PATH, json=body_of(component), headers=headers_for(gw))
         assert response.status_code == 422, response.text
     assert gw.model.requests == []
+
+
+# -- GitLab 18: the model in the top-level model_metadata, semver prompt_version -------------
+
+
+def gitlab18_editor(kind: str = "code_editor_completion", **payload: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "file_name": "app/calc.py",
+        "content_above_cursor": "def add(a, b):\n",
+        "content_below_cursor": "",
+        "language_identifier": "python",
+        "stream": False,
+        **payload,
+    }
+    return {"type": kind, "payload": data}
+
+
+def model_metadata(gw: Harness, family: str) -> dict[str, Any]:
+    return {
+        "provider": "openai",
+        "name": family,
+        "endpoint": gw.model.endpoint,
+        "api_key": MODEL_API_KEY,
+        "identifier": f"custom_openai/{family}-local",
+    }
+
+
+async def test_model_comes_from_the_top_level_model_metadata(gw: Harness) -> None:
+    body = {**body_of(gitlab18_editor()), "model_metadata": model_metadata(gw, "codestral")}
+    response = await gw.client.post(PATH, json=body, headers=headers_for(gw))
+    assert response.status_code == 200, response.text
+    assert response.json()["metadata"]["model"]["name"] == "custom_openai/codestral-local"
+    [call] = gw.model.requests
+    assert call.path == "/v1/completions"  # the family (codestral) chose fill-in-the-middle
+    assert call.json["model"] == "codestral-local"
+    assert call.headers["Authorization"] == f"Bearer {MODEL_API_KEY}"
+
+
+@pytest.mark.parametrize(
+    ("version", "prompt", "sent"),
+    [
+        ("^2.0.0", None, None),  # no prompt: the registry's prompt, built here
+        ("2.0.0", "Write add()", "Write add()"),  # the instance's prompt, verbatim
+        ("^1.0.0", "Write add()", "Write add()"),
+    ],
+)
+async def test_generation_takes_a_semver_prompt_version(
+    gw: Harness, version: str, prompt: str | None, sent: str | None
+) -> None:
+    component = gitlab18_editor(
+        "code_editor_generation",
+        prompt_id="code_suggestions/generations",
+        prompt_version=version,
+        **({"prompt": prompt} if prompt else {}),
+    )
+    body = {**body_of(component), "model_metadata": model_metadata(gw, "mistral")}
+    response = await gw.client.post(PATH, json=body, headers=headers_for(gw))
+    assert response.status_code == 200, response.text
+    [call] = gw.model.requests
+    [message] = call.json["messages"]
+    if sent is not None:
+        assert message["content"] == sent
+    else:
+        assert "def add(a, b):" in message["content"]
+
+
+@pytest.mark.parametrize("version", ["^9.0.0", "not-a-version"])
+async def test_an_unknown_prompt_version_is_422(gw: Harness, version: str) -> None:
+    component = gitlab18_editor("code_editor_generation", prompt_version=version)
+    body = {
+        **body_of(context_item("a.py", "x = 1"), component),
+        "model_metadata": model_metadata(gw, "mistral"),
+    }
+    response = await gw.client.post(PATH, json=body, headers=headers_for(gw))
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "prompt_components", 1, "payload", "prompt_version"]
+    assert gw.model.requests == []

@@ -4,6 +4,10 @@ Each file in ``tests/fixtures/gitlab/`` is one request taken from the reference 
 GitLab's wire format (the ``source`` field says where): path, body and the unit primitives the
 token carries. The test sends it with the full set of headers GitLab's instance adds
 (``Gitlab::AiGateway.headers``), against the fake model server, and checks the answer's shape.
+
+Two generations: the ``v*`` files are what GitLab 17 (2024) instances send; the ``gl18_*``
+files (``"generation": "gitlab18"``) what GitLab 18 (2026) instances send, with their own
+headers (``X-Gitlab-Version: 18.x``) and the 2026 answer shapes.
 """
 
 from __future__ import annotations
@@ -56,12 +60,62 @@ def test_there_is_a_fixture_per_endpoint() -> None:
     assert sum(name.startswith("v1_prompts_") for name in names) >= 13
 
 
+def test_there_are_gitlab_18_fixtures_for_each_changed_shape() -> None:
+    names = {path.stem for path in FIXTURE_FILES}
+    assert {
+        "gl18_v2_code_completions",
+        "gl18_v2_code_generations",
+        "gl18_v4_code_suggestions_completion",
+        "gl18_v4_code_suggestions_generation",
+        "gl18_v2_chat_agent",
+        "gl18_v2_chat_agent_duo_core_cutoff",
+        "gl18_v1_prompts_categorize_question",
+    } <= names
+    assert sum(name.startswith("gl18_v1_prompts_") for name in names) >= 9
+
+
+def _v4_model(metadata: dict[str, Any]) -> None:
+    assert {"engine", "name", "lang"} <= set(metadata["model"])
+
+
 def check_shape(kind: str, response_body: bytes) -> None:
-    if kind == "completion":
+    if kind in {"completion", "completion18"}:
         data = orjson.loads(response_body)
         assert data["object"] == "text_completion"
         assert {"id", "model", "choices", "created", "experiments"} <= set(data)
         assert data["choices"][0]["text"].strip()
+        if kind == "completion18":  # GitLab 18's additions
+            assert data["metadata"] == {"enabled_feature_flags": []}
+            assert isinstance(data["model"]["region"], str)
+            usage = data["model"]["tokens_consumption_metadata"]
+            assert isinstance(usage["max_output_tokens_used"], bool)
+            assert usage["output_tokens"] > 0
+    elif kind == "v4_json":
+        data = orjson.loads(response_body)
+        assert data["choices"][0]["text"].strip()
+        _v4_model(data["metadata"])
+    elif kind == "v4_sse":
+        events = [block for block in response_body.decode().split("\n\n") if block]
+        names = [block.split("\n", 1)[0] for block in events]
+        assert names[0] == "event: stream_start" and names[-1] == "event: stream_end"
+        assert set(names[1:-1]) == {"event: content_chunk"}
+        start = orjson.loads(events[0].split("data: ", 1)[1])
+        _v4_model(start["metadata"])
+        chunk = orjson.loads(events[1].split("data: ", 1)[1])
+        assert chunk["choices"][0]["delta"]["content"]
+        assert events[-1].endswith("data: null")
+    elif kind == "ndjson18":
+        lines = [orjson.loads(line) for line in response_body.splitlines() if line]
+        deltas = [line for line in lines if line["type"] == "final_answer_delta"]
+        assert deltas and all("finish_reason" in line["data"] for line in deltas)
+        assert deltas[-1]["data"]["finish_reason"] == "stop"
+        assert lines[-1]["type"] == "usage"
+        [counts] = lines[-1]["data"]["usage"].values()
+        assert set(counts) == {"input_tokens", "output_tokens"}
+    elif kind == "duo_core_cutoff":
+        assert orjson.loads(response_body) == {
+            "detail": "Duo Core no longer authorized to access Duo Classic Chat"
+        }
     elif kind == "raw_text":
         assert response_body.strip()
         assert not response_body.startswith(b"data:")  # raw deltas, no SSE framing
@@ -86,7 +140,7 @@ def check_shape(kind: str, response_body: bytes) -> None:
 @pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda path: path.stem)
 async def test_gitlab_shaped_request_succeeds(gw: Harness, path: Path) -> None:
     fixture = load(path, gw.model.endpoint)
-    headers = {**GITLAB_HEADERS}
+    headers = {**GITLAB_HEADERS, **fixture.get("headers", {})}
     if fixture["scopes"]:
         headers.update(gw.headers(gw.token(scopes=fixture["scopes"])))
     response = await gw.client.request(
@@ -97,7 +151,7 @@ async def test_gitlab_shaped_request_succeeds(gw: Harness, path: Path) -> None:
     assert response.headers["content-type"].startswith(expect["content_type"])
     assert response.headers["x-request-id"]
     check_shape(expect["kind"], response.content)
-    if fixture["body"] is not None:
+    if fixture["body"] is not None and expect["status"] == 200:
         # The model was called with the key and the model name the instance configured.
         [call] = gw.model.requests
         assert call.headers["Authorization"] == f"Bearer {MODEL_API_KEY}"

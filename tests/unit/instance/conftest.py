@@ -148,6 +148,9 @@ class FakeGateway:
     release: threading.Event = field(default_factory=threading.Event)
     disconnected: threading.Event = field(default_factory=threading.Event)
     port: int = 0
+    # Answer GET /v1/models as Enclave's gateway does (401 without a token); False: 404,
+    # as GitLab's gateway, which has no OpenAI-compatible API.
+    enclave: bool = True
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
     _thread: threading.Thread | None = None
@@ -158,6 +161,7 @@ class FakeGateway:
 
     def reset(self, handler: Handler = answer_json) -> None:
         self.handler = handler
+        self.enclave = True
         self.requests.clear()
         self.release.clear()
         self.disconnected.clear()
@@ -167,6 +171,12 @@ class FakeGateway:
             Recorded(request.path, dict(request.headers), await request.json(), request.raw_path)
         )
         return await self.handler(request, self)
+
+    async def _openai_models(self, request: web.Request) -> web.StreamResponse:
+        if not self.enclave:
+            return web.json_response({"detail": "Not Found"}, status=404)
+        error = {"message": "a token is required", "type": "invalid_request_error", "code": None}
+        return web.json_response({"error": error}, status=401)
 
     async def _healthz(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"status": "ok"})
@@ -184,7 +194,9 @@ class FakeGateway:
             app.router.add_post("/v1/code/user_access_token", self._dispatch)
             app.router.add_post("/v1/prompts/{prompt_id:.*}", self._dispatch)
             app.router.add_post("/v1/chat/{invokable}", self._dispatch)
+            app.router.add_post("/v2/chat/agent", self._dispatch)
             app.router.add_get("/monitoring/healthz", self._healthz)
+            app.router.add_get("/v1/models", self._openai_models)
             self._runner = web.AppRunner(app, access_log=None)
             self._loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -342,11 +354,10 @@ def write_model_api_key(data_dir: Path, key: str = MODEL_API_KEY) -> None:
     (data_dir / "model" / "api-key").write_text(key + "\n")
 
 
-@pytest.fixture(scope="module")
-def instance(
-    gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory, db_backend: Backend
+def module_instance(
+    gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory, **instance: Any
 ) -> Iterator[LiveInstance]:
-    """One instance per module, with the embedded model registered and the fake gateway."""
+    """A live instance with the embedded model registered and the fake gateway."""
     data_dir = tmp_path_factory.mktemp("instance") / "data"
     write_model_api_key(data_dir)
     port = free_port()
@@ -356,6 +367,7 @@ def instance(
             external_url=f"http://127.0.0.1:{port}",
             gateway_url=gateway.url,
             embedded_model_endpoint=EMBEDDED_ENDPOINT,
+            **instance,
         ),
         port,
     )
@@ -363,6 +375,22 @@ def instance(
         yield live
     finally:
         live.stop()
+
+
+@pytest.fixture(scope="module")
+def instance(
+    gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory, db_backend: Backend
+) -> Iterator[LiveInstance]:
+    """One instance per module (GitLab 18's gateway API, the default)."""
+    yield from module_instance(gateway, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def instance17(
+    gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory, db_backend: Backend
+) -> Iterator[LiveInstance]:
+    """One instance per module that speaks GitLab 17's gateway API (ai_gateway_api)."""
+    yield from module_instance(gateway, tmp_path_factory, ai_gateway_api="gitlab17")
 
 
 @pytest.fixture()

@@ -297,3 +297,28 @@ def test_doctor_says_what_is_wrong_and_how_to_fix_it(
     assert down.exit_code == 1
     assert "cannot reach the AI gateway at http://127.0.0.1:9" in down.stdout
     assert "Some checks failed" in down.stdout
+
+
+def test_doctor_reports_families_gitlabs_gateway_refuses(
+    doctor_env: Cli, fresh_gateway: FakeGateway
+) -> None:
+    """Pointed at GitLab's AI gateway (told by its 404 on /v1/models), the embedded general
+    model for code completions and generations is reported, with the families that work."""
+    fresh_gateway.enclave = False
+    result = doctor_env("doctor", "--json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    check = checks["GitLab AI gateway"]
+    assert check["status"] == "fail", check
+    assert "is GitLab's AI gateway, not Enclave's" in check["message"]
+    assert "code_completions uses a general model" in check["message"]
+    assert "code_generations uses a general model" in check["message"]
+    assert "codestral" in check["message"] and "enclave features set" in check["fix"]
+    assert result.exit_code == 1
+
+
+def test_doctor_says_nothing_of_families_with_enclaves_gateway(
+    doctor_env: Cli, fresh_gateway: FakeGateway
+) -> None:
+    result = doctor_env("doctor", "--json")
+    names = {c["name"] for c in json.loads(result.stdout)["checks"]}
+    assert "GitLab AI gateway" not in names

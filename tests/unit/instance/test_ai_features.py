@@ -39,6 +39,8 @@ CODE_TASK = {"code": "def f(a, b): return a+b", "file_name": "calc.py", "languag
 CODE_TASK_INPUTS = {
     "selected_text": "def f(a, b): return a+b",
     "file_name": "calc.py",
+    "file_content": "",
+    "file_content_reuse": "",
     "language_info": "The code is written in Python",
     "input": "",
 }
@@ -66,7 +68,13 @@ CASES: dict[str, tuple[dict[str, Any], str, dict[str, Any], list[str]]] = {
     "review_merge_request": (
         {"diff": "+x = 1\n", "title": "Add x", "description": "Needed for y."},
         "/v1/prompts/review_merge_request",
-        {"diff_lines": "+x = 1\n", "mr_title": "Add x", "mr_description": "Needed for y."},
+        {
+            "diff_lines": "+x = 1\n",
+            "mr_title": "Add x",
+            "mr_description": "Needed for y.",
+            "custom_instructions_section": "",
+            "full_content_section": "",
+        },
         ["review_merge_request"],
     ),
     "explain_vulnerability": (
@@ -84,6 +92,7 @@ CASES: dict[str, tuple[dict[str, Any], str, dict[str, Any], list[str]]] = {
             "identifiers": "CWE-89, CVE-2024-0001",
             "vulnerability_info": "The vulnerability is in the file db.py.\n"
             "The vulnerable code is:\n```\ncur.execute(q % name)\n```",
+            "language_info": "",
         },
         ["explain_vulnerability"],
     ),
@@ -116,7 +125,7 @@ CASES: dict[str, tuple[dict[str, Any], str, dict[str, Any], list[str]]] = {
     "troubleshoot_job": (
         {"job_log": "$ pytest\nE   AssertionError"},
         "/v1/prompts/chat%2Ftroubleshoot_job",
-        {"selected_text": "$ pytest\nE   AssertionError"},
+        {"selected_text": "$ pytest\nE   AssertionError", "language_info": ""},
         ["duo_chat", "troubleshoot_job"],
     ),
     **{
@@ -206,7 +215,8 @@ def test_forwards_the_prompt_registry_request(
     assert sent.raw_path == gateway_path
     assert sent.body == {
         "inputs": inputs,
-        "prompt_version": "^1.0.0",
+        # GitLab 18 asks for version 2 of the two summaries.
+        "prompt_version": "^2.0.0" if path.startswith("summarize_") else "^1.0.0",
         "stream": False,
         "model_metadata": METADATA,
     }
@@ -221,13 +231,27 @@ def test_optional_fields_default_to_empty_inputs(api: Api, prompt_gateway: FakeG
     assert api.post(url("review_merge_request"), {"diff": "+x"}).status_code == 200
     assert api.post(url("explain_vulnerability"), {"title": "t", "description": "d"}).is_success
     explain, review, vulnerability = (r.body["inputs"] for r in prompt_gateway.requests)
-    assert explain == {"selected_text": "x = 1", "file_name": "", "language_info": "", "input": ""}
-    assert review == {"diff_lines": "+x", "mr_title": "", "mr_description": ""}
+    assert explain == {
+        "selected_text": "x = 1",
+        "file_name": "",
+        "file_content": "",
+        "file_content_reuse": "",
+        "language_info": "",
+        "input": "",
+    }
+    assert review == {
+        "diff_lines": "+x",
+        "mr_title": "",
+        "mr_description": "",
+        "custom_instructions_section": "",
+        "full_content_section": "",
+    }
     assert vulnerability == {
         "title": "t",
         "vulnerability_description": "d",
         "identifiers": "",
         "vulnerability_info": "",
+        "language_info": "",
     }
 
 

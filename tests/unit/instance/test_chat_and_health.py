@@ -24,6 +24,14 @@ from tests.unit.instance.conftest import (
     check_relayed_chunk_by_chunk,
 )
 
+
+@pytest.fixture(scope="module")
+def instance(instance17: LiveInstance) -> LiveInstance:
+    """This module pins GitLab 17's gateway API (chat on /v1/chat/*); GitLab 18's chat is
+    tested in test_chat_gitlab18.py."""
+    return instance17
+
+
 CHAT = "/api/v4/chat/completions"
 
 
@@ -271,6 +279,7 @@ def test_gateway_timeout_is_a1000(
         gateway_url=fresh_gateway.url,
         gateway_timeout_s=1,
         embedded_model_endpoint=EMBEDDED_ENDPOINT,
+        ai_gateway_api="gitlab17",
     )
     response = Api(live).post(CHAT, {"content": "hi"})
     assert_chat_error(response, 504, "A1000", "did not answer in time")

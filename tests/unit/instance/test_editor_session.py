@@ -24,6 +24,14 @@ from enclave.common import wire
 from enclave.instance.db import PersonalAccessToken, User
 from tests.unit.instance.conftest import FakeGateway, LiveInstance
 
+
+@pytest.fixture(scope="module")
+def instance(instance17: LiveInstance) -> LiveInstance:
+    """This module pins GitLab 17's gateway API (chat on /v1/chat/*); GitLab 18's chat is
+    tested in test_chat_gitlab18.py."""
+    return instance17
+
+
 # The Language Server's own gates (khulnasoft-lsp / gitlab-lsp): a token this long is OAuth,
 # and these versions switch on chat, direct connections and chat features.
 OAUTH_TOKEN_MIN_LENGTH = 42

@@ -127,11 +127,12 @@ def test_forwarded_headers_are_gitlabs(instance: LiveInstance, fresh_gateway: Fa
         "x-gitlab-realm": "self-managed",
         "x-gitlab-global-user-id": expected_user,
         "x-gitlab-host-name": "127.0.0.1",
-        "x-gitlab-version": "17.9.0-enclave",
+        "x-gitlab-version": "18.11.0-enclave",  # GitLab 18's gateway API (the default)
         "x-request-id": "ide-req-7",
         "content-type": "application/json",
     }
     assert expected_user != "1"
+    assert headers["x-gitlab-unit-primitive"] == "complete_code"
     # Nothing of the client's credentials travels on.
     assert "private-token" not in headers
     assert instance.admin_token not in repr(headers)
@@ -514,7 +515,22 @@ def test_only_the_expected_headers_travel(
         "x-gitlab-global-user-id",
         "x-gitlab-host-name",
         "x-gitlab-version",
+        "x-gitlab-unit-primitive",
         "x-request-id",
         "content-type",
         "x-gitlab-enabled-instance-verbose-ai-logs",
     }
+
+
+def test_gitlab17_api_adds_the_legacy_code_suggestions_scope(
+    instance17: LiveInstance, fresh_gateway: FakeGateway
+) -> None:
+    """GitLab 17's gateways required ``code_suggestions`` next to ``complete_code``."""
+    response = post(instance17, COMPLETION_BODY)
+    assert response.status_code == 200
+    [forwarded] = fresh_gateway.requests
+    assert forwarded.headers["X-Gitlab-Version"] == "17.9.0-enclave"
+    assert "X-Gitlab-Unit-Primitive" not in forwarded.headers
+    token = forwarded.headers["Authorization"].removeprefix("Bearer ")
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert sorted(claims["scopes"]) == ["code_suggestions", "complete_code"]

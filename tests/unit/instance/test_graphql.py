@@ -23,6 +23,14 @@ from tests.unit.instance.conftest import (
     write_model_api_key,
 )
 
+
+@pytest.fixture(scope="module")
+def instance(instance17: LiveInstance) -> LiveInstance:
+    """This module pins GitLab 17's gateway API (chat on /v1/chat/*); GitLab 18's chat is
+    tested in test_chat_gitlab18.py."""
+    return instance17
+
+
 PATH = "/api/graphql"
 AVAILABILITY = (
     "{ currentUser { duoCodeSuggestionsAvailable duoChatAvailable duoChatAvailableFeatures } "
@@ -245,6 +253,7 @@ def test_ai_action_counts_against_the_rest_chats_limit(
         gateway_url=fresh_gateway.url,
         embedded_model_endpoint=EMBEDDED_ENDPOINT,
         duo_chat_rate_limit=2,
+        ai_gateway_api="gitlab17",
     )
     token = live.new_token(("ai_features",))
     assert query(live, token, ASK % "first")["data"]["aiAction"]["errors"] == []

@@ -9,7 +9,8 @@ naming each bad field) → the feature's model (403 when disabled or unassigned;
 fall back to ``duo_chat``) → a token for that feature's unit primitive only → ``POST
 /v1/prompts/<prompt id>`` on the gateway with GitLab's prompt-registry body::
 
-    {"inputs": {...}, "prompt_version": "^1.0.0", "stream": false,
+    {"inputs": {...}, "prompt_version": "^1.0.0" (GitLab 18: "^2.0.0" for the merge request
+     and review summaries), "stream": false,
      "model_metadata": {"provider": "openai", "name": <family>, "endpoint", "api_key",
                         "identifier"}}
 
@@ -36,7 +37,7 @@ from starlette.responses import Response
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
-from enclave.instance import limits
+from enclave.instance import gateway_api, limits
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError, field_errors
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
@@ -185,10 +186,13 @@ def _review_summary(body: ReviewSummaryRequest) -> dict[str, Any]:
 
 
 def _merge_request_review(body: MergeRequestReviewRequest) -> dict[str, Any]:
+    # GitLab 18's gateway requires the two sections (empty: no custom instructions, no files).
     return {
         "diff_lines": body.diff,
         "mr_title": body.title or "",
         "mr_description": body.description or "",
+        "custom_instructions_section": "",
+        "full_content_section": "",
     }
 
 
@@ -203,6 +207,7 @@ def _explain_vulnerability(body: ExplainVulnerabilityRequest) -> dict[str, Any]:
         "vulnerability_description": body.description,
         "identifiers": _joined(body.identifiers, ", "),
         "vulnerability_info": "\n".join(info),
+        "language_info": "",  # required by GitLab 18's gateway; the file name says it here
     }
 
 
@@ -222,7 +227,7 @@ def _git_command(body: GitCommandRequest) -> dict[str, Any]:
 
 
 def _troubleshoot_job(body: TroubleshootJobRequest) -> dict[str, Any]:
-    return {"selected_text": body.job_log}
+    return {"selected_text": body.job_log, "language_info": ""}
 
 
 def language_info(language: str | None) -> str:
@@ -232,9 +237,13 @@ def language_info(language: str | None) -> str:
 
 
 def _code_task(body: CodeTaskRequest) -> dict[str, Any]:
+    # file_content and file_content_reuse: GitLab 18's gateway requires them (the whole file,
+    # and how to reuse it); this endpoint has the selected code only, so both are empty.
     return {
         "selected_text": body.code,
         "file_name": body.file_name or "",
+        "file_content": "",
+        "file_content_reuse": "",
         "language_info": language_info(body.language),
         "input": body.question or "",
     }
@@ -363,10 +372,16 @@ def model_metadata(model: ResolvedModel) -> dict[str, Any]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
-def prompt_body(inputs: dict[str, Any], model: ResolvedModel, *, stream: bool) -> dict[str, Any]:
+def prompt_body(
+    inputs: dict[str, Any],
+    model: ResolvedModel,
+    *,
+    stream: bool,
+    prompt_version: str = PROMPT_VERSION,
+) -> dict[str, Any]:
     return {
         "inputs": inputs,
-        "prompt_version": PROMPT_VERSION,
+        "prompt_version": prompt_version,
         "stream": stream,
         "model_metadata": model_metadata(model),
     }
@@ -391,9 +406,22 @@ async def forward_feature(
     try:
         upstream = await ctx.gateway.post(
             prompt_path(spec.prompt_id),
-            orjson.dumps(prompt_body(spec.inputs(body), model, stream=body.stream)),
+            orjson.dumps(
+                prompt_body(
+                    spec.inputs(body),
+                    model,
+                    stream=body.stream,
+                    prompt_version=gateway_api.prompt_version(ctx, spec.prompt_id),
+                )
+            ),
             gateway_headers(
-                minted.token, identity, verbose_ai_logs=effective.enabled_instance_verbose_ai_logs
+                minted.token,
+                identity,
+                verbose_ai_logs=effective.enabled_instance_verbose_ai_logs,
+                version=gateway_api.version_header(ctx),
+                unit_primitive=gateway_api.unit_primitive_header(
+                    ctx, FEATURE_UNIT_PRIMITIVES[spec.feature]
+                ),
             ),
             base_url=effective.ai_gateway_url,
             timeout_s=effective.ai_gateway_timeout_seconds,

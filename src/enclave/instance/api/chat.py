@@ -3,10 +3,16 @@
 The question goes to the model of the chat feature it belongs to: a leading slash command picks
 a chat sub-feature (``/explain`` → ``duo_chat_explain_code``, ``/tests``, ``/refactor``,
 ``/fix``, ``/troubleshoot``), which uses its own setting or, when unassigned, ``duo_chat``'s.
-The instance forwards it to the gateway's ``/v1/chat/{invokable}`` (GitLab's chat API with one
-``prompt_components`` entry carrying the model, endpoint, identifier and key, provider
-``litellm``) and answers the model's text as a JSON string, as GitLab does, or with ``"stream":
-true`` relays the gateway's raw text stream chunk by chunk.
+With the default ``instance.ai_gateway_api = gitlab18`` the instance speaks as GitLab 18 does:
+chat goes to the gateway's ``/v2/chat/agent`` (``messages`` + ``model_metadata``, a token with
+``duo_classic_chat``), whose ndjson answer is read back (``final_answer_delta`` texts, the
+``finish_reason`` and the last ``usage`` line, logged with the request); slash commands go to
+``/v1/prompts/chat%2F<task>`` with the prompt's current inputs (``selected_text``,
+``file_content``, ``file_content_reuse``, ``language_info``, ``input``). With ``gitlab17`` it
+calls ``/v1/chat/{invokable}`` (GitLab 17's chat API with one ``prompt_components`` entry
+carrying the model, endpoint, identifier and key, provider ``litellm``). Either way the answer
+is the model's text as a JSON string, as GitLab does, or with ``"stream": true`` the text
+relayed chunk by chunk.
 
 A ``current_file`` (the file open in the IDE: name, selected text, and optionally the text
 around the cursor) goes into the model's context before the question, like
@@ -34,30 +40,39 @@ passed off as complete.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
-from enclave.instance import limits
+from enclave.instance import gateway_api, limits
 from enclave.instance.ai_settings import EffectiveAiSettings
+from enclave.instance.api.ai_features import model_metadata
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
 from enclave.instance.api.middleware import annotate
 from enclave.instance.api.relay import (
+    NDJSON,
+    DisconnectAwareStreamingResponse,
+    UpstreamStreamError,
     caller_message,
     gateway_reason,
     json_or_text,
     read_body,
     relay,
+    upstream_chunks,
 )
 from enclave.instance.api.routing import AiTextRoute
+from enclave.instance.context import InstanceContext
 from enclave.instance.features import (
     FEATURE_UNIT_PRIMITIVES,
     Feature,
@@ -99,6 +114,8 @@ A9999_UNKNOWN: Final = "A9999"
 MODEL_FAILED_STATUSES: Final = frozenset({421, 503})
 MAX_REASON_CHARS: Final = 500
 MAX_FILE_NAME_CHARS: Final = 1024
+# What chat streams are relayed as (the gateway's raw text streams' type).
+TEXT_STREAM: Final = "text/event-stream; charset=utf-8"
 
 
 class CurrentFile(BaseModel):
@@ -204,6 +221,66 @@ def chat_body(
     }
 
 
+def agent_body(text: str, context: list[dict[str, Any]], model: ResolvedModel) -> dict[str, Any]:
+    """GitLab 18's ``/v2/chat/agent`` body. Context goes into the message's text: GitLab's
+    gateway wants an ``include_<category>_context`` scope per ``additional_context`` item."""
+    if context:
+        parts = [
+            f"<{item.get('type', 'context')} name={item.get('name', '')!r}>\n"
+            f"{item.get('content', '')}\n</{item.get('type', 'context')}>"
+            for item in context
+        ]
+        text = "\n\n".join([*parts, text])
+    return {
+        "messages": [
+            {
+                "role": "user",
+                "content": text,
+                "context": None,
+                "current_file": None,
+                "additional_context": [],
+            }
+        ],
+        "model_metadata": model_metadata(model),
+        "unavailable_resources": [],
+    }
+
+
+def task_inputs(call: ChatCall) -> dict[str, Any]:
+    """The ``chat/<task>`` prompt's inputs for a slash command (GitLab 18's names)."""
+    current = call.current_file
+    question = call.question
+    others = [item for item in call.context if item.get("type") != "current_file"]
+    extra = "\n\n".join(str(item.get("content", "")) for item in others if item.get("content"))
+    if current is not None:
+        selected, instruction = current.selected_text, question
+        file_content = "".join(
+            part
+            for part in (
+                current.content_above_cursor,
+                current.selected_text,
+                current.content_below_cursor,
+            )
+            if part
+        )
+        file_name = current.file_name
+    else:
+        selected, instruction, file_content, file_name = question, "", "", ""
+    if extra:
+        instruction = f"{instruction}\n\n{extra}".strip()
+    inputs: dict[str, Any] = {"selected_text": selected, "language_info": ""}
+    if call.feature != Feature.DUO_CHAT_TROUBLESHOOT_JOB:
+        inputs.update(
+            {
+                "file_name": file_name,
+                "file_content": file_content,
+                "file_content_reuse": "",
+                "input": instruction,
+            }
+        )
+    return inputs
+
+
 @dataclass(frozen=True)
 class ChatCall:
     """A question checked and routed: the user may ask it and a model serves its feature."""
@@ -214,6 +291,8 @@ class ChatCall:
     context: list[dict[str, Any]]
     model: ResolvedModel
     effective: EffectiveAiSettings
+    question: str = ""  # the text after a slash command
+    current_file: CurrentFile | None = None
 
 
 async def prepare_chat(request: Request, principal: Principal, body: ChatRequest) -> ChatCall:
@@ -229,7 +308,27 @@ async def prepare_chat(request: Request, principal: Principal, body: ChatRequest
     context = list(body.additional_context or [])
     if body.current_file is not None:
         context.insert(0, current_file_context(body.current_file))
-    return ChatCall(feature, invokable, text, context, model, effective)
+    question = body.content.strip().partition(" ")[2].strip()
+    return ChatCall(
+        feature, invokable, text, context, model, effective, question, body.current_file
+    )
+
+
+def gateway_request(ctx: InstanceContext, call: ChatCall, *, stream: bool) -> tuple[str, bytes]:
+    """Path and body for the gateway, in the API generation the instance speaks."""
+    if not gateway_api.is_gitlab18(ctx):
+        body = chat_body(call.text, call.context, call.model, stream=stream)
+        return f"/v1/chat/{call.invokable}", orjson.dumps(body)
+    if call.feature == Feature.DUO_CHAT:
+        return "/v2/chat/agent", orjson.dumps(agent_body(call.text, call.context, call.model))
+    prompt_id = wire.FEATURE_PROMPT_IDS[call.feature.value]
+    body = {
+        "inputs": task_inputs(call),
+        "prompt_version": gateway_api.prompt_version(ctx, prompt_id),
+        "stream": stream,
+        "model_metadata": model_metadata(call.model),
+    }
+    return "/v1/prompts/" + quote(prompt_id, safe=""), orjson.dumps(body)
 
 
 async def ask_gateway(
@@ -238,16 +337,21 @@ async def ask_gateway(
     """Send a prepared question to the gateway: the answer text, or with ``stream`` the
     relayed stream; failures raise :class:`ChatError` with GitLab's chat error codes."""
     ctx = context_of(request)
-    scopes = {FEATURE_UNIT_PRIMITIVES[call.feature], wire.UP_DUO_CHAT}
+    scopes = {FEATURE_UNIT_PRIMITIVES[call.feature], *gateway_api.chat_scopes(ctx)}
     identity = forward_identity(ctx, request, principal)
+    path, payload = gateway_request(ctx, call, stream=stream)
     try:
         upstream = await ctx.gateway.post(
-            f"/v1/chat/{call.invokable}",
-            orjson.dumps(chat_body(call.text, call.context, call.model, stream=stream)),
+            path,
+            payload,
             gateway_headers(
                 ctx.minter.token(scopes).token,
                 identity,
                 verbose_ai_logs=call.effective.enabled_instance_verbose_ai_logs,
+                version=gateway_api.version_header(ctx),
+                unit_primitive=gateway_api.unit_primitive_header(
+                    ctx, FEATURE_UNIT_PRIMITIVES[call.feature]
+                ),
             ),
             base_url=call.effective.ai_gateway_url,
             timeout_s=call.effective.ai_gateway_timeout_seconds,
@@ -287,7 +391,10 @@ async def _answer(
     *,
     stream: bool,
 ) -> Any:
+    agent = upstream.headers.get("Content-Type", "").startswith(NDJSON)
     if stream and upstream.status == 200:
+        if agent:
+            return ndjson_text_stream(upstream, request)
         return await relay(upstream, stream=True)
     try:
         content = await read_body(upstream)
@@ -302,8 +409,11 @@ async def _answer(
         ) from None
     if upstream.status != 200:
         raise _gateway_failure(upstream, content, model, request, principal)
-    data = json_or_text(content)
-    answer = data.get("response") if isinstance(data, dict) else data
+    if agent:
+        answer: Any = agent_answer(content, model, request, principal)
+    else:
+        data = json_or_text(content)
+        answer = data.get("response") if isinstance(data, dict) else data
     if not isinstance(answer, str) or not answer.strip():
         log.warning("chat_answer_unusable", kind=type(answer).__name__)
         raise ChatError(
@@ -313,6 +423,97 @@ async def _answer(
             "happening, ask an administrator to check the gateway logs and the model.",
         )
     return answer
+
+
+def agent_events(lines: list[bytes]) -> list[dict[str, Any]]:
+    """The ndjson lines as events (lines that are not JSON objects are skipped)."""
+    events = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and isinstance(event.get("data"), dict):
+            events.append(event)
+    return events
+
+
+def record_usage(request: Request, event: dict[str, Any]) -> None:
+    """The ``usage`` line, in the request's log: GitLab 18's per-model map, or the flat
+    counts older Enclave gateways sent."""
+    data = event["data"]
+    per_model = data.get("usage")
+    counts = list(per_model.values()) if isinstance(per_model, dict) else [data]
+    totals = {"input_tokens": 0, "output_tokens": 0}
+    for item in counts:
+        if isinstance(item, dict):
+            for key in totals:
+                value = item.get(key)
+                totals[key] += value if isinstance(value, int) else 0
+    annotate(request, **totals)
+
+
+def agent_answer(
+    content: bytes, model: ResolvedModel, request: Request, principal: Principal
+) -> str:
+    """The answer in a ``/v2/chat/agent`` ndjson body: its ``final_answer_delta`` texts; an
+    ``error`` line is the model failing (A1003)."""
+    parts: list[str] = []
+    for event in agent_events(content.split(b"\n")):
+        kind, data = event.get("type"), event["data"]
+        if kind == "final_answer_delta" and isinstance(data.get("text"), str):
+            parts.append(data["text"])
+            if data.get("finish_reason"):
+                annotate(request, finish_reason=str(data["finish_reason"])[:32])
+        elif kind == "usage":
+            record_usage(request, event)
+        elif kind == "error":
+            reason = str(data.get("message", "unknown error"))[:MAX_REASON_CHARS]
+            raise ChatError(
+                502,
+                A1003_MODEL,
+                caller_message(
+                    request,
+                    principal,
+                    f"The model {model.name!r} failed while answering ({reason}). Try again; "
+                    "if it keeps happening, ask an administrator to check the model server.",
+                    status=502,
+                ),
+            )
+    return "".join(parts)
+
+
+def ndjson_text_stream(upstream: aiohttp.ClientResponse, request: Request) -> Response:
+    """A ``/v2/chat/agent`` stream relayed as the answer's text, chunk by chunk; an ``error``
+    line breaks the transfer off (as a broken raw text stream does)."""
+
+    async def texts() -> AsyncIterator[bytes]:
+        pending = b""
+        chunks = upstream_chunks(upstream)
+        try:
+            async for chunk in chunks:
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+                for event in agent_events(lines):
+                    kind, data = event.get("type"), event["data"]
+                    if kind == "final_answer_delta":
+                        if data.get("finish_reason"):
+                            annotate(request, finish_reason=str(data["finish_reason"])[:32])
+                        if data.get("text"):
+                            yield str(data["text"]).encode()
+                    elif kind == "usage":
+                        record_usage(request, event)
+                    elif kind == "error":
+                        log.warning("chat_stream_model_failed")
+                        raise UpstreamStreamError("model failed mid-answer")
+        finally:
+            await chunks.aclose()
+
+    return DisconnectAwareStreamingResponse(
+        texts(), status_code=200, headers={"content-type": TEXT_STREAM}
+    )
 
 
 def _timeout() -> ChatError:

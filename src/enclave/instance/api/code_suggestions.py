@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from enclave.common.logging import get_logger
-from enclave.instance import limits
+from enclave.instance import gateway_api, limits
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import forward_identity, resolve_for_request
@@ -85,7 +85,9 @@ async def completions(
     feature = feature_for(intent)
     annotate(request, feature=feature.value, stream=suggestion.stream)
     model, effective = await resolve_for_request(ctx, feature)
-    minted = ctx.minter.token([FEATURE_UNIT_PRIMITIVES[feature]])
+    minted = ctx.minter.token(
+        gateway_api.code_suggestion_scopes(ctx, [FEATURE_UNIT_PRIMITIVES[feature]])
+    )
     # The kid in the request log shows which key signed (key rotation).
     annotate(request, model=model.name, signing_kid=minted.kid)
     identity = forward_identity(ctx, request, principal)
@@ -94,7 +96,13 @@ async def completions(
             gateway_path(intent),
             orjson.dumps(gateway_body(suggestion, intent, model)),
             gateway_headers(
-                minted.token, identity, verbose_ai_logs=effective.enabled_instance_verbose_ai_logs
+                minted.token,
+                identity,
+                verbose_ai_logs=effective.enabled_instance_verbose_ai_logs,
+                version=gateway_api.version_header(ctx),
+                unit_primitive=gateway_api.unit_primitive_header(
+                    ctx, FEATURE_UNIT_PRIMITIVES[feature]
+                ),
             ),
             base_url=effective.ai_gateway_url,
             timeout_s=effective.ai_gateway_timeout_seconds,

@@ -19,7 +19,7 @@ never a short answer that looks whole). Every case is logged as ``gateway_stream
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import aiohttp
@@ -116,7 +116,7 @@ class DisconnectAwareStreamingResponse(StreamingResponse):
             raise
 
 
-async def _chunks(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def upstream_chunks(upstream: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
     finished = False
     tail = b""
     try:
@@ -154,7 +154,7 @@ async def relay(upstream: aiohttp.ClientResponse, *, stream: bool) -> Response:
     headers = _response_headers(upstream)
     if stream and upstream.status < 300:
         return DisconnectAwareStreamingResponse(
-            _chunks(upstream),
+            upstream_chunks(upstream),
             status_code=upstream.status,
             headers=headers,
         )

@@ -136,7 +136,7 @@ async def test_bad_inputs_are_422_at_the_input(
     assert gw.model.requests == []
 
 
-@pytest.mark.parametrize("version", ["latest", "^2.0.0", "0.1.0", ">=9", "~1.0.0-dev"])
+@pytest.mark.parametrize("version", ["latest", "^3.0.0", "0.1.0", ">=9", "~1.0.0-dev"])
 async def test_bad_or_unmatched_prompt_version_is_422(gw: Harness, version: str) -> None:
     payload = body(gw, "summarize_review", prompt_version=version)
     headers = token_for(gw, "summarize_review")
@@ -147,7 +147,9 @@ async def test_bad_or_unmatched_prompt_version_is_422(gw: Harness, version: str)
     assert gw.model.requests == []
 
 
-@pytest.mark.parametrize("version", [None, "1.0.0", "^1.0.0", "~1.0.0", ">=1.0.0", "1"])
+@pytest.mark.parametrize(
+    "version", [None, "1.0.0", "^1.0.0", "~1.0.0", ">=1.0.0", "1", "^2.0.0", "2.0.0"]
+)
 async def test_accepted_prompt_versions(gw: Harness, version: str | None) -> None:
     payload = body(gw, "summarize_review", prompt_version=version)
     headers = token_for(gw, "summarize_review")

@@ -49,7 +49,7 @@ DAY = dt.date(2026, 1, 2)
 def test_every_definition_loads_and_every_prompt_id_is_there() -> None:
     registry = load_registry()
     expected = {*wire.FEATURE_PROMPT_IDS.values(), "chat/summarize_comments"}
-    expected.add("model_configuration/check")
+    expected.update({"model_configuration/check", "categorize_question"})
     assert set(registry.prompt_ids) == expected
     assert len(registry.all()) == len(list(DEFINITIONS_DIR.rglob("*.yml")))
 

@@ -58,7 +58,7 @@ log = get_logger(__name__)
 MODEL_FAILED: Final = 421  # Misdirected Request: the model, not the gateway, failed
 # model_metadata.provider values that mean "an OpenAI-compatible server" (older GitLab
 # instances send "openai", newer ones the model's provider "api").
-_OPENAI_COMPATIBLE: Final = frozenset({"openai", "api", "custom_openai", PROVIDER_LITELLM})
+OPENAI_COMPATIBLE: Final = frozenset({"openai", "api", "custom_openai", PROVIDER_LITELLM})
 
 
 class ModelMetadata(_Model):
@@ -108,7 +108,7 @@ def metadata_target(metadata: ModelMetadata | None) -> ModelTarget:
         )
     provider = metadata.provider.strip().lower()
     return resolve_target(
-        PROVIDER_LITELLM if provider in _OPENAI_COMPATIBLE else provider,
+        PROVIDER_LITELLM if provider in OPENAI_COMPATIBLE else provider,
         metadata.name,
         metadata.endpoint,
         metadata.api_key,

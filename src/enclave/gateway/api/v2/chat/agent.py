@@ -6,11 +6,21 @@ to the model's chat API with the system prompt of the registry's ``chat/agent`` 
 the model's family, and the streamed
 answer is relayed as ``application/x-ndjson``, one event per line::
 
-    {"type":"final_answer_delta","data":{"text":"..."}}   one per model delta
-    {"type":"usage","data":{"input_tokens":..,"output_tokens":..}}   when the model reports it
-    {"type":"error","data":{"message":"..."}}   when the model fails mid-answer (last line)
+    {"type":"final_answer_delta","data":{"text":"...","finish_reason":null}}   per model delta
+    {"type":"final_answer_delta","data":{"text":"","finish_reason":"stop"}}   the model's end
+    {"type":"usage","data":{"usage":{"<model>":{"input_tokens":..,"output_tokens":..}}}}
+    {"type":"error","data":{"message":"...","retryable":false}}   model failed mid-answer (last)
 
-Pipeline: authenticate and ``duo_chat`` (401/503/429/403) → body (413/422) → model from
+The usage line is GitLab 18's (per model, last), sent when the model reports usage.
+
+Scopes: ``duo_classic_chat`` (GitLab 18) or ``duo_chat``. A token with ``duo_chat`` only is
+refused with GitLab 18's ``403 "Duo Core no longer authorized to access Duo Classic Chat"``
+when the request comes from a GitLab 18 instance (``X-Gitlab-Version`` 18 or later) or from a
+Duo Core enablement (``X-Gitlab-Feature-Enablement-Type: duo_core``), unless the question
+mentions ``@GitLabDuo`` (the merge request review flow GitLab still allows); GitLab 17
+instances, which cannot mint ``duo_classic_chat``, keep being served.
+
+Pipeline: authenticate and the scopes (401/503/429/403) → body (413/422) → model from
 ``model_metadata``, required for self-hosted models (422, as ``/v1/prompts``) → endpoint (403)
 → model; failures before the first byte are answered as in code suggestions (503/429).
 """
@@ -25,8 +35,9 @@ from pydantic import Field, StringConstraints
 from starlette.requests import Request
 from starlette.responses import Response
 
+from enclave.common import wire
 from enclave.common.logging import get_logger
-from enclave.gateway.api.steps import authorize, model_error_response, parse_body
+from enclave.gateway.api.steps import authenticate, model_error_response, parse_body
 from enclave.gateway.api.v1.prompts.invoke import ModelMetadata, metadata_target, target_request
 from enclave.gateway.api.v2.code.schemas import Str255, _Model
 from enclave.gateway.http import detail, json_response
@@ -117,30 +128,72 @@ def ndjson_event(kind: str, data: Any) -> str:
     return orjson.dumps({"type": kind, "data": data}).decode() + "\n"
 
 
+UP_DUO_CLASSIC_CHAT: Final = "duo_classic_chat"
+DUO_CORE_CUTOFF: Final = "Duo Core no longer authorized to access Duo Classic Chat"
+GITLAB_DUO_MENTION: Final = "@GitLabDuo"
+_H_ENABLEMENT_TYPE: Final = "x-gitlab-feature-enablement-type"
+
+
+def gitlab_major(version: str | None) -> int | None:
+    """The major version in ``X-Gitlab-Version`` ("18.11.0-ee" → 18), if it has one."""
+    head = (version or "").strip().split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def classic_chat_cut_off(request: Request) -> bool:
+    """True when a ``duo_chat``-only token falls under GitLab 18's Duo Core cutoff."""
+    if request.headers.get(_H_ENABLEMENT_TYPE, "").strip().lower() == "duo_core":
+        return True
+    major = gitlab_major(request.headers.get(wire.H_VERSION))
+    return major is not None and major >= 18
+
+
+def mentions_gitlab_duo(body: AgentRequest) -> bool:
+    users = [m for m in body.messages if m.role == "user"]
+    return bool(users) and GITLAB_DUO_MENTION in users[-1].content
+
+
 class NdjsonEvents:
     """A :class:`TextStream` of ndjson agent events from a model's text deltas."""
 
-    def __init__(self, inner: TextStream) -> None:
+    def __init__(self, inner: TextStream, model_name: str = "") -> None:
         self._inner = inner
+        self._model_name = model_name
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[str]:
+        # Each delta is held until the next arrives, so the last one can carry the model's
+        # finish_reason (GitLab 18); the others carry null.
+        held: str | None = None
         try:
             async for delta in self._inner:
-                if delta:
-                    yield ndjson_event("final_answer_delta", {"text": delta})
+                if not delta:
+                    continue
+                if held is not None:
+                    yield ndjson_event("final_answer_delta", {"text": held, "finish_reason": None})
+                held = delta
         except ModelError as exc:
+            if held is not None:
+                yield ndjson_event("final_answer_delta", {"text": held, "finish_reason": None})
             log.warning("model_stream_failed", reason=exc.reason, dialect="ndjson")
-            yield ndjson_event("error", {"message": f"Inference failed: {exc.reason}"})
+            yield ndjson_event(
+                "error", {"message": f"Inference failed: {exc.reason}", "retryable": False}
+            )
             return
+        finish_reason = getattr(self._inner, "finish_reason", None)
+        yield ndjson_event(
+            "final_answer_delta",
+            {
+                "text": held or "",
+                "finish_reason": finish_reason if isinstance(finish_reason, str) else "stop",
+            },
+        )
         usage = getattr(self._inner, "usage", None)
         if isinstance(usage, Usage):
-            yield ndjson_event(
-                "usage",
-                {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
-            )
+            counts = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+            yield ndjson_event("usage", {"usage": {self._model_name or "model": counts}})
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -149,12 +202,20 @@ class NdjsonEvents:
 async def agent(request: Request) -> Response | RawTextStreamResponse:
     gateway: Gateway = request.app.state.gateway
     scopes = get_registry().unit_primitives(AGENT_PROMPT_ID)
-    refused = await authorize(request, scopes, "Unauthorized to access duo_chat")
-    if refused is not None:
-        return refused
+    principal = await authenticate(request)
+    if isinstance(principal, Response):
+        return principal
+    if not principal.can(*scopes):
+        return detail("Unauthorized to access duo_chat", 403)
     body = await parse_body(request, AgentRequest)
     if isinstance(body, Response):
         return body
+    if (
+        not principal.can(UP_DUO_CLASSIC_CHAT)
+        and classic_chat_cut_off(request)
+        and not mentions_gitlab_duo(body)
+    ):
+        return detail(DUO_CORE_CUTOFF, 403)
     try:
         model_request = plan_agent(body)
     except PlanError as exc:
@@ -166,4 +227,6 @@ async def agent(request: Request) -> Response | RawTextStreamResponse:
         return detail(exc.reason, 403)
     except ModelError as exc:
         return model_error_response(exc)
-    return RawTextStreamResponse(NdjsonEvents(stream), headers={"content-type": NDJSON_MEDIA_TYPE})
+    return RawTextStreamResponse(
+        NdjsonEvents(stream, model_request.model), headers={"content-type": NDJSON_MEDIA_TYPE}
+    )

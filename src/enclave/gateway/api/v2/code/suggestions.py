@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from enclave.gateway.app import Gateway
 
 ENGINE: Final = "litellm"
+# ``model.region`` in GitLab 18's answers is the gateway's cloud location; a self-hosted
+# gateway has none, so it names itself.
+REGION: Final = "self-hosted"
 
 
 def model_target(payload: SuggestionsRequest) -> ModelTarget:
@@ -127,14 +130,18 @@ def response_body(plan: Plan, result: ModelResult, text: str) -> dict[str, Any]:
             "tokens_consumption_metadata": {
                 "input_tokens": usage.input_tokens if usage else 0,
                 "output_tokens": usage.output_tokens if usage else 0,
+                "max_output_tokens_used": result.finish_reason == "length",
                 "context_tokens_sent": 0,
                 "context_tokens_used": 0,
             },
+            "region": REGION,
         },
         "experiments": [],
         "object": "text_completion",
         "created": int(time.time()),
         "choices": [{"text": text, "index": 0, "finish_reason": result.finish_reason}],
+        # GitLab 18: the instance's feature flags this gateway acted on (none here).
+        "metadata": {"enabled_feature_flags": []},
     }
 
 

@@ -32,8 +32,11 @@ from starlette.responses import Response
 from enclave.common import wire
 from enclave.common.logging import get_logger
 from enclave.gateway.api.steps import authenticate, model_failure, parse_body
+from enclave.gateway.api.v1.prompts.invoke import OPENAI_COMPATIBLE, ModelMetadata
 from enclave.gateway.api.v2.code.completions import COMPLETIONS
+from enclave.gateway.api.v2.code.completions import PROMPT_ID as COMPLETIONS_PROMPT_ID
 from enclave.gateway.api.v2.code.generations import GENERATIONS
+from enclave.gateway.api.v2.code.generations import PROMPT_ID as GENERATIONS_PROMPT_ID
 from enclave.gateway.api.v2.code.schemas import (
     CodeContextPayload,
     CurrentFile,
@@ -53,8 +56,10 @@ from enclave.gateway.api.v2.code.suggestions import (
 )
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import EndpointNotAllowed, ModelError, TextStream
+from enclave.gateway.prompts.registry import NoMatchingVersion, PromptNotFound, get_registry
+from enclave.gateway.prompts.semver import InvalidVersion
 from enclave.gateway.streaming import RawTextStreamResponse, TextFilter
-from enclave.gateway.targets import PlanError
+from enclave.gateway.targets import PROVIDER_LITELLM, PlanError
 from enclave.gateway.user_access import model_unavailable_message
 
 if TYPE_CHECKING:
@@ -68,6 +73,10 @@ CONTEXT: Final = "code_editor_context"
 STREAMING_FORMAT_HEADER: Final = "X-Streaming-Format"
 
 _USE_CASES: Final[dict[str, UseCase]] = {COMPLETION: COMPLETIONS, GENERATION: GENERATIONS}
+_PROMPT_IDS: Final[dict[str, str]] = {
+    COMPLETION: COMPLETIONS_PROMPT_ID,
+    GENERATION: GENERATIONS_PROMPT_ID,
+}
 # Any of these lets the caller past the first check; the component's own scopes come later.
 _ANY_SCOPE: Final = (wire.UP_COMPLETE_CODE, wire.UP_GENERATE_CODE, wire.UP_CODE_SUGGESTIONS)
 
@@ -92,7 +101,9 @@ class EditorPayload(_Model):
     stream: bool = False
     prompt: str | list[PromptMessage] | None = None
     prompt_id: Str255 | None = None
-    prompt_version: Literal[1, 2, 3] = 1
+    # GitLab 17: v2's integer discriminator; GitLab 18 (generations): the semver constraint of
+    # the registry prompt ("^2.0.0", "2.0.3").
+    prompt_version: Literal[1, 2, 3] | Str255 = 1
 
 
 class EditorComponent(_Model):
@@ -113,6 +124,34 @@ Component = Annotated[EditorComponent | ContextComponent, Field(discriminator="t
 class V4SuggestionsRequest(_Model):
     # One editor component plus at most 100 context items (v2's context limit).
     prompt_components: Annotated[list[Component], Field(min_length=1, max_length=101)]
+    # GitLab 18 names the model here rather than in the payload (the payload's fields win).
+    model_metadata: ModelMetadata | None = None
+
+
+def v2_prompt_version(payload: EditorPayload) -> Literal[1, 2, 3]:
+    """v2's integer for a payload; a semver string means "the registry's prompt", whose
+    shape is told by ``prompt`` (none: built here, a string: verbatim, a list: messages)."""
+    if not isinstance(payload.prompt_version, str):
+        return payload.prompt_version
+    if isinstance(payload.prompt, list):
+        return 3
+    return 2 if payload.prompt else 1
+
+
+def check_prompt_constraint(
+    body: V4SuggestionsRequest, editor: EditorComponent, family: str | None
+) -> None:
+    """A semver ``prompt_version`` must name a version of the registry prompt (422)."""
+    constraint = editor.payload.prompt_version
+    if not isinstance(constraint, str):
+        return
+    prompt_id = editor.payload.prompt_id or _PROMPT_IDS[editor.type]
+    try:
+        get_registry().resolve(prompt_id, family, constraint)
+    except (InvalidVersion, NoMatchingVersion, PromptNotFound) as exc:
+        index = body.prompt_components.index(editor)
+        loc: list[str | int] = ["prompt_components", index, "payload", "prompt_version"]
+        raise PlanError([field_error(loc, str(exc), constraint)]) from None
 
 
 def editor_component(body: V4SuggestionsRequest) -> EditorComponent:
@@ -134,6 +173,20 @@ def editor_component(body: V4SuggestionsRequest) -> EditorComponent:
 def as_v2(body: V4SuggestionsRequest, editor: EditorComponent) -> SuggestionsRequest:
     """The v2 request the v2 use cases plan from."""
     payload = editor.payload
+    metadata = body.model_metadata
+    provider, name, endpoint, api_key, identifier = (
+        payload.model_provider,
+        payload.model_name,
+        payload.model_endpoint,
+        payload.model_api_key,
+        payload.model_identifier,
+    )
+    if metadata is not None and not endpoint:
+        kind = metadata.provider.strip().lower()
+        provider = PROVIDER_LITELLM if kind in OPENAI_COMPATIBLE else metadata.provider
+        name = name or metadata.name
+        endpoint, api_key = metadata.endpoint, api_key or metadata.api_key
+        identifier = identifier or metadata.identifier
     return SuggestionsRequest(
         current_file=CurrentFile(
             file_name=payload.file_name,
@@ -143,14 +196,14 @@ def as_v2(body: V4SuggestionsRequest, editor: EditorComponent) -> SuggestionsReq
         ),
         stream=payload.stream,
         context=[c.payload for c in body.prompt_components if isinstance(c, ContextComponent)],
-        prompt_version=payload.prompt_version,
+        prompt_version=v2_prompt_version(payload),
         prompt=payload.prompt,
         prompt_id=payload.prompt_id,
-        model_provider=payload.model_provider,
-        model_name=payload.model_name,
-        model_endpoint=payload.model_endpoint,
-        model_api_key=payload.model_api_key,
-        model_identifier=payload.model_identifier,
+        model_provider=provider,
+        model_name=name,
+        model_endpoint=endpoint,
+        model_api_key=api_key,
+        model_identifier=identifier,
     )
 
 
@@ -249,6 +302,7 @@ async def suggestions(request: Request) -> Response | RawTextStreamResponse:
         if not principal.can(*use_case.scopes):
             return detail(use_case.unauthorized, 403)
         payload = as_v2(body, editor)
+        check_prompt_constraint(body, editor, payload.model_name)
         check_prompt_shape(payload)
         payload, target = target_for(gateway, principal, use_case.feature, payload)
         plan = use_case.plan(payload, target)
