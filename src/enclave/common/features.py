@@ -9,6 +9,7 @@ uses it to validate settings, the gateway to describe itself (``GET /v1/models/d
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Final
 
 from enclave.common import wire
 
@@ -197,31 +198,20 @@ def incompatibility(feature: Feature, family: str) -> str | None:
 # /v2/code/generations for self-hosted (litellm) models; it refuses the others with 422,
 # ``general`` among them, which Enclave's gateway serves. ``enclave doctor`` reports a feature
 # whose family GitLab's gateway would refuse when the instance points at one.
+_GITLAB_GATEWAY_CODE_FAMILY_SET: Final = frozenset(
+    {
+        "claude_3",
+        "codegemma",
+        "codellama",
+        "codestral",
+        "deepseekcoder",
+        "gpt",
+        "llama3",
+        "mistral",
+        "mixtral",
+    }
+)
 GITLAB_GATEWAY_CODE_FAMILIES: dict[Feature, frozenset[str]] = {
-    Feature.CODE_COMPLETIONS: frozenset(
-        {
-            "claude_3",
-            "codegemma",
-            "codellama",
-            "codestral",
-            "deepseekcoder",
-            "gpt",
-            "llama3",
-            "mistral",
-            "mixtral",
-        }
-    ),
-    Feature.CODE_GENERATIONS: frozenset(
-        {
-            "claude_3",
-            "codegemma",
-            "codellama",
-            "codestral",
-            "deepseekcoder",
-            "gpt",
-            "llama3",
-            "mistral",
-            "mixtral",
-        }
-    ),
+    Feature.CODE_COMPLETIONS: _GITLAB_GATEWAY_CODE_FAMILY_SET,
+    Feature.CODE_GENERATIONS: _GITLAB_GATEWAY_CODE_FAMILY_SET,
 }

@@ -188,16 +188,22 @@ def current_file_context(current_file: CurrentFile) -> dict[str, Any]:
     return {"type": "current_file", "name": current_file.file_name, "content": "\n".join(parts)}
 
 
+def with_context(text: str, context: list[dict[str, Any]]) -> str:
+    """The question with each context item before it, as a tagged block of its own."""
+    if not context:
+        return text
+    parts = [
+        f"<{item.get('type', 'context')} name={item.get('name', '')!r}>\n"
+        f"{item.get('content', '')}\n</{item.get('type', 'context')}>"
+        for item in context
+    ]
+    return "\n\n".join([*parts, text])
+
+
 def chat_body(
     text: str, context: list[dict[str, Any]], model: ResolvedModel, *, stream: bool = False
 ) -> dict[str, Any]:
-    if context:
-        parts = [
-            f"<{item.get('type', 'context')} name={item.get('name', '')!r}>\n"
-            f"{item.get('content', '')}\n</{item.get('type', 'context')}>"
-            for item in context
-        ]
-        text = "\n\n".join([*parts, text])
+    text = with_context(text, context)
     payload: dict[str, Any] = {
         "content": [{"role": "user", "content": text}],
         "provider": "litellm",
@@ -224,13 +230,7 @@ def chat_body(
 def agent_body(text: str, context: list[dict[str, Any]], model: ResolvedModel) -> dict[str, Any]:
     """GitLab 18's ``/v2/chat/agent`` body. Context goes into the message's text: GitLab's
     gateway wants an ``include_<category>_context`` scope per ``additional_context`` item."""
-    if context:
-        parts = [
-            f"<{item.get('type', 'context')} name={item.get('name', '')!r}>\n"
-            f"{item.get('content', '')}\n</{item.get('type', 'context')}>"
-            for item in context
-        ]
-        text = "\n\n".join([*parts, text])
+    text = with_context(text, context)
     return {
         "messages": [
             {
