@@ -24,6 +24,7 @@ from enclave.gateway.api.openai.common import (
     read_json_object,
     select_route,
 )
+from enclave.gateway.api.openai.tools import check_tools
 
 DEFAULT_MODEL = Feature.DUO_CHAT.value
 
@@ -35,6 +36,7 @@ async def chat_completions(request: Request) -> Response | OpenAIStreamResponse:
         model, stream = check_common(body, DEFAULT_MODEL)
         route = select_route(principal, routes, model)
         check_messages(body)
-        return await forward(request, Call(route, "chat", body, stream))
+        tools = check_tools(body)
+        return await forward(request, Call(route, "chat", body, stream, tools))
     except RequestError as exc:
         return exc.response()

@@ -56,6 +56,7 @@ from enclave.gateway.targets import messages_as_text
 from enclave.gateway.user_access import model_unavailable_message
 
 if TYPE_CHECKING:
+    from enclave.gateway.api.openai.tools import ToolSpec
     from enclave.gateway.app import Gateway
 
 log = get_logger(__name__)
@@ -407,6 +408,7 @@ class Call:
     api: Api
     body: dict[str, Any]
     stream: bool
+    tools: ToolSpec | None = None  # checked by .tools.check_tools
 
 
 def _text_of(content: Any, param: str) -> str:
@@ -432,13 +434,74 @@ def _text_of(content: Any, param: str) -> str:
 _ROLES: Final = {"developer": "system", "function": "tool"}
 
 
+def _tool_error(param: str, message: str) -> RequestError:
+    return RequestError(400, message, "invalid_tool_message", param)
+
+
+def _calls_of(message: dict[str, Any], index: int) -> tuple[ToolCall, ...]:
+    """An assistant message's ``tool_calls``, checked (arguments must be a JSON object)."""
+    raw = message.get("tool_calls")
+    if raw is None:
+        return ()
+    param = f"messages[{index}].tool_calls"
+    if not isinstance(raw, list):
+        raise _tool_error(param, f"{param} must be a list")
+    calls = []
+    for position, entry in enumerate(raw):
+        where = f"{param}[{position}]"
+        function = entry.get("function") if isinstance(entry, dict) else None
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("id"), str)
+            or not isinstance(function, dict)
+            or not isinstance(function.get("name"), str)
+            or not isinstance(function.get("arguments"), str)
+        ):
+            raise _tool_error(
+                where, f"{where} must have an id and a function with a name and arguments"
+            )
+        try:
+            arguments = orjson.loads(function["arguments"] or "{}")
+        except orjson.JSONDecodeError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise _tool_error(
+                f"{where}.function.arguments", f"{where}.function.arguments must be a JSON object"
+            )
+        calls.append(ToolCall(entry["id"], function["name"], function["arguments"] or "{}"))
+    return tuple(calls)
+
+
 def chat_messages(messages: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
-    """The checked OpenAI messages as the model chain's (for providers that are not OpenAI's)."""
+    """The checked OpenAI messages as the model chain's (for providers that are not OpenAI's).
+
+    A tool result keeps the id of the call it answers and that call's function name (Gemini
+    answers by name).
+    """
     out = []
+    names: dict[str, str] = {}  # tool call id -> function name
     for index, message in enumerate(messages):
-        role = message["role"]
+        role = _ROLES.get(message["role"], message["role"])
         content = _text_of(message.get("content"), f"messages[{index}].content")
-        out.append(ChatMessage(_ROLES.get(role, role), content))
+        if role == "assistant" and message.get("tool_calls"):
+            calls = _calls_of(message, index)
+            names.update((call.id, call.name) for call in calls)
+            out.append(ChatMessage(role, content, tool_calls=calls))
+        elif role == "tool":
+            call_id = message.get("tool_call_id")
+            name = message.get("name")
+            if not isinstance(call_id, str) or not call_id:
+                if not isinstance(name, str):  # the legacy "function" role names its function
+                    raise _tool_error(
+                        f"messages[{index}].tool_call_id",
+                        f"messages[{index}] (role tool) needs the tool_call_id it answers",
+                    )
+                call_id = next((i for i, n in reversed(names.items()) if n == name), name)
+            if not isinstance(name, str):
+                name = names.get(call_id, "")
+            out.append(ChatMessage(role, content, tool_call_id=call_id, name=name))
+        else:
+            out.append(ChatMessage(role, content))
     return tuple(out)
 
 
@@ -460,6 +523,22 @@ def model_request(call: Call) -> ModelRequest:
         raw = body["prompt"]
         prompt = raw if isinstance(raw, str) else raw[0]
     stop = body.get("stop")
+    spec = call.tools
+    if spec is not None and api != "chat":
+        raise RequestError(
+            400,
+            f"The model of '{route.feature}' takes raw prompts (a text-completion model), so "
+            "it cannot call tools; ask an administrator for a chat model",
+            "tools_not_supported",
+            "tools",
+        )
+    if not passthrough and ("functions" in body or "function_call" in body):
+        raise RequestError(
+            400,
+            "'functions' and 'function_call' are deprecated: use 'tools' and 'tool_choice'",
+            "invalid_tools",
+            "functions" if "functions" in body else "function_call",
+        )
     return ModelRequest(
         endpoint=route.endpoint or "",
         model=route.upstream_model or "",
@@ -477,6 +556,9 @@ def model_request(call: Call) -> ModelRequest:
         presence_penalty=body.get("presence_penalty"),
         frequency_penalty=body.get("frequency_penalty"),
         openai_body=body if passthrough else None,
+        tools=spec.tools if spec is not None else (),
+        tool_choice=spec.choice if spec is not None else None,
+        tool_name=spec.name if spec is not None else None,
     )
 
 
