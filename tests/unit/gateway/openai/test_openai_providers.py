@@ -9,9 +9,6 @@ servers, and the calls are counted in the model metrics.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,89 +17,29 @@ from openai_harness import (
     MODEL_API_KEY,
     OpenAIFactory,
     OpenAIHarness,
-    available,
     make_openai,
     oai,
 )
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "providers"))
-
-from provider_fakes import FakeProvider, json_reply
-from provider_setup import (
-    ANTHROPIC_KEY,
-    AZURE_KEY,
-    BEDROCK_KEY,
-    SA_KEY,
-    error_reply,
-    success,
-)
+from openai_providers import MODELS, fake, routed
+from provider_fakes import FakeProvider
+from provider_setup import ANTHROPIC_KEY, AZURE_KEY, error_reply, success
 from wire_fixtures import (
     ACCESS_TOKEN,
     ANSWER,
     ANTHROPIC_BODY,
-    ANTHROPIC_MODEL,
-    AZURE_DEPLOYMENT,
     BEDROCK_BODY,
-    BEDROCK_MODEL,
     GEMINI_BODY,
-    GEMINI_MODEL,
     QUESTION,
     STOP,
     SYSTEM,
-    TOKEN_ANSWER,
-    VERTEX_CLAUDE_MODEL,
-    VERTEX_LOCATION,
-    VERTEX_PROJECT,
 )
 
-from enclave.common import wire
-
-__all__ = ["make_openai", "oai"]  # fixtures
+__all__ = ["fake", "make_openai", "oai"]  # fixtures
 
 pytestmark = pytest.mark.anyio
 
-# kind -> (provider field on the instance, identifier, family, key)
-MODELS: dict[str, tuple[str, str, str, str]] = {
-    "anthropic": ("anthropic", f"anthropic/{ANTHROPIC_MODEL}", "claude_3", ANTHROPIC_KEY),
-    "azure": ("azure_openai", f"azure/{AZURE_DEPLOYMENT}", "gpt", AZURE_KEY),
-    "bedrock": ("bedrock", f"bedrock/{BEDROCK_MODEL}", "claude_3", BEDROCK_KEY),
-    "vertex_gemini": ("vertex_ai", f"vertex_ai/{GEMINI_MODEL}", "general", SA_KEY),
-    "vertex_claude": ("vertex_ai", f"vertex_ai/{VERTEX_CLAUDE_MODEL}", "claude_3", SA_KEY),
-}
 MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
 OPTIONS = {"max_tokens": 64, "temperature": 0.2, "stop": STOP}
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProvider]:
-    server = FakeProvider()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-async def routed(make_openai: OpenAIFactory, fake: FakeProvider, kind: str) -> OpenAIHarness:
-    """A gateway whose duo_chat and code_completions are served by ``kind``'s model."""
-    oai = await make_openai(
-        load=False,
-        bedrock_region="us-east-1",
-        vertex_project=VERTEX_PROJECT,
-        vertex_location=VERTEX_LOCATION,
-        vertex_token_url=f"{fake.base}/token",
-        model_retry_backoff_s=0,
-    )
-    provider, identifier, family, key = MODELS[kind]
-    model = {"provider": provider, "identifier": identifier, "family": family, "api_key": key}
-    oai.issuer.routes = {
-        "routes": [
-            available("duo_chat", wire.UP_DUO_CHAT, fake.base, **model),
-            available("code_completions", wire.UP_COMPLETE_CODE, fake.base, **model),
-        ]
-    }
-    assert await oai.table.refresh()
-    assert oai.table.routes()["duo_chat"].available, oai.table.routes()["duo_chat"].message
-    fake.token_replies = [json_reply(TOKEN_ANSWER)]
-    return oai
 
 
 def check_auth(kind: str, fake: FakeProvider) -> None:
