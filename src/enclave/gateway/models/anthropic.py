@@ -131,6 +131,8 @@ def anthropic_tools(request: ModelRequest) -> dict[str, Any]:
         fields["tool_choice"] = {"type": "tool", "name": request.tool_name}
     elif choice in ("auto", "none"):
         fields["tool_choice"] = {"type": choice}
+    if request.parallel_tool_calls is False and choice != "none":
+        fields.setdefault("tool_choice", {"type": "auto"})["disable_parallel_tool_use"] = True
     return fields
 
 

@@ -82,6 +82,7 @@ class ModelRequest:
     tools: Sequence[Tool] = ()
     tool_choice: str | None = None
     tool_name: str | None = None
+    parallel_tool_calls: bool | None = None  # False: at most one call per answer
     # An OpenAI API body as the client sent it (checked by the gateway): OpenAI-compatible
     # providers send it as is (model, stream and stream options set by the provider), so
     # every field the server knows passes through; the others use the fields above.

@@ -221,6 +221,17 @@ async def test_tool_choice_maps_to_each_provider(
             assert sent["toolConfig"]["functionCallingConfig"] == gemini
 
 
+async def test_parallel_tool_calls_off_reaches_anthropic(
+    make_openai: OpenAIFactory, fake: FakeProvider
+) -> None:
+    oai = await routed(make_openai, fake, "anthropic")
+    fake.script(success("anthropic", stream=False))
+    body = {"messages": [{"role": "user", "content": "hi"}], "tools": OPENAI_TOOLS}
+    response = await oai.post("/v1/chat/completions", {**body, "parallel_tool_calls": False})
+    assert response.status_code == 200, response.text
+    assert fake.seen[-1].json["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+
+
 async def test_text_answers_have_no_tool_calls(
     make_openai: OpenAIFactory, fake: FakeProvider
 ) -> None:

@@ -559,6 +559,7 @@ def model_request(call: Call) -> ModelRequest:
         tools=spec.tools if spec is not None else (),
         tool_choice=spec.choice if spec is not None else None,
         tool_name=spec.name if spec is not None else None,
+        parallel_tool_calls=spec.parallel if spec is not None else None,
     )
 
 

@@ -36,6 +36,7 @@ class ToolSpec:
     tools: tuple[Tool, ...]
     choice: str | None  # none, auto, required, function (with name)
     name: str | None
+    parallel: bool | None = None  # parallel_tool_calls
 
 
 def _bad(param: str, message: str) -> RequestError:
@@ -120,11 +121,11 @@ def check_tools(body: dict[str, Any]) -> ToolSpec | None:
     if parallel is not None and not isinstance(parallel, bool):
         raise _bad("parallel_tool_calls", "'parallel_tool_calls' must be true or false")
     if choice is None:
-        return ToolSpec(tools, None, None)
+        return ToolSpec(tools, None, None, parallel)
     if isinstance(choice, str):
         if choice not in CHOICES:
             raise _bad("tool_choice", "'tool_choice' must be none, auto, required or a function")
-        return ToolSpec(tools, choice, None)
+        return ToolSpec(tools, choice, None, parallel)
     function = choice.get("function") if isinstance(choice, dict) else None
     name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(choice, dict) or choice.get("type") != "function" or not name:
@@ -135,4 +136,4 @@ def check_tools(body: dict[str, Any]) -> ToolSpec | None:
         )
     if name not in names:
         raise _bad("tool_choice", f"'tool_choice' names the function '{name}', not in 'tools'")
-    return ToolSpec(tools, "function", name)
+    return ToolSpec(tools, "function", name, parallel)
