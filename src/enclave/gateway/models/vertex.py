@@ -99,11 +99,41 @@ def _gemini_parts(message: ChatMessage) -> list[dict[str, Any]]:
     return parts
 
 
+# JSON Schema keywords outside Vertex AI's Schema object (an OpenAPI 3.0 subset, per its
+# reference) that OpenAI clients send (strict mode always): left out, since the API refuses
+# fields it does not know ("Unknown name").
+_NOT_IN_GEMINI_SCHEMA: Final = frozenset(
+    {"$schema", "$id", "$comment", "additionalProperties", "strict"}
+)
+
+
+def gemini_schema(schema: Any) -> Any:
+    """A JSON-schema object as Vertex AI's Schema takes it (unknown keywords left out)."""
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _NOT_IN_GEMINI_SCHEMA:
+            continue
+        if key == "properties" and isinstance(value, dict):  # keys are names, not keywords
+            out[key] = {name: gemini_schema(item) for name, item in value.items()}
+        elif key == "items":
+            out[key] = gemini_schema(value)
+        elif key in ("anyOf", "oneOf", "allOf") and isinstance(value, list):
+            out[key] = [gemini_schema(item) for item in value]
+        else:
+            out[key] = value
+    return out
+
+
 def gemini_tools(request: ModelRequest) -> dict[str, Any]:
     """``tools[{functionDeclarations}]`` and ``toolConfig.functionCallingConfig``."""
     declarations = []
     for tool in request.tools:
-        declaration: dict[str, Any] = {"name": tool.name, "parameters": tool.parameters}
+        declaration: dict[str, Any] = {
+            "name": tool.name,
+            "parameters": gemini_schema(tool.parameters),
+        }
         if tool.description:
             declaration["description"] = tool.description
         declarations.append(declaration)

@@ -232,6 +232,39 @@ async def test_parallel_tool_calls_off_reaches_anthropic(
     assert fake.seen[-1].json["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
 
 
+async def test_strict_schemas_fit_gemini(make_openai: OpenAIFactory, fake: FakeProvider) -> None:
+    # OpenAI clients in strict mode send additionalProperties (and some $schema), which
+    # Vertex AI's Schema refuses; a property may still be called so.
+    parameters = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "properties": {
+            "additionalProperties": {"type": "string"},
+            "days": {"type": "array", "items": {"type": "object", "additionalProperties": False}},
+        },
+        "required": ["additionalProperties"],
+        "additionalProperties": False,
+    }
+    tools = [{"type": "function", "function": {"name": TOOL_NAME, "parameters": parameters}}]
+    body = {"messages": [{"role": "user", "content": "hi"}], "tools": tools}
+    oai = await routed(make_openai, fake, "vertex_gemini")
+    fake.script(success("vertex_gemini", stream=False))
+    assert (await oai.post("/v1/chat/completions", body)).status_code == 200
+    [declaration] = fake.seen[-1].json["tools"][0]["functionDeclarations"]
+    assert declaration["parameters"] == {
+        "type": "object",
+        "properties": {
+            "additionalProperties": {"type": "string"},
+            "days": {"type": "array", "items": {"type": "object"}},
+        },
+        "required": ["additionalProperties"],
+    }
+    oai = await routed(make_openai, fake, "anthropic")  # Claude takes JSON Schema as is
+    fake.script(success("anthropic", stream=False))
+    assert (await oai.post("/v1/chat/completions", body)).status_code == 200
+    assert fake.seen[-1].json["tools"][0]["input_schema"] == parameters
+
+
 async def test_text_answers_have_no_tool_calls(
     make_openai: OpenAIFactory, fake: FakeProvider
 ) -> None:
