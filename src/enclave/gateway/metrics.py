@@ -41,6 +41,7 @@ from enclave.gateway.models.base import (
     ModelResult,
     TextModelClient,
     TextStream,
+    ToolCallDelta,
     Usage,
 )
 
@@ -355,6 +356,11 @@ class _InstrumentedStream:
     @property
     def finish_reason(self) -> str | None:
         return getattr(self._inner, "finish_reason", None)
+
+    @property
+    def tool_deltas(self) -> list[ToolCallDelta] | None:
+        """The provider stream's pending tool-call pieces (the same list; see TextStream)."""
+        return getattr(self._inner, "tool_deltas", None)
 
     async def aclose(self) -> None:
         try:

@@ -64,8 +64,6 @@ MAX_ROUTES: Final = 256
 MAX_REVOKED: Final = 10_000
 # Retry soon after a failure (but not in a tight loop) whatever the refresh interval.
 FAILURE_RETRY_S: Final = 5.0
-# Model providers the OpenAI-compatible API can call (an OpenAI-compatible server).
-OPENAI_COMPATIBLE_PROVIDERS: Final = frozenset({"api"})
 
 
 class RoutesError(Exception):
@@ -91,10 +89,11 @@ class FeatureRoute:
     message: str | None = None
     model_name: str | None = None
     family: str | None = None
-    endpoint: str | None = None  # OpenAI API base, no trailing slash
+    endpoint: str | None = None  # the provider's API base, no trailing slash
     upstream_model: str | None = None  # the "model" the model server expects
     api_key: str | None = field(default=None, repr=False)
     force_text_completion: bool = False  # a text-completion-* identifier
+    provider: str = OPENAI  # the provider module that serves it (models.providers)
 
 
 def _route(entry: Any) -> FeatureRoute | None:
@@ -123,19 +122,10 @@ def _route(entry: Any) -> FeatureRoute | None:
         return value if isinstance(value, str) and value else None
 
     name, family, provider = text("name"), text("family"), text("provider") or "api"
-    if provider not in OPENAI_COMPATIBLE_PROVIDERS:
-        return FeatureRoute(
-            feature,
-            primitive,
-            available=False,
-            reason="unsupported",
-            message=f"the model {name!r} serving {feature} uses provider '{provider}', which "
-            "the OpenAI-compatible API cannot call; assign a model with provider 'api'",
-            model_name=name,
-            family=family,
-        )
     try:
-        target = resolve_target(None, family, text("endpoint"), text("api_key"), text("identifier"))
+        target = resolve_target(
+            provider, family, text("endpoint"), text("api_key"), text("identifier")
+        )
     except PlanError as exc:
         # Users read this message: it never repeats the administrator's endpoint.
         detail = exc.detail if isinstance(exc.detail, str) else "endpoint or identifier invalid"
@@ -145,17 +135,6 @@ def _route(entry: Any) -> FeatureRoute | None:
             available=False,
             reason="misconfigured",
             message=f"the model {name!r} serving {feature} cannot be called: {detail}",
-            model_name=name,
-            family=family,
-        )
-    if target.provider != OPENAI:
-        return FeatureRoute(
-            feature,
-            primitive,
-            available=False,
-            reason="unsupported",
-            message=f"the model {name!r} serving {feature} is a '{target.provider}' model, "
-            "which the OpenAI-compatible API cannot call; assign a model with provider 'api'",
             model_name=name,
             family=family,
         )
@@ -169,6 +148,7 @@ def _route(entry: Any) -> FeatureRoute | None:
         upstream_model=target.model,
         api_key=target.api_key,
         force_text_completion=target.force_text_completion,
+        provider=target.provider,
     )
 
 

@@ -145,7 +145,11 @@ def admin_model(gateway: Gateway, feature: str, named: NamedModel) -> tuple[Mode
         message = route.message if route is not None and route.message else None
         raise PlanError(message or f"No model is assigned to {feature} on this instance", 403)
     target = ModelTarget(
-        route.endpoint, route.upstream_model, route.api_key, route.force_text_completion
+        route.endpoint,
+        route.upstream_model,
+        route.api_key,
+        route.force_text_completion,
+        route.provider,
     )
     if named.names_another_than(target):
         raise PlanError(ADMIN_CHOOSES_MODEL, 403)

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from enclave.common.model_probe import ModelStatus, session_getter
 from enclave.gateway.auth.jwks import IssuerUnavailable
 from enclave.gateway.http import json_response
+from enclave.gateway.models.providers import OPENAI
 from enclave.gateway.routes_table import RoutesUnavailable
 
 if TYPE_CHECKING:
@@ -66,7 +67,11 @@ async def _model_status(gateway: Gateway) -> list[ModelStatus]:
     targets = {
         (route.model_name or route.endpoint, route.endpoint)
         for route in routes.values()
-        if route.available and route.endpoint and (route.model_name or route.endpoint)
+        # The probe is an OpenAI API base's model list; cloud providers have none to probe.
+        if route.available
+        and route.provider == OPENAI
+        and route.endpoint
+        and (route.model_name or route.endpoint)
     }
     if not targets:
         return []

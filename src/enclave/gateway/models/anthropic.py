@@ -2,10 +2,13 @@
 
 Wire format: Anthropic API reference, "Messages" and "Streaming Messages": the system prompt is
 the top-level ``system``, ``max_tokens`` is required, stops are ``stop_sequences``; headers
-``x-api-key`` and ``anthropic-version: 2023-06-01``. The answer is ``content[]`` text blocks
+``x-api-key`` and ``anthropic-version: 2023-06-01``; "Tool use": ``tools[{name, description,
+input_schema}]``, ``tool_choice{type: auto|any|tool|none}``, ``tool_use`` / ``tool_result``
+content blocks, ``stop_reason: tool_use``. The answer is ``content[]`` text blocks
 with ``stop_reason`` and ``usage{input_tokens, output_tokens}``; a stream is server-sent events
-``message_start`` (input tokens), ``content_block_start``, ``content_block_delta``
-(``text_delta``), ``content_block_stop``, ``message_delta`` (stop reason, output tokens),
+``message_start`` (input tokens), ``content_block_start`` (a ``tool_use`` block starts a tool
+call), ``content_block_delta`` (``text_delta``, or ``input_json_delta`` for a tool call's
+arguments), ``content_block_stop``, ``message_delta`` (stop reason, output tokens),
 ``message_stop``, ``ping`` and ``error``. The body and both readers are shared with Claude on
 Vertex AI (:mod:`enclave.gateway.models.vertex`), which differs only in URL and auth.
 """
@@ -20,9 +23,12 @@ import orjson
 
 from enclave.gateway.egress import display_url
 from enclave.gateway.models.base import (
+    ChatMessage,
     ModelRequest,
     ModelResult,
     ModelServerError,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from enclave.gateway.models.http_provider import (
@@ -39,29 +45,95 @@ from enclave.gateway.models.http_provider import (
 ANTHROPIC_VERSION: Final = "2023-06-01"
 
 
-def anthropic_messages(request: ModelRequest) -> tuple[str, list[dict[str, str]]]:
+def tool_arguments(text: str) -> Any:
+    """A tool call's arguments (JSON text) as the object the APIs want; {} when unreadable."""
+    try:
+        value = orjson.loads(text or "{}")
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _blocks(message: ChatMessage) -> list[dict[str, Any]]:
+    """A turn with tool calls or a tool result as Messages API content blocks."""
+    if message.role == "tool":
+        block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id}
+        if message.content:
+            block["content"] = message.content
+        return [block]
+    blocks: list[dict[str, Any]] = (
+        [{"type": "text", "text": message.content}] if (message.content) else []
+    )
+    blocks.extend(
+        {
+            "type": "tool_use",
+            "id": call.id,
+            "name": call.name,
+            "input": tool_arguments(call.arguments),
+        }
+        for call in message.tool_calls
+    )
+    return blocks
+
+
+def _as_blocks(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
+
+
+def anthropic_messages(request: ModelRequest) -> tuple[str, list[dict[str, Any]]]:
     """``(system, messages)`` as the Messages API wants them.
 
     System messages become the top-level system prompt; the rest must start with a user turn
     and alternate, so consecutive turns of one role are joined. A raw prompt (completions API)
-    is one user turn.
+    is one user turn. Tool calls are ``tool_use`` blocks of the assistant's turn, tool results
+    ``tool_result`` blocks of the next user turn.
     """
     if request.api == "completions":
         return "", [{"role": "user", "content": request.prompt or ""}]
     system: list[str] = []
-    turns: list[dict[str, str]] = []
+    turns: list[dict[str, Any]] = []
     for message in request.messages:
         if message.role == "system":
             system.append(message.content)
             continue
         role = "assistant" if message.role == "assistant" else "user"
+        content: str | list[dict[str, Any]] = (
+            _blocks(message) if message.tool_calls or message.role == "tool" else message.content
+        )
         if turns and turns[-1]["role"] == role:
-            turns[-1]["content"] += "\n\n" + message.content
+            last = turns[-1]["content"]
+            if isinstance(last, str) and isinstance(content, str):
+                turns[-1]["content"] = last + "\n\n" + content
+            else:
+                turns[-1]["content"] = _as_blocks(last) + _as_blocks(content)
         else:
-            turns.append({"role": role, "content": message.content})
+            turns.append({"role": role, "content": content})
     if not turns or turns[0]["role"] != "user":
         turns.insert(0, {"role": "user", "content": "."})  # the API refuses other openings
     return "\n\n".join(system), turns
+
+
+def anthropic_tools(request: ModelRequest) -> dict[str, Any]:
+    """``tools`` and ``tool_choice`` in the Messages API's shape (empty without tools)."""
+    if not request.tools:
+        return {}
+    tools = []
+    for tool in request.tools:
+        entry: dict[str, Any] = {"name": tool.name, "input_schema": tool.parameters}
+        if tool.description:
+            entry["description"] = tool.description
+        tools.append(entry)
+    fields: dict[str, Any] = {"tools": tools}
+    choice = request.tool_choice
+    if choice == "required":
+        fields["tool_choice"] = {"type": "any"}
+    elif choice == "function":
+        fields["tool_choice"] = {"type": "tool", "name": request.tool_name}
+    elif choice in ("auto", "none"):
+        fields["tool_choice"] = {"type": choice}
+    if request.parallel_tool_calls is False and choice != "none":
+        fields.setdefault("tool_choice", {"type": "auto"})["disable_parallel_tool_use"] = True
+    return fields
 
 
 def visible_stops(request: ModelRequest) -> list[str]:
@@ -89,6 +161,8 @@ def anthropic_payload(request: ModelRequest, stream: bool, **fields: Any) -> byt
         payload["temperature"] = request.temperature
     if request.top_p is not None:
         payload["top_p"] = request.top_p
+    if request.tools:
+        payload.update(anthropic_tools(request))
     for name, value in fields.items():
         if value is None:
             payload.pop(name, None)
@@ -105,17 +179,21 @@ def parse_anthropic(provider: HttpProvider, request: ModelRequest, data: Any) ->
     content = data.get("content") if isinstance(data, dict) else None
     if not isinstance(content, list):
         raise provider.bad_response(request, "returned a message without content")
-    texts = [
-        block["text"]
-        for block in content
-        if isinstance(block, dict)
-        and block.get("type") == "text"
-        and isinstance(block.get("text"), str)
-    ]
+    texts = []
+    calls = []
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif block.get("type") == "tool_use" and isinstance(block.get("name"), str):
+            arguments = orjson.dumps(block.get("input") or {}).decode()
+            calls.append(ToolCall(str(block.get("id") or ""), block["name"], arguments))
     return ModelResult(
         text="".join(texts),
         finish_reason=finish_reason(data.get("stop_reason")),
         usage=_usage(data.get("usage")),
+        tool_calls=tuple(calls),
     )
 
 
@@ -125,8 +203,13 @@ async def anthropic_deltas(
     response: aiohttp.ClientResponse,
     stream: ProviderStream,
 ) -> AsyncIterator[str]:
-    """Text of the ``text_delta`` events; usage from ``message_start`` + ``message_delta``."""
+    """Text of the ``text_delta`` events; usage from ``message_start`` + ``message_delta``.
+
+    A ``tool_use`` block (``content_block_start``) starts a tool call, its ``input_json_delta``
+    events are the pieces of its arguments.
+    """
     input_tokens = 0
+    tool_index: dict[Any, int] = {}  # content block index -> tool call index
     async for name, data in sse_events(response.content):
         event = json_event(provider, request, data)
         if not isinstance(event, dict):
@@ -134,10 +217,26 @@ async def anthropic_deltas(
         kind = event.get("type") or name
         if kind == "content_block_delta":
             delta = event.get("delta")
-            if isinstance(delta, dict) and delta.get("type") == "text_delta":
+            if not isinstance(delta, dict):
+                continue
+            if delta.get("type") == "text_delta":
                 text = delta.get("text")
                 if isinstance(text, str) and text:
                     yield text
+            elif delta.get("type") == "input_json_delta":
+                index = tool_index.get(event.get("index"))
+                partial = delta.get("partial_json")
+                if index is not None and isinstance(partial, str) and partial:
+                    stream.tool_deltas.append(ToolCallDelta(index, arguments=partial))
+                    yield ""
+        elif kind == "content_block_start":
+            block = event.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                index = tool_index[event.get("index")] = len(tool_index)
+                stream.tool_deltas.append(
+                    ToolCallDelta(index, str(block.get("id") or ""), str(block.get("name") or ""))
+                )
+                yield ""
         elif kind == "message_start":
             message = event.get("message")
             usage = _usage(message.get("usage")) if isinstance(message, dict) else None
@@ -160,7 +259,7 @@ async def anthropic_deltas(
                 f"the model endpoint {display_url(request.endpoint)} failed while streaming: "
                 f"{clean_error_message(said, provider.secret(request))}"
             )
-        # ping, content_block_start / _stop: nothing to relay
+        # ping, content_block_stop: nothing to relay
 
 
 class AnthropicClient(HttpProvider):

@@ -7,17 +7,51 @@ deltas (:meth:`TextModelClient.stream`). Clients know nothing about GitLab's wir
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Api = Literal["completions", "chat"]
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model asked for: ``arguments`` is its JSON text, as OpenAI's."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call (OpenAI's ``delta.tool_calls[]``): the first piece of
+    call ``index`` carries its id and name, the others fragments of its arguments."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call: a name, what it does, its JSON-schema parameters."""
+
+    name: str
+    description: str | None
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
-    role: str
+    role: str  # system, user, assistant, tool
     content: str
+    # An assistant turn's calls, and the call a "tool" turn answers (with its function name,
+    # which Gemini wants).
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +73,20 @@ class ModelRequest:
     # Which provider module serves the call (a key of enclave.gateway.models.providers):
     # "openai", "anthropic", "azure", "bedrock" or "vertex_ai".
     provider: str = "openai"
+    # Sampling options some providers have (OpenAI-compatible and Gemini); others ignore them.
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    # Functions the model may call, and whether it must: "auto", "none", "required", or
+    # "function" with ``tool_name`` the one it must call.
+    tools: Sequence[Tool] = ()
+    tool_choice: str | None = None
+    tool_name: str | None = None
+    parallel_tool_calls: bool | None = None  # False: at most one call per answer
+    # An OpenAI API body as the client sent it (checked by the gateway): OpenAI-compatible
+    # providers send it as is (model, stream and stream options set by the provider), so
+    # every field the server knows passes through; the others use the fields above.
+    openai_body: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +98,9 @@ class Usage:
 @dataclass(frozen=True, slots=True)
 class ModelResult:
     text: str
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop", "length", or "tool_calls" when the model called tools
     usage: Usage | None  # None when the model server reports none
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class ModelError(Exception):
@@ -125,7 +174,12 @@ class EndpointNotAllowed(Exception):
 
 
 class TextStream(Protocol):
-    """Text deltas of one streamed answer; must be closed (also when abandoned early)."""
+    """Text deltas of one streamed answer; must be closed (also when abandoned early).
+
+    Streams of requests with ``tools`` may also produce tool-call pieces: they are appended to
+    the stream's ``tool_deltas`` list and announced by an empty text delta (text consumers
+    skip empty deltas, so the text path is unchanged).
+    """
 
     def __aiter__(self) -> AsyncIterator[str]: ...
 

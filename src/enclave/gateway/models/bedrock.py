@@ -5,8 +5,12 @@ of ``content[{text}]`` blocks, ``system[{text}]``, ``inferenceConfig{maxTokens, 
 topP, stopSequences}``; the answer is ``output.message.content[]`` with ``stopReason`` and
 ``usage{inputTokens, outputTokens}``. A stream is ``application/vnd.amazon.eventstream``
 binary frames (decoded with botocore's ``EventStreamBuffer``) whose ``:event-type`` is
-``messageStart``, ``contentBlockDelta`` (``delta.text``), ``contentBlockStop``, ``messageStop``
-(``stopReason``) or ``metadata`` (``usage``), or exceptions (``:message-type: exception``).
+``messageStart``, ``contentBlockStart`` (``start.toolUse{toolUseId, name}`` begins a tool call),
+``contentBlockDelta`` (``delta.text``, or ``delta.toolUse.input``: a piece of the call's
+arguments), ``contentBlockStop``, ``messageStop`` (``stopReason``) or ``metadata``
+(``usage``), or exceptions (``:message-type: exception``). Tools: ``toolConfig{tools[{toolSpec{
+name, description, inputSchema{json}}}], toolChoice{auto|any|tool}}``, ``toolUse`` and
+``toolResult`` content blocks, ``stopReason: tool_use``.
 
 Requests are signed locally with SigV4 (botocore's ``SigV4Auth``, service ``bedrock``) using
 the model's key ``ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]`` or the gateway's
@@ -33,14 +37,17 @@ from botocore.eventstream import EventStreamBuffer, ParserError
 from yarl import URL
 
 from enclave.gateway.egress import display_url
-from enclave.gateway.models.anthropic import visible_stops
+from enclave.gateway.models.anthropic import tool_arguments, visible_stops
 from enclave.gateway.models.base import (
+    ChatMessage,
     ModelAuthRefused,
     ModelError,
     ModelRateLimited,
     ModelRequest,
     ModelResult,
     ModelServerError,
+    ToolCall,
+    ToolCallDelta,
 )
 from enclave.gateway.models.http_provider import (
     Call,
@@ -78,6 +85,28 @@ def _error_type(value: str | None) -> str:
     return (value or "").split(":", 1)[0].strip().lower()
 
 
+def _content(message: ChatMessage) -> list[dict[str, Any]]:
+    """A turn's Converse content blocks: text, ``toolUse`` calls, or a ``toolResult``."""
+    if message.role == "tool":
+        result = {"toolUseId": message.tool_call_id, "content": [{"text": message.content}]}
+        return [{"toolResult": result}]
+    blocks: list[dict[str, Any]] = [{"text": message.content}]
+    if message.tool_calls:
+        if not message.content:
+            blocks = []  # Converse refuses empty text blocks
+        blocks.extend(
+            {
+                "toolUse": {
+                    "toolUseId": call.id,
+                    "name": call.name,
+                    "input": tool_arguments(call.arguments),
+                }
+            }
+            for call in message.tool_calls
+        )
+    return blocks
+
+
 def bedrock_messages(request: ModelRequest) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
     """``(system, messages)`` in Converse's shape: user/assistant turns alternating."""
     if request.api == "completions":
@@ -90,12 +119,43 @@ def bedrock_messages(request: ModelRequest) -> tuple[list[dict[str, str]], list[
             continue
         role = "assistant" if message.role == "assistant" else "user"
         if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].append({"text": message.content})
+            turns[-1]["content"].extend(_content(message))
         else:
-            turns.append({"role": role, "content": [{"text": message.content}]})
+            turns.append({"role": role, "content": _content(message)})
     if not turns or turns[0]["role"] != "user":
         turns.insert(0, {"role": "user", "content": [{"text": "."}]})
     return system, turns
+
+
+def bedrock_tools(request: ModelRequest, messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Converse's ``toolConfig``; None without tools.
+
+    Converse has no "none" choice: the tools are left out then, unless the conversation holds
+    tool blocks (Converse wants the tools defined for those), where the model may choose.
+    """
+    if not request.tools:
+        return None
+    choice = request.tool_choice
+    if choice == "none" and not any(
+        "toolUse" in block or "toolResult" in block
+        for message in messages
+        for block in message["content"]
+    ):
+        return None
+    tools = []
+    for tool in request.tools:
+        spec: dict[str, Any] = {"name": tool.name, "inputSchema": {"json": tool.parameters}}
+        if tool.description:
+            spec["description"] = tool.description
+        tools.append({"toolSpec": spec})
+    config: dict[str, Any] = {"tools": tools}
+    if choice == "auto":
+        config["toolChoice"] = {"auto": {}}
+    elif choice == "required":
+        config["toolChoice"] = {"any": {}}
+    elif choice == "function":
+        config["toolChoice"] = {"tool": {"name": request.tool_name}}
+    return config
 
 
 class BedrockClient(HttpProvider):
@@ -178,6 +238,10 @@ class BedrockClient(HttpProvider):
         payload: dict[str, Any] = {"messages": messages, "inferenceConfig": config}
         if system:
             payload["system"] = system
+        if request.tools:
+            tool_config = bedrock_tools(request, messages)
+            if tool_config is not None:
+                payload["toolConfig"] = tool_config
         body = orjson.dumps(payload)
         # Model ids may be ARNs (":" and "/"): encoded once in the URL; SigV4 encodes the path
         # again for the signature, as AWS expects for every service but S3.
@@ -219,21 +283,28 @@ class BedrockClient(HttpProvider):
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, list):
             raise self.bad_response(request, "returned an answer without output.message")
-        text = "".join(
-            block["text"]
-            for block in content
-            if isinstance(block, dict) and isinstance(block.get("text"), str)
-        )
+        texts, calls = [], []
+        for block in content:
+            if not isinstance(block, dict):
+                continue
+            if isinstance(block.get("text"), str):
+                texts.append(block["text"])
+            use = block.get("toolUse")
+            if isinstance(use, dict) and isinstance(use.get("name"), str):
+                arguments = orjson.dumps(use.get("input") or {}).decode()
+                calls.append(ToolCall(str(use.get("toolUseId") or ""), use["name"], arguments))
         return ModelResult(
-            text=text,
+            text="".join(texts),
             finish_reason=finish_reason(data.get("stopReason")),
             usage=usage_of(data.get("usage"), "inputTokens", "outputTokens"),
+            tool_calls=tuple(calls),
         )
 
     async def deltas(
         self, request: ModelRequest, response: aiohttp.ClientResponse, stream: ProviderStream
     ) -> AsyncIterator[str]:
         buffer = EventStreamBuffer()
+        blocks: dict[Any, int] = {}  # content block index -> tool call index
         async for chunk in response.content.iter_any():
             buffer.add_data(chunk)
             try:
@@ -241,10 +312,10 @@ class BedrockClient(HttpProvider):
             except ParserError:
                 raise self.bad_response(request, "sent a corrupt event-stream frame") from None
             for message in messages:
-                text = self._event(request, message.headers, message.payload, stream)
+                text = self._event(request, message.headers, message.payload, stream, blocks)
                 if text is None:
                     return
-                if text:
+                if text or stream.tool_deltas:
                     yield text
 
     def _event(
@@ -253,6 +324,7 @@ class BedrockClient(HttpProvider):
         headers: Mapping[str, Any],
         payload: bytes,
         stream: ProviderStream,
+        blocks: dict[Any, int],
     ) -> str | None:
         """The text of one frame; "" for frames without text, None at ``messageStop``'s end."""
         try:
@@ -279,8 +351,25 @@ class BedrockClient(HttpProvider):
         event = headers.get(":event-type")
         if event == "contentBlockDelta":
             delta = data.get("delta")
-            text = delta.get("text") if isinstance(delta, dict) else None
+            if not isinstance(delta, dict):
+                return ""
+            use = delta.get("toolUse")
+            if isinstance(use, dict):  # a piece of a tool call's arguments (JSON text)
+                index = blocks.get(data.get("contentBlockIndex"))
+                piece = use.get("input")
+                if index is not None and isinstance(piece, str) and piece:
+                    stream.tool_deltas.append(ToolCallDelta(index, arguments=piece))
+                return ""
+            text = delta.get("text")
             return text if isinstance(text, str) else ""
+        if event == "contentBlockStart":
+            start = data.get("start")
+            use = start.get("toolUse") if isinstance(start, dict) else None
+            if isinstance(use, dict):  # a tool call begins: its id and name
+                index = blocks[data.get("contentBlockIndex")] = len(blocks)
+                call_id, name = use.get("toolUseId"), use.get("name")
+                stream.tool_deltas.append(ToolCallDelta(index, str(call_id), str(name)))
+            return ""
         if event == "messageStop":
             stream.finish_reason = finish_reason(data.get("stopReason"))
         elif event == "metadata":

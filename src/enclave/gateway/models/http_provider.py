@@ -43,6 +43,7 @@ from enclave.gateway.models.base import (
     ModelTimeout,
     ModelUnreachable,
     TextStream,
+    ToolCallDelta,
     Usage,
 )
 
@@ -108,13 +109,16 @@ def upstream_error_message(body: bytes, secret: str | None) -> str:
     return clean_error_message(message, secret) if message else ""
 
 
+_LENGTH: Final = frozenset({"length", "max_tokens", "MAX_TOKENS", "model_length_exceeded"})
+_TOOL_CALLS: Final = frozenset({"tool_calls", "tool_use", "function_call"})
+
+
 def finish_reason(value: Any) -> str:
-    """GitLab's two finish reasons from any provider's: "length" when cut by max tokens."""
-    return (
-        "length"
-        if value in ("length", "max_tokens", "MAX_TOKENS", "model_length_exceeded")
-        else "stop"
-    )
+    """One finish reason from any provider's: "length" when cut by max tokens, "tool_calls"
+    when the model stopped to call tools (only requests with tools get it), else "stop"."""
+    if value in _LENGTH:
+        return "length"
+    return "tool_calls" if value in _TOOL_CALLS else "stop"
 
 
 def usage_of(data: Any, input_key: str, output_key: str) -> Usage | None:
@@ -554,7 +558,15 @@ class HttpProvider:
 class ProviderStream:
     """Text deltas of one streamed answer, with its finish reason and usage once known."""
 
-    __slots__ = ("_finished", "_provider", "_request", "_response", "finish_reason", "usage")
+    __slots__ = (
+        "_finished",
+        "_provider",
+        "_request",
+        "_response",
+        "finish_reason",
+        "tool_deltas",
+        "usage",
+    )
 
     def __init__(
         self, provider: HttpProvider, request: ModelRequest, response: aiohttp.ClientResponse
@@ -565,6 +577,8 @@ class ProviderStream:
         self._finished = False
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
+        # Tool-call pieces not yet taken by the consumer (see TextStream).
+        self.tool_deltas: list[ToolCallDelta] = []
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
@@ -584,9 +598,15 @@ class ProviderStream:
                 self._finished = True
                 if result.text:
                     yield result.text
+                if result.tool_calls:
+                    self.tool_deltas.extend(
+                        ToolCallDelta(i, call.id, call.name, call.arguments)
+                        for i, call in enumerate(result.tool_calls)
+                    )
+                    yield ""
                 return
             async for text in provider.deltas(request, self._response, self):
-                if text:
+                if text or self.tool_deltas:
                     yield text
             self._finished = True
         except ModelError:

@@ -18,7 +18,14 @@ import aiohttp
 import orjson
 
 from enclave.gateway.egress import display_url
-from enclave.gateway.models.base import ModelRequest, ModelResult, ModelServerError
+from enclave.gateway.models.base import (
+    ChatMessage,
+    ModelRequest,
+    ModelResult,
+    ModelServerError,
+    ToolCall,
+    ToolCallDelta,
+)
 from enclave.gateway.models.http_provider import (
     MAX_RESPONSE_BYTES,
     Call,
@@ -44,26 +51,130 @@ _PATHS: Final = {"completions": "/completions", "chat": "/chat/completions"}
 _DONE: Final = b"[DONE]"
 
 
+def _message(message: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["content"] = message.content or None
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def openai_tools(request: ModelRequest) -> dict[str, Any]:
+    """``tools`` and ``tool_choice`` in OpenAI's shape (empty without tools)."""
+    if not request.tools:
+        return {}
+    fields: dict[str, Any] = {
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    **({"description": tool.description} if tool.description else {}),
+                    "parameters": tool.parameters,
+                },
+            }
+            for tool in request.tools
+        ]
+    }
+    if request.tool_choice == "function":
+        fields["tool_choice"] = {"type": "function", "function": {"name": request.tool_name}}
+    elif request.tool_choice:
+        fields["tool_choice"] = request.tool_choice
+    return fields
+
+
 def openai_payload(request: ModelRequest, stream: bool, *, with_model: bool = True) -> bytes:
-    """The body of an OpenAI (or Azure OpenAI) completions / chat completions call."""
-    payload: dict[str, Any] = {"max_tokens": request.max_tokens, "n": 1, "stream": stream}
+    """The body of an OpenAI (or Azure OpenAI) completions / chat completions call.
+
+    A client's OpenAI body (:attr:`ModelRequest.openai_body`) is sent as is, so every field
+    the server knows passes through; only the model and the stream options are the gateway's.
+    """
+    payload: dict[str, Any]
+    if request.openai_body is not None:
+        payload = dict(request.openai_body)
+        payload["stream"] = stream
+        payload.pop("stream_options", None)
+        payload.pop("model", None)
+    else:
+        payload = {"max_tokens": request.max_tokens, "n": 1, "stream": stream}
     if with_model:  # Azure names the model (deployment) in the URL instead
         payload["model"] = request.model
     if stream:
         # Ask for token counts in the final chunk (OpenAI, vLLM, Ollama and llama.cpp honour
         # it; servers that don't know the option ignore it) so streams report usage too.
         payload["stream_options"] = {"include_usage": True}
+    if request.openai_body is not None:
+        return orjson.dumps(payload)
     if request.api == "completions":
         payload["prompt"] = request.prompt or ""
     else:
-        payload["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        payload["messages"] = [_message(m) for m in request.messages]
     if request.temperature is not None:
         payload["temperature"] = request.temperature
     if request.top_p is not None:
         payload["top_p"] = request.top_p
     if request.stop:
         payload["stop"] = list(request.stop)
+    for name in ("seed", "presence_penalty", "frequency_penalty"):
+        value = getattr(request, name)
+        if value is not None:
+            payload[name] = value
+    payload.update(openai_tools(request))
     return orjson.dumps(payload)
+
+
+def openai_tool_calls(value: Any) -> tuple[ToolCall, ...]:
+    """The ``message.tool_calls`` of an OpenAI answer (malformed entries skipped)."""
+    if not isinstance(value, list):
+        return ()
+    calls: list[ToolCall] = []
+    for entry in value:
+        function = entry.get("function") if isinstance(entry, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            continue
+        arguments = function.get("arguments")
+        calls.append(
+            ToolCall(
+                id=str(entry.get("id") or f"call_{len(calls)}"),
+                name=function["name"],
+                arguments=arguments
+                if isinstance(arguments, str)
+                else orjson.dumps(arguments or {}).decode(),
+            )
+        )
+    return tuple(calls)
+
+
+def openai_tool_deltas(value: Any) -> list[ToolCallDelta]:
+    """The ``delta.tool_calls`` pieces of an OpenAI stream chunk."""
+    if not isinstance(value, list):
+        return []
+    pieces = []
+    for position, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            continue
+        function = entry.get("function")
+        function = function if isinstance(function, dict) else {}
+        index = entry.get("index")
+        name, arguments, call_id = function.get("name"), function.get("arguments"), entry.get("id")
+        pieces.append(
+            ToolCallDelta(
+                index=index if isinstance(index, int) else position,
+                id=call_id if isinstance(call_id, str) else None,
+                name=name if isinstance(name, str) else None,
+                arguments=arguments if isinstance(arguments, str) else "",
+            )
+        )
+    return pieces
 
 
 class OpenAICompatClient(HttpProvider):
@@ -99,17 +210,21 @@ class OpenAICompatClient(HttpProvider):
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise self.bad_response(request, "returned a response without choices")
         choice = choices[0]
+        calls: tuple[ToolCall, ...] = ()
         if request.api == "completions":
             text = choice.get("text")
         else:
             message = choice.get("message")
             text = message.get("content") if isinstance(message, dict) else None
+            if isinstance(message, dict) and message.get("tool_calls"):
+                calls = openai_tool_calls(message["tool_calls"])
         if text is not None and not isinstance(text, str):
             raise self.bad_response(request, "returned a choice whose text is not a string")
         return ModelResult(
             text=text or "",
             finish_reason=finish_reason(choice.get("finish_reason")),
             usage=usage_of(data.get("usage"), "prompt_tokens", "completion_tokens"),
+            tool_calls=calls,
         )
 
     async def deltas(
@@ -140,6 +255,10 @@ class OpenAICompatClient(HttpProvider):
             if chat:
                 delta = choice.get("delta")
                 text = delta.get("content") if isinstance(delta, dict) else None
+                if isinstance(delta, dict) and delta.get("tool_calls"):
+                    stream.tool_deltas.extend(openai_tool_deltas(delta["tool_calls"]))
+                    if not text:
+                        yield ""
             else:
                 text = choice.get("text")
             if isinstance(text, str) and text:

@@ -7,8 +7,13 @@ the publisher:
 * Gemini and other Google models — Vertex AI API reference, "projects.locations.publishers.
   models.generateContent" and "streamGenerateContent" (``?alt=sse``): ``contents[{role,
   parts[{text}]}]``, ``systemInstruction``, ``generationConfig{maxOutputTokens, temperature,
-  topP, stopSequences}``; answers ``candidates[0].content.parts[].text`` with
-  ``finishReason`` and ``usageMetadata{promptTokenCount, candidatesTokenCount}``.
+  topP, stopSequences, seed, presencePenalty, frequencyPenalty}``; answers
+  ``candidates[0].content.parts[].text`` with ``finishReason`` and
+  ``usageMetadata{promptTokenCount, candidatesTokenCount}``. Function calling ("Function
+  calling" reference): ``tools[{functionDeclarations[{name, description, parameters}]}]``,
+  ``toolConfig.functionCallingConfig{mode: AUTO|ANY|NONE, allowedFunctionNames}``, whole
+  ``functionCall{name, args}`` parts in answers and stream events (no pieces), answered with
+  ``functionResponse{name, response}`` parts.
 * Claude (``claude-…``) — Vertex AI documentation, "Use Anthropic's Claude models"
   (``:rawPredict`` / ``:streamRawPredict``): the Anthropic Messages body without ``model`` and
   with ``anthropic_version: vertex-2023-10-16``; answers and streams are Anthropic's, read by
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from secrets import token_hex
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -33,13 +39,21 @@ import orjson
 from google.auth import crypt, jwt
 
 from enclave.gateway.egress import display_url
-from enclave.gateway.models.anthropic import anthropic_deltas, anthropic_payload, parse_anthropic
+from enclave.gateway.models.anthropic import (
+    anthropic_deltas,
+    anthropic_payload,
+    parse_anthropic,
+    tool_arguments,
+)
 from enclave.gateway.models.base import (
+    ChatMessage,
     ModelAuthRefused,
     ModelRequest,
     ModelResult,
     ModelServerError,
     ModelUnreachable,
+    ToolCall,
+    ToolCallDelta,
 )
 from enclave.gateway.models.http_provider import (
     Call,
@@ -65,23 +79,99 @@ def is_claude(model: str) -> bool:
     return model.startswith("claude")
 
 
+def _gemini_parts(message: ChatMessage) -> list[dict[str, Any]]:
+    """A turn's parts: text, ``functionCall`` parts, or a ``functionResponse``."""
+    if message.role == "tool":
+        try:
+            value = orjson.loads(message.content)
+        except orjson.JSONDecodeError:
+            value = None
+        response = value if isinstance(value, dict) else {"content": message.content}
+        return [{"functionResponse": {"name": message.name or "", "response": response}}]
+    parts: list[dict[str, Any]] = [{"text": message.content}]
+    if message.tool_calls:
+        if not message.content:
+            parts = []
+        parts.extend(
+            {"functionCall": {"name": call.name, "args": tool_arguments(call.arguments)}}
+            for call in message.tool_calls
+        )
+    return parts
+
+
+# JSON Schema keywords outside Vertex AI's Schema object (an OpenAPI 3.0 subset, per its
+# reference) that OpenAI clients send (strict mode always): left out, since the API refuses
+# fields it does not know ("Unknown name").
+_NOT_IN_GEMINI_SCHEMA: Final = frozenset(
+    {"$schema", "$id", "$comment", "additionalProperties", "strict"}
+)
+
+
+def gemini_schema(schema: Any) -> Any:
+    """A JSON-schema object as Vertex AI's Schema takes it (unknown keywords left out)."""
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _NOT_IN_GEMINI_SCHEMA:
+            continue
+        if key == "properties" and isinstance(value, dict):  # keys are names, not keywords
+            out[key] = {name: gemini_schema(item) for name, item in value.items()}
+        elif key == "items":
+            out[key] = gemini_schema(value)
+        elif key in ("anyOf", "oneOf", "allOf") and isinstance(value, list):
+            out[key] = [gemini_schema(item) for item in value]
+        else:
+            out[key] = value
+    return out
+
+
+def gemini_tools(request: ModelRequest) -> dict[str, Any]:
+    """``tools[{functionDeclarations}]`` and ``toolConfig.functionCallingConfig``."""
+    declarations = []
+    for tool in request.tools:
+        declaration: dict[str, Any] = {
+            "name": tool.name,
+            "parameters": gemini_schema(tool.parameters),
+        }
+        if tool.description:
+            declaration["description"] = tool.description
+        declarations.append(declaration)
+    fields: dict[str, Any] = {"tools": [{"functionDeclarations": declarations}]}
+    choice = request.tool_choice
+    if choice in _GEMINI_MODES:
+        config: dict[str, Any] = {"mode": _GEMINI_MODES[choice]}
+        if choice == "function":
+            config["allowedFunctionNames"] = [request.tool_name]
+        fields["toolConfig"] = {"functionCallingConfig": config}
+    return fields
+
+
+_GEMINI_MODES: Final = {"auto": "AUTO", "none": "NONE", "required": "ANY", "function": "ANY"}
+
+
 def gemini_payload(request: ModelRequest) -> bytes:
     turns: list[dict[str, Any]]
     if request.api == "completions":
         system, turns = "", [{"role": "user", "parts": [{"text": request.prompt or ""}]}]
     else:
-        parts: list[str] = []
+        texts: list[str] = []
         turns = []  # user/model turns; consecutive ones of a role are joined
         for message in request.messages:
             if message.role == "system":
-                parts.append(message.content)
+                texts.append(message.content)
                 continue
             role = "model" if message.role == "assistant" else "user"
+            parts = (
+                _gemini_parts(message)
+                if message.tool_calls or message.role == "tool"
+                else [{"text": message.content}]
+            )
             if turns and turns[-1]["role"] == role:
-                turns[-1]["parts"].append({"text": message.content})
+                turns[-1]["parts"].extend(parts)
             else:
-                turns.append({"role": role, "parts": [{"text": message.content}]})
-        system = "\n\n".join(parts)
+                turns.append({"role": role, "parts": parts})
+        system = "\n\n".join(texts)
     config: dict[str, Any] = {"maxOutputTokens": request.max_tokens}
     if request.temperature is not None:
         config["temperature"] = request.temperature
@@ -89,10 +179,35 @@ def gemini_payload(request: ModelRequest) -> bytes:
         config["topP"] = request.top_p
     if request.stop:
         config["stopSequences"] = list(request.stop)
+    if request.seed is not None:
+        config["seed"] = request.seed
+    if request.presence_penalty is not None:
+        config["presencePenalty"] = request.presence_penalty
+    if request.frequency_penalty is not None:
+        config["frequencyPenalty"] = request.frequency_penalty
     payload: dict[str, Any] = {"contents": turns, "generationConfig": config}
     if system:
         payload["systemInstruction"] = {"parts": [{"text": system}]}
+    if request.tools:
+        payload.update(gemini_tools(request))
     return orjson.dumps(payload)
+
+
+def _function_calls(parts: Any) -> list[ToolCall]:
+    """The ``functionCall`` parts of a candidate (Gemini gives whole calls, ids optional)."""
+    calls = []
+    for part in parts or ():
+        call = part.get("functionCall") if isinstance(part, dict) else None
+        if isinstance(call, dict) and isinstance(call.get("name"), str):
+            call_id = call.get("id")
+            calls.append(
+                ToolCall(
+                    call_id if isinstance(call_id, str) and call_id else f"call_{token_hex(12)}",
+                    call["name"],
+                    orjson.dumps(call.get("args") or {}).decode(),
+                )
+            )
+    return calls
 
 
 class TokenSource:
@@ -238,22 +353,30 @@ class VertexClient(HttpProvider):
     def parse_result(self, request: ModelRequest, data: Any) -> ModelResult:
         if is_claude(request.model):
             return parse_anthropic(self, request, data)
-        text, reason = self._candidate(request, data)
+        text, reason, parts = self._candidate(request, data)
         if text is None:
             raise self.bad_response(request, "returned an answer without candidates")
-        return ModelResult(text=text, finish_reason=finish_reason(reason), usage=self._usage(data))
+        calls = tuple(_function_calls(parts)) if request.tools else ()
+        return ModelResult(
+            text=text,
+            # Gemini stops with STOP after function calls: OpenAI says tool_calls.
+            finish_reason="tool_calls" if calls else finish_reason(reason),
+            usage=self._usage(data),
+            tool_calls=calls,
+        )
 
     @staticmethod
     def _usage(data: dict[str, Any]) -> Any:
         return usage_of(data.get("usageMetadata"), "promptTokenCount", "candidatesTokenCount")
 
-    def _candidate(self, request: ModelRequest, data: Any) -> tuple[str | None, Any]:
+    def _candidate(self, request: ModelRequest, data: Any) -> tuple[str | None, Any, Any]:
+        """The text, finish reason and parts of the first candidate."""
         candidates = data.get("candidates") if isinstance(data, dict) else None
         if not isinstance(candidates, list) or not candidates:
-            return None, None
+            return None, None, None
         candidate = candidates[0]
         if not isinstance(candidate, dict):
-            return None, None
+            return None, None, None
         content = candidate.get("content")
         parts = content.get("parts") if isinstance(content, dict) else None
         text = "".join(
@@ -261,7 +384,7 @@ class VertexClient(HttpProvider):
             for part in parts or ()
             if isinstance(part, dict) and isinstance(part.get("text"), str)
         )
-        return text, candidate.get("finishReason")
+        return text, candidate.get("finishReason"), parts
 
     def deltas(
         self, request: ModelRequest, response: aiohttp.ClientResponse, stream: ProviderStream
@@ -273,6 +396,7 @@ class VertexClient(HttpProvider):
     async def _gemini_deltas(
         self, request: ModelRequest, response: aiohttp.ClientResponse, stream: ProviderStream
     ) -> AsyncIterator[str]:
+        calls = 0
         async for _, data in sse_events(response.content):
             event = json_event(self, request, data)
             if not isinstance(event, dict):
@@ -287,8 +411,18 @@ class VertexClient(HttpProvider):
             usage = self._usage(event)
             if usage is not None:
                 stream.usage = usage
-            text, reason = self._candidate(request, event)
+            text, reason, parts = self._candidate(request, event)
             if reason:
                 stream.finish_reason = finish_reason(reason)
             if text:
                 yield text
+            if request.tools and parts:
+                for call in _function_calls(parts):  # whole calls, one piece each
+                    stream.tool_deltas.append(
+                        ToolCallDelta(calls, call.id, call.name, call.arguments)
+                    )
+                    calls += 1
+                if stream.tool_deltas:
+                    yield ""
+        if calls and stream.finish_reason == "stop":
+            stream.finish_reason = "tool_calls"

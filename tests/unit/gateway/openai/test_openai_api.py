@@ -231,14 +231,21 @@ async def test_stream_is_relayed_frame_by_frame(oai: OpenAIHarness) -> None:
     assert start["status"] == 200
     assert dict(start["headers"])[b"content-type"].startswith(b"text/event-stream")
     frames = [m["body"] for m in sent[1:] if m["body"]]
-    # One ASGI message per SSE event: comment, 4 deltas, finish, usage, [DONE].
+    # One ASGI message per SSE event: role, 4 deltas, finish, usage, [DONE].
     assert all(frame.endswith(b"\n\n") and frame.count(b"\n\n") == 1 for frame in frames)
     data = [f[6:].strip() for f in frames if f.startswith(b"data: ")]
+    assert len(data) == 1 + len(oai.model.chunks) + 3
     assert data[-1] == b"[DONE]"
     events = [orjson.loads(d) for d in data[:-1]]
-    deltas = [e["choices"][0]["delta"]["content"] for e in events if e["choices"]]
+    assert {e["object"] for e in events} == {"chat.completion.chunk"}
+    assert len({e["id"] for e in events}) == 1 and events[0]["id"].startswith("chatcmpl-")
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    deltas = [e["choices"][0]["delta"].get("content", "") for e in events if e["choices"]]
     assert "".join(deltas) == oai.model.text
-    assert events[-1]["usage"] == oai.model.usage  # include_usage was asked for
+    assert events[-2]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop"}
+    usage = events[-1]["usage"]  # include_usage: the client did not decline it
+    assert events[-1]["choices"] == []
+    assert usage == {**oai.model.usage, "total_tokens": sum(oai.model.usage.values())}
     assert oai.model.requests[0].json["stream_options"] == {"include_usage": True}
     assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
 
@@ -246,8 +253,9 @@ async def test_stream_is_relayed_frame_by_frame(oai: OpenAIHarness) -> None:
 async def test_stream_options_of_the_client_are_kept(oai: OpenAIHarness) -> None:
     response = await oai.chat(stream=True, stream_options={"include_usage": False})
     assert response.status_code == 200
-    assert oai.model.requests[0].json["stream_options"] == {"include_usage": False}
+    # The gateway still asks the model for its counts (metrics), but the client declined them.
     assert b'"usage"' not in response.content
+    assert response.content.endswith(b"data: [DONE]\n\n")
 
 
 async def test_stream_model_field_is_the_feature(oai: OpenAIHarness) -> None:
@@ -311,8 +319,13 @@ async def test_a_model_cut_mid_stream_ends_with_an_error_event(
     frames = [m["body"] for m in sent[1:] if m["body"]]
     assert all(frame.endswith(b"\n\n") and frame.count(b"\n\n") == 1 for frame in frames)
     *relayed, last = frames
-    assert relayed[0] == b": keep-alive comment\n\n"
-    assert len(relayed) == 1 + len(oai.model.chunks)  # every delta before the cut
+    events = [orjson.loads(frame.removeprefix(b"data: ")) for frame in relayed]
+    texts = [
+        choice["delta"].get("content", "") if "delta" in choice else choice["text"]
+        for choice in (event["choices"][0] for event in events)
+    ]
+    assert "".join(texts) == "".join(oai.model.chunks)  # every delta before the cut
+    assert all(event["choices"][0]["finish_reason"] is None for event in events)
     assert b"[DONE]" not in b"".join(frames)
     error = orjson.loads(last.removeprefix(b"data: "))["error"]
     assert error["type"] == "api_error"
@@ -333,7 +346,7 @@ async def test_a_stream_that_ended_is_not_taken_for_a_break(
     sent = await call_asgi(oai, "/v1/chat/completions", body)
     text = b"".join(m["body"] for m in sent[1:])
     assert b'"error"' not in text
-    assert text.endswith(done or b"\n\n")
+    assert text.endswith(b"data: [DONE]\n\n")
 
 
 # -- upstream failures: one generic answer (the user is not an administrator) --------------

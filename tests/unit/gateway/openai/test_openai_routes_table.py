@@ -153,6 +153,13 @@ def test_parse_routes_bounds_and_shapes() -> None:
                 available("duo_chat", "duo_chat", "http://m:8000/v1/", identifier="qwen-coder"),
                 available("code_completions", "complete_code", "http://m/v1", provider="bedrock"),
                 available("code_generations", "generate_code", ""),
+                available(
+                    "explain_code",
+                    "explain_code",
+                    "https://api.anthropic.com",
+                    provider="anthropic",
+                    identifier="anthropic/claude-3-5-sonnet-20241022",
+                ),
             ]
         }
     )
@@ -163,11 +170,19 @@ def test_parse_routes_bounds_and_shapes() -> None:
         "qwen-coder",
     )
     assert "enclkey" not in repr(chat)  # the key is kept out of reprs
+    # Every provider is served; a provider that contradicts the identifier is misconfigured.
     assert (routes["code_completions"].available, routes["code_completions"].reason) == (
         False,
-        "unsupported",
+        "misconfigured",
     )
+    assert "not 'bedrock'" in (routes["code_completions"].message or "")
     assert routes["code_generations"].reason == "misconfigured"
+    claude = routes["explain_code"]
+    assert (claude.available, claude.provider, claude.upstream_model) == (
+        True,
+        "anthropic",
+        "claude-3-5-sonnet-20241022",
+    )
 
 
 def test_a_shared_gateway_has_no_routes(tmp_path: Path) -> None:

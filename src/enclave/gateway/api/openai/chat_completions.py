@@ -1,9 +1,10 @@
 """``POST /v1/chat/completions``: OpenAI chat completions, served by a feature's model.
 
 ``model`` names the feature; without one the request goes to ``duo_chat`` (general chat), the
-feature a chat client means when it does not pick one. The body is forwarded as the client sent
-it (after the checks of :mod:`.common`), with ``model`` replaced by the name the model server
-expects.
+feature a chat client means when it does not pick one. The feature's model answers through the
+gateway's model chain (:mod:`.common`): OpenAI-compatible servers get the body as the client
+sent it, with ``model`` replaced by the name the model server expects; Anthropic, Bedrock and
+Vertex AI models get its equivalent in their own API.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from starlette.responses import Response
 from enclave.common.features import Feature
 from enclave.gateway.api.openai.common import (
     Call,
+    OpenAIStreamResponse,
     RequestError,
-    SSERelayResponse,
     authenticate,
     check_common,
     check_messages,
@@ -23,17 +24,19 @@ from enclave.gateway.api.openai.common import (
     read_json_object,
     select_route,
 )
+from enclave.gateway.api.openai.tools import check_tools
 
 DEFAULT_MODEL = Feature.DUO_CHAT.value
 
 
-async def chat_completions(request: Request) -> Response | SSERelayResponse:
+async def chat_completions(request: Request) -> Response | OpenAIStreamResponse:
     try:
         principal, routes = await authenticate(request)
         body = await read_json_object(request)
         model, stream = check_common(body, DEFAULT_MODEL)
         route = select_route(principal, routes, model)
         check_messages(body)
-        return await forward(request, Call(route, "chat", body, stream))
+        tools = check_tools(body)
+        return await forward(request, Call(route, "chat", body, stream, tools))
     except RequestError as exc:
         return exc.response()

@@ -7,9 +7,10 @@ the gateway can no longer know — see :meth:`RoutesTable.check_principal`) → 
 limits (429) → the instance's routes from memory (503 when never loaded or too old) → the
 feature named by ``model`` (404 unknown, 403 without its unit primitive or when the instance
 does not serve it) → the body (413 too big, 400 not a JSON object or carrying credentials, 422
-bad fields) → the egress guard (403) → the model server, through the pooled session, with its
-API key and its own model name → its answer with ``model`` set back to the feature id, or its
-SSE frames relayed one by one.
+bad fields) → the gateway's one model chain (``Gateway.models``: egress check → metrics →
+the provider of the feature's model, with its key and its own model name; OpenAI-compatible
+servers get the client's body as is, the others its equivalent) → OpenAI's answer object with
+``model`` set to the feature id, or OpenAI's stream chunks, one per delta.
 
 Errors are OpenAI-shaped, ``{"error": {"message", "type", "param", "code"}}``, so OpenAI
 clients raise the right exception. Every token of this API is a user's, so a model-server
@@ -20,36 +21,42 @@ limit; the precise cause goes to the gateway's log under that request id.
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-import aiohttp
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
 from enclave.gateway.auth.jws import TokenError, parse_token
 from enclave.gateway.auth.verify import AuthError, Principal
-from enclave.gateway.egress import EgressRefused, display_url
-from enclave.gateway.http import (
-    BodyTooLarge,
-    connect_failure,
-    json_response,
-    read_body,
-    read_limited,
+from enclave.gateway.http import BodyTooLarge, json_response, read_body
+from enclave.gateway.models.base import (
+    ChatMessage,
+    EndpointNotAllowed,
+    ModelError,
+    ModelRequest,
+    ModelResult,
+    TextStream,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
 )
-from enclave.gateway.models.base import EndpointNotAllowed
-from enclave.gateway.models.openai_compat import clean_error_message, upstream_error_message
+from enclave.gateway.models.providers import AZURE, OPENAI
 from enclave.gateway.rate_limit import RateLimited
 from enclave.gateway.routes_table import FeatureRoute, RoutesUnavailable
 from enclave.gateway.streaming import run_until_disconnect
+from enclave.gateway.targets import messages_as_text
 from enclave.gateway.user_access import model_unavailable_message
 
 if TYPE_CHECKING:
+    from enclave.gateway.api.openai.tools import ToolSpec
     from enclave.gateway.app import Gateway
 
 log = get_logger(__name__)
@@ -65,13 +72,15 @@ ACCESS_HINT: Final = (
 )
 
 MAX_REQUEST_BYTES: Final = 4 * 1024 * 1024
-MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024
-MAX_ERROR_BODY_BYTES: Final = 64 * 1024
-MAX_N: Final = 4  # choices per request: each is a full generation on a self-hosted model
+# One choice per request: the model chain answers one (every provider can), and each choice
+# would be a full generation on a self-hosted model.
+MAX_N: Final = 1
+MAX_BEST_OF: Final = 4
+MAX_STOPS: Final = 4
 MAX_TOKENS_CAP: Final = 4096  # larger asks are lowered to this
 DEFAULT_MAX_TOKENS: Final = 1024  # when the client sets none (else a model may run to its ctx)
 MAX_MESSAGES: Final = 1000
-MAX_PROMPTS: Final = MAX_N
+MAX_PROMPTS: Final = 1
 CHAT_ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # Top-level fields that would carry credentials or redirect the call: refused, never forwarded.
 DENIED_FIELDS: Final = frozenset(
@@ -96,7 +105,8 @@ DENIED_FIELDS: Final = frozenset(
         "access_token",
     }
 )
-_PATHS: Final[dict[Api, str]] = {"chat": "/chat/completions", "completions": "/completions"}
+# Providers that speak OpenAI's API themselves: they get the client's body as is.
+PASSTHROUGH_PROVIDERS: Final = frozenset({OPENAI, AZURE})
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -317,10 +327,27 @@ def check_common(body: dict[str, Any], default_model: str) -> tuple[str, bool]:
         stream = False
     if not isinstance(stream, bool):
         raise _invalid("stream", "'stream' must be true or false")
-    for name in ("n", "best_of"):
+    for name, most in (("n", MAX_N), ("best_of", MAX_BEST_OF)):
         count = _positive_int(body, name)
-        if count is not None and count > MAX_N:
-            raise _invalid(name, f"'{name}' may be at most {MAX_N} on this gateway")
+        if count is not None and count > most:
+            raise _invalid(name, f"'{name}' may be at most {most} on this gateway")
+    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise _invalid(name, f"'{name}' must be a number")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise _invalid("seed", "'seed' must be an integer")
+    stop = body.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str)
+        or (
+            isinstance(stop, list)
+            and len(stop) <= MAX_STOPS
+            and all(isinstance(item, str) for item in stop)
+        )
+    ):
+        raise _invalid("stop", f"'stop' must be a string or a list of at most {MAX_STOPS} strings")
     capped = False
     for name in ("max_tokens", "max_completion_tokens"):
         limit = _positive_int(body, name)
@@ -332,11 +359,6 @@ def check_common(body: dict[str, Any], default_model: str) -> tuple[str, bool]:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise _invalid("stream_options", "'stream_options' must be an object")
-    if stream and options is None:
-        # Token counts in the last chunk, as the gateway's other streams ask for them.
-        body["stream_options"] = {"include_usage": True}
-    elif not stream:
-        body.pop("stream_options", None)  # some servers refuse it without stream
     return model, stream
 
 
@@ -369,301 +391,331 @@ def check_prompt(body: dict[str, Any]) -> None:
     ):
         return
     raise _invalid(
-        "prompt", f"'prompt' is required: a string or a list of at most {MAX_PROMPTS} strings"
+        "prompt",
+        f"'prompt' is required: a string (or a list of {MAX_PROMPTS} string; this gateway "
+        "answers one prompt per request)",
     )
 
 
-# -- the upstream call ----------------------------------------------------------------------
-
-
-def _status_error(route: FeatureRoute, status: int, headers: Any, body: bytes) -> RequestError:
-    shown = display_url(route.endpoint or "")
-    said = upstream_error_message(body, route.api_key)
-    suffix = f": {said}" if said else ""
-    if status in (401, 403):
-        return RequestError(
-            502,
-            f"The model server of '{route.feature}' ({shown}) refused the gateway's API key "
-            f"(HTTP {status}); an administrator must fix the model's API key on the instance",
-            "upstream_auth_failed",
-        )
-    if status == 429:
-        retry = headers.get("Retry-After")
-        return RequestError(
-            429,
-            f"The model server of '{route.feature}' is rate limiting requests; retry later",
-            "upstream_rate_limited",
-            headers={"Retry-After": retry} if retry else None,
-        )
-    if status == 404:
-        return RequestError(
-            502,
-            f"The model server of '{route.feature}' ({shown}) answered HTTP 404{suffix}; the "
-            "model's endpoint or identifier on the instance is wrong",
-            "upstream_not_found",
-        )
-    if status in (400, 413, 422):
-        return RequestError(
-            400,
-            f"The model server of '{route.feature}' rejected the request (HTTP {status}){suffix}",
-            "upstream_rejected",
-        )
-    return RequestError(
-        502,
-        f"The model server of '{route.feature}' ({shown}) failed (HTTP {status}){suffix}",
-        "upstream_error",
-    )
-
-
-def _transport_error(route: FeatureRoute, exc: BaseException, timeout_s: float) -> RequestError:
-    shown = display_url(route.endpoint or "")
-    if isinstance(exc, TimeoutError):
-        return RequestError(
-            504,
-            f"The model server of '{route.feature}' ({shown}) did not answer within "
-            f"{timeout_s:g} s",
-            "upstream_timeout",
-        )
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        if isinstance(exc.os_error, EgressRefused):
-            return RequestError(
-                403,
-                f"The model endpoint {shown} is not allowed by this gateway: {exc.os_error}",
-                "endpoint_not_allowed",
-            )
-        return RequestError(
-            502,
-            f"Cannot connect to the model server of '{route.feature}' ({shown}: "
-            f"{connect_failure(exc.os_error)})",
-            "upstream_unreachable",
-        )
-    return RequestError(
-        502,
-        f"The request to the model server of '{route.feature}' ({shown}) failed "
-        f"({type(exc).__name__})",
-        "upstream_error",
-    )
-
-
-def _has_finish_reason(event: dict[str, Any]) -> bool:
-    choices = event.get("choices")
-    return isinstance(choices, list) and any(
-        isinstance(choice, dict) and choice.get("finish_reason") for choice in choices
-    )
-
-
-def _stream_error(route: FeatureRoute, exc: BaseException, timeout_s: float) -> RequestError:
-    """The error event for a stream that broke after the status was sent (the endpoint and
-    the exact cause go to the log only: these callers are users, not administrators)."""
-    if isinstance(exc, TimeoutError):
-        return _transport_error(route, exc, timeout_s)
-    log.warning(
-        "model_stream_broken",
-        feature=route.feature,
-        endpoint=display_url(route.endpoint or ""),
-        error=type(exc).__name__,
-    )
-    return RequestError(
-        502,
-        f"The model server of '{route.feature}' stopped in the middle of the answer; retry the "
-        "request, and if it happens again ask an administrator to check the model server",
-        "upstream_stream_broken",
-    )
+# -- the model call -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One forwarded request."""
+    """One request for the feature's model."""
 
     route: FeatureRoute
     api: Api
     body: dict[str, Any]
     stream: bool
+    tools: ToolSpec | None = None  # checked by .tools.check_tools
 
 
-def _unavailable(request: Request, failure: RequestError) -> RequestError:
+def _text_of(content: Any, param: str) -> str:
+    """The text of a message's content: a string, or the text parts of a list."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
+            text = part.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+                continue
+        raise _invalid(
+            param,
+            f"{param} holds a part that is not text; the model of this feature takes text only",
+        )
+    return "".join(texts)
+
+
+_ROLES: Final = {"developer": "system", "function": "tool"}
+
+
+def _tool_error(param: str, message: str) -> RequestError:
+    return RequestError(400, message, "invalid_tool_message", param)
+
+
+def _calls_of(message: dict[str, Any], index: int) -> tuple[ToolCall, ...]:
+    """An assistant message's ``tool_calls``, checked (arguments must be a JSON object)."""
+    raw = message.get("tool_calls")
+    if raw is None:
+        return ()
+    param = f"messages[{index}].tool_calls"
+    if not isinstance(raw, list):
+        raise _tool_error(param, f"{param} must be a list")
+    calls = []
+    for position, entry in enumerate(raw):
+        where = f"{param}[{position}]"
+        function = entry.get("function") if isinstance(entry, dict) else None
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("id"), str)
+            or not isinstance(function, dict)
+            or not isinstance(function.get("name"), str)
+            or not isinstance(function.get("arguments"), str)
+        ):
+            raise _tool_error(
+                where, f"{where} must have an id and a function with a name and arguments"
+            )
+        try:
+            arguments = orjson.loads(function["arguments"] or "{}")
+        except orjson.JSONDecodeError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise _tool_error(
+                f"{where}.function.arguments", f"{where}.function.arguments must be a JSON object"
+            )
+        calls.append(ToolCall(entry["id"], function["name"], function["arguments"] or "{}"))
+    return tuple(calls)
+
+
+def chat_messages(messages: list[dict[str, Any]]) -> tuple[ChatMessage, ...]:
+    """The checked OpenAI messages as the model chain's (for providers that are not OpenAI's).
+
+    A tool result keeps the id of the call it answers and that call's function name (Gemini
+    answers by name).
+    """
+    out = []
+    names: dict[str, str] = {}  # tool call id -> function name
+    for index, message in enumerate(messages):
+        role = _ROLES.get(message["role"], message["role"])
+        content = _text_of(message.get("content"), f"messages[{index}].content")
+        if role == "assistant" and message.get("tool_calls"):
+            calls = _calls_of(message, index)
+            names.update((call.id, call.name) for call in calls)
+            out.append(ChatMessage(role, content, tool_calls=calls))
+        elif role == "tool":
+            call_id = message.get("tool_call_id")
+            name = message.get("name")
+            if not isinstance(call_id, str) or not call_id:
+                if not isinstance(name, str):  # the legacy "function" role names its function
+                    raise _tool_error(
+                        f"messages[{index}].tool_call_id",
+                        f"messages[{index}] (role tool) needs the tool_call_id it answers",
+                    )
+                call_id = next((i for i, n in reversed(names.items()) if n == name), name)
+            if not isinstance(name, str):
+                name = names.get(call_id, "")
+            out.append(ChatMessage(role, content, tool_call_id=call_id, name=name))
+        else:
+            out.append(ChatMessage(role, content))
+    return tuple(out)
+
+
+def model_request(call: Call) -> ModelRequest:
+    """The model chain's request for ``call`` (body already checked)."""
+    route, body = call.route, call.body
+    provider = route.provider
+    api: Api = call.api
+    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] = ()
+    passthrough = provider in PASSTHROUGH_PROVIDERS
+    if api == "chat":
+        if route.force_text_completion:  # a text-completion-* model: the chat as one prompt
+            prompt = messages_as_text(chat_messages(body["messages"]))
+            api, passthrough = "completions", False
+        elif not passthrough:
+            messages = chat_messages(body["messages"])
+    else:
+        raw = body["prompt"]
+        prompt = raw if isinstance(raw, str) else raw[0]
+    stop = body.get("stop")
+    spec = call.tools
+    if spec is not None and api != "chat":
+        raise RequestError(
+            400,
+            f"The model of '{route.feature}' takes raw prompts (a text-completion model), so "
+            "it cannot call tools; ask an administrator for a chat model",
+            "tools_not_supported",
+            "tools",
+        )
+    if not passthrough and ("functions" in body or "function_call" in body):
+        raise RequestError(
+            400,
+            "'functions' and 'function_call' are deprecated: use 'tools' and 'tool_choice'",
+            "invalid_tools",
+            "functions" if "functions" in body else "function_call",
+        )
+    return ModelRequest(
+        endpoint=route.endpoint or "",
+        model=route.upstream_model or "",
+        api=api,
+        api_key=route.api_key,
+        prompt=prompt,
+        messages=messages,
+        max_tokens=body.get("max_completion_tokens") or body.get("max_tokens") or 0,
+        temperature=body.get("temperature"),
+        top_p=body.get("top_p"),
+        stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+        family=route.family or "other",
+        provider=provider,
+        seed=body.get("seed"),
+        presence_penalty=body.get("presence_penalty"),
+        frequency_penalty=body.get("frequency_penalty"),
+        openai_body=body if passthrough else None,
+        tools=spec.tools if spec is not None else (),
+        tool_choice=spec.choice if spec is not None else None,
+        tool_name=spec.name if spec is not None else None,
+        parallel_tool_calls=spec.parallel if spec is not None else None,
+    )
+
+
+def _model_failure(request: Request, exc: ModelError | EndpointNotAllowed) -> RequestError:
     """The generic error a user gets for any model failure; the precise one goes to the log."""
-    log.warning("model_call_failed", reason=failure.message, code=failure.code, caller="user")
-    if failure.status == 429:  # the model's rate limit: "retry later", with its Retry-After
+    if isinstance(exc, EndpointNotAllowed):
+        log.warning("model_endpoint_refused", reason=exc.reason, caller="user")
+        return RequestError(503, model_unavailable_message(request), "model_unavailable")
+    log.warning("model_call_failed", reason=exc.reason, status=exc.status, caller="user")
+    if exc.status == 429:  # the model's rate limit: "retry later", with its Retry-After
+        headers = {"Retry-After": exc.retry_after} if exc.retry_after else None
         return RequestError(
-            429, model_unavailable_message(request), "model_unavailable", headers=failure.headers
+            429, model_unavailable_message(request), "model_unavailable", headers=headers
         )
     return RequestError(503, model_unavailable_message(request), "model_unavailable")
 
 
-async def forward(request: Request, call: Call) -> Response | SSERelayResponse:
-    """Send ``call`` to its model server; its answer, relayed (raises :class:`RequestError`).
-
-    Every token of this API is a user's: model failures are answered generically.
-    """
-    try:
-        return await _forward(request, call)
-    except RequestError as exc:
-        raise _unavailable(request, exc) from None
-
-
-async def _forward(request: Request, call: Call) -> Response | SSERelayResponse:
-    gateway: Gateway = request.app.state.gateway
-    route = call.route
-    endpoint = route.endpoint or ""
-    try:
-        await gateway.egress.check(endpoint)
-    except EndpointNotAllowed as exc:
-        log.warning("model_endpoint_refused", reason=exc.reason)
-        raise RequestError(403, exc.reason, "endpoint_not_allowed") from None
-    upstream_body = dict(call.body)
-    upstream_body["model"] = route.upstream_model
-    headers = {
-        "Content-Type": "application/json",
-        "Accept": "text/event-stream" if call.stream else "application/json",
+def _usage(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
     }
-    if route.api_key:
-        headers["Authorization"] = f"Bearer {route.api_key}"  # only to this route's endpoint
-    timeout_s = gateway.settings.gateway.model_timeout_s
-    timeout = (
-        # Streams: a deadline per read, so that long answers may flow.
-        aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
-        if call.stream
-        else aiohttp.ClientTimeout(total=timeout_s)
-    )
+
+
+def _tool_calls(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
+        for call in calls
+    ]
+
+
+def completion_body(call: Call, result: ModelResult, completion_id: str) -> dict[str, Any]:
+    """OpenAI's answer object for ``result``: ``model`` is the feature, never the upstream name."""
+    choice: dict[str, Any]
+    if call.api == "chat":
+        message: dict[str, Any] = {"role": "assistant", "content": result.text}
+        if result.tool_calls:
+            message["content"] = result.text or None
+            message["tool_calls"] = _tool_calls(result.tool_calls)
+        choice = {"index": 0, "message": message, "logprobs": None}
+        kind = "chat.completion"
+    else:
+        choice = {"text": result.text, "index": 0, "logprobs": None}
+        kind = "text_completion"
+    choice["finish_reason"] = result.finish_reason
+    body: dict[str, Any] = {
+        "id": completion_id,
+        "object": kind,
+        "created": int(time.time()),
+        "model": call.route.feature,
+        "choices": [choice],
+    }
+    if result.usage is not None:
+        body["usage"] = _usage(result.usage)
+    return body
+
+
+def completion_id(api: Api) -> str:
+    return ("chatcmpl-" if api == "chat" else "cmpl-") + secrets.token_hex(12)
+
+
+async def forward(request: Request, call: Call) -> Response | OpenAIStreamResponse:
+    """Answer ``call`` through the gateway's model chain (egress check → metrics → provider).
+
+    Every token of this API is a user's: model failures are answered generically (raises
+    :class:`RequestError`).
+    """
+    gateway: Gateway = request.app.state.gateway
+    model_call = model_request(call)
     try:
-        response = await gateway.http().post(
-            endpoint + _PATHS[call.api],
-            data=orjson.dumps(upstream_body),
-            headers=headers,
-            timeout=timeout,
-            allow_redirects=False,  # the API key goes to this endpoint and nowhere else
-        )
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise _transport_error(route, exc, timeout_s) from None
-    if (
-        call.stream
-        and response.status == 200
-        and "event-stream" in response.headers.get("Content-Type", "")
-    ):
-        return SSERelayResponse(response, route, timeout_s, model_unavailable_message(request))
-    try:
-        if response.status != 200:
-            try:
-                error_body = await response.content.read(MAX_ERROR_BODY_BYTES)
-            except (aiohttp.ClientError, TimeoutError, OSError):
-                error_body = b""
-            raise _status_error(route, response.status, response.headers, error_body)
-        try:
-            raw = await read_limited(response, MAX_RESPONSE_BYTES)
-        except ValueError:
-            raise RequestError(
-                502,
-                f"The model server of '{route.feature}' sent an oversized answer",
-                "upstream_error",
-            ) from None
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise _transport_error(route, exc, timeout_s) from None
-    finally:
-        response.release()
-    if call.stream:
-        raise RequestError(
-            502,
-            f"The model server of '{route.feature}' did not stream its answer",
-            "upstream_error",
-        )
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        data = None
-    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-        raise RequestError(
-            502,
-            f"The model server of '{route.feature}' sent an answer that is not an OpenAI "
-            "completion",
-            "upstream_error",
-        )
-    data["model"] = route.feature  # the id the client asked for, never the upstream name
-    return json_response(data)
+        if call.stream:
+            stream = await gateway.models.stream(model_call)
+            options = call.body.get("stream_options")
+            # Token counts in a last chunk unless the client declined them.
+            usage = options is None or options.get("include_usage") is not False
+            return OpenAIStreamResponse(stream, call, usage, model_unavailable_message(request))
+        result = await gateway.models.complete(model_call)
+    except (ModelError, EndpointNotAllowed) as exc:
+        raise _model_failure(request, exc) from None
+    return json_response(completion_body(call, result, completion_id(call.api)))
 
 
 # -- streaming ------------------------------------------------------------------------------
 
 
-class SSERelayResponse:
-    """Relays a model server's SSE stream event by event, with ``model`` set to the feature.
+class OpenAIStreamResponse:
+    """A model chain's stream as OpenAI's server-sent events, one event per delta.
 
-    Each event goes out as soon as its blank-line terminator arrives (no buffering of the
-    answer). If the client goes away the upstream connection is dropped, so the model server
-    stops generating; if the model server fails mid-answer, an OpenAI-style error event ends it.
+    Each delta goes out as soon as the provider yields it (no buffering of the answer). Then a
+    chunk with the finish reason, a usage chunk (unless ``stream_options.include_usage`` is
+    false) and ``data: [DONE]``. If the client goes away the model call is dropped, so the
+    model server stops generating; if the model fails mid-answer, an OpenAI-style error event
+    (generic: these callers are users) ends the stream without ``[DONE]``, and the cause is
+    logged.
     """
 
     media_type: Final = "text/event-stream; charset=utf-8"
 
-    def __init__(
-        self,
-        upstream: aiohttp.ClientResponse,
-        route: FeatureRoute,
-        timeout_s: float,
-        unavailable: str,
-    ):
-        self._upstream = upstream
-        self._route = route
-        self._timeout_s = timeout_s
-        self._unavailable = unavailable  # the generic message a user gets for failures
-        self._complete = False
-        self._ended = False  # [DONE] or a finish_reason seen: a close after it is no break
+    def __init__(self, stream: TextStream, call: Call, usage: bool, unavailable: str) -> None:
+        self._stream = stream
+        self._call = call
+        self._usage = usage
+        self._unavailable = unavailable
         self.status_code = 200
         self.client_disconnected = False
 
-    def _frame(self, lines: list[bytes]) -> bytes:
-        """One event, rewritten where it carries a JSON object."""
-        out: list[bytes] = []
-        for line in lines:
-            if line.startswith(b"data:"):
-                data = line[5:].strip()
-                self._ended = self._ended or data == b"[DONE]"
-                if data and data != b"[DONE]":
-                    try:
-                        event = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        event = None
-                    if isinstance(event, dict):
-                        self._ended = self._ended or _has_finish_reason(event)
-                        if "model" in event:
-                            event["model"] = self._route.feature
-                        inner = event.get("error")
-                        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-                            key = self._route.api_key
-                            said = clean_error_message(inner["message"], key)
-                            log.warning("model_stream_failed", reason=said, caller="user")
-                            inner["message"] = self._unavailable
-                        line = b"data: " + orjson.dumps(event)
-            out.append(line)
-        return b"\n".join(out) + b"\n\n"
+    def _chunk(self, head: bytes, choice: dict[str, Any]) -> bytes:
+        return head + orjson.dumps(choice) + b"]}\n\n"
 
     async def _pump(self, send: Send) -> None:
-        headers = [
-            (b"content-type", self.media_type.encode()),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        pending: list[bytes] = []
+        call, stream = self._call, self._stream
+        chat = call.api == "chat"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", self.media_type.encode()),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no"),
+                ],
+            }
+        )
+        prefix = {
+            "id": completion_id(call.api),
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": call.route.feature,
+        }
+        # Every chunk starts the same: its fixed fields, then its one choice.
+        head = b"data: " + orjson.dumps(prefix)[:-1] + b',"choices":['
+        tools: list[ToolCallDelta] | None = getattr(stream, "tool_deltas", None)
         try:
-            async for raw in self._upstream.content:
-                line = raw.rstrip(b"\r\n")
-                if line:
-                    pending.append(line)
-                    continue
-                if pending:
-                    frame, pending = self._frame(pending), []
-                    await send({"type": "http.response.body", "body": frame, "more_body": True})
-            if pending:
-                frame = self._frame(pending)
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
-            if not self._ended:  # closed before the answer ended: the server went away
-                raise aiohttp.ClientPayloadError("the stream ended before data: [DONE]")
-            self._complete = True
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            failure = _stream_error(self._route, exc, self._timeout_s)
+            if chat:
+                first = {"index": 0, "delta": {"role": "assistant", "content": ""}}
+                first["logprobs"] = first["finish_reason"] = None
+                await send(self._body(self._chunk(head, first)))
+            async for text in stream:
+                if text:
+                    choice: dict[str, Any] = (
+                        {"index": 0, "delta": {"content": text}, "finish_reason": None}
+                        if chat
+                        else {"text": text, "index": 0, "finish_reason": None}
+                    )
+                    await send(self._body(self._chunk(head, choice)))
+                if tools:
+                    await send(self._body(self._chunk(head, _tool_choice(tools))))
+                    tools.clear()
+        except ModelError as exc:
             log.warning(
-                "model_stream_failed", reason=failure.message, dialect="openai_sse", caller="user"
+                "model_stream_failed", reason=exc.reason, dialect="openai_sse", caller="user"
             )
             event = {
                 "error": {
@@ -673,18 +725,34 @@ class SSERelayResponse:
                     "code": "model_unavailable",
                 }
             }
-            body = b"data: " + orjson.dumps(event) + b"\n\n"
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send(self._body(b"data: " + orjson.dumps(event) + b"\n\n"))
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        reason = getattr(stream, "finish_reason", None) or "stop"
+        last: dict[str, Any] = (
+            {"index": 0, "delta": {}, "finish_reason": reason}
+            if chat
+            else {"text": "", "index": 0, "finish_reason": reason}
+        )
+        await send(self._body(self._chunk(head, last)))
+        usage: Usage | None = getattr(stream, "usage", None)
+        if self._usage and usage is not None:
+            data = head[:-1] + b'[],"usage":' + orjson.dumps(_usage(usage)) + b"}\n\n"
+            await send(self._body(data))
+        await send(self._body(b"data: [DONE]\n\n"))
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    def _body(data: bytes) -> Message:
+        return {"type": "http.response.body", "body": data, "more_body": True}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             pump, self.client_disconnected = await run_until_disconnect(self._pump(send), receive)
         finally:
-            if self._complete:
-                self._upstream.release()  # back to the pool
-            else:
-                self._upstream.close()  # drop it: the model server stops generating
+            # Releases the connection when the answer was complete, drops it otherwise (the
+            # model server stops generating).
+            await self._stream.aclose()
         if pump.cancelled():
             return
         error_raised = pump.exception()
@@ -693,3 +761,19 @@ class SSERelayResponse:
             return
         if error_raised is not None:
             raise error_raised
+
+
+def _tool_choice(pieces: list[ToolCallDelta]) -> dict[str, Any]:
+    """One chunk's choice with the tool-call pieces that arrived together."""
+    calls = []
+    for piece in pieces:
+        entry: dict[str, Any] = {"index": piece.index}
+        function: dict[str, Any] = {"arguments": piece.arguments}
+        if piece.id is not None:
+            entry["id"] = piece.id
+            entry["type"] = "function"
+        if piece.name is not None:
+            function["name"] = piece.name
+        entry["function"] = function
+        calls.append(entry)
+    return {"index": 0, "delta": {"tool_calls": calls}, "finish_reason": None}

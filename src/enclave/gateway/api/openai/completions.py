@@ -13,8 +13,8 @@ from starlette.responses import Response
 from enclave.common.features import Feature
 from enclave.gateway.api.openai.common import (
     Call,
+    OpenAIStreamResponse,
     RequestError,
-    SSERelayResponse,
     authenticate,
     check_common,
     check_prompt,
@@ -26,7 +26,7 @@ from enclave.gateway.api.openai.common import (
 DEFAULT_MODEL = Feature.CODE_COMPLETIONS.value
 
 
-async def completions(request: Request) -> Response | SSERelayResponse:
+async def completions(request: Request) -> Response | OpenAIStreamResponse:
     try:
         principal, routes = await authenticate(request)
         body = await read_json_object(request)
