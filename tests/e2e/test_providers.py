@@ -7,7 +7,9 @@ Bedrock through ``ENCLAVE_GATEWAY__BEDROCK_ENDPOINT`` (SigV4 signed) and Vertex 
 endpoint, project, location and token URL settings (a service-account key exchanged at the
 fake's ``/token``). For each provider an administrator registers a model through the admin API,
 tests the connection, assigns it to Duo Chat and code completions, and then a completion, a
-chat question and a tool call (OpenAI-compatible API, whole and streamed) go through it.
+chat question and a tool call (OpenAI-compatible API, whole and streamed) go through it. A
+fifth model, on Vertex AI with its own project and location (the fake as its API base), shows
+the model's values winning over the gateway's VERTEX_PROJECT and VERTEX_LOCATION.
 """
 
 from __future__ import annotations
@@ -127,7 +129,11 @@ class Provider:
     registration: dict[str, Any]  # the admin API body, less the endpoint for the fake
     answer: Callable[[Seen], Reply]
     endpoint_on_model: bool  # the model carries the fake's URL (else the gateway settings)
-    fake: FakeProvider | None = None
+    fake_kind: str = ""  # the fake it calls, when another provider's
+
+    @property
+    def fake_name(self) -> str:
+        return self.fake_kind or self.kind
 
 
 PROVIDERS = [
@@ -175,6 +181,22 @@ PROVIDERS = [
         vertex_answer,
         False,
     ),
+    # The model's own project and location (with the fake as its API base) win over the
+    # gateway's VERTEX_PROJECT and VERTEX_LOCATION.
+    Provider(
+        "vertex_own_project",
+        {
+            "provider": "vertex_ai",
+            "model": "general",
+            "identifier": f"vertex_ai/{GEMINI_MODEL}",
+            "api_token": SA_KEY,
+            "project": "model-project-1",
+            "location": "europe-west4",
+        },
+        vertex_answer,
+        True,
+        fake_kind="vertex",
+    ),
 ]
 BY_KIND = {provider.kind: provider for provider in PROVIDERS}
 
@@ -202,6 +224,8 @@ def fakes() -> Iterator[dict[str, FakeProvider]]:
     servers: dict[str, FakeProvider] = {}
     try:
         for provider in PROVIDERS:
+            if provider.fake_kind:
+                continue
             server = FakeProvider()
             server.responder = provider.answer
             if provider.kind == "vertex":
@@ -252,6 +276,9 @@ def seen_since(fake: FakeProvider, start: int) -> list[Seen]:
 def check_wire(kind: str, fake: FakeProvider, calls: list[Seen], stream: bool) -> None:
     """The last model call used the provider's own path and authentication."""
     assert calls, f"{kind}: the fake saw no model call"
+    placement = BY_KIND[kind].registration
+    project = placement.get("project", VERTEX_PROJECT)
+    location = placement.get("location", VERTEX_LOCATION)
     seen = calls[-1]
     headers = {name.lower(): value for name, value in seen.headers.items()}
     if kind == "anthropic":
@@ -273,7 +300,7 @@ def check_wire(kind: str, fake: FakeProvider, calls: list[Seen], stream: bool) -
     else:
         method = "streamGenerateContent" if stream else "generateContent"
         assert seen.path == (
-            f"/v1/projects/{VERTEX_PROJECT}/locations/{VERTEX_LOCATION}/publishers/google/"
+            f"/v1/projects/{project}/locations/{location}/publishers/google/"
             f"models/{GEMINI_MODEL}:{method}"
         )
         assert headers["authorization"] == f"Bearer {ACCESS_TOKEN}"
@@ -295,7 +322,8 @@ def tool_call(calls: list[Any]) -> tuple[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("kind", [provider.kind for provider in PROVIDERS])
 def test_provider_end_to_end(kind: str, cloud_stack: Stack, fakes: dict[str, FakeProvider]) -> None:
-    stack, provider, fake = cloud_stack, BY_KIND[kind], fakes[kind]
+    stack, provider = cloud_stack, BY_KIND[kind]
+    fake = fakes[provider.fake_name]
     started = time.monotonic()
     body = {"name": f"{kind}-model", **provider.registration}
     if provider.endpoint_on_model:
@@ -381,10 +409,13 @@ def test_provider_end_to_end(kind: str, cloud_stack: Stack, fakes: dict[str, Fak
     while True:
         mark = len(fake.seen)
         whole = client.chat.completions.create(model="duo_chat", messages=messages, tools=tools)
-        if seen_since(fake, mark) or time.monotonic() > deadline:
+        try:
+            check_wire(kind, fake, seen_since(fake, mark), stream=False)
             break
-        time.sleep(0.3)  # still the previous mapping: the routes are re-read every second
-    check_wire(kind, fake, seen_since(fake, mark), stream=False)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)  # still the previous mapping: the routes are re-read every second
     assert whole.choices[0].finish_reason == "tool_calls"
     assert tool_call(whole.choices[0].message.tool_calls or []) == (
         TOOL_NAME,
