@@ -13,8 +13,10 @@ provider           identifier                   endpoint
 =================  ===========================  =====================================
 ``api``            ``custom_openai/<served>``   required: the OpenAI-compatible base URL
 ``azure_openai``   ``azure/<deployment>``       required: https://<resource>.openai.azure.com
-``bedrock``        ``bedrock/<model-id>``       optional (the gateway's AWS region is used)
-``vertex_ai``      ``vertex_ai/<model>``        optional
+``bedrock``        ``bedrock/<model-id>``       optional (a VPC endpoint); or ``region``; else
+                                                the gateway's AWS region
+``vertex_ai``      ``vertex_ai/<model>``        optional API base; ``project`` and ``location``
+                                                (else the gateway's)
 ``anthropic``      ``anthropic/<model>``        optional (an Anthropic-compatible proxy)
 =================  ===========================  =====================================
 
