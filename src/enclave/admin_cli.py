@@ -228,6 +228,24 @@ def models_add(
         str,
         typer.Option(help="api (OpenAI-compatible), azure_openai, bedrock, vertex_ai, anthropic."),
     ] = "api",
+    region: Annotated[
+        str | None,
+        typer.Option(
+            help="Amazon Bedrock: the AWS region (e.g. eu-central-1) instead of an endpoint; "
+            "wins over the gateway's ENCLAVE_GATEWAY__BEDROCK_REGION."
+        ),
+    ] = None,
+    project: Annotated[
+        str | None,
+        typer.Option(
+            help="Google Vertex AI: the Google Cloud project (with --location); wins over "
+            "the gateway's ENCLAVE_GATEWAY__VERTEX_PROJECT."
+        ),
+    ] = None,
+    location: Annotated[
+        str | None,
+        typer.Option(help="Google Vertex AI: the location (with --project), e.g. us-east5."),
+    ] = None,
     api_key_file: ApiKeyFile = None,
     api_key_env: ApiKeyEnv = None,
     as_json: JsonOption = False,
@@ -244,6 +262,9 @@ def models_add(
                 "model": family,
                 "provider": provider,
                 "endpoint": endpoint,
+                "region": region,
+                "project": project,
+                "location": location,
                 "identifier": identifier,
                 "api_token": key,
             }
@@ -276,6 +297,16 @@ def models_update(
     identifier: Annotated[str | None, typer.Option(help="New identifier.")] = None,
     endpoint: Annotated[str | None, typer.Option(help="New endpoint URL.")] = None,
     provider: Annotated[str | None, typer.Option(help="New provider kind.")] = None,
+    region: Annotated[
+        str | None, typer.Option(help='New AWS region (Amazon Bedrock); "" for the gateway\'s.')
+    ] = None,
+    project: Annotated[
+        str | None,
+        typer.Option(help='New Google Cloud project (Vertex AI); "" for the gateway\'s.'),
+    ] = None,
+    location: Annotated[
+        str | None, typer.Option(help="New Vertex AI location (with the model's project).")
+    ] = None,
     api_key_file: ApiKeyFile = None,
     api_key_env: ApiKeyEnv = None,
     remove_api_key: Annotated[
@@ -306,6 +337,9 @@ def models_update(
             "identifier": identifier,
             "endpoint": endpoint,
             "provider": provider,
+            "region": region,
+            "project": project,
+            "location": location,
         }.items()
         if v is not None
     }

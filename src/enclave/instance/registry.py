@@ -13,8 +13,10 @@ provider           identifier                   endpoint
 =================  ===========================  =====================================
 ``api``            ``custom_openai/<served>``   required: the OpenAI-compatible base URL
 ``azure_openai``   ``azure/<deployment>``       required: https://<resource>.openai.azure.com
-``bedrock``        ``bedrock/<model-id>``       optional (the gateway's AWS region is used)
-``vertex_ai``      ``vertex_ai/<model>``        optional
+``bedrock``        ``bedrock/<model-id>``       optional (a VPC endpoint); or ``region``; else
+                                                the gateway's AWS region
+``vertex_ai``      ``vertex_ai/<model>``        optional API base; ``project`` and ``location``
+                                                (else the gateway's)
 ``anthropic``      ``anthropic/<model>``        optional (an Anthropic-compatible proxy)
 =================  ===========================  =====================================
 
@@ -165,6 +167,152 @@ def validate_endpoint(value: Any, provider: str) -> str | None:
             )
         return None
     return validate_url(value, "endpoint", what="model server's")
+
+
+# --- where a cloud model runs: Bedrock's region, Vertex AI's project and location ---------------
+#
+# Not stored on their own: saved as the endpoint the gateway would derive from its own settings
+# (``gateway.models.providers.default_endpoint``), so a model's value wins over the gateway-wide
+# one with no new column and no new field on the wire. The views read them back from it.
+
+PLACEMENT_FIELDS = ("region", "project", "location")
+_AWS_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}$")
+# The gateway's (bedrock.py): bedrock-runtime[-fips].<region>.amazonaws.com, and VPC endpoints
+# vpce-….bedrock-runtime.<region>.vpce.amazonaws.com; the signing region comes from it.
+_BEDROCK_HOST_REGION = re.compile(
+    r"bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.(?:vpce\.)?amazonaws\.com$"
+)
+_BEDROCK_PUBLIC = re.compile(r"^https://bedrock-runtime\.([a-z0-9-]+)\.amazonaws\.com$")
+_GCP_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_GCP_LOCATION = re.compile(r"^(?:global|[a-z]+(?:-[a-z]+[0-9]+)?)$")
+_VERTEX_PLACE = re.compile(r"^(.*)/v1/projects/([^/]+)/locations/([^/]+)$")
+_VERTEX_PUBLIC = re.compile(r"^https://(?:[a-z0-9-]+-)?aiplatform\.googleapis\.com$")
+
+
+def _vertex_host(location: str) -> str:
+    host = "aiplatform.googleapis.com"
+    return f"https://{host if location == 'global' else f'{location}-{host}'}"
+
+
+def placement_of(provider: str, endpoint: str | None) -> dict[str, str | None]:
+    """Bedrock's region, Vertex AI's project and location, as ``endpoint`` names them."""
+    found: dict[str, str | None] = dict.fromkeys(PLACEMENT_FIELDS)
+    if not endpoint:
+        return found
+    if provider == ModelProvider.BEDROCK.value:
+        match = _BEDROCK_HOST_REGION.search((urlsplit(endpoint).hostname or "").lower())
+        found["region"] = match.group(1) if match else None
+    elif provider == ModelProvider.VERTEX_AI.value:
+        place = _VERTEX_PLACE.match(endpoint)
+        if place:
+            found["project"], found["location"] = place.group(2), place.group(3)
+    return found
+
+
+def placement_base(provider: str, endpoint: str | None) -> str | None:
+    """``endpoint`` less what a region, project or location put there (None: the default)."""
+    if not endpoint:
+        return None
+    if provider == ModelProvider.BEDROCK.value and _BEDROCK_PUBLIC.match(endpoint):
+        return None
+    if provider == ModelProvider.VERTEX_AI.value:
+        place = _VERTEX_PLACE.match(endpoint)
+        if place:
+            base = place.group(1)
+            return None if _VERTEX_PUBLIC.match(base) else base
+    return endpoint
+
+
+def _placement_text(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{field} must be a string", field=field)
+    return value.strip() or None
+
+
+def place_endpoint(
+    provider: str,
+    endpoint: str | None,
+    region: Any = None,
+    project: Any = None,
+    location: Any = None,
+) -> str | None:
+    """The endpoint to store for a Bedrock ``region`` or a Vertex AI ``project``/``location``
+    (``endpoint``, validated, is the model's own: a VPC endpoint, an API base)."""
+    region = _placement_text(region, "region")
+    project = _placement_text(project, "project")
+    location = _placement_text(location, "location")
+    title = PROVIDER_TITLES[provider]
+    if region is not None:
+        if provider != ModelProvider.BEDROCK.value:
+            raise InvalidInputError(
+                f"region is for Amazon Bedrock models (provider bedrock), not {title} models",
+                field="region",
+            )
+        if not _AWS_REGION.match(region):
+            raise InvalidInputError(
+                f"region {region!r} is not an AWS region name such as us-east-1 or eu-central-1",
+                field="region",
+            )
+        if endpoint is None:
+            return f"https://bedrock-runtime.{region}.amazonaws.com"
+        named = placement_of(provider, endpoint)["region"]
+        if named != region:
+            raise InvalidInputError(
+                f"region {region} and endpoint {endpoint} disagree: the gateway signs for the "
+                f"region the endpoint's host names ({named or 'none'}); give the region alone, "
+                "or the endpoint alone (with ENCLAVE_GATEWAY__BEDROCK_REGION for a host that "
+                "names none)",
+                field="region",
+            )
+        return endpoint
+    if project is None and location is None:
+        return endpoint
+    if provider != ModelProvider.VERTEX_AI.value:
+        field = "project" if project is not None else "location"
+        raise InvalidInputError(
+            f"{field} is for Google Vertex AI models (provider vertex_ai), not {title} models",
+            field=field,
+        )
+    if project is None:
+        raise InvalidInputError(
+            "project is missing: a location needs its Google Cloud project (project)",
+            field="project",
+        )
+    if location is None:
+        raise InvalidInputError(
+            "location is missing: give the project's Vertex AI location too, for example "
+            "us-central1, europe-west4 or global",
+            field="location",
+        )
+    if not _GCP_PROJECT.match(project):
+        raise InvalidInputError(
+            f"project {project!r} is not a Google Cloud project id (6-30 characters: lowercase "
+            "letters, digits and hyphens, starting with a letter)",
+            field="project",
+        )
+    if not _GCP_LOCATION.match(location):
+        raise InvalidInputError(
+            f"location {location!r} is not a Vertex AI location such as us-central1, "
+            "europe-west4 or global",
+            field="location",
+        )
+    if endpoint is not None and _VERTEX_PLACE.match(endpoint):
+        raise InvalidInputError(
+            f"endpoint {endpoint} names a project and location already: give project and "
+            "location with an API base (or no endpoint), not both",
+            field="endpoint",
+        )
+    base = endpoint.rstrip("/") if endpoint else _vertex_host(location)
+    placed = f"{base}/v1/projects/{project}/locations/{location}"
+    if len(placed) > MAX_ENDPOINT_CHARS:
+        raise InvalidInputError(
+            f"endpoint with project and location is too long ({len(placed)} characters; at "
+            f"most {MAX_ENDPOINT_CHARS})",
+            field="endpoint",
+        )
+    return placed
 
 
 @dataclass(frozen=True)
@@ -324,7 +472,11 @@ class ModelSpec:
             name=validate_name(data.get("name")),
             family=validate_family(data.get("model", data.get("family"))),
             provider=provider,
-            endpoint=validate_endpoint(data.get("endpoint"), provider),
+            endpoint=place_endpoint(
+                provider,
+                validate_endpoint(data.get("endpoint"), provider),
+                *(data.get(field) for field in PLACEMENT_FIELDS),
+            ),
             identifier=validate_identifier(data.get("identifier"), provider),
             api_token=validate_api_token(data.get("api_token"), provider),
         )
@@ -343,6 +495,7 @@ def model_view(model: SelfHostedModel) -> dict[str, Any]:
         "provider": model.provider,
         "provider_display_name": PROVIDER_TITLES.get(model.provider, model.provider),
         "endpoint": model.endpoint,
+        **placement_of(model.provider, model.endpoint),
         "identifier": model.identifier or "",
         "has_api_token": model.api_token_encrypted is not None,
         "release_state": family_release_state(model.family).value,
@@ -454,6 +607,7 @@ UPDATABLE = (
     "identifier",
     "api_token",
     "keep_api_token",
+    *PLACEMENT_FIELDS,
 )
 
 
@@ -490,7 +644,21 @@ def update_model(
     }
     name = validate_name(merged["name"])
     family = validate_family(merged["model"])
-    endpoint = validate_endpoint(merged["endpoint"], provider)
+    placement = {field: changes[field] for field in PLACEMENT_FIELDS if field in changes}
+    if placement:
+        # A new region, project or location replaces what the old ones put in the endpoint.
+        if "endpoint" not in changes:
+            merged["endpoint"] = placement_base(model.provider, model.endpoint)
+        current = placement_of(provider, model.endpoint) if provider == model.provider else {}
+        if "project" in placement and not _placement_text(placement["project"], "project"):
+            current["location"] = None  # no project: back to the gateway's, location too
+        endpoint = place_endpoint(
+            provider,
+            validate_endpoint(merged["endpoint"], provider),
+            **{**current, **placement},
+        )
+    else:
+        endpoint = validate_endpoint(merged["endpoint"], provider)
     identifier = validate_identifier(merged["identifier"], provider)
     keep = changes.get("keep_api_token")
     if keep is not None and not isinstance(keep, bool):

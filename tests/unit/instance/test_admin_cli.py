@@ -157,6 +157,32 @@ def test_invalid_input_is_refused_with_the_same_messages(cli: Cli) -> None:
         assert message in result.stderr, (args, result.stderr)
 
 
+def test_models_add_and_update_with_region_project_and_location(cli: Cli) -> None:
+    bedrock = cli.json(
+        "models", "add", "--name", "claude-eu", "--family", "claude_3", "--provider", "bedrock",
+        "--identifier", "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "--region", "eu-central-1",
+    )  # fmt: skip
+    assert bedrock["endpoint"] == "https://bedrock-runtime.eu-central-1.amazonaws.com"
+    assert bedrock["region"] == "eu-central-1"
+    vertex = cli.json(
+        "models", "add", "--name", "gemini", "--family", "general", "--provider", "vertex_ai",
+        "--identifier", "vertex_ai/gemini-2.5-flash", "--project", "my-proj-1",
+        "--location", "us-east5",
+    )  # fmt: skip
+    assert (vertex["project"], vertex["location"]) == ("my-proj-1", "us-east5")
+    moved = cli.json("models", "update", "gemini", "--location", "global")
+    assert moved["endpoint"] == (
+        "https://aiplatform.googleapis.com/v1/projects/my-proj-1/locations/global"
+    )
+    refused = cli(
+        "models", "add", "--name", "x", "--family", "claude_3", "--provider", "anthropic",
+        "--identifier", "anthropic/claude-sonnet-4-5", "--project", "my-proj-1",
+    )  # fmt: skip
+    assert refused.exit_code == 1
+    assert "project is for Google Vertex AI models (provider vertex_ai)" in refused.stderr
+
+
 def _gateway_answers(gateway: FakeGateway, status: int, body: object) -> None:
     async def handler(request: web.Request, fake: FakeGateway) -> web.StreamResponse:
         return web.json_response(body, status=status)

@@ -72,6 +72,22 @@ class ModelCreate(BaseModel):
         "bedrock/<model-id>, vertex_ai/<model>, anthropic/<model>.",
         examples=["custom_openai/Mistral-7B-Instruct-v0.3"],
     )
+    region: str | None = Field(
+        None,
+        description="Amazon Bedrock: the AWS region (instead of an endpoint); saved as the "
+        "endpoint https://bedrock-runtime.<region>.amazonaws.com, which the gateway uses "
+        "before its own ENCLAVE_GATEWAY__BEDROCK_REGION.",
+        examples=["eu-central-1"],
+    )
+    project: str | None = Field(
+        None,
+        description="Google Vertex AI: the Google Cloud project (with location); saved in the "
+        "endpoint (<API base>/v1/projects/<project>/locations/<location>), which the gateway "
+        "uses before its own VERTEX_PROJECT and VERTEX_LOCATION.",
+    )
+    location: str | None = Field(
+        None, description="Google Vertex AI: the location (with project), e.g. us-east5 or global."
+    )
     api_token: str | None = Field(
         None,
         description="API key of the model server; stored encrypted, never returned.",

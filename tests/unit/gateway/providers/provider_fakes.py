@@ -11,6 +11,7 @@ import asyncio
 import binascii
 import ssl
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,9 @@ class FakeProvider:
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self._ssl = ssl_context  # serve HTTPS with it
         self.replies: list[Reply] = [Reply()]
+        # Answers by the request instead of the script when set (end-to-end tests, where the
+        # order of calls is the stack's business).
+        self.responder: Callable[[Seen], Reply] | None = None
         self.token_replies: list[Reply] = []  # POST /token (Vertex service-account exchange)
         self.seen: list[Seen] = []
         self.token_requests: list[Seen] = []
@@ -82,7 +86,7 @@ class FakeProvider:
             reply = self._next(self.token_replies)
         else:
             self.seen.append(seen)
-            reply = self._next(self.replies)
+            reply = self.responder(seen) if self.responder else self._next(self.replies)
         if reply.stall:
             await self._release.wait()
             return web.Response(status=503)
