@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from enclave.common import wire
 from enclave.common.features import (
     CHAT_SUB_FEATURES,
     COMPATIBLE_FAMILIES,
+    FEATURE_PROMPT_IDS,
     FEATURE_UNIT_PRIMITIVES,
     Feature,
 )
@@ -41,6 +41,6 @@ def test_unit_primitives_and_families_match_the_catalogue() -> None:
         assert families == ", ".join(sorted(COMPATIBLE_FAMILIES[feature])), feature
         assert instance.startswith(("`POST /api/v4/", "chat `/")), feature
         # Every prompt-registry feature names its gateway prompt.
-        prompt_id = wire.FEATURE_PROMPT_IDS[feature.value]
+        prompt_id = FEATURE_PROMPT_IDS[feature.value]
         if not prompt_id.startswith(("code_suggestions/", "chat/agent")):
             assert f"/v1/prompts/{prompt_id.replace('/', '%2F')}" in gateway, feature

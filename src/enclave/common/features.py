@@ -1,13 +1,16 @@
 """The AI feature catalogue shared by the instance and the gateway.
 
-Which features exist (GitLab's ``Ai::FeatureSetting#feature``), the unit primitive (token
-scope) each one needs, their release states, the model families GitLab knows, and which
-families may serve which feature (GitLab's compatibility matrix). Plain data: the instance
-uses it to validate settings, the gateway to describe itself (``GET /v1/models/definitions``).
+Which features exist (GitLab's ``Ai::FeatureSetting#feature``) and, in one
+:class:`FeatureSpec` record each (:data:`FEATURES`), everything about them: title, the unit
+primitive (token scope) it needs, the prompt that serves it, the model families that may serve
+it (GitLab's compatibility matrix), its release state and whether it is a chat sub-feature. The
+other tables here are views of those records. Plain data: the instance uses it to validate
+settings, the gateway to describe itself (``GET /v1/models/definitions``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
@@ -38,78 +41,6 @@ class ReleaseState(StrEnum):
     GA = "GA"
     BETA = "BETA"
     EXPERIMENTAL = "EXPERIMENTAL"
-
-
-FEATURE_TITLES: dict[Feature, str] = {
-    Feature.CODE_COMPLETIONS: "Code completions",
-    Feature.CODE_GENERATIONS: "Code generations",
-    Feature.DUO_CHAT: "General chat",
-    Feature.DUO_CHAT_EXPLAIN_CODE: "Explain code",
-    Feature.DUO_CHAT_WRITE_TESTS: "Write tests",
-    Feature.DUO_CHAT_REFACTOR_CODE: "Refactor code",
-    Feature.DUO_CHAT_FIX_CODE: "Fix code",
-    Feature.DUO_CHAT_TROUBLESHOOT_JOB: "Root cause analysis (troubleshoot job)",
-    Feature.EXPLAIN_VULNERABILITY: "Vulnerability explanation",
-    Feature.RESOLVE_VULNERABILITY: "Vulnerability resolution",
-    Feature.SUMMARIZE_REVIEW: "Code review summary",
-    Feature.SUMMARIZE_NEW_MERGE_REQUEST: "Merge request summary",
-    Feature.GENERATE_COMMIT_MESSAGE: "Merge commit message generation",
-    Feature.REVIEW_MERGE_REQUEST: "Code review",
-    Feature.GLAB_ASK_GIT_COMMAND: "GitLab Duo for the CLI",
-}
-
-# The unit primitive (token scope) the gateway demands for each feature.
-FEATURE_UNIT_PRIMITIVES: dict[Feature, str] = {
-    Feature.CODE_COMPLETIONS: wire.UP_COMPLETE_CODE,
-    Feature.CODE_GENERATIONS: wire.UP_GENERATE_CODE,
-    Feature.DUO_CHAT: wire.UP_DUO_CHAT,
-    Feature.DUO_CHAT_EXPLAIN_CODE: "explain_code",
-    Feature.DUO_CHAT_WRITE_TESTS: "write_tests",
-    Feature.DUO_CHAT_REFACTOR_CODE: "refactor_code",
-    Feature.DUO_CHAT_FIX_CODE: "fix_code",
-    Feature.DUO_CHAT_TROUBLESHOOT_JOB: "troubleshoot_job",
-    Feature.EXPLAIN_VULNERABILITY: "explain_vulnerability",
-    Feature.RESOLVE_VULNERABILITY: "resolve_vulnerability",
-    Feature.SUMMARIZE_REVIEW: "summarize_review",
-    Feature.SUMMARIZE_NEW_MERGE_REQUEST: "summarize_new_merge_request",
-    Feature.GENERATE_COMMIT_MESSAGE: "generate_commit_message",
-    Feature.REVIEW_MERGE_REQUEST: "review_merge_request",
-    Feature.GLAB_ASK_GIT_COMMAND: "glab_ask_git_command",
-}
-
-FEATURE_RELEASE_STATES: dict[Feature, ReleaseState] = {
-    **dict.fromkeys(Feature, ReleaseState.BETA),
-    **dict.fromkeys(
-        (
-            Feature.CODE_COMPLETIONS,
-            Feature.CODE_GENERATIONS,
-            Feature.DUO_CHAT,
-            Feature.DUO_CHAT_EXPLAIN_CODE,
-            Feature.DUO_CHAT_WRITE_TESTS,
-            Feature.DUO_CHAT_REFACTOR_CODE,
-            Feature.DUO_CHAT_FIX_CODE,
-            Feature.REVIEW_MERGE_REQUEST,
-        ),
-        ReleaseState.GA,
-    ),
-    Feature.SUMMARIZE_REVIEW: ReleaseState.EXPERIMENTAL,
-}
-
-# Chat sub-features without a setting of their own use the duo_chat setting (GitLab's rule).
-CHAT_SUB_FEATURES = frozenset(
-    {
-        Feature.DUO_CHAT_EXPLAIN_CODE,
-        Feature.DUO_CHAT_WRITE_TESTS,
-        Feature.DUO_CHAT_REFACTOR_CODE,
-        Feature.DUO_CHAT_FIX_CODE,
-        Feature.DUO_CHAT_TROUBLESHOOT_JOB,
-    }
-)
-
-
-def main_feature(feature: Feature) -> Feature | None:
-    """The feature whose setting ``feature`` falls back to when it has none of its own."""
-    return Feature.DUO_CHAT if feature in CHAT_SUB_FEATURES else None
 
 
 # Model families (GitLab's ``Ai::SelfHostedModel#model`` enum, plus qwen) with their display
@@ -165,21 +96,170 @@ _CHAT_FAMILIES = frozenset(
     {"mistral", "mixtral", "codestral", "claude_3", "gpt", "llama3", "general", "qwen"}
 )
 _OTHER_FAMILIES = frozenset({"mistral", "mixtral", "claude_3", "gpt", "llama3", "general", "qwen"})
-COMPATIBLE_FAMILIES: dict[Feature, frozenset[str]] = {
-    **dict.fromkeys(Feature, _OTHER_FAMILIES),
-    Feature.CODE_COMPLETIONS: _CODE_FAMILIES,
-    Feature.CODE_GENERATIONS: _CODE_FAMILIES,
-    **dict.fromkeys(
-        (
-            Feature.DUO_CHAT,
-            Feature.DUO_CHAT_EXPLAIN_CODE,
-            Feature.DUO_CHAT_WRITE_TESTS,
-            Feature.DUO_CHAT_REFACTOR_CODE,
-            Feature.DUO_CHAT_FIX_CODE,
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """Everything Enclave knows about one feature: adding a feature is adding one record."""
+
+    feature: Feature
+    title: str
+    unit_primitive: str  # the token scope the gateway demands for it
+    prompt_id: str  # the gateway prompt-registry id that serves it (GitLab's ids)
+    families: frozenset[str]  # the model families that may serve it (GitLab's matrix)
+    release_state: ReleaseState = ReleaseState.BETA
+    chat_sub_feature: bool = False  # without a setting of its own it uses duo_chat's
+
+
+def _spec(
+    feature: Feature,
+    title: str,
+    unit_primitive: str,
+    prompt_id: str,
+    families: frozenset[str],
+    release_state: ReleaseState = ReleaseState.BETA,
+    *,
+    chat_sub_feature: bool = False,
+) -> FeatureSpec:
+    return FeatureSpec(
+        feature, title, unit_primitive, prompt_id, families, release_state, chat_sub_feature
+    )
+
+
+_GA, _EXPERIMENTAL = ReleaseState.GA, ReleaseState.EXPERIMENTAL
+FEATURES: Final[dict[Feature, FeatureSpec]] = {
+    spec.feature: spec
+    for spec in (
+        _spec(
+            Feature.CODE_COMPLETIONS,
+            "Code completions",
+            wire.UP_COMPLETE_CODE,
+            "code_suggestions/completions",
+            _CODE_FAMILIES,
+            _GA,
         ),
-        _CHAT_FAMILIES,
-    ),
+        _spec(
+            Feature.CODE_GENERATIONS,
+            "Code generations",
+            wire.UP_GENERATE_CODE,
+            "code_suggestions/generations",
+            _CODE_FAMILIES,
+            _GA,
+        ),
+        _spec(
+            Feature.DUO_CHAT, "General chat", wire.UP_DUO_CHAT, "chat/agent", _CHAT_FAMILIES, _GA
+        ),
+        _spec(
+            Feature.DUO_CHAT_EXPLAIN_CODE,
+            "Explain code",
+            "explain_code",
+            "chat/explain_code",
+            _CHAT_FAMILIES,
+            _GA,
+            chat_sub_feature=True,
+        ),
+        _spec(
+            Feature.DUO_CHAT_WRITE_TESTS,
+            "Write tests",
+            "write_tests",
+            "chat/write_tests",
+            _CHAT_FAMILIES,
+            _GA,
+            chat_sub_feature=True,
+        ),
+        _spec(
+            Feature.DUO_CHAT_REFACTOR_CODE,
+            "Refactor code",
+            "refactor_code",
+            "chat/refactor_code",
+            _CHAT_FAMILIES,
+            _GA,
+            chat_sub_feature=True,
+        ),
+        _spec(
+            Feature.DUO_CHAT_FIX_CODE,
+            "Fix code",
+            "fix_code",
+            "chat/fix_code",
+            _CHAT_FAMILIES,
+            _GA,
+            chat_sub_feature=True,
+        ),
+        _spec(
+            Feature.DUO_CHAT_TROUBLESHOOT_JOB,
+            "Root cause analysis (troubleshoot job)",
+            "troubleshoot_job",
+            "chat/troubleshoot_job",
+            _OTHER_FAMILIES,
+            chat_sub_feature=True,
+        ),
+        _spec(
+            Feature.EXPLAIN_VULNERABILITY,
+            "Vulnerability explanation",
+            "explain_vulnerability",
+            "chat/explain_vulnerability",
+            _OTHER_FAMILIES,
+        ),
+        _spec(
+            Feature.RESOLVE_VULNERABILITY,
+            "Vulnerability resolution",
+            "resolve_vulnerability",
+            "resolve_vulnerability",
+            _OTHER_FAMILIES,
+        ),
+        _spec(
+            Feature.SUMMARIZE_REVIEW,
+            "Code review summary",
+            "summarize_review",
+            "summarize_review",
+            _OTHER_FAMILIES,
+            _EXPERIMENTAL,
+        ),
+        _spec(
+            Feature.SUMMARIZE_NEW_MERGE_REQUEST,
+            "Merge request summary",
+            "summarize_new_merge_request",
+            "summarize_new_merge_request",
+            _OTHER_FAMILIES,
+        ),
+        _spec(
+            Feature.GENERATE_COMMIT_MESSAGE,
+            "Merge commit message generation",
+            "generate_commit_message",
+            "generate_commit_message",
+            _OTHER_FAMILIES,
+        ),
+        _spec(
+            Feature.REVIEW_MERGE_REQUEST,
+            "Code review",
+            "review_merge_request",
+            "review_merge_request",
+            _OTHER_FAMILIES,
+            _GA,
+        ),
+        _spec(
+            Feature.GLAB_ASK_GIT_COMMAND,
+            "GitLab Duo for the CLI",
+            "glab_ask_git_command",
+            "glab_ask_git_command",
+            _OTHER_FAMILIES,
+        ),
+    )
 }
+assert set(FEATURES) == set(Feature), "every feature has exactly one record"
+
+# Views of the records, by what callers look up.
+FEATURE_TITLES: Final = {f: spec.title for f, spec in FEATURES.items()}
+FEATURE_UNIT_PRIMITIVES: Final = {f: spec.unit_primitive for f, spec in FEATURES.items()}
+FEATURE_RELEASE_STATES: Final = {f: spec.release_state for f, spec in FEATURES.items()}
+FEATURE_PROMPT_IDS: Final = {f.value: spec.prompt_id for f, spec in FEATURES.items()}
+COMPATIBLE_FAMILIES: Final = {f: spec.families for f, spec in FEATURES.items()}
+CHAT_SUB_FEATURES: Final = frozenset(f for f, spec in FEATURES.items() if spec.chat_sub_feature)
+
+
+def main_feature(feature: Feature) -> Feature | None:
+    """The feature whose setting ``feature`` falls back to when it has none of its own."""
+    return Feature.DUO_CHAT if feature in CHAT_SUB_FEATURES else None
 
 
 def incompatibility(feature: Feature, family: str) -> str | None:

@@ -49,26 +49,6 @@ GITLAB18_PROMPT_VERSIONS: Final[dict[str, str]] = {
     "summarize_review": "^2.0.0",
 }
 
-# The gateway prompt-registry id that serves each feature (``POST /v1/prompts/<id>``), named as
-# in GitLab's AI gateway so a GitLab instance's calls land on the same prompts. Keys are the
-# instance's feature names (``Ai::FeatureSetting#feature``).
-FEATURE_PROMPT_IDS: Final[dict[str, str]] = {
-    "code_completions": "code_suggestions/completions",
-    "code_generations": "code_suggestions/generations",
-    "duo_chat": "chat/agent",
-    "duo_chat_explain_code": "chat/explain_code",
-    "duo_chat_write_tests": "chat/write_tests",
-    "duo_chat_refactor_code": "chat/refactor_code",
-    "duo_chat_fix_code": "chat/fix_code",
-    "duo_chat_troubleshoot_job": "chat/troubleshoot_job",
-    "explain_vulnerability": "chat/explain_vulnerability",
-    "resolve_vulnerability": "resolve_vulnerability",
-    "summarize_review": "summarize_review",
-    "summarize_new_merge_request": "summarize_new_merge_request",
-    "generate_commit_message": "generate_commit_message",
-    "review_merge_request": "review_merge_request",
-    "glab_ask_git_command": "glab_ask_git_command",
-}
 
 # Claim that marks the instance's tokens for the gateway's OpenAI-compatible API. Such a token
 # is accepted there and nowhere else (a user holds it, unlike the instance's own tokens).

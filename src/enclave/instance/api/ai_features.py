@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from enclave.common import wire
+from enclave.common.features import FEATURE_PROMPT_IDS
 from enclave.common.logging import get_logger
 from enclave.instance import gateway_api, limits
 from enclave.instance.api.deps import authenticated, context_of
@@ -261,7 +262,7 @@ class AiFeature:
 
     @property
     def prompt_id(self) -> str:
-        return wire.FEATURE_PROMPT_IDS[self.feature.value]
+        return FEATURE_PROMPT_IDS[self.feature.value]
 
     @property
     def scopes(self) -> frozenset[str]:

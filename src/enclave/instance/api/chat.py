@@ -52,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from enclave.common import wire
+from enclave.common.features import FEATURE_PROMPT_IDS
 from enclave.common.logging import get_logger
 from enclave.instance import gateway_api, limits
 from enclave.instance.ai_settings import EffectiveAiSettings
@@ -321,7 +322,7 @@ def gateway_request(ctx: InstanceContext, call: ChatCall, *, stream: bool) -> tu
         return f"/v1/chat/{call.invokable}", orjson.dumps(body)
     if call.feature == Feature.DUO_CHAT:
         return "/v2/chat/agent", orjson.dumps(agent_body(call.text, call.context, call.model))
-    prompt_id = wire.FEATURE_PROMPT_IDS[call.feature.value]
+    prompt_id = FEATURE_PROMPT_IDS[call.feature.value]
     body = {
         "inputs": task_inputs(call),
         "prompt_version": gateway_api.prompt_version(ctx, prompt_id),

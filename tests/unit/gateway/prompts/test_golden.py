@@ -14,8 +14,7 @@ from typing import Final
 
 import pytest
 
-from enclave.common import wire
-from enclave.common.features import COMPATIBLE_FAMILIES
+from enclave.common.features import COMPATIBLE_FAMILIES, FEATURE_PROMPT_IDS
 from enclave.gateway.prompts.registry import Prompt, Rendered, get_registry
 
 GOLDEN_DIR: Final = Path(__file__).with_name("golden")
@@ -85,7 +84,7 @@ def golden_text(prompt: Prompt, rendered: Rendered) -> str:
 
 
 def render_pair(feature: str, family: str) -> str:
-    prompt = get_registry().resolve(wire.FEATURE_PROMPT_IDS[feature], family)
+    prompt = get_registry().resolve(FEATURE_PROMPT_IDS[feature], family)
     inputs = {name: SAMPLES[name] for name in prompt.definition.inputs}
     return golden_text(prompt, prompt.render(inputs, DAY))
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from enclave.common import wire
-from enclave.common.features import COMPATIBLE_FAMILIES, MODEL_FAMILIES, Feature
+from enclave.common.features import COMPATIBLE_FAMILIES, FEATURE_PROMPT_IDS, MODEL_FAMILIES, Feature
 from enclave.config import EnclaveSettings, GatewaySettings
 from enclave.gateway.app import create_app
 from enclave.gateway.models.base import ChatMessage
@@ -48,7 +47,7 @@ DAY = dt.date(2026, 1, 2)
 
 def test_every_definition_loads_and_every_prompt_id_is_there() -> None:
     registry = load_registry()
-    expected = {*wire.FEATURE_PROMPT_IDS.values(), "chat/summarize_comments"}
+    expected = {*FEATURE_PROMPT_IDS.values(), "chat/summarize_comments"}
     expected.update({"model_configuration/check", "categorize_question"})
     assert set(registry.prompt_ids) == expected
     assert len(registry.all()) == len(list(DEFINITIONS_DIR.rglob("*.yml")))
@@ -57,7 +56,7 @@ def test_every_definition_loads_and_every_prompt_id_is_there() -> None:
 def test_every_compatible_family_resolves() -> None:
     registry = get_registry()
     for feature, families in COMPATIBLE_FAMILIES.items():
-        prompt_id = wire.FEATURE_PROMPT_IDS[feature.value]
+        prompt_id = FEATURE_PROMPT_IDS[feature.value]
         for family in families:
             assert registry.resolve(prompt_id, family).prompt_id == prompt_id
 
@@ -314,4 +313,4 @@ def test_rendering_reads_no_files(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_feature_catalogue_is_covered() -> None:
-    assert set(wire.FEATURE_PROMPT_IDS) == {f.value for f in Feature}
+    assert set(FEATURE_PROMPT_IDS) == {f.value for f in Feature}
