@@ -46,7 +46,7 @@ from enclave.gateway.models.base import (
 )
 
 if TYPE_CHECKING:
-    from enclave.gateway.app import Gateway
+    from enclave.gateway.runtime import Gateway
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 UNMATCHED: Final = "<unmatched>"

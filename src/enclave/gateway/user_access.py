@@ -26,7 +26,7 @@ from enclave.gateway.routes_table import RoutesUnavailable
 from enclave.gateway.targets import PROVIDER_LITELLM, ModelTarget, PlanError, served_model
 
 if TYPE_CHECKING:
-    from enclave.gateway.app import Gateway
+    from enclave.gateway.runtime import Gateway
 
 log = get_logger(__name__)
 

@@ -23,7 +23,7 @@ from enclave.gateway.models.providers import OPENAI
 from enclave.gateway.routes_table import RoutesUnavailable
 
 if TYPE_CHECKING:
-    from enclave.gateway.app import Gateway
+    from enclave.gateway.runtime import Gateway
 
 
 async def healthz(request: Request) -> Response:

@@ -20,7 +20,7 @@ from enclave.gateway.rate_limit import RateLimited
 from enclave.gateway.user_access import USER_ONLY_COMPLETIONS, user_model_failure
 
 if TYPE_CHECKING:
-    from enclave.gateway.app import Gateway
+    from enclave.gateway.runtime import Gateway
 
 log = get_logger(__name__)
 

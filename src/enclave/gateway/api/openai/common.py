@@ -57,7 +57,7 @@ from enclave.gateway.user_access import model_unavailable_message
 
 if TYPE_CHECKING:
     from enclave.gateway.api.openai.tools import ToolSpec
-    from enclave.gateway.app import Gateway
+    from enclave.gateway.runtime import Gateway
 
 log = get_logger(__name__)
 

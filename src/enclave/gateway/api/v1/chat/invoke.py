@@ -34,7 +34,7 @@ from enclave.gateway.streaming import RawTextStreamResponse
 from enclave.gateway.targets import PlanError, messages_as_text, resolve_target
 
 if TYPE_CHECKING:
-    from enclave.gateway.app import Gateway
+    from enclave.gateway.runtime import Gateway
 
 log = get_logger(__name__)
 

@@ -20,7 +20,7 @@ from enclave.gateway.auth.verify import AuthError
 from enclave.gateway.http import detail, json_response
 
 if TYPE_CHECKING:
-    from enclave.gateway.app import Gateway
+    from enclave.gateway.runtime import Gateway
 
 log = get_logger(__name__)
 

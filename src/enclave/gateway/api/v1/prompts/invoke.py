@@ -51,7 +51,7 @@ from enclave.gateway.targets import (
 )
 
 if TYPE_CHECKING:
-    from enclave.gateway.app import Gateway
+    from enclave.gateway.runtime import Gateway
 
 log = get_logger(__name__)
 

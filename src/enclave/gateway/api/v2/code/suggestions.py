@@ -34,7 +34,7 @@ from enclave.gateway.targets import ModelTarget, PlanError, resolve_target
 from enclave.gateway.user_access import NamedModel, admin_model
 
 if TYPE_CHECKING:
-    from enclave.gateway.app import Gateway
+    from enclave.gateway.runtime import Gateway
 
 ENGINE: Final = "litellm"
 # ``model.region`` in GitLab 18's answers is the gateway's cloud location; a self-hosted

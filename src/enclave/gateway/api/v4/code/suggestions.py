@@ -63,7 +63,7 @@ from enclave.gateway.targets import PROVIDER_LITELLM, PlanError
 from enclave.gateway.user_access import model_unavailable_message
 
 if TYPE_CHECKING:
-    from enclave.gateway.app import Gateway
+    from enclave.gateway.runtime import Gateway
 
 log = get_logger(__name__)
 
