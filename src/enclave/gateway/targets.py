@@ -1,4 +1,6 @@
-"""Model targets: where a model call goes, from the LiteLLM-style fields GitLab's instance sends.
+"""Model targets: where a model call goes, from the LiteLLM-style fields GitLab's instance sends
+(a code-suggestion body's ``model_*`` fields, or ``model_metadata`` on the prompt, chat and v4
+endpoints), and the model request built for one.
 
 Pure (no I/O): used by every endpoint that takes a model from the request body (only for the
 instance's own tokens, see :mod:`enclave.gateway.user_access`) and by the routes table, which
@@ -12,12 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Annotated, Any, Final
+
+from pydantic import StringConstraints
 
 from enclave.common.endpoint_url import EndpointUrlError, check_endpoint_url
-from enclave.gateway.api.v2.code.schemas import field_error
+from enclave.gateway.api.schemas import BodyModel, Str255, field_error
 from enclave.gateway.egress import display_url
-from enclave.gateway.models.base import ChatMessage
+from enclave.gateway.models.base import Api, ChatMessage, ModelRequest
 from enclave.gateway.models.providers import (
     ENDPOINT_OPTIONAL,
     FIELD_PROVIDERS,
@@ -27,6 +31,7 @@ from enclave.gateway.models.providers import (
     ProviderSetupError,
     default_endpoint,
 )
+from enclave.gateway.prompts.definition import ModelParams
 
 PROVIDER_LITELLM: Final = "litellm"
 
@@ -185,4 +190,70 @@ def messages_as_text(messages: tuple[ChatMessage, ...]) -> str:
     """Chat messages as one raw prompt, for identifiers that force the completions API."""
     return "\n\n".join(
         m.content if m.role == "user" else f"{m.role}: {m.content}" for m in messages
+    )
+
+
+# model_metadata.provider values that mean "an OpenAI-compatible server" (older GitLab
+# instances send "openai", newer ones the model's provider "api").
+OPENAI_COMPATIBLE: Final = frozenset({"openai", "api", "custom_openai", PROVIDER_LITELLM})
+
+
+class ModelMetadata(BodyModel):
+    provider: Str255
+    name: Annotated[str, StringConstraints(max_length=50)]
+    endpoint: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    api_key: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    identifier: Str255 | None = None
+
+
+def _metadata_loc(name: str) -> list[str | int]:
+    return ["model_metadata", name]
+
+
+def metadata_target(metadata: ModelMetadata | None) -> ModelTarget:
+    """The model ``model_metadata`` names; required here, this gateway serves self-hosted ones."""
+    if metadata is None:
+        raise PlanError(
+            [
+                field_error(
+                    ["model_metadata"],
+                    "model_metadata is required: this gateway serves self-hosted models",
+                    None,
+                    kind="missing",
+                )
+            ]
+        )
+    provider = metadata.provider.strip().lower()
+    return resolve_target(
+        PROVIDER_LITELLM if provider in OPENAI_COMPATIBLE else provider,
+        metadata.name,
+        metadata.endpoint,
+        metadata.api_key,
+        metadata.identifier,
+        loc=_metadata_loc,
+    )
+
+
+def target_request(
+    target: ModelTarget,
+    messages: tuple[ChatMessage, ...],
+    prompt: str | None,
+    params: ModelParams,
+) -> ModelRequest:
+    """Chat messages or a raw prompt for ``target`` (text-only models get messages as text)."""
+    api: Api = "completions" if prompt is not None else "chat"
+    if target.force_text_completion and messages:
+        prompt, messages, api = messages_as_text(messages), (), "completions"
+    return ModelRequest(
+        endpoint=target.endpoint,
+        model=target.model,
+        provider=target.provider,
+        api=api,
+        api_key=target.api_key,
+        prompt=prompt,
+        messages=messages,
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        stop=params.stop,
     )

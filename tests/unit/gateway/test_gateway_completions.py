@@ -12,7 +12,7 @@ from pydantic import BaseModel, StringConstraints, ValidationError
 from starlette.types import Message
 
 from enclave.common.net import free_port
-from enclave.gateway.api.v2.code.schemas import validation_detail
+from enclave.gateway.api.schemas import validation_detail
 
 pytestmark = pytest.mark.anyio
 

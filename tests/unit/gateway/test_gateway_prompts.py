@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from enclave.gateway.api.v2.code.completions import FAMILIES, completion_family
+from enclave.gateway.code_suggestions.completions import FAMILIES, completion_family
 from enclave.gateway.prompts import context as ctx
 from enclave.gateway.prompts import postprocess as pp
 from enclave.gateway.prompts.registry import get_registry

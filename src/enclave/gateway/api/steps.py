@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from enclave.common.logging import get_logger
 from enclave.common.wire import CLAIM_SURFACE, H_GLOBAL_USER_ID
-from enclave.gateway.api.v2.code.schemas import validation_detail
+from enclave.gateway.api.schemas import validation_detail
 from enclave.gateway.auth.verify import AuthError, Principal
 from enclave.gateway.http import MAX_BODY_BYTES, BodyTooLarge, detail, json_response, read_body
 from enclave.gateway.models.base import EndpointNotAllowed, ModelError

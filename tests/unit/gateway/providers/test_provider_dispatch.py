@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from enclave.gateway.api.v2.code.suggestions import PlanError, resolve_target
+from enclave.gateway.code_suggestions.pipeline import PlanError, resolve_target
 from enclave.gateway.models.base import ModelError, ModelRequest
 from enclave.gateway.models.providers import (
     ProviderRouter,

@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common.logging import get_logger
+from enclave.gateway.api.schemas import BodyModel, PromptMessage, Str255
 from enclave.gateway.api.steps import authenticate, model_error_response, parse_body
-from enclave.gateway.api.v2.code.schemas import PromptMessage, Str255, _Model
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
     Api,
@@ -44,14 +44,14 @@ MAX_MAX_TOKENS: Final = 8192
 ChatContent = Annotated[str, StringConstraints(max_length=200_000)]
 
 
-class ChatParams(_Model):
+class ChatParams(BodyModel):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     max_tokens: Annotated[int, Field(ge=1, le=MAX_MAX_TOKENS)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     stop: Annotated[list[Str255], Field(max_length=8)] | None = None
 
 
-class ChatPayload(_Model):
+class ChatPayload(BodyModel):
     content: ChatContent | Annotated[list[PromptMessage], Field(min_length=1, max_length=200)]
     provider: Literal["litellm", "anthropic"]
     model: Annotated[str, StringConstraints(max_length=50)]
@@ -61,18 +61,18 @@ class ChatPayload(_Model):
     model_identifier: Str255 | None = None
 
 
-class ComponentMetadata(_Model):
+class ComponentMetadata(BodyModel):
     source: Str255
     version: Str255
 
 
-class PromptComponent(_Model):
+class PromptComponent(BodyModel):
     type: Str255  # "string" in GitLab's docs, "prompt" from its instance: both accepted
     metadata: ComponentMetadata
     payload: ChatPayload
 
 
-class ChatRequest(_Model):
+class ChatRequest(BodyModel):
     prompt_components: Annotated[list[PromptComponent], Field(min_length=1, max_length=1)]
     stream: bool = False
 

@@ -15,24 +15,20 @@ leading status when it could not be reached.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from pydantic import StringConstraints
 from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common.logging import get_logger
+from enclave.gateway.api.schemas import BodyModel, Str255, field_error
 from enclave.gateway.api.steps import authenticate, parse_body
-from enclave.gateway.api.v2.code.schemas import Str255, _Model, field_error
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
-    Api,
-    ChatMessage,
     EndpointNotAllowed,
     ModelError,
     ModelRequest,
 )
-from enclave.gateway.prompts.definition import ModelParams
 from enclave.gateway.prompts.registry import (
     InputError,
     NoMatchingVersion,
@@ -43,11 +39,11 @@ from enclave.gateway.prompts.registry import (
 from enclave.gateway.prompts.semver import InvalidVersion
 from enclave.gateway.streaming import RawTextStreamResponse
 from enclave.gateway.targets import (
-    PROVIDER_LITELLM,
+    ModelMetadata,
     ModelTarget,
     PlanError,
-    messages_as_text,
-    resolve_target,
+    metadata_target,
+    target_request,
 )
 
 if TYPE_CHECKING:
@@ -56,28 +52,13 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 MODEL_FAILED: Final = 421  # Misdirected Request: the model, not the gateway, failed
-# model_metadata.provider values that mean "an OpenAI-compatible server" (older GitLab
-# instances send "openai", newer ones the model's provider "api").
-OPENAI_COMPATIBLE: Final = frozenset({"openai", "api", "custom_openai", PROVIDER_LITELLM})
 
 
-class ModelMetadata(_Model):
-    provider: Str255
-    name: Annotated[str, StringConstraints(max_length=50)]
-    endpoint: Annotated[str, StringConstraints(max_length=2048)] | None = None
-    api_key: Annotated[str, StringConstraints(max_length=4096)] | None = None
-    identifier: Str255 | None = None
-
-
-class PromptRequest(_Model):
+class PromptRequest(BodyModel):
     inputs: dict[str, Any]
     prompt_version: Str255 | None = None  # a semver constraint ("^1.0.0"); none: newest
     stream: bool = False
     model_metadata: ModelMetadata | None = None
-
-
-def _metadata_loc(name: str) -> list[str | int]:
-    return ["model_metadata", name]
 
 
 def plan_prompt(prompt_id: str, payload: PromptRequest) -> ModelRequest:
@@ -93,30 +74,6 @@ def plan_prompt(prompt_id: str, payload: PromptRequest) -> ModelRequest:
     return model_request(target, definition, payload.inputs)
 
 
-def metadata_target(metadata: ModelMetadata | None) -> ModelTarget:
-    """The model ``model_metadata`` names; required here, this gateway serves self-hosted ones."""
-    if metadata is None:
-        raise PlanError(
-            [
-                field_error(
-                    ["model_metadata"],
-                    "model_metadata is required: this gateway serves self-hosted models",
-                    None,
-                    kind="missing",
-                )
-            ]
-        )
-    provider = metadata.provider.strip().lower()
-    return resolve_target(
-        PROVIDER_LITELLM if provider in OPENAI_COMPATIBLE else provider,
-        metadata.name,
-        metadata.endpoint,
-        metadata.api_key,
-        metadata.identifier,
-        loc=_metadata_loc,
-    )
-
-
 def model_request(target: ModelTarget, definition: Prompt, inputs: dict[str, Any]) -> ModelRequest:
     try:
         rendered = definition.render(inputs)
@@ -126,31 +83,6 @@ def model_request(target: ModelTarget, definition: Prompt, inputs: dict[str, Any
             [field_error(["inputs", exc.name], str(exc), value, kind=exc.kind)]
         ) from None
     return target_request(target, rendered.messages, rendered.prompt, rendered.params)
-
-
-def target_request(
-    target: ModelTarget,
-    messages: tuple[ChatMessage, ...],
-    prompt: str | None,
-    params: ModelParams,
-) -> ModelRequest:
-    """Chat messages or a raw prompt for ``target`` (text-only models get messages as text)."""
-    api: Api = "completions" if prompt is not None else "chat"
-    if target.force_text_completion and messages:
-        prompt, messages, api = messages_as_text(messages), (), "completions"
-    return ModelRequest(
-        endpoint=target.endpoint,
-        model=target.model,
-        provider=target.provider,
-        api=api,
-        api_key=target.api_key,
-        prompt=prompt,
-        messages=messages,
-        max_tokens=params.max_tokens,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        stop=params.stop,
-    )
 
 
 def model_failed(error: ModelError) -> Response:

@@ -37,9 +37,8 @@ from starlette.responses import Response
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
+from enclave.gateway.api.schemas import BodyModel, Str255
 from enclave.gateway.api.steps import authenticate, model_error_response, parse_body
-from enclave.gateway.api.v1.prompts.invoke import ModelMetadata, metadata_target, target_request
-from enclave.gateway.api.v2.code.schemas import Str255, _Model
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
     ChatMessage,
@@ -51,7 +50,7 @@ from enclave.gateway.models.base import (
 )
 from enclave.gateway.prompts.registry import get_registry
 from enclave.gateway.streaming import RawTextStreamResponse
-from enclave.gateway.targets import PlanError
+from enclave.gateway.targets import ModelMetadata, PlanError, metadata_target, target_request
 
 if TYPE_CHECKING:
     from enclave.gateway.runtime import Gateway
@@ -64,25 +63,25 @@ AGENT_PROMPT_ID: Final = "chat/agent"
 ChatContent = Annotated[str, StringConstraints(max_length=200_000)]
 
 
-class PageContext(_Model):
+class PageContext(BodyModel):
     type: Str255
     content: ChatContent = ""
 
 
-class CurrentFile(_Model):
+class CurrentFile(BodyModel):
     file_path: Annotated[str, StringConstraints(max_length=4096)]
     data: ChatContent
     selected_code: bool = False
 
 
-class AdditionalContext(_Model):
+class AdditionalContext(BodyModel):
     category: Str255
     id: Str255 | None = None
     content: ChatContent = ""
     metadata: dict[str, Any] | None = None
 
 
-class AgentMessage(_Model):
+class AgentMessage(BodyModel):
     role: Literal["user", "assistant", "system"]
     content: ChatContent
     context: PageContext | None = None
@@ -93,7 +92,7 @@ class AgentMessage(_Model):
     agent_scratchpad: dict[str, Any] | None = None  # accepted; there is no tool loop
 
 
-class AgentRequest(_Model):
+class AgentRequest(BodyModel):
     messages: Annotated[list[AgentMessage], Field(min_length=1, max_length=200)]
     options: dict[str, Any] | None = None
     unavailable_resources: Annotated[list[Str255], Field(default_factory=list, max_length=50)]

@@ -1,97 +1,17 @@
-"""``POST /v2/code/generations``: the instance's prompt, verbatim, as one user message.
+"""``POST /v2/code/generations``.
 
-Parameters as GitLab's gateway sends them (``max_tokens`` 2048, ``stop ["</new_code>"]``,
-``temperature`` 0.2, ``top_p`` 0.95); ``model.name`` is ``custom_openai/<family>``. Without a
-prompt the gateway writes its own instruction from the file around the cursor: the registry's
-``code_suggestions/generations`` definition, whose parameters apply either way.
+The use case (the generation prompt for the family, fences stripped from the answer) is
+:data:`enclave.gateway.code_suggestions.generations.GENERATIONS`.
 """
 
 from __future__ import annotations
 
-from typing import Final
-
 from starlette.requests import Request
 from starlette.responses import Response
 
-from enclave.common import wire
-from enclave.common.features import Feature
-from enclave.gateway.api.v2.code.completions import FAMILY_GENERAL
-from enclave.gateway.api.v2.code.schemas import SuggestionsRequest
-from enclave.gateway.api.v2.code.suggestions import (
-    Plan,
-    UseCase,
-    messages_from,
-    serve,
-)
-from enclave.gateway.models.base import Api, ChatMessage, ModelRequest
-from enclave.gateway.prompts.context import detect_language
-from enclave.gateway.prompts.postprocess import GenerationStreamFilter, postprocess_generation
-from enclave.gateway.prompts.registry import get_registry
+from enclave.gateway.code_suggestions.generations import GENERATIONS
+from enclave.gateway.code_suggestions.pipeline import serve
 from enclave.gateway.streaming import RawTextStreamResponse
-from enclave.gateway.targets import ModelTarget, messages_as_text
-
-PROMPT_ID: Final = "code_suggestions/generations"
-# The file around the cursor that goes into the gateway's own instruction.
-MAX_PREFIX_CHARS: Final = 16000
-MAX_SUFFIX_CHARS: Final = 8000
-
-
-def plan_generation(payload: SuggestionsRequest, target: ModelTarget) -> Plan:
-    family = (payload.model_name or FAMILY_GENERAL).strip().lower() or FAMILY_GENERAL
-    current = payload.current_file
-    lang = detect_language(current.language_identifier, current.file_name)
-    definition = get_registry().resolve(PROMPT_ID, family)
-    params = definition.params
-
-    messages: tuple[ChatMessage, ...]
-    if payload.prompt_version == 3 and isinstance(payload.prompt, list):
-        messages = messages_from(payload.prompt)
-    elif isinstance(payload.prompt, str) and payload.prompt:
-        messages = (ChatMessage("user", payload.prompt),)
-    else:
-        rendered = definition.render(
-            {
-                "prefix": current.content_above_cursor[-MAX_PREFIX_CHARS:],
-                "suffix": current.content_below_cursor[:MAX_SUFFIX_CHARS],
-                "file_name": current.file_name,
-                "language": lang or "",
-            }
-        )
-        messages = rendered.messages
-
-    prompt: str | None = None
-    api: Api = "chat"
-    if target.force_text_completion:
-        prompt, messages, api = messages_as_text(messages), (), "completions"
-    request = ModelRequest(
-        endpoint=target.endpoint,
-        model=target.model,
-        provider=target.provider,
-        api=api,
-        api_key=target.api_key,
-        prompt=prompt,
-        messages=messages,
-        max_tokens=params.max_tokens,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        stop=params.stop,
-        family=family,
-    )
-    return Plan(
-        request=request,
-        model_name=f"custom_openai/{family}",
-        lang=lang,
-        postprocess=postprocess_generation,
-        stream_filter=GenerationStreamFilter,
-    )
-
-
-GENERATIONS = UseCase(
-    name="code generations",
-    feature=Feature.CODE_GENERATIONS,
-    scopes=(wire.UP_GENERATE_CODE, wire.UP_CODE_SUGGESTIONS),
-    plan=plan_generation,
-)
 
 
 async def generations(request: Request) -> Response | RawTextStreamResponse:

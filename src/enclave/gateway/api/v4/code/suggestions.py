@@ -31,35 +31,33 @@ from starlette.responses import Response
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
+from enclave.gateway.api.schemas import BodyModel, field_error
 from enclave.gateway.api.steps import authenticate, model_failure, parse_body
-from enclave.gateway.api.v1.prompts.invoke import OPENAI_COMPATIBLE, ModelMetadata
-from enclave.gateway.api.v2.code.completions import COMPLETIONS
-from enclave.gateway.api.v2.code.completions import PROMPT_ID as COMPLETIONS_PROMPT_ID
-from enclave.gateway.api.v2.code.generations import GENERATIONS
-from enclave.gateway.api.v2.code.generations import PROMPT_ID as GENERATIONS_PROMPT_ID
-from enclave.gateway.api.v2.code.schemas import (
-    CodeContextPayload,
-    CurrentFile,
-    FileContent,
-    PromptMessage,
-    Str255,
-    SuggestionsRequest,
-    _Model,
-    field_error,
-)
-from enclave.gateway.api.v2.code.suggestions import (
+from enclave.gateway.code_suggestions.completions import COMPLETIONS
+from enclave.gateway.code_suggestions.completions import PROMPT_ID as COMPLETIONS_PROMPT_ID
+from enclave.gateway.code_suggestions.generations import GENERATIONS
+from enclave.gateway.code_suggestions.generations import PROMPT_ID as GENERATIONS_PROMPT_ID
+from enclave.gateway.code_suggestions.pipeline import (
     ENGINE,
     Plan,
     UseCase,
     check_prompt_shape,
     target_for,
 )
+from enclave.gateway.code_suggestions.schemas import (
+    CodeContextPayload,
+    CurrentFile,
+    FileContent,
+    PromptMessage,
+    Str255,
+    SuggestionsRequest,
+)
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import EndpointNotAllowed, ModelError, TextStream
 from enclave.gateway.prompts.registry import NoMatchingVersion, PromptNotFound, get_registry
 from enclave.gateway.prompts.semver import InvalidVersion
 from enclave.gateway.streaming import RawTextStreamResponse, TextFilter
-from enclave.gateway.targets import PROVIDER_LITELLM, PlanError
+from enclave.gateway.targets import OPENAI_COMPATIBLE, PROVIDER_LITELLM, ModelMetadata, PlanError
 from enclave.gateway.user_access import model_unavailable_message
 
 if TYPE_CHECKING:
@@ -81,12 +79,12 @@ _PROMPT_IDS: Final[dict[str, str]] = {
 _ANY_SCOPE: Final = (wire.UP_COMPLETE_CODE, wire.UP_GENERATE_CODE, wire.UP_CODE_SUGGESTIONS)
 
 
-class ComponentMetadata(_Model):
+class ComponentMetadata(BodyModel):
     source: Str255
     version: Str255
 
 
-class EditorPayload(_Model):
+class EditorPayload(BodyModel):
     """The file around the cursor, the model, and v2's prompt fields."""
 
     file_name: Str255
@@ -106,13 +104,13 @@ class EditorPayload(_Model):
     prompt_version: Literal[1, 2, 3] | Str255 = 1
 
 
-class EditorComponent(_Model):
+class EditorComponent(BodyModel):
     type: Literal["code_editor_completion", "code_editor_generation"]
     payload: EditorPayload
     metadata: ComponentMetadata | None = None
 
 
-class ContextComponent(_Model):
+class ContextComponent(BodyModel):
     type: Literal["code_editor_context"]
     payload: CodeContextPayload
     metadata: ComponentMetadata | None = None
@@ -121,7 +119,7 @@ class ContextComponent(_Model):
 Component = Annotated[EditorComponent | ContextComponent, Field(discriminator="type")]
 
 
-class V4SuggestionsRequest(_Model):
+class V4SuggestionsRequest(BodyModel):
     # One editor component plus at most 100 context items (v2's context limit).
     prompt_components: Annotated[list[Component], Field(min_length=1, max_length=101)]
     # GitLab 18 names the model here rather than in the payload (the payload's fields win).

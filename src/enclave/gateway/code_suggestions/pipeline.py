@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, Final
 from starlette.requests import Request
 from starlette.responses import Response
 
+from enclave.gateway.api.schemas import PromptMessage, field_error
 from enclave.gateway.api.steps import authenticate, model_failure, parse_body
-from enclave.gateway.api.v2.code.schemas import PromptMessage, SuggestionsRequest, field_error
 from enclave.gateway.auth.verify import Principal
+from enclave.gateway.code_suggestions.schemas import SuggestionsRequest
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
     ChatMessage,

@@ -1,4 +1,4 @@
-"""Request bodies of ``/v2/code/completions`` and ``/v2/code/generations`` (GitLab's format).
+"""What every gateway endpoint's request body shares: the base model and FastAPI-style errors.
 
 Validation errors are rendered the way FastAPI renders them (``422 {"detail": [{"type", "loc",
 "msg", "input", ...}]}``), so clients written against GitLab's gateway read them unchanged;
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from enclave.common.logging import REDACTED, is_secret_key, redact
 
@@ -18,47 +18,14 @@ Str255 = Annotated[str, StringConstraints(max_length=255)]
 FileContent = Annotated[str, StringConstraints(max_length=100_000)]
 
 
-class _Model(BaseModel):
+class BodyModel(BaseModel):
     # Unknown fields are ignored: the instance may send newer fields than we know.
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class CurrentFile(_Model):
-    file_name: Str255
-    language_identifier: Str255 | None = None
-    content_above_cursor: FileContent
-    content_below_cursor: FileContent = ""
-
-
-class CodeContextPayload(_Model):
-    type: Str255 = "file"
-    name: Str255 = ""
-    content: FileContent = ""
-
-
-class PromptMessage(_Model):
+class PromptMessage(BodyModel):
     role: Literal["system", "user", "assistant"]
     content: Annotated[str, StringConstraints(max_length=200_000)]
-
-
-class SuggestionsRequest(_Model):
-    """What a GitLab instance sends for code completions and generations."""
-
-    current_file: CurrentFile
-    project_path: Annotated[str, StringConstraints(max_length=4096)] | None = None
-    project_id: int | None = None
-    stream: bool = False
-    choices_count: Annotated[int, Field(ge=0)] = 0  # accepted; one choice is returned
-    context: Annotated[list[CodeContextPayload], Field(max_length=100)] = []
-    telemetry: Annotated[list[dict[str, Any]], Field(max_length=10)] = []
-    prompt_version: Literal[1, 2, 3] = 1
-    prompt: str | list[PromptMessage] | None = None
-    prompt_id: Str255 | None = None
-    model_provider: Str255 | None = None
-    model_name: Annotated[str, StringConstraints(max_length=50)] | None = None
-    model_endpoint: Annotated[str, StringConstraints(max_length=2048)] | None = None
-    model_api_key: Annotated[str, StringConstraints(max_length=4096)] | None = None
-    model_identifier: Str255 | None = None
 
 
 _MAX_INPUT_ECHO = 200
