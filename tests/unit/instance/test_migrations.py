@@ -156,9 +156,12 @@ def test_fallback_model_migration_downgrades_and_upgrades_again(
     upgrade(url)
     engine = make_engine(url)
     with engine.begin() as connection:
-        assert connection.execute(
-            text("SELECT fallback_model_id FROM ai_feature_settings WHERE id = 1")
-        ).scalar_one() is None
+        assert (
+            connection.execute(
+                text("SELECT fallback_model_id FROM ai_feature_settings WHERE id = 1")
+            ).scalar_one()
+            is None
+        )
         connection.execute(
             text(
                 "INSERT INTO ai_self_hosted_models (id, name, family, provider, endpoint, "

@@ -189,9 +189,7 @@ class FeatureSetting(Base):
     self_hosted_model: Mapped[SelfHostedModel | None] = relationship(
         back_populates="feature_settings", foreign_keys=[self_hosted_model_id]
     )
-    fallback_model: Mapped[SelfHostedModel | None] = relationship(
-        foreign_keys=[fallback_model_id]
-    )
+    fallback_model: Mapped[SelfHostedModel | None] = relationship(foreign_keys=[fallback_model_id])
 
 
 class AuditEvent(Base):
