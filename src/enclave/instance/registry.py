@@ -685,7 +685,10 @@ def update_model(
     if name != model.name:
         _ensure_unique_name(session, name, exclude_id=model.id)
     if family != model.family:
-        for setting in model.feature_settings:
+        as_fallback = session.scalars(
+            select(FeatureSetting).where(FeatureSetting.fallback_model_id == model.id)
+        ).all()
+        for setting in [*model.feature_settings, *as_fallback]:
             try:
                 feature = Feature(setting.feature)
             except ValueError:
