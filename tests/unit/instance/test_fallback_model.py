@@ -280,6 +280,8 @@ def test_fallback_validation(api: Api, instance: LiveInstance) -> None:
     missing = put({"self_hosted_model_id": primary, "fallback_model_id": 99999})
     assert missing.status_code == 400
     assert "no self-hosted model is named or numbered 99999" in missing.json()["message"]
+    huge = put({"self_hosted_model_id": primary, "fallback_model_id": 2**70})
+    assert huge.status_code == 400 and "fallback_model_id" in huge.json()["errors"]
     disabled = api.put(
         f"{FEATURES}/duo_chat", {"provider": "disabled", "fallback_model_id": gemma["id"]}
     )
@@ -291,3 +293,25 @@ def test_fallback_validation(api: Api, instance: LiveInstance) -> None:
         ).one()
         assert (row.provider, row.fallback_model_id) == ("self_hosted", None)
     assert api.delete(f"{MODELS}/{gemma['id']}").status_code == 204
+
+
+def test_a_stream_failing_after_its_first_byte_is_not_retried(
+    api: Api, fallback: dict[str, Any], fresh_gateway: FakeGateway
+) -> None:
+    error = b'event: error\ndata: {"message": "Inference failed: x"}\n\n'
+
+    async def breaks(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "X-Streaming-Format": "sse"}
+        )
+        await response.prepare(request)
+        await response.write(b"event: stream_start\ndata: {}\n\n")
+        await response.write(error)
+        await response.write_eof()
+        return response
+
+    fresh_gateway.handler = breaks
+    response = api.post(COMPLETIONS, {**COMPLETION_BODY, "stream": True})
+    assert response.status_code == 200
+    assert response.content.endswith(error)
+    assert len(fresh_gateway.requests) == 1
