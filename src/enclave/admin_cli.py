@@ -475,13 +475,14 @@ def _feature_rows(views: list[dict[str, Any]]) -> None:
 
     _table(
         "Feature settings",
-        ["feature", "release", "set to", "model", "in effect", "effective model"],
+        ["feature", "release", "set to", "model", "fallback", "in effect", "effective model"],
         [
             [
                 v["feature"],
                 v["release_state"],
                 v["provider"],
                 model_name(v["self_hosted_model"]),
+                model_name(v["fallback_model"]),
                 v["effective_provider"]
                 + (f" (from {v['inherited_from']})" if v["inherited_from"] else ""),
                 model_name(v["effective_self_hosted_model"]),
@@ -525,22 +526,46 @@ def features_set(
         str | None,
         typer.Option(help="Name or id of the self-hosted model (with provider self_hosted)."),
     ] = None,
+    fallback_model: Annotated[
+        str | None,
+        typer.Option(
+            "--fallback-model",
+            help="Name or id of a second self-hosted model, tried once when the model fails "
+            "[default: keep the current fallback where it still fits].",
+        ),
+    ] = None,
+    no_fallback: Annotated[
+        bool, typer.Option("--no-fallback", help="Remove the fallback model.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Set features to a model (or disabled / vendored / unassigned), all or none; a model
     family that a feature does not support is refused with the families it does."""
     from enclave.instance.admin_errors import AdminError
-    from enclave.instance.feature_settings import parse_feature, parse_provider, set_features
+    from enclave.instance.feature_settings import (
+        KEEP,
+        Keep,
+        parse_feature,
+        parse_provider,
+        set_features,
+    )
 
     if provider is None and model is None:
         _fail("give --model NAME, or --provider disabled|vendored|unassigned", 2)
+    if fallback_model is not None and no_fallback:
+        _fail("give --fallback-model NAME or --no-fallback, not both", 2)
+    fallback: str | Keep | None = KEEP
+    if fallback_model is not None:
+        fallback = fallback_model
+    elif no_fallback:
+        fallback = None
     try:
         parsed = [parse_feature(f) for f in features]
         chosen = parse_provider(provider or "self_hosted")
     except AdminError as exc:
         _fail(exc.message)
     with _env() as env:
-        views = _run(env, lambda s: set_features(s, parsed, chosen, model, env.actor))
+        views = _run(env, lambda s: set_features(s, parsed, chosen, model, env.actor, fallback))
     _print_json(views) if as_json else _feature_rows(views)
 
 

@@ -59,7 +59,9 @@ def parse_provider(value: Any) -> FeatureProvider:
 
 def _rows(session: Session) -> dict[str, FeatureSetting]:
     rows = session.scalars(
-        select(FeatureSetting).options(joinedload(FeatureSetting.self_hosted_model))
+        select(FeatureSetting).options(
+            joinedload(FeatureSetting.self_hosted_model), joinedload(FeatureSetting.fallback_model)
+        )
     ).all()
     return {row.feature: row for row in rows}
 
@@ -91,8 +93,12 @@ def feature_view(feature: Feature, rows: dict[str, FeatureSetting]) -> dict[str,
         "provider": provider,
         "provider_title": PROVIDER_TITLES[provider],
         "self_hosted_model": _model_brief(model),
+        "fallback_model": _model_brief(row.fallback_model if row is not None else None),
         "effective_provider": effective_provider,
         "effective_self_hosted_model": _model_brief(effective_model),
+        "effective_fallback_model": _model_brief(
+            effective_row.fallback_model if effective_row is not None else None
+        ),
         "inherited_from": effective_feature.value if effective_feature is not feature else None,
         "compatible_llms": sorted(COMPATIBLE_FAMILIES[feature]),
         "updated_at": row.updated_at if row is not None else None,
@@ -108,14 +114,59 @@ def get_feature_setting(session: Session, feature: Feature) -> dict[str, Any]:
     return feature_view(feature, _rows(session))
 
 
+class Keep:
+    """The type of :data:`KEEP`: leave a feature's fallback model as it is."""
+
+
+KEEP = Keep()
+
+
+def _fallback(
+    session: Session,
+    features: list[Feature],
+    provider: FeatureProvider,
+    model: SelfHostedModel | None,
+    ref: int | str | Keep | None,
+) -> SelfHostedModel | None:
+    """The fallback model ``ref`` names, checked; None to clear (or for :data:`KEEP`)."""
+    if isinstance(ref, Keep) or ref is None or ref == "":
+        return None
+    if provider != FeatureProvider.SELF_HOSTED or model is None:
+        raise InvalidInputError(
+            f"fallback_model_id is only allowed with provider self_hosted (got provider "
+            f"{provider.value})",
+            field="fallback_model_id",
+        )
+    try:
+        fallback = find_model(session, ref)
+    except NotFoundError as exc:
+        raise InvalidInputError(str(exc), field="fallback_model_id") from None
+    if fallback.id == model.id:
+        raise InvalidInputError(
+            f"fallback_model_id names the primary model {model.name!r} itself; choose another "
+            "self-hosted model as the fallback",
+            field="fallback_model_id",
+        )
+    problems = [p for p in (incompatibility(f, fallback.family) for f in features) if p]
+    if problems:
+        raise InvalidInputError("fallback model: " + "; ".join(problems), field="fallback_model_id")
+    return fallback
+
+
 def set_features(
     session: Session,
     features: Iterable[Feature],
     provider: FeatureProvider,
     model_ref: int | str | None,
     actor: Actor,
+    fallback_ref: int | str | Keep | None = KEEP,
 ) -> list[dict[str, Any]]:
-    """Set every feature in ``features`` to ``provider`` (and the model), all or nothing."""
+    """Set every feature in ``features`` to ``provider`` (and the model), all or nothing.
+
+    ``fallback_ref``: the fallback model (id or name), None to clear it, :data:`KEEP` (the
+    default) to keep each feature's current one where it still fits. A fallback needs provider
+    self_hosted, must differ from the primary model and suit every feature.
+    """
     wanted = list(dict.fromkeys(features))
     if not wanted:
         raise InvalidInputError("features is empty: name at least one feature", field="features")
@@ -139,6 +190,7 @@ def set_features(
             f"{provider.value})",
             field="self_hosted_model_id",
         )
+    fallback = _fallback(session, wanted, provider, model, fallback_ref)
     rows = _rows(session)
     for feature in wanted:
         row = rows.get(feature.value)
@@ -146,13 +198,29 @@ def set_features(
             row = FeatureSetting(feature=feature.value)
             session.add(row)
             rows[feature.value] = row
-        old = (row.provider, row.self_hosted_model_id)
+        old = (row.provider, row.self_hosted_model_id, row.fallback_model_id)
+        row_fallback = fallback
+        if isinstance(fallback_ref, Keep):
+            row_fallback = row.fallback_model if model is not None else None
+            if (
+                row_fallback is not None
+                and model is not None
+                and (row_fallback.id == model.id or incompatibility(feature, row_fallback.family))
+            ):
+                row_fallback = None  # no longer fits the new primary: dropped (audited)
         row.provider = provider.value
         row.self_hosted_model_id = model.id if model is not None else None
         row.self_hosted_model = model
-        if old == (row.provider, row.self_hosted_model_id) and row.id is not None:
+        row.fallback_model_id = row_fallback.id if row_fallback is not None else None
+        row.fallback_model = row_fallback
+        if (
+            old == (row.provider, row.self_hosted_model_id, row.fallback_model_id)
+            and row.id is not None
+        ):
             continue
         label = PROVIDER_TITLES[provider.value] + (f" ({model.name})" if model else "")
+        if row_fallback is not None:
+            label += f", fallback {row_fallback.name}"
         audit.record(
             session,
             audit.SELF_HOSTED_MODEL_FEATURE_CHANGED,
@@ -161,6 +229,7 @@ def set_features(
                 "feature": feature.value,
                 "provider": provider.value,
                 "model": model.name if model else None,
+                "fallback_model": row_fallback.name if row_fallback else None,
                 "message": f"Feature {feature.value} changed to {label}",
             },
             actor=actor,

@@ -26,7 +26,7 @@ from enclave.common.features import (
     incompatibility,
     main_feature,
 )
-from enclave.instance.db.models import FeatureProvider, FeatureSetting
+from enclave.instance.db.models import FeatureProvider, FeatureSetting, SelfHostedModel
 from enclave.instance.secrets import SecretBox, SecretDecryptError
 
 # The catalogue lives in enclave.common.features (the gateway needs it too); re-exported here
@@ -49,6 +49,7 @@ __all__ = [
     "family_release_state",
     "incompatibility",
     "main_feature",
+    "resolve_fallback",
     "resolve_feature",
 ]
 
@@ -121,6 +122,22 @@ def resolve_feature(session: Session, secret_box: SecretBox, feature: Feature) -
             f"to the {feature.value} feature (or start the instance with "
             f"ENCLAVE_INSTANCE__EMBEDDED_MODEL_ENDPOINT to use the embedded model)."
         )
+    return _resolved(feature, model, secret_box)
+
+
+def resolve_fallback(
+    session: Session, secret_box: SecretBox, feature: Feature
+) -> ResolvedModel | None:
+    """The fallback model of the setting that decides ``feature`` (a chat sub-feature that
+    follows ``duo_chat`` uses its fallback), or None; blocking (database)."""
+    setting, _ = effective_setting(session, feature)
+    if setting is None or setting.provider != FeatureProvider.SELF_HOSTED:
+        return None
+    model = setting.fallback_model
+    return _resolved(feature, model, secret_box) if model is not None else None
+
+
+def _resolved(feature: Feature, model: SelfHostedModel, secret_box: SecretBox) -> ResolvedModel:
     api_key: str | None = None
     if model.api_token_encrypted is not None:
         try:

@@ -685,7 +685,10 @@ def update_model(
     if name != model.name:
         _ensure_unique_name(session, name, exclude_id=model.id)
     if family != model.family:
-        for setting in model.feature_settings:
+        as_fallback = session.scalars(
+            select(FeatureSetting).where(FeatureSetting.fallback_model_id == model.id)
+        ).all()
+        for setting in [*model.feature_settings, *as_fallback]:
             try:
                 feature = Feature(setting.feature)
             except ValueError:
@@ -741,9 +744,13 @@ def update_model(
 
 def delete_model(session: Session, model_id: int, actor: Actor) -> None:
     model = get_model(session, model_id)
-    in_use = session.scalars(
+    primary = session.scalars(
         select(FeatureSetting.feature).where(FeatureSetting.self_hosted_model_id == model.id)
     ).all()
+    fallback = session.scalars(
+        select(FeatureSetting.feature).where(FeatureSetting.fallback_model_id == model.id)
+    ).all()
+    in_use = [*primary, *(f"{feature} (as its fallback model)" for feature in fallback)]
     if in_use:
         raise ModelInUseError(model.name, in_use)
     audit.record(

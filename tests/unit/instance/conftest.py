@@ -473,7 +473,7 @@ def restore_features(instance: LiveInstance) -> Iterator[None]:
     """Give the module's shared instance its original feature map back after a test."""
     with instance.ctx.sessions() as session:
         saved = [
-            (row.feature, row.provider, row.self_hosted_model_id)
+            (row.feature, row.provider, row.self_hosted_model_id, row.fallback_model_id)
             for row in session.scalars(select(FeatureSetting))
         ]
     yield
@@ -481,7 +481,12 @@ def restore_features(instance: LiveInstance) -> Iterator[None]:
         for row in session.scalars(select(FeatureSetting)):
             session.delete(row)
         session.flush()
-        for feature, provider, model_id in saved:
+        for feature, provider, model_id, fallback_id in saved:
             session.add(
-                FeatureSetting(feature=feature, provider=provider, self_hosted_model_id=model_id)
+                FeatureSetting(
+                    feature=feature,
+                    provider=provider,
+                    self_hosted_model_id=model_id,
+                    fallback_model_id=fallback_id,
+                )
             )

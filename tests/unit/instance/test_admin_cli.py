@@ -130,6 +130,41 @@ def test_register_two_models_map_features_and_manage_users(cli: Cli, tmp_path: P
     assert [u["username"] for u in cli.json("users", "list")] == ["root", "alice"]
 
 
+def test_features_set_and_clear_a_fallback_model(cli: Cli) -> None:
+    for name, family in (("primary", "mistral"), ("spare", "qwen"), ("gemma", "codegemma")):
+        added = cli(
+            "models", "add", "--name", name, "--family", family,
+            "--endpoint", "http://10.0.0.3:8000/v1", "--identifier", f"custom_openai/{name}",
+        )  # fmt: skip
+        assert added.exit_code == 0, added.stderr
+    views = cli.json(
+        "features", "set", "duo_chat", "--model", "primary", "--fallback-model", "spare"
+    )
+    assert views[0]["fallback_model"]["name"] == "spare"
+    listed = cli("features", "list")
+    assert "fallback" in listed.stdout and "spare" in listed.stdout
+    features = {f["feature"]: f for f in cli.json("features", "list")}
+    assert features["duo_chat"]["fallback_model"]["name"] == "spare"
+    assert features["duo_chat_fix_code"]["effective_fallback_model"]["name"] == "spare"
+    refused = cli("models", "delete", "spare")
+    assert refused.exit_code == 1
+    assert "duo_chat (as its fallback model)" in refused.stderr
+    same = cli("features", "set", "duo_chat", "--model", "primary", "--fallback-model", "primary")
+    assert same.exit_code == 1 and "names the primary model 'primary'" in same.stderr
+    bad = cli("features", "set", "duo_chat", "--model", "primary", "--fallback-model", "gemma")
+    assert bad.exit_code == 1 and "CodeGemma is incompatible" in bad.stderr
+    both = cli(
+        "features", "set", "duo_chat", "--model", "primary", "--fallback-model", "spare",
+        "--no-fallback",
+    )  # fmt: skip
+    assert both.exit_code == 2
+    kept = cli.json("features", "set", "duo_chat", "--model", "primary")
+    assert kept[0]["fallback_model"]["name"] == "spare"
+    cleared = cli.json("features", "set", "duo_chat", "--model", "primary", "--no-fallback")
+    assert cleared[0]["fallback_model"] is None
+    assert cli("models", "delete", "spare").exit_code == 0
+
+
 def test_invalid_input_is_refused_with_the_same_messages(cli: Cli) -> None:
     cases = [
         (

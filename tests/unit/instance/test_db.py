@@ -26,7 +26,7 @@ from enclave.instance.db import (
 )
 from tests.unit.instance.conftest import Backend
 
-HEAD = "0002"
+HEAD = "0003"
 TABLES = {
     "instance_settings",
     "users",

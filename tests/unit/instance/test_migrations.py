@@ -121,14 +121,14 @@ def test_previous_release_database_upgrades_and_keeps_its_data(
     engine.dispose()
 
 
-def test_latest_migration_downgrades_and_upgrades_again(
+def test_migrations_downgrade_to_the_previous_release_and_upgrade_again(
     tmp_path: Path, db_backend: Backend
 ) -> None:
     url = db_backend.new_database_url(tmp_path)
     upgrade(url, PREVIOUS_RELEASE)
     _fill_previous_release(url)
     upgrade(url)
-    downgrade(url, "-1")
+    downgrade(url, PREVIOUS_RELEASE)
     engine = make_engine(url)
     assert current_revision(engine) == PREVIOUS_RELEASE
     inspector = inspect(engine)
@@ -142,4 +142,50 @@ def test_latest_migration_downgrades_and_upgrades_again(
     upgrade(url)
     engine = make_engine(url)
     assert current_revision(engine) == head_revision()
+    engine.dispose()
+
+
+def test_fallback_model_migration_downgrades_and_upgrades_again(
+    tmp_path: Path, db_backend: Backend
+) -> None:
+    """0003 adds ai_feature_settings.fallback_model_id (NULL for existing settings); its
+    downgrade drops it and keeps the settings."""
+    url = db_backend.new_database_url(tmp_path)
+    upgrade(url, PREVIOUS_RELEASE)
+    _fill_previous_release(url)
+    upgrade(url)
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        assert (
+            connection.execute(
+                text("SELECT fallback_model_id FROM ai_feature_settings WHERE id = 1")
+            ).scalar_one()
+            is None
+        )
+        connection.execute(
+            text(
+                "INSERT INTO ai_self_hosted_models (id, name, family, provider, endpoint, "
+                "identifier, created_at, updated_at) VALUES (2, 'spare', 'general', 'api', "
+                "'http://127.0.0.1:2/v1', 'custom_openai/spare', :now, :now)"
+            ),
+            {"now": NOW},
+        )
+        connection.execute(text("UPDATE ai_feature_settings SET fallback_model_id = 2"))
+    engine.dispose()
+    downgrade(url, "-1")
+    engine = make_engine(url)
+    assert current_revision(engine) == "0002"
+    columns = {c["name"] for c in inspect(engine).get_columns("ai_feature_settings")}
+    assert "fallback_model_id" not in columns
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT feature, self_hosted_model_id FROM ai_feature_settings")
+        ).one()
+        assert tuple(row) == ("code_completions", 1)
+    engine.dispose()
+    upgrade(url)
+    engine = make_engine(url)
+    assert current_revision(engine) == head_revision()
+    columns = {c["name"] for c in inspect(engine).get_columns("ai_feature_settings")}
+    assert "fallback_model_id" in columns
     engine.dispose()

@@ -25,6 +25,8 @@ from enclave.instance.api.routing import InstanceRoute
 from enclave.instance.connection import ConnectionResult, ModelUnderTest, check_connection
 from enclave.instance.context import InstanceContext
 from enclave.instance.feature_settings import (
+    KEEP,
+    Keep,
     get_feature_setting,
     list_feature_settings,
     parse_feature,
@@ -119,6 +121,14 @@ class FeatureUpdate(BaseModel):
     self_hosted_model_id: int | str | None = Field(
         None, description="The model (id or name) when provider is self_hosted."
     )
+    fallback_model_id: int | str | None = Field(
+        None,
+        description="A second self-hosted model (id or name) tried once when the primary one "
+        "fails; null clears it, leaving it out keeps the current one.",
+    )
+
+    def fallback_ref(self) -> int | str | Keep | None:
+        return self.fallback_model_id if "fallback_model_id" in self.model_fields_set else KEEP
 
 
 class FeatureBatchUpdate(FeatureUpdate):
@@ -307,7 +317,9 @@ def update_feature(
     actor = actor_of(request, principal)
     views = in_transaction(
         ctx,
-        lambda s: set_features(s, [parsed], provider, body.self_hosted_model_id, actor),
+        lambda s: set_features(
+            s, [parsed], provider, body.self_hosted_model_id, actor, body.fallback_ref()
+        ),
         write=True,
     )
     return views[0]
@@ -323,7 +335,9 @@ def update_features(
     actor = actor_of(request, principal)
     return in_transaction(
         ctx,
-        lambda s: set_features(s, features, provider, body.self_hosted_model_id, actor),
+        lambda s: set_features(
+            s, features, provider, body.self_hosted_model_id, actor, body.fallback_ref()
+        ),
         write=True,
     )
 

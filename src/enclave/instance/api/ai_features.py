@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import aiohttp
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,7 +42,11 @@ from enclave.common.logging import get_logger
 from enclave.instance import gateway_api, limits
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError, field_errors
-from enclave.instance.api.forwarding import forward_identity, resolve_for_request
+from enclave.instance.api.forwarding import (
+    forward_identity,
+    post_with_fallback,
+    resolve_for_request,
+)
 from enclave.instance.api.middleware import annotate
 from enclave.instance.api.relay import (
     caller_message,
@@ -401,16 +406,17 @@ async def forward_feature(
     ctx.limits.check(limits.AI_ACTION, principal.user_id)
     annotate(request, feature=spec.feature.value, stream=body.stream)
     model, effective = await resolve_for_request(ctx, spec.feature)
-    minted = ctx.minter.token(spec.scopes)
-    annotate(request, model=model.name, signing_kid=minted.kid)
     identity = forward_identity(ctx, request, principal)
-    try:
-        upstream = await ctx.gateway.post(
+
+    async def send(serving: ResolvedModel) -> aiohttp.ClientResponse:
+        minted = ctx.minter.token(spec.scopes)
+        annotate(request, model=serving.name, signing_kid=minted.kid)
+        return await ctx.gateway.post(
             prompt_path(spec.prompt_id),
             orjson.dumps(
                 prompt_body(
                     spec.inputs(body),
-                    model,
+                    serving,
                     stream=body.stream,
                     prompt_version=gateway_api.prompt_version(ctx, spec.prompt_id),
                 )
@@ -427,6 +433,9 @@ async def forward_feature(
             base_url=effective.ai_gateway_url,
             timeout_s=effective.ai_gateway_timeout_seconds,
         )
+
+    try:
+        upstream, model = await post_with_fallback(ctx, spec.feature, model, send)
     except GatewayUnavailableError as exc:
         raise gateway_error(exc, request, principal) from None
     if body.stream and upstream.status == 200:

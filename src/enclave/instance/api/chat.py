@@ -41,7 +41,7 @@ passed off as complete.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Final
 from urllib.parse import quote
 
@@ -59,7 +59,11 @@ from enclave.instance.ai_settings import EffectiveAiSettings
 from enclave.instance.api.ai_features import model_metadata
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
-from enclave.instance.api.forwarding import forward_identity, resolve_for_request
+from enclave.instance.api.forwarding import (
+    forward_identity,
+    post_with_fallback,
+    resolve_for_request,
+)
 from enclave.instance.api.middleware import annotate
 from enclave.instance.api.relay import (
     NDJSON,
@@ -340,9 +344,10 @@ async def ask_gateway(
     ctx = context_of(request)
     scopes = {FEATURE_UNIT_PRIMITIVES[call.feature], *gateway_api.chat_scopes(ctx)}
     identity = forward_identity(ctx, request, principal)
-    path, payload = gateway_request(ctx, call, stream=stream)
-    try:
-        upstream = await ctx.gateway.post(
+
+    async def send(serving: ResolvedModel) -> aiohttp.ClientResponse:
+        path, payload = gateway_request(ctx, replace(call, model=serving), stream=stream)
+        return await ctx.gateway.post(
             path,
             payload,
             gateway_headers(
@@ -357,10 +362,15 @@ async def ask_gateway(
             base_url=call.effective.ai_gateway_url,
             timeout_s=call.effective.ai_gateway_timeout_seconds,
         )
+
+    try:
+        upstream, model = await post_with_fallback(ctx, call.feature, call.model, send)
     except GatewayUnavailableError as exc:
         raise _unreachable(exc, request, principal) from None
+    if model is not call.model:
+        annotate(request, model=model.name)
     try:
-        return await _answer(upstream, call.model, request, principal, stream=stream)
+        return await _answer(upstream, model, request, principal, stream=stream)
     except InstanceAPIError:
         raise
     except Exception:  # a bug must still reach the user as a chat error, not a bare 500

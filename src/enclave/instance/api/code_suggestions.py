@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import aiohttp
 import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
@@ -20,7 +21,11 @@ from enclave.common.logging import get_logger
 from enclave.instance import gateway_api, limits
 from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
-from enclave.instance.api.forwarding import forward_identity, resolve_for_request
+from enclave.instance.api.forwarding import (
+    forward_identity,
+    post_with_fallback,
+    resolve_for_request,
+)
 from enclave.instance.api.middleware import annotate
 from enclave.instance.api.relay import gateway_error, relay_to_caller
 from enclave.instance.api.routing import InstanceRoute
@@ -32,9 +37,7 @@ from enclave.instance.code_suggestions import (
     gateway_body,
     gateway_path,
 )
-from enclave.instance.features import (
-    FEATURE_UNIT_PRIMITIVES,
-)
+from enclave.instance.features import FEATURE_UNIT_PRIMITIVES, ResolvedModel
 from enclave.instance.gateway_client import (
     GatewayUnavailableError,
     gateway_headers,
@@ -85,16 +88,17 @@ async def completions(
     feature = feature_for(intent)
     annotate(request, feature=feature.value, stream=suggestion.stream)
     model, effective = await resolve_for_request(ctx, feature)
-    minted = ctx.minter.token(
-        gateway_api.code_suggestion_scopes(ctx, [FEATURE_UNIT_PRIMITIVES[feature]])
-    )
-    # The kid in the request log shows which key signed (key rotation).
-    annotate(request, model=model.name, signing_kid=minted.kid)
     identity = forward_identity(ctx, request, principal)
-    try:
-        upstream = await ctx.gateway.post(
+
+    async def send(serving: ResolvedModel) -> aiohttp.ClientResponse:
+        minted = ctx.minter.token(
+            gateway_api.code_suggestion_scopes(ctx, [FEATURE_UNIT_PRIMITIVES[feature]])
+        )
+        # The kid in the request log shows which key signed (key rotation).
+        annotate(request, model=serving.name, signing_kid=minted.kid)
+        return await ctx.gateway.post(
             gateway_path(intent),
-            orjson.dumps(gateway_body(suggestion, intent, model)),
+            orjson.dumps(gateway_body(suggestion, intent, serving)),
             gateway_headers(
                 minted.token,
                 identity,
@@ -107,6 +111,9 @@ async def completions(
             base_url=effective.ai_gateway_url,
             timeout_s=effective.ai_gateway_timeout_seconds,
         )
+
+    try:
+        upstream, model = await post_with_fallback(ctx, feature, model, send)
     except GatewayUnavailableError as exc:
         raise gateway_error(exc, request, principal) from None
     return await relay_to_caller(

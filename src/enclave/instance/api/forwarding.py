@@ -7,21 +7,31 @@ the identity headers that travel with the forwarded request.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import aiohttp
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from enclave.common.logging import get_logger
 from enclave.instance import ai_settings
 from enclave.instance.api.errors import InstanceAPIError
+from enclave.instance.api.relay import gateway_reason
 from enclave.instance.context import InstanceContext
 from enclave.instance.features import (
     Feature,
     FeatureMisconfiguredError,
     FeatureUnavailableError,
     ResolvedModel,
+    resolve_fallback,
     resolve_feature,
 )
-from enclave.instance.gateway_client import ForwardIdentity, pseudonymous_user_id
+from enclave.instance.gateway_client import (
+    ForwardIdentity,
+    GatewayUnavailableError,
+    pseudonymous_user_id,
+)
 from enclave.instance.pats import Principal
 
 log = get_logger(__name__)
@@ -59,3 +69,74 @@ def forward_identity(
         global_user_id=pseudonymous_user_id(ctx.user_id_salt, principal.user_id),
         request_id=str(request.state.request_id),
     )
+
+
+# The prompt registry's "the model failed" status (chat and /api/v4/ai/<feature> read it so).
+PROMPT_MODEL_FAILED: Final = 421
+# Statuses the gateway answers a failed model call with, "Inference failed: ..." in ``detail``
+# (``model_error_response``); the same statuses without it are the gateway's own (its rate
+# limit, an unavailable key store), where another model would not help.
+INFERENCE_FAILED_STATUSES: Final = frozenset({429, 502, 503})
+INFERENCE_FAILED: Final = "Inference failed"
+
+Send = Callable[[ResolvedModel], Awaitable[aiohttp.ClientResponse]]
+
+
+async def model_failed(upstream: aiohttp.ClientResponse, model: ResolvedModel) -> bool:
+    """Whether the gateway's answer says the model (not the gateway, not the request) failed.
+
+    Reads the body of a candidate answer without releasing the response: aiohttp keeps the
+    body, so the caller reads (and releases) it again as if nobody had looked.
+    """
+    if upstream.status == PROMPT_MODEL_FAILED:
+        return True
+    if upstream.status not in INFERENCE_FAILED_STATUSES:
+        return False
+    try:
+        content = await upstream.read()
+    except (TimeoutError, aiohttp.ClientError):
+        return False  # the body broke off: the caller's read reports it as usual
+    return INFERENCE_FAILED in gateway_reason(content, model.api_key, limit=2000)
+
+
+def _fallback(ctx: InstanceContext, feature: Feature) -> ResolvedModel | None:
+    with ctx.sessions() as session, session.begin():
+        return resolve_fallback(session, ctx.secret_box, feature)
+
+
+async def post_with_fallback(
+    ctx: InstanceContext, feature: Feature, model: ResolvedModel, send: Send
+) -> tuple[aiohttp.ClientResponse, ResolvedModel]:
+    """``send(model)``; when the gateway says the model failed (before any byte of the answer,
+    since nothing is relayed yet) and the feature has a fallback model, ``send(fallback)``
+    once and that answer. Returns the answer to relay and the model that gave it.
+
+    ``send`` builds the request for the model it is given (body, fresh token) and raises
+    :class:`GatewayUnavailableError` as the gateway client does; an unreachable gateway on the
+    first call is not a model failure and propagates. Should the gateway be unreachable on the
+    retry, the primary model's failure is what the caller relays.
+    """
+    upstream = await send(model)
+    if upstream.status < 400 or not await model_failed(upstream, model):
+        return upstream, model
+    try:
+        fallback = await run_in_threadpool(_fallback, ctx, feature)
+    except Exception as exc:  # a broken fallback record must not hide the primary's answer
+        log.error("model_fallback_unavailable", feature=feature.value, error=str(exc))
+        return upstream, model
+    if fallback is None or fallback.model_id == model.model_id:
+        return upstream, model
+    log.warning(
+        "model_fallback_used",
+        feature=feature.value,
+        model=model.name,
+        fallback_model=fallback.name,
+        status=upstream.status,
+    )
+    try:
+        second = await send(fallback)
+    except GatewayUnavailableError as exc:
+        log.warning("model_fallback_failed", feature=feature.value, error=exc.message)
+        return upstream, model
+    upstream.release()
+    return second, fallback

@@ -154,7 +154,7 @@ class SelfHostedModel(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     feature_settings: Mapped[list[FeatureSetting]] = relationship(
-        back_populates="self_hosted_model"
+        back_populates="self_hosted_model", foreign_keys="FeatureSetting.self_hosted_model_id"
     )
 
 
@@ -179,12 +179,17 @@ class FeatureSetting(Base):
     self_hosted_model_id: Mapped[int | None] = mapped_column(
         ForeignKey("ai_self_hosted_models.id", ondelete="RESTRICT"), nullable=True, index=True
     )
+    # The model tried once when the primary one fails (issue 11); RESTRICT as above.
+    fallback_model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("ai_self_hosted_models.id", ondelete="RESTRICT"), nullable=True, index=True
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     self_hosted_model: Mapped[SelfHostedModel | None] = relationship(
-        back_populates="feature_settings"
+        back_populates="feature_settings", foreign_keys=[self_hosted_model_id]
     )
+    fallback_model: Mapped[SelfHostedModel | None] = relationship(foreign_keys=[fallback_model_id])
 
 
 class AuditEvent(Base):
