@@ -16,6 +16,7 @@ import os
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
@@ -291,6 +292,30 @@ class TrustedIssuer(BaseModel):
         return value
 
 
+class ModelTLS(BaseModel):
+    """TLS towards one model endpoint (``gateway.model_tls``): its CA bundle and client
+    certificate. Verification stays on; what is not set follows the gateway-wide settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_bundle: Path | None = Field(
+        None, description="PEM file of the CAs this endpoint's certificate is checked against."
+    )
+    client_cert: Path | None = Field(
+        None, description="PEM client certificate presented to this endpoint (mutual TLS)."
+    )
+    client_key: Path | None = Field(None, description="PEM private key of client_cert.")
+
+
+def tls_origin(url: str) -> str:
+    """``https://host:port`` of ``url`` (port 443 spelt out), the key of ``model_tls``."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme.lower()}://{host}:{parts.port or 443}"
+
+
 class GatewaySettings(BaseModel):
     """The data plane: token verification, prompts, model calls.
 
@@ -366,6 +391,14 @@ class GatewaySettings(BaseModel):
         "require mutual TLS (with model_client_key, unless the file holds the key too).",
     )
     model_client_key: Path | None = Field(None, description="PEM private key of model_client_cert.")
+    model_tls: dict[str, ModelTLS] = Field(
+        default_factory=dict,
+        description="Per model endpoint TLS, keyed by the endpoint's https origin "
+        '(JSON: {"https://vllm.internal:8443": {"ca_bundle": "/etc/enclave/vllm-ca.pem", '
+        '"client_cert": "...", "client_key": "..."}}); wins over model_ca_bundle and '
+        "model_client_cert for that endpoint. Files stay on the gateway: nothing TLS-related "
+        "travels in requests.",
+    )
     azure_api_version: str = Field(
         "2024-10-21",
         pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$",
@@ -514,6 +547,33 @@ class GatewaySettings(BaseModel):
     def _egress_entries(cls, value: list[str]) -> list[str]:
         EgressPolicy.parse(value)
         return value
+
+    @field_validator("model_tls")
+    @classmethod
+    def _tls_origins(cls, value: dict[str, ModelTLS]) -> dict[str, ModelTLS]:
+        """Keys are https origins (no path, query or credentials), normalised to host:port."""
+        normalised: dict[str, ModelTLS] = {}
+        for key, tls in value.items():
+            try:
+                parts = urlsplit(key.strip())
+                parts.port  # noqa: B018  (raises on a bad port)
+            except ValueError:
+                raise ValueError(f"model_tls: {key!r} is not a URL") from None
+            if (
+                parts.scheme.lower() != "https"
+                or not parts.hostname
+                or parts.path.strip("/")
+                or parts.query
+                or parts.fragment
+                or parts.username is not None
+            ):
+                raise ValueError(
+                    f"model_tls: {key!r} must be an https origin such as https://vllm.internal:8443"
+                )
+            if tls.client_key is not None and tls.client_cert is None:
+                raise ValueError(f"model_tls[{key!r}]: client_key needs client_cert")
+            normalised[tls_origin(key)] = tls
+        return normalised
 
     def trusted_issuer_list(self) -> list[TrustedIssuer]:
         """The instances this gateway trusts, in order, without duplicates."""

@@ -10,7 +10,6 @@ limiter, the prompt registry, the instance's routes table, the metrics and the H
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -36,6 +35,7 @@ from enclave.gateway.metrics import GatewayMetrics, InstrumentedModelClient
 from enclave.gateway.models.base import ModelRequest, ModelResult, TextModelClient, TextStream
 from enclave.gateway.models.providers import ProviderRouter, install_settings
 from enclave.gateway.models.registry import build_providers, provider_settings
+from enclave.gateway.models.tls import default_tls
 from enclave.gateway.rate_limit import RateLimiter
 from enclave.gateway.routes_table import RoutesTable
 
@@ -148,21 +148,9 @@ class Gateway:
             raise RuntimeError("the gateway's HTTP session is not open (lifespan not started)")
         return self.issuer_session
 
-    def model_tls(self) -> ssl.SSLContext | bool:
-        """TLS for model calls: the configured CA bundle and client certificate, else the
-        defaults (True: system CAs, no client certificate)."""
-        gateway_settings = self.settings.gateway
-        cert = gateway_settings.model_client_cert
-        if gateway_settings.model_ca_bundle is None and cert is None:
-            return True
-        context = ssl.create_default_context(cafile=gateway_settings.model_ca_bundle)
-        if cert is not None:
-            context.load_cert_chain(cert, gateway_settings.model_client_key)
-        return context
-
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
-            ssl=self.model_tls(),
+            ssl=default_tls(self.settings.gateway),
             limit=MAX_CONNECTIONS,
             limit_per_host=0,
             ttl_dns_cache=60,

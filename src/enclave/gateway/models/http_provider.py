@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -46,6 +47,7 @@ from enclave.gateway.models.base import (
     ToolCallDelta,
     Usage,
 )
+from enclave.gateway.models.tls import context_for
 
 MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024
 MAX_ERROR_BODY_BYTES: Final = 64 * 1024
@@ -251,9 +253,12 @@ class HttpProvider:
         max_wait_s: float = 2.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         breaker: CircuitBreaker | None = None,
+        tls: Mapping[str, ssl.SSLContext] | None = None,
     ) -> None:
         self._session = session
         self._breaker = breaker
+        # Per-endpoint TLS (gateway.model_tls); empty: the session's default for every call.
+        self._tls: Mapping[str, ssl.SSLContext] = tls or {}
         self._timeout_s = timeout_s
         connect = min(connect_timeout_s or timeout_s, timeout_s)
         self._connect_timeout_s = connect
@@ -383,7 +388,8 @@ class HttpProvider:
                 return ModelUnreachable(
                     f"TLS handshake with the model endpoint {endpoint} failed; check its "
                     "certificate (the gateway trusts the system CA store, or "
-                    "ENCLAVE_GATEWAY__MODEL_CA_BUNDLE when set)"
+                    "ENCLAVE_GATEWAY__MODEL_CA_BUNDLE when set, or this endpoint's "
+                    "ENCLAVE_GATEWAY__MODEL_TLS entry)"
                 )
             return ModelUnreachable(
                 f"cannot connect to the model endpoint {endpoint} "
@@ -447,6 +453,10 @@ class HttpProvider:
         if self.authorize is not None:
             await self.authorize(request, headers)
         timeout = self._stream_timeout if stream else self._timeout
+        # Only when the endpoint has TLS of its own: a request-level ssl=True would override
+        # the session's gateway-wide CA bundle.
+        tls = context_for(self._tls, request.endpoint)
+        extra: dict[str, Any] = {"ssl": tls} if tls is not None else {}
         attempt = 0
         while True:
             attempt += 1
@@ -457,6 +467,7 @@ class HttpProvider:
                     headers=headers,
                     timeout=timeout,
                     allow_redirects=False,  # the credentials go to this endpoint only
+                    **extra,
                 )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 error = self.transport_error(request, exc)

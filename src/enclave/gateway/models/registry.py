@@ -22,6 +22,7 @@ from enclave.gateway.models.providers import (
     VERTEX_AI,
     ProviderSettings,
 )
+from enclave.gateway.models.tls import endpoint_tls
 from enclave.gateway.models.vertex import TokenSource, VertexClient
 
 
@@ -42,6 +43,7 @@ def call_options(settings: GatewaySettings) -> dict[str, Any]:
         "retries": settings.model_retries,
         "backoff_s": settings.model_retry_backoff_s,
         "max_wait_s": settings.model_retry_max_wait_s,
+        "tls": endpoint_tls(settings),
         # One breaker for all providers: it is the endpoint that is down.
         "breaker": CircuitBreaker(
             settings.model_breaker_failures, settings.model_breaker_cooldown_s

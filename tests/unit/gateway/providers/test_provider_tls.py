@@ -18,6 +18,9 @@ from provider_fakes import FakeProvider
 from provider_setup import ANTHROPIC_KEY, success
 from wire_fixtures import ANTHROPIC_MODEL
 
+from enclave.config import GatewaySettings
+from enclave.gateway.models.tls import TLSSetupError, endpoint_tls
+
 pytestmark = pytest.mark.anyio
 
 
@@ -81,12 +84,16 @@ def pki(tmp_path: Path) -> dict[str, Path]:
     }
 
 
-@pytest.fixture
-async def tls_model(pki: dict[str, Path]) -> AsyncIterator[FakeProvider]:
+def _server_context(pki: dict[str, Path]) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=pki["ca"])
     context.load_cert_chain(pki["server"])
     context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: the gateway must show its certificate
-    server = FakeProvider(ssl_context=context)
+    return context
+
+
+@pytest.fixture
+async def tls_model(pki: dict[str, Path]) -> AsyncIterator[FakeProvider]:
+    server = FakeProvider(ssl_context=_server_context(pki))
     await server.start()
     yield server
     await server.stop()
@@ -124,3 +131,53 @@ async def test_unknown_ca_is_a_clear_tls_error(
     assert "TLS handshake with the model endpoint" in response.json()["detail"]
     assert "ENCLAVE_GATEWAY__MODEL_CA_BUNDLE" in response.json()["detail"]
     assert tls_model.seen == []
+
+
+async def test_per_endpoint_tls_applies_to_that_endpoint_only(
+    make_harness: HarnessFactory, tls_model: FakeProvider, pki: dict[str, Path]
+) -> None:
+    # No gateway-wide CA or certificate: the endpoint's own model_tls entry is what is used.
+    gw: Harness = await make_harness(
+        model_retry_backoff_s=0,
+        model_tls={
+            tls_model.base: {
+                "ca_bundle": str(pki["ca"]),
+                "client_cert": str(pki["client"]),
+                "client_key": str(pki["client_key"]),
+            }
+        },
+    )
+    tls_model.script(success("anthropic", stream=False))
+    response = await gw.complete(body(gw, tls_model.base))
+    assert response.status_code == 200, response.text
+    assert tls_model.seen[0].path == "/v1/messages"
+
+    # Another endpoint on the same server name but another origin gets no such trust.
+    other = FakeProvider(ssl_context=_server_context(pki))
+    await other.start()
+    try:
+        refused = await gw.complete(body(gw, other.base))
+    finally:
+        await other.stop()
+    assert refused.status_code == 503
+    assert "ENCLAVE_GATEWAY__MODEL_TLS" in refused.json()["detail"]
+    assert other.seen == []
+
+
+def test_model_tls_keys_must_be_https_origins() -> None:
+    with pytest.raises(ValueError, match="https origin"):
+        GatewaySettings(model_tls={"http://vllm.internal:8000": {}})
+    with pytest.raises(ValueError, match="https origin"):
+        GatewaySettings(model_tls={"https://vllm.internal/v1": {}})
+    with pytest.raises(ValueError, match="client_key needs client_cert"):
+        GatewaySettings(model_tls={"https://vllm.internal": {"client_key": "/k.pem"}})
+    settings = GatewaySettings(model_tls={"https://VLLM.internal": {}})
+    assert list(settings.model_tls) == ["https://vllm.internal:443"]
+
+
+def test_an_unreadable_bundle_names_its_setting(tmp_path: Path) -> None:
+    settings = GatewaySettings(
+        model_tls={"https://vllm.internal:8443": {"ca_bundle": str(tmp_path / "missing.pem")}}
+    )
+    with pytest.raises(TLSSetupError, match=r"model_tls\['https://vllm.internal:8443'\]"):
+        endpoint_tls(settings)
