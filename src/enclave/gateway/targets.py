@@ -239,8 +239,11 @@ def target_request(
     messages: tuple[ChatMessage, ...],
     prompt: str | None,
     params: ModelParams,
+    *,
+    family: str = "other",
 ) -> ModelRequest:
-    """Chat messages or a raw prompt for ``target`` (text-only models get messages as text)."""
+    """Chat messages or a raw prompt for ``target`` (text-only models get messages as text):
+    the one place a model request is built from a target, for every endpoint."""
     api: Api = "completions" if prompt is not None else "chat"
     if target.force_text_completion and messages:
         prompt, messages, api = messages_as_text(messages), (), "completions"
@@ -256,4 +259,5 @@ def target_request(
         temperature=params.temperature,
         top_p=params.top_p,
         stop=params.stop,
+        family=family,
     )

@@ -21,7 +21,7 @@ from enclave.gateway.code_suggestions.pipeline import (
     messages_from,
 )
 from enclave.gateway.code_suggestions.schemas import SuggestionsRequest
-from enclave.gateway.models.base import Api, ChatMessage, ModelRequest
+from enclave.gateway.models.base import ChatMessage
 from enclave.gateway.prompts.context import detect_language, trim_context
 from enclave.gateway.prompts.postprocess import (
     BlockEndFilter,
@@ -31,7 +31,7 @@ from enclave.gateway.prompts.postprocess import (
     stop_at_block_end,
 )
 from enclave.gateway.prompts.registry import get_registry
-from enclave.gateway.targets import ModelTarget, PlanError, messages_as_text
+from enclave.gateway.targets import ModelTarget, PlanError, target_request
 
 USE_CASE_NAME = "code completions"
 PROMPT_ID: Final = "code_suggestions/completions"
@@ -84,25 +84,9 @@ def plan_completion(payload: SuggestionsRequest, target: ModelTarget) -> Plan:
         )
         prompt, messages = rendered.prompt, rendered.messages
 
-    api: Api = "chat" if messages else "completions"
-    if target.force_text_completion and messages:
-        prompt, messages, api = messages_as_text(messages), (), "completions"
     # Instruction-following answers get cleaned; raw FIM output is inserted as is.
     conversational = definition.api == "chat" or payload.prompt_version == 3
-    request = ModelRequest(
-        endpoint=target.endpoint,
-        model=target.model,
-        provider=target.provider,
-        api=api,
-        api_key=target.api_key,
-        prompt=prompt,
-        messages=messages,
-        max_tokens=params.max_tokens,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        stop=params.stop,
-        family=family,
-    )
+    request = target_request(target, messages, None if messages else prompt, params, family=family)
     # Every answer stops where it leaves the cursor's block (models like to go on with the next
     # function); instruction-following answers also lose fences and repeated code first.
     above, below = current.content_above_cursor, current.content_below_cursor

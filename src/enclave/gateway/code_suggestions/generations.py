@@ -21,11 +21,11 @@ from enclave.gateway.code_suggestions.pipeline import (
     messages_from,
 )
 from enclave.gateway.code_suggestions.schemas import SuggestionsRequest
-from enclave.gateway.models.base import Api, ChatMessage, ModelRequest
+from enclave.gateway.models.base import ChatMessage
 from enclave.gateway.prompts.context import detect_language
 from enclave.gateway.prompts.postprocess import GenerationStreamFilter, postprocess_generation
 from enclave.gateway.prompts.registry import get_registry
-from enclave.gateway.targets import ModelTarget, messages_as_text
+from enclave.gateway.targets import ModelTarget, target_request
 
 PROMPT_ID: Final = "code_suggestions/generations"
 # The file around the cursor that goes into the gateway's own instruction.
@@ -56,24 +56,7 @@ def plan_generation(payload: SuggestionsRequest, target: ModelTarget) -> Plan:
         )
         messages = rendered.messages
 
-    prompt: str | None = None
-    api: Api = "chat"
-    if target.force_text_completion:
-        prompt, messages, api = messages_as_text(messages), (), "completions"
-    request = ModelRequest(
-        endpoint=target.endpoint,
-        model=target.model,
-        provider=target.provider,
-        api=api,
-        api_key=target.api_key,
-        prompt=prompt,
-        messages=messages,
-        max_tokens=params.max_tokens,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        stop=params.stop,
-        family=family,
-    )
+    request = target_request(target, messages, None, params, family=family)
     return Plan(
         request=request,
         model_name=f"custom_openai/{family}",

@@ -23,15 +23,15 @@ from enclave.gateway.api.schemas import BodyModel, PromptMessage, Str255
 from enclave.gateway.api.steps import authenticate, model_error_response, parse_body
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
-    Api,
     ChatMessage,
     EndpointNotAllowed,
     ModelError,
     ModelRequest,
 )
+from enclave.gateway.prompts.definition import ModelParams
 from enclave.gateway.prompts.registry import Prompt, PromptNotFound, get_registry
 from enclave.gateway.streaming import RawTextStreamResponse
-from enclave.gateway.targets import PlanError, messages_as_text, resolve_target
+from enclave.gateway.targets import PlanError, resolve_target, target_request
 
 if TYPE_CHECKING:
     from enclave.gateway.runtime import Gateway
@@ -107,25 +107,16 @@ def plan_chat(prompt_id: str, payload: ChatPayload) -> ModelRequest:
     # ``model`` is the family; unknown families get the base definition.
     definition = get_registry().resolve(prompt_id, payload.model)
     messages = conversation(definition, payload.content)
-    text: str | None = None
-    api: Api = "chat"
-    if target.force_text_completion:
-        text, messages, api = messages_as_text(messages), (), "completions"
     params = payload.params or ChatParams()
     defaults = definition.params
-    return ModelRequest(
-        endpoint=target.endpoint,
-        model=target.model,
-        provider=target.provider,
-        api=api,
-        api_key=target.api_key,
-        prompt=text,
-        messages=messages,
+    # The request's own parameters win over the definition's (already validated: no re-check).
+    merged = ModelParams.model_construct(
         max_tokens=params.max_tokens or defaults.max_tokens,
         temperature=defaults.temperature if params.temperature is None else params.temperature,
         top_p=defaults.top_p if params.top_p is None else params.top_p,
         stop=tuple(params.stop) if params.stop is not None else defaults.stop,
     )
+    return target_request(target, messages, None, merged)
 
 
 def response_body(payload: ChatPayload, text: str) -> dict[str, Any]:
