@@ -105,3 +105,10 @@ async def parse_body(request: Request, schema: type[BodyT]) -> BodyT | Response:
         return schema.model_validate_json(body)
     except ValidationError as exc:
         return json_response({"detail": validation_detail(exc)}, 422)
+
+
+def gitlab_major(version: str | None) -> int | None:
+    """The major version in ``X-Gitlab-Version`` ("18.11.0-ee" → 18), if it has one: where
+    GitLab 17 and 18 instances expect different answers, the header says which one asks."""
+    head = (version or "").strip().split(".", 1)[0]
+    return int(head) if head.isdigit() else None

@@ -87,6 +87,17 @@ async def test_unknown_prompt_is_404(gw: Harness) -> None:
         assert response.json() == {"detail": f"Prompt '{prompt_id}' not found"}
 
 
+@pytest.mark.parametrize(("version", "status"), [("18.11.0-ee", 400), ("17.9.0", 404), ("", 404)])
+async def test_unknown_prompt_status_follows_the_gitlab_generation(
+    gw: Harness, version: str, status: int
+) -> None:
+    # GitLab's gateway of 2026 answers an unknown prompt id with 400, the 2024 one with 404.
+    headers = {**token_for(gw, "chat/agent"), "X-Gitlab-Version": version}
+    response = await gw.client.post(url("chat/nope"), json=body(gw, "chat/agent"), headers=headers)
+    assert response.status_code == status
+    assert response.json() == {"detail": "Prompt 'chat/nope' not found"}
+
+
 @pytest.mark.parametrize("prompt_id", PROMPT_IDS)
 async def test_missing_scope_is_403(gw: Harness, prompt_id: str) -> None:
     headers = gw.headers(gw.token(scopes=["some_other_feature"]))

@@ -4,10 +4,11 @@ Prompts are the registry's definition files (:mod:`enclave.gateway.prompts.regis
 instance calls e.g. ``model_configuration/check`` (URL-encoded ``model_configuration%2Fcheck``)
 for "Test connection", ``chat/explain_code`` or ``generate_commit_message``, with the model in
 ``model_metadata`` (its ``name`` is the family that picks the definition) and the template
-variables in ``inputs``. Pipeline: authenticate (401/503) → find the prompt (404) → scope (403)
-→ body (413/422) → model target (422) → definition for the family and ``prompt_version``
-(422 at ``["prompt_version"]``) → render (422 at ``["inputs", name]``) → call the model → the
-model's text as a bare JSON string. When the model fails the answer is **421
+variables in ``inputs``. Pipeline: authenticate (401/503) → find the prompt (404; 400 when a
+GitLab 18 instance asks, as GitLab's gateway does) → scope (403) → body (413/422) → model
+target (422) → definition for the family and ``prompt_version`` (422 at
+``["prompt_version"]``) → render (422 at ``["inputs", name]``) → call the model → the model's
+text as a bare JSON string. When the model fails the answer is **421
 Misdirected Request** (as in GitLab: the gateway worked, the model did not) with a ``detail``
 that starts with the model's HTTP status ("401 ...") when it answered with one, and without a
 leading status when it could not be reached.
@@ -20,9 +21,10 @@ from typing import TYPE_CHECKING, Any, Final
 from starlette.requests import Request
 from starlette.responses import Response
 
+from enclave.common import wire
 from enclave.common.logging import get_logger
 from enclave.gateway.api.schemas import BodyModel, Str255, field_error
-from enclave.gateway.api.steps import authenticate, parse_body
+from enclave.gateway.api.steps import authenticate, gitlab_major, parse_body
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
     EndpointNotAllowed,
@@ -102,7 +104,10 @@ async def invoke(request: Request) -> Response | RawTextStreamResponse:
     try:
         scopes = get_registry().unit_primitives(prompt_id)
     except PromptNotFound:
-        return detail(f"Prompt '{prompt_id}' not found", 404)
+        # GitLab's gateway answers 404 to GitLab 17 instances and 400 to GitLab 18 ones.
+        major = gitlab_major(request.headers.get(wire.H_VERSION))
+        status = 400 if major is not None and major >= 18 else 404
+        return detail(f"Prompt '{prompt_id}' not found", status)
     if not principal.can(*scopes):
         return detail(f"Unauthorized to access {prompt_id}", 403)
     payload = await parse_body(request, PromptRequest)

@@ -38,7 +38,12 @@ from starlette.responses import Response
 from enclave.common import wire
 from enclave.common.logging import get_logger
 from enclave.gateway.api.schemas import BodyModel, Str255
-from enclave.gateway.api.steps import authenticate, model_error_response, parse_body
+from enclave.gateway.api.steps import (
+    authenticate,
+    gitlab_major,
+    model_error_response,
+    parse_body,
+)
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
     ChatMessage,
@@ -131,12 +136,6 @@ UP_DUO_CLASSIC_CHAT: Final = "duo_classic_chat"
 DUO_CORE_CUTOFF: Final = "Duo Core no longer authorized to access Duo Classic Chat"
 GITLAB_DUO_MENTION: Final = "@GitLabDuo"
 _H_ENABLEMENT_TYPE: Final = "x-gitlab-feature-enablement-type"
-
-
-def gitlab_major(version: str | None) -> int | None:
-    """The major version in ``X-Gitlab-Version`` ("18.11.0-ee" → 18), if it has one."""
-    head = (version or "").strip().split(".", 1)[0]
-    return int(head) if head.isdigit() else None
 
 
 def classic_chat_cut_off(request: Request) -> bool:
