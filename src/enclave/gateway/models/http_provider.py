@@ -17,6 +17,7 @@ import random
 import re
 import ssl
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar, Final
@@ -229,7 +230,7 @@ def _trips_breaker(error: Exception) -> bool:
     )
 
 
-class HttpProvider:
+class HttpProvider(ABC):
     """Base of the providers that speak HTTP(S) with JSON bodies."""
 
     # Substring of the Content-Type of a real stream; anything else is read as a whole answer.
@@ -275,18 +276,19 @@ class HttpProvider:
 
     # -- what a provider says ---------------------------------------------------------------
 
+    @abstractmethod
     def build(self, request: ModelRequest, stream: bool) -> Call:
-        raise NotImplementedError
+        """The URL, body and headers of the call (no I/O)."""
 
+    @abstractmethod
     def parse_result(self, request: ModelRequest, data: Any) -> ModelResult:
         """The whole answer from its parsed JSON; :meth:`bad_response` when misshapen."""
-        raise NotImplementedError
 
+    @abstractmethod
     def deltas(
         self, request: ModelRequest, response: aiohttp.ClientResponse, stream: ProviderStream
     ) -> AsyncIterator[str]:
         """Text deltas of a streamed answer; sets ``stream.finish_reason`` / ``stream.usage``."""
-        raise NotImplementedError
 
     def secret(self, request: ModelRequest) -> str | None:
         """The credential to scrub from upstream messages."""
