@@ -7,6 +7,7 @@ temporary data dir and the tiny deterministic GGUF model, so tests can assert ex
 from __future__ import annotations
 
 import os
+import queue
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +46,12 @@ class Stack:
     @property
     def model_api_key(self) -> str:
         return (self.data_dir / "model" / "api-key").read_text().strip()
+
+
+def read_lines(stream: Any, out: queue.Queue[str]) -> None:
+    """Copy a process's output into ``out`` line by line (run it in a daemon thread)."""
+    for line in iter(stream.readline, ""):
+        out.put(line)
 
 
 def stack_env(data_dir: Path) -> dict[str, str]:

@@ -15,14 +15,9 @@ from pathlib import Path
 import pytest
 
 from enclave.common.net import free_port
-from tests.e2e.conftest import stack_env
+from tests.e2e.conftest import read_lines, stack_env
 
 pytestmark = pytest.mark.e2e
-
-
-def read_lines(stream: object, out: queue.Queue[str]) -> None:
-    for line in iter(stream.readline, ""):  # type: ignore[attr-defined]
-        out.put(line)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

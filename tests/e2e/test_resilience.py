@@ -26,7 +26,7 @@ import pytest
 
 from enclave.common.net import free_port
 from enclave.model.tiny_gguf import write_tiny_gguf
-from tests.e2e.conftest import stack_env
+from tests.e2e.conftest import read_lines, stack_env
 
 pytestmark = pytest.mark.e2e
 
@@ -69,11 +69,6 @@ class Up:
         )
 
 
-def _pump(stream: Any, out: queue.Queue[str]) -> None:
-    for line in iter(stream.readline, ""):
-        out.put(line)
-
-
 def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -100,7 +95,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
         text=True,
     )  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True).start()
+    threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True).start()
     output: list[str] = []
 
     def started() -> bool:
