@@ -114,6 +114,31 @@ class InstanceSettings(BaseModel):
         "its OpenAI-compatible API serves. Unset: that endpoint answers 404. `enclave up` "
         "generates <data_dir>/keys/gateway-routes.secret (0600) and sets it for both roles.",
     )
+    auth_cache_ttl_s: float = Field(
+        10.0,
+        ge=0,
+        le=60,
+        description="How long a verified personal access token is served from memory at most "
+        "(0: never cached). Revoking, expiring or blocking takes effect at once in the process "
+        "that made the change and within cache_poll_s in every other; this bounds it even when "
+        "that poll fails.",
+    )
+    model_cache_ttl_s: float = Field(
+        60.0,
+        ge=0,
+        le=600,
+        description="How long a feature's model (with its decrypted API key) and the AI settings "
+        "are served from memory at most (0: never cached). Changes take effect at once in the "
+        "process that made them and within cache_poll_s in every other.",
+    )
+    cache_poll_s: float = Field(
+        1.0,
+        gt=0,
+        le=30,
+        description="How often each instance process reads the change counters in the database "
+        "(in the background, never on a request) to drop cached tokens and models that another "
+        "process changed; also how often cached uses are written to last_used_at.",
+    )
     revocation_window_s: int = Field(
         7200,
         ge=120,

@@ -40,6 +40,7 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The HTTP client needs a running loop, so it is made here and not at import.
         await ctx.gateway.start()
+        await ctx.caches.start()
         log.info(
             "instance_started",
             issuer=ctx.issuer,
@@ -49,6 +50,7 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
         try:
             yield
         finally:
+            await ctx.caches.stop()
             await ctx.gateway.close()
             ctx.engine.dispose()
 

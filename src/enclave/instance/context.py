@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from enclave.config import EnclaveSettings
 from enclave.instance.bootstrap import BootstrapResult
+from enclave.instance.caches import InstanceCaches
 from enclave.instance.chat_events import ChatEvents
 from enclave.instance.chat_history import ChatHistory
 from enclave.instance.db.engine import make_engine, make_session_factory
@@ -35,6 +36,8 @@ class InstanceContext:
     gateway: GatewayClient
     # Per-user and per-address limits, and the metrics that count them (per process).
     limits: InstanceLimits
+    # Verified tokens, feature models and AI settings in memory (caches.py for the bounds).
+    caches: InstanceCaches
     # Editor chat conversations (GraphQL aiAction / aiMessages), in memory, bounded.
     chat_history: ChatHistory = field(default_factory=ChatHistory)
     # The same chats' answers pushed to ActionCable subscribers as they are generated.
@@ -47,10 +50,11 @@ class InstanceContext:
             busy_timeout_ms=round(settings.instance.database_busy_timeout_s * 1000),
         )
         issuer = settings.instance.issuer()
+        sessions = make_session_factory(engine)
         return cls(
             settings=settings,
             engine=engine,
-            sessions=make_session_factory(engine),
+            sessions=sessions,
             keys=boot.keys,
             minter=TokenMinter(
                 boot.keys,
@@ -67,4 +71,5 @@ class InstanceContext:
                 settings.instance.gateway_url, settings.instance.gateway_timeout_s
             ),
             limits=InstanceLimits(settings.instance),
+            caches=InstanceCaches(sessions, settings.instance),
         )

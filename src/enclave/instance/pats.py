@@ -100,6 +100,11 @@ class Principal:
     scopes: tuple[str, ...]
     # Whether last_used_at is older than LAST_USED_RESOLUTION (the caller then touches it).
     stale_last_used: bool = False
+    # When the token expires (None: never): a cached principal is checked against it on use.
+    token_expires_at: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.token_expires_at is not None and self.token_expires_at <= now
 
 
 def generate_token() -> str:
@@ -161,9 +166,23 @@ def authenticate(
     now: datetime | None = None,
 ) -> Principal:
     """Check ``token``; raise :class:`AuthError` or :class:`InsufficientScopeError`."""
+    principal = verify(session, token, now=now)
+    check_scopes(principal, accepted_scopes)
+    return principal
+
+
+def well_formed(token: str | None) -> bool:
+    """Whether ``token`` could be one of ours (checked before hashing or querying)."""
+    return (
+        token is not None and token.startswith(TOKEN_PREFIXES) and len(token) <= _MAX_TOKEN_LENGTH
+    )
+
+
+def verify(session: Session, token: str | None, *, now: datetime | None = None) -> Principal:
+    """The caller ``token`` belongs to, whatever its scopes; raise :class:`AuthError`."""
     if not token:
         raise AuthError("missing")
-    if not token.startswith(TOKEN_PREFIXES) or len(token) > _MAX_TOKEN_LENGTH:
+    if not well_formed(token):
         raise AuthError("malformed")
     row = session.execute(
         select(PersonalAccessToken, User)
@@ -180,9 +199,6 @@ def authenticate(
         raise AuthError("expired")
     if user.blocked:
         raise AuthError("blocked")
-    accepted = frozenset(accepted_scopes)
-    if not accepted.intersection(pat.scopes):
-        raise InsufficientScopeError(accepted)
     stale = pat.last_used_at is None or now - pat.last_used_at >= LAST_USED_RESOLUTION
     return Principal(
         user_id=user.id,
@@ -194,7 +210,15 @@ def authenticate(
         token_id=pat.id,
         scopes=tuple(pat.scopes),
         stale_last_used=stale,
+        token_expires_at=pat.expires_at,
     )
+
+
+def check_scopes(principal: Principal, accepted_scopes: Iterable[str]) -> None:
+    """Raise :class:`InsufficientScopeError` unless the token has one of ``accepted_scopes``."""
+    accepted = frozenset(accepted_scopes)
+    if not accepted.intersection(principal.scopes):
+        raise InsufficientScopeError(accepted)
 
 
 def touch_last_used(session: Session, token_id: int, now: datetime | None = None) -> bool:
@@ -213,6 +237,18 @@ def touch_last_used(session: Session, token_id: int, now: datetime | None = None
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def touch_many(sessions: sessionmaker[Session], token_ids: Iterable[int]) -> None:
+    """Touch ``last_used_at`` of every token in ``token_ids`` in one write transaction: the
+    uses that cached authentications recorded in memory (``caches.LastUsedBatch``).
+
+    Blocking: call it from a thread pool (the caches' background task does).
+    """
+    now = utcnow()
+    with transaction(sessions, write=True) as session:
+        for token_id in sorted(token_ids):
+            touch_last_used(session, token_id, now)
 
 
 def record_token_minting(sessions: sessionmaker[Session], token_id: int) -> None:
@@ -234,13 +270,25 @@ def authenticate_request(
     accepted_scopes: Iterable[str],
     now: datetime | None = None,
 ) -> Principal:
-    """Authenticate in a read-only transaction, then touch ``last_used_at`` if it is stale.
+    """:func:`verify_request`, then the scope check.
+
+    Blocking (database I/O): call it from a thread pool, not the event loop.
+    """
+    principal = verify_request(sessions, token, now=now)
+    check_scopes(principal, accepted_scopes)
+    return principal
+
+
+def verify_request(
+    sessions: sessionmaker[Session], token: str | None, *, now: datetime | None = None
+) -> Principal:
+    """Verify in a read-only transaction, then touch ``last_used_at`` if it is stale.
 
     Blocking (database I/O): call it from a thread pool, not the event loop.
     """
     now = now or utcnow()
     with transaction(sessions) as session:
-        principal = authenticate(session, token, accepted_scopes=accepted_scopes, now=now)
+        principal = verify(session, token, now=now)
     if principal.stale_last_used:
         try:
             with transaction(sessions, write=True) as session:

@@ -172,7 +172,8 @@ def test_fallback_model_migration_downgrades_and_upgrades_again(
         )
         connection.execute(text("UPDATE ai_feature_settings SET fallback_model_id = 2"))
     engine.dispose()
-    downgrade(url, "-1")
+    # To 0002 by name: later migrations (0006 cache generations, ...) come down first.
+    downgrade(url, "0002")
     engine = make_engine(url)
     assert current_revision(engine) == "0002"
     columns = {c["name"] for c in inspect(engine).get_columns("ai_feature_settings")}
@@ -188,4 +189,25 @@ def test_fallback_model_migration_downgrades_and_upgrades_again(
     assert current_revision(engine) == head_revision()
     columns = {c["name"] for c in inspect(engine).get_columns("ai_feature_settings")}
     assert "fallback_model_id" in columns
+    engine.dispose()
+
+
+def test_cache_generations_migration_seeds_and_downgrades(
+    db_backend: Backend, tmp_path: Path
+) -> None:
+    """0006 adds cache_generations with one row per cached kind at 0; its downgrade drops it."""
+    url = db_backend.new_database_url(tmp_path)
+    upgrade(url)
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT kind, generation FROM cache_generations")).all()
+    assert sorted(tuple(row) for row in rows) == [("auth", 0), ("models", 0)]
+    engine.dispose()
+    downgrade(url, "0003")
+    engine = make_engine(url)
+    assert "cache_generations" not in inspect(engine).get_table_names()
+    engine.dispose()
+    upgrade(url)
+    engine = make_engine(url)
+    assert "cache_generations" in inspect(engine).get_table_names()
     engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from datetime import date, timedelta
 
@@ -126,12 +127,27 @@ def test_non_admins_cannot_manage_users_or_others_tokens(api: Api, instance: Liv
     assert users[0]["username"] == "erin" and "email" not in users[0]
 
 
-def test_revocation_and_expiry_take_effect_at_once_on_every_replica(
+def _status_within(replica: LiveInstance, token: str, status: int, seconds: float) -> int:
+    """GET /api/v4/user with ``token`` until it answers ``status`` or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        answer = Api(replica, token).get("/api/v4/user").status_code
+        if answer == status or time.monotonic() >= deadline:
+            return answer
+        time.sleep(0.1)
+
+
+def test_revocation_and_expiry_take_effect_at_once_here_and_within_the_poll_elsewhere(
     live_instance_factory: Callable[..., LiveInstance], tmp_path: object
 ) -> None:
-    first = live_instance_factory()
+    """Tokens are cached in memory (caches.py): the replica that revokes refuses the token at
+    once; another replica on the same database within cache_poll_s (0.2 s here), long before
+    its cache entries would expire (auth_cache_ttl_s, 60 s here)."""
+    first = live_instance_factory(cache_poll_s=0.2, auth_cache_ttl_s=60)
     # A second replica on the same database and keys (same data dir).
-    second = live_instance_factory(data_dir=first.settings.data_dir)
+    second = live_instance_factory(
+        data_dir=first.settings.data_dir, cache_poll_s=0.2, auth_cache_ttl_s=60
+    )
     api = Api(first)
     user = new_user(api, "frank")
     revoked = new_token(api, user["id"])
@@ -142,16 +158,15 @@ def test_revocation_and_expiry_take_effect_at_once_on_every_replica(
     assert api.delete(f"{TOKENS}/{revoked['id']}").status_code == 204
     # Time passes for the other token: its expiry is now in the past.
     with first.ctx.sessions() as session, session.begin():
-        session.execute(
-            update(PersonalAccessToken)
-            .where(PersonalAccessToken.id == expiring["id"])
-            .values(expires_at=utcnow() - timedelta(seconds=1))
-        )
-    for replica in (second, first):
-        for token in (revoked, expiring):
-            response = Api(replica, str(token["token"])).get("/api/v4/user")
-            assert response.status_code == 401
-            assert response.json() == {"message": "401 Unauthorized"}
+        record = session.get(PersonalAccessToken, expiring["id"])
+        assert record is not None
+        record.expires_at = utcnow() - timedelta(seconds=1)
+    for token in (revoked, expiring):
+        response = Api(first, str(token["token"])).get("/api/v4/user")
+        assert response.status_code == 401
+        assert response.json() == {"message": "401 Unauthorized"}
+    for token in (revoked, expiring):
+        assert _status_within(second, str(token["token"]), 401, seconds=5.0) == 401
     listed = {t["id"]: t for t in api.get(TOKENS, params={"user_id": user["id"]}).json()}
     assert listed[revoked["id"]]["revoked"] is True
     assert listed[expiring["id"]]["active"] is False
@@ -160,6 +175,31 @@ def test_revocation_and_expiry_take_effect_at_once_on_every_replica(
     # Revoking twice is harmless; an unknown token is 404.
     assert api.delete(f"{TOKENS}/{revoked['id']}").status_code == 204
     assert api.delete(f"{TOKENS}/424242").status_code == 404
+
+
+def test_a_cached_token_expires_on_its_own_expiry(
+    live_instance_factory: Callable[..., LiveInstance],
+) -> None:
+    """A token cached before its expiry is refused once the expiry passes, even with nothing
+    changed in the database and a long cache lifetime."""
+    live = live_instance_factory(auth_cache_ttl_s=60)
+    api = Api(live)
+    user = new_user(api, "ivy")
+    token = new_token(api, user["id"])
+    # A bulk UPDATE is not a tracked change: the cache keeps the entry, with this expiry.
+    with live.ctx.sessions() as session, session.begin():
+        session.execute(
+            update(PersonalAccessToken)
+            .where(PersonalAccessToken.id == token["id"])
+            .values(expires_at=utcnow() + timedelta(seconds=1.5))
+        )
+    live.ctx.caches.invalidate("auth")
+    assert Api(live, str(token["token"])).get("/api/v4/user").status_code == 200
+    assert len(live.ctx.caches.auth) == 1
+    time.sleep(1.6)
+    response = Api(live, str(token["token"])).get("/api/v4/user")
+    assert response.status_code == 401
+    assert response.json() == {"message": "401 Unauthorized"}
 
 
 def test_a_user_revokes_their_own_token(api: Api, instance: LiveInstance) -> None:

@@ -13,14 +13,18 @@ from starlette.requests import HTTPConnection
 from enclave.common.logging import get_logger
 from enclave.instance.actor import Actor
 from enclave.instance.api.errors import InstanceAPIError, unauthorized
+from enclave.instance.caches import principal_usable
 from enclave.instance.context import InstanceContext
 from enclave.instance.db.engine import transaction
 from enclave.instance.pats import (
     AuthError,
     InsufficientScopeError,
     Principal,
-    authenticate_request,
+    check_scopes,
+    token_digest,
     token_from_headers,
+    verify_request,
+    well_formed,
 )
 
 log = get_logger(__name__)
@@ -45,8 +49,9 @@ class PatAuth:
 
     The route class (:mod:`enclave.instance.api.routing`) calls it before it reads the body, so
     a caller without a valid token gets 401 before one body byte is read; the result is kept
-    on the request, and FastAPI's own call of the dependency just returns it. The database
-    lookup runs in the thread pool, never on the event loop.
+    on the request, and FastAPI's own call of the dependency just returns it. A token verified
+    in the last few seconds is answered from memory on the event loop (``caches.py``: the
+    bounds after a revocation); any other goes to the database in the thread pool.
     """
 
     def __init__(self, accepted_scopes: Iterable[str], *, admin: bool = False) -> None:
@@ -57,25 +62,45 @@ class PatAuth:
         done: dict[PatAuth, Principal] = request.scope.setdefault(_DONE_KEY, {})
         principal = done.get(self)
         if principal is None:
-            principal = await run_in_threadpool(self._authenticate, request)
+            ctx = context_of(request)
+            # The address ClientAddressMiddleware settled on (X-Forwarded-For only from a
+            # trusted proxy); a banned one is refused before its token is even looked at.
+            address = request.client.host if request.client else None
+            ctx.limits.check_address(address)
+            token = token_from_headers(
+                request.headers.get("private-token"), request.headers.get("authorization")
+            )
+            digest = token_digest(token) if token is not None and well_formed(token) else None
+            principal = ctx.caches.auth.get(digest) if digest is not None else None
+            if principal is not None and principal_usable(principal):
+                ctx.caches.last_used.used(principal.token_id)
+            else:
+                principal = await run_in_threadpool(self._verify, ctx, address, token, digest)
+            self._check(request, principal)
             done[self] = principal
         return principal
 
-    def _authenticate(self, request: HTTPConnection) -> Principal:
-        ctx = context_of(request)
-        # The address ClientAddressMiddleware settled on (X-Forwarded-For only from a trusted
-        # proxy); a banned one is refused before its token is even looked at.
-        address = request.client.host if request.client else None
-        ctx.limits.check_address(address)
-        token = token_from_headers(
-            request.headers.get("private-token"), request.headers.get("authorization")
-        )
+    def _verify(
+        self, ctx: InstanceContext, address: str | None, token: str | None, digest: str | None
+    ) -> Principal:
+        epoch = ctx.caches.auth.epoch()
         try:
-            principal = authenticate_request(ctx.sessions, token, accepted_scopes=self.scopes)
+            principal = verify_request(ctx.sessions, token)
         except AuthError as exc:
+            if digest is not None:
+                ctx.caches.auth.drop(digest)
             log.info("authentication_failed", reason=exc.reason)
             ctx.limits.auth_failed(address, exc.reason)
             raise unauthorized() from None
+        ctx.caches.last_used.noted_from_database(principal.token_id)
+        if digest is not None:
+            ctx.caches.auth.put(digest, principal, epoch=epoch)
+        return principal
+
+    def _check(self, request: HTTPConnection, principal: Principal) -> None:
+        """The endpoint's scopes, and administrators only where ``admin``."""
+        try:
+            check_scopes(principal, self.scopes)
         except InsufficientScopeError as exc:
             log.info("insufficient_scope", accepted=list(exc.accepted))
             raise InstanceAPIError(
@@ -89,7 +114,6 @@ class PatAuth:
             raise InstanceAPIError(
                 403, "this endpoint is for administrators; ask an administrator to do it for you"
             )
-        return principal
 
 
 # Where a request keeps the principals its PatAuth dependencies found (scope key).

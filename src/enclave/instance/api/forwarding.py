@@ -1,8 +1,9 @@
 """What every endpoint that forwards to the AI gateway does first, in one place.
 
-Resolve the feature's model and the AI settings (read fresh per request, so an administrator's
-change takes effect on the next request on every replica) with GitLab-shaped errors, and build
-the identity headers that travel with the forwarded request.
+Resolve the feature's model and the AI settings with GitLab-shaped errors, and build the
+identity headers that travel with the forwarded request. Both come from memory after the first
+request (``caches.py``): an administrator's change takes effect at once in the process that
+made it and within ``cache_poll_s`` on every other worker and replica.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from enclave.common.logging import get_logger
 from enclave.instance import ai_settings
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.relay import gateway_reason
+from enclave.instance.caches import FeatureRoute
 from enclave.instance.context import InstanceContext
 from enclave.instance.features import (
     Feature,
@@ -37,26 +39,35 @@ from enclave.instance.pats import Principal
 log = get_logger(__name__)
 
 
-def _resolve(
-    ctx: InstanceContext, feature: Feature
-) -> tuple[ResolvedModel, ai_settings.EffectiveAiSettings]:
+def _route(ctx: InstanceContext, feature: Feature) -> FeatureRoute:
+    epoch = ctx.caches.routes.epoch()
     with ctx.sessions() as session, session.begin():
-        model = resolve_feature(session, ctx.secret_box, feature)
-        return model, ai_settings.effective(session, ctx.settings)
+        settings = ai_settings.effective(session, ctx.settings)
+        try:
+            model = resolve_feature(session, ctx.secret_box, feature)
+        except FeatureUnavailableError as exc:
+            route = FeatureRoute(None, settings, unavailable=str(exc))
+        else:
+            route = FeatureRoute(model, settings)
+    ctx.caches.routes.put(feature, route, epoch=epoch)
+    return route
 
 
 async def resolve_for_request(
     ctx: InstanceContext, feature: Feature
 ) -> tuple[ResolvedModel, ai_settings.EffectiveAiSettings]:
     """The feature's model and the AI settings; 403 when the feature is off, 500 when its
-    model record is broken. The database work runs in the threadpool."""
-    try:
-        return await run_in_threadpool(_resolve, ctx, feature)
-    except FeatureUnavailableError as exc:
-        raise InstanceAPIError(403, str(exc)) from None
-    except FeatureMisconfiguredError as exc:
-        log.error("feature_misconfigured", error=str(exc))
-        raise InstanceAPIError(500, f"{exc}. Ask an administrator to fix the model.") from None
+    model record is broken. From memory when cached; else the database, in the thread pool."""
+    route = ctx.caches.routes.get(feature)
+    if route is None:
+        try:
+            route = await run_in_threadpool(_route, ctx, feature)
+        except FeatureMisconfiguredError as exc:
+            log.error("feature_misconfigured", error=str(exc))
+            raise InstanceAPIError(500, f"{exc}. Ask an administrator to fix the model.") from None
+    if route.model is None:
+        raise InstanceAPIError(403, route.unavailable or f"{feature.value} is not available")
+    return route.model, route.settings
 
 
 def forward_identity(
@@ -100,8 +111,19 @@ async def model_failed(upstream: aiohttp.ClientResponse, model: ResolvedModel) -
 
 
 def _fallback(ctx: InstanceContext, feature: Feature) -> ResolvedModel | None:
+    epoch = ctx.caches.fallbacks.epoch()
     with ctx.sessions() as session, session.begin():
-        return resolve_fallback(session, ctx.secret_box, feature)
+        fallback = resolve_fallback(session, ctx.secret_box, feature)
+    ctx.caches.fallbacks.put(feature, (fallback,), epoch=epoch)
+    return fallback
+
+
+async def fallback_for(ctx: InstanceContext, feature: Feature) -> ResolvedModel | None:
+    """The feature's fallback model, from memory when cached."""
+    cached = ctx.caches.fallbacks.get(feature)
+    if cached is not None:
+        return cached[0]
+    return await run_in_threadpool(_fallback, ctx, feature)
 
 
 async def post_with_fallback(
@@ -120,7 +142,7 @@ async def post_with_fallback(
     if upstream.status < 400 or not await model_failed(upstream, model):
         return upstream, model
     try:
-        fallback = await run_in_threadpool(_fallback, ctx, feature)
+        fallback = await fallback_for(ctx, feature)
     except Exception as exc:  # a broken fallback record must not hide the primary's answer
         log.error("model_fallback_unavailable", feature=feature.value, error=str(exc))
         return upstream, model

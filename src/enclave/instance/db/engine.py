@@ -114,7 +114,12 @@ def make_engine(
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     # expire_on_commit=False: objects returned from a finished transaction stay readable.
-    return sessionmaker(engine, expire_on_commit=False)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    # Every change to what the instance caches bumps its generation (db/changes.py).
+    from enclave.instance.db.changes import track_changes
+
+    track_changes(sessions)
+    return sessions
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     ForeignKey,
@@ -209,3 +210,14 @@ class AuditEvent(Base):
     target: Mapped[str] = mapped_column(String(255))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class CacheGeneration(Base):
+    """A change counter per cached kind (``auth``, ``models``): every change to the rows behind
+    a kind bumps its generation in the same transaction, and each instance process drops its
+    in-memory entries of a kind whose generation moved (``instance/caches.py``)."""
+
+    __tablename__ = "cache_generations"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
