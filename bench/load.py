@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -149,8 +149,13 @@ def run_load(
     duration_s: float,
     server_pid: int | None = None,
     use_wrk: bool = True,
+    also_pids: Sequence[int] = (),
 ) -> LoadResult:
-    """Run one load point; measure the server tree's CPU time and peak RSS meanwhile."""
+    """Run one load point; measure the server tree's CPU time and peak RSS meanwhile.
+
+    ``also_pids``: further servers on the path (the gateway behind the instance) whose process
+    trees count in the CPU time and the memory too.
+    """
     seconds = max(1, round(duration_s))
     if use_wrk:
         argv = [
@@ -179,9 +184,12 @@ def run_load(
         tool = "loadgen.py"
     env = {**os.environ, "WRK_BODY_FILE": str(body_path), "WRK_HEADERS_FILE": str(headers_path)}
     pids = process_tree(server_pid) if server_pid is not None else []
+    for pid in also_pids:
+        pids += process_tree(pid)
     cpu_before = cpu_seconds(pids)
     machine_before, own_before, started = machine_cpu_seconds(), own_cpu_seconds(), time.monotonic()
-    with RssSampler(server_pid) if server_pid is not None else _NoSampler() as sampler:
+    sampled = RssSampler(server_pid, also_pids) if server_pid is not None else _NoSampler()
+    with sampled as sampler:
         done = subprocess.run(
             argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
         )

@@ -129,6 +129,7 @@ class RssSampler:
     """Samples RSS and PSS of a process tree in a thread; ``peak``/``peak_pss``: largest."""
 
     root: int
+    others: Sequence[int] = ()  # further roots (the gateway behind the instance)
     interval_s: float = 0.25
     peak: int = 0
     peak_pss: int = 0
@@ -143,6 +144,8 @@ class RssSampler:
 
     def _run(self) -> None:
         pids = process_tree(self.root)
+        for other in self.others:
+            pids += process_tree(other)
         while not self._stop.wait(self.interval_s):
             value = rss_bytes(pids)
             self.samples.append(value)

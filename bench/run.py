@@ -97,6 +97,7 @@ class Settings:
     gateway_log_level: str
     results_dir: Path
     quick: bool
+    pin_roles: bool = True
     use_wrk: bool = True
 
 
@@ -162,6 +163,21 @@ def openai_completion_body(stream: bool, model: str = SERVED_MODEL) -> bytes:
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
+def instance_body(stream: bool) -> bytes:
+    """What GitLab's editor extensions send to ``POST /api/v4/code_suggestions/completions``."""
+    return orjson.dumps(
+        {
+            "current_file": {
+                "file_name": "app/calc.py",
+                "content_above_cursor": "def add(a, b):\n    ",
+                "content_below_cursor": "\n",
+            },
+            "intent": "completion",
+            "stream": stream,
+        }
+    )
+
+
 # -- targets ----------------------------------------------------------------------------------
 
 
@@ -176,6 +192,17 @@ class Target:
     stream: Request
     stream_format: str  # sse | raw
     startup_s: float
+    # Further servers on the path, measured with the target (the gateway behind the instance).
+    helpers: tuple[Server, ...] = ()
+
+    def pids(self) -> list[int]:
+        pids = process_tree(self.server.pid)
+        for helper in self.helpers:
+            pids += process_tree(helper.pid)
+        return pids
+
+    def helper_pids(self) -> tuple[int, ...]:
+        return tuple(helper.pid for helper in self.helpers)
 
 
 class Bench:
@@ -406,6 +433,12 @@ class Bench:
                 load = Request(url, openai_completion_body(False, OPENAI_FEATURE), headers)
                 stream = Request(url, openai_completion_body(True, OPENAI_FEATURE), headers)
                 fmt, label = "sse", "Enclave OpenAI API"
+        elif kind == "instance":
+            server, helpers, headers = self.start_instance_pair(key, port, workers)
+            url = f"http://127.0.0.1:{port}/api/v4/code_suggestions/completions"
+            load = Request(url, instance_body(False), headers)
+            stream = Request(url, instance_body(True), headers)
+            fmt, label = "raw", "Enclave instance → gateway"
         elif kind == "litellm":
             assert self.litellm_python is not None
             config, log_config = self._litellm_config(port)
@@ -467,8 +500,79 @@ class Bench:
         target = Target(
             key, kind, label, workers, server, load, stream, fmt, time.monotonic() - started
         )
-        self.smoke(target)
+        if kind == "instance":
+            target.helpers = helpers
+        try:
+            self.smoke(target)
+        except Exception:
+            for helper in target.helpers:
+                self.processes.stop(helper)
+            raise
         return target
+
+    def start_instance_pair(
+        self, key: str, port: int, workers: int
+    ) -> tuple[Server, tuple[Server, ...], dict[str, str]]:
+        """An instance (``workers`` workers) and its own gateway (as many), both real
+        processes: the instance is the gateway's issuer, its embedded-model settings point
+        every feature at the upstream (codestral), and the admin's PAT authenticates.
+
+        With one worker each and ``--pin-roles``, both roles run on CPU 0 only (the issue's
+        "both roles on one core"): the load generator and the upstream keep the other cores.
+        """
+        gateway_port = free_port()
+        data_dir = self.tmp / f"{key}-data"
+        (data_dir / "model").mkdir(parents=True, exist_ok=True)
+        (data_dir / "model" / "api-key").write_text(UPSTREAM_API_KEY + "\n")
+        instance_url = f"http://127.0.0.1:{port}"
+        pin = (
+            ["taskset", "-c", "0"]
+            if self.settings.pin_roles and workers == 1 and shutil.which("taskset")
+            else []
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ENCLAVE_")}
+        env.update(
+            {
+                "ENCLAVE_DATA_DIR": str(data_dir),
+                "ENCLAVE_LOG_LEVEL": self.settings.gateway_log_level,
+                "ENCLAVE_LOG_FORMAT": "json",
+                "ENCLAVE_INSTANCE__WORKERS": str(workers),
+                "ENCLAVE_INSTANCE__EXTERNAL_URL": instance_url,
+                "ENCLAVE_INSTANCE__GATEWAY_URL": f"http://127.0.0.1:{gateway_port}",
+                "ENCLAVE_INSTANCE__EMBEDDED_MODEL_ENDPOINT": (
+                    f"http://127.0.0.1:{self.upstream_port}/v1"
+                ),
+                "ENCLAVE_INSTANCE__DEFAULT_MODEL_IDENTIFIER": f"custom_openai/{SERVED_MODEL}",
+                "ENCLAVE_INSTANCE__DEFAULT_MODEL_FAMILY": "codestral",
+                "ENCLAVE_INSTANCE__GATEWAY_ROUTES_SECRET_FILE": str(self.routes_secret_file),
+                # The per-user limit runs on every request, with a ceiling out of reach.
+                "ENCLAVE_INSTANCE__CODE_SUGGESTIONS_API_RATE_LIMIT": "100000000",
+            }
+        )
+        instance = self.processes.start(
+            key,
+            [*pin, PYTHON, "-m", "enclave", "instance", "--port", str(port)],
+            env=env,
+            cwd=REPO,
+        )
+        wait_http(instance, f"{instance_url}/.well-known/openid-configuration", 90)
+        gateway_env = self.gateway_env(f"{key}-gateway-data", workers)
+        gateway_env["ENCLAVE_GATEWAY__ISSUER_URL"] = instance_url
+        gateway_env["ENCLAVE_LOG_FORMAT"] = "json"
+        gateway = self.processes.start(
+            f"{key}-gateway",
+            [*pin, PYTHON, "-m", "enclave", "gateway", "--port", str(gateway_port)],
+            env=gateway_env,
+            cwd=REPO,
+        )
+        try:
+            wait_http(gateway, f"http://127.0.0.1:{gateway_port}/monitoring/healthz", 60)
+        except Exception:
+            self.processes.stop(gateway)
+            raise
+        token = (data_dir / "admin-token.txt").read_text().strip()
+        headers = {"PRIVATE-TOKEN": token, "Content-Type": "application/json"}
+        return instance, (gateway,), headers
 
     def smoke(self, target: Target) -> None:
         """One real request must come back right (and, via a proxy, reach the upstream)."""
@@ -493,7 +597,14 @@ class Bench:
 
     def run_point(self, target: Target, files: tuple[Path, Path], c: int, d: float) -> LoadResult:
         result = run_load(
-            target.load, files[0], files[1], c, d, target.server.pid, self.settings.use_wrk
+            target.load,
+            files[0],
+            files[1],
+            c,
+            d,
+            target.server.pid,
+            self.settings.use_wrk,
+            also_pids=target.helper_pids(),
         )
         cpu = result.cpu_us_per_request
         foreign = result.foreign_cpu_share or 0.0
@@ -508,7 +619,7 @@ class Bench:
     def measure(self, target: Target) -> dict[str, Any]:
         s = self.settings
         files = target.load.write(self.tmp, target.key)
-        pids = process_tree(target.server.pid)
+        pids = target.pids()
         rss_idle, pss_idle = rss_bytes(pids), pss_bytes(pids)
         log(
             f"{target.key}: up in {target.startup_s:.1f} s, {len(pids)} process(es), "
@@ -564,7 +675,7 @@ class Bench:
             f"{seq.reordered + conc.reordered}, failed {seq.failed + conc.failed}"
         )
         time.sleep(2.0)
-        pids = process_tree(target.server.pid)
+        pids = target.pids()
         rss_after, pss_after = rss_bytes(pids), pss_bytes(pids)
         peak = max((r.server_peak_rss or 0 for r in loads), default=0)
         peak_pss = max((r.server_peak_pss or 0 for r in loads), default=0)
@@ -607,8 +718,11 @@ class Bench:
         finally:
             if target is not None:
                 self.processes.stop(target.server)
+                for helper in target.helpers:
+                    self.processes.stop(helper)
             else:
                 self.processes.stop_named(key)
+                self.processes.stop_named(f"{key}-gateway")
 
     # -- profile -------------------------------------------------------------------------------
 
@@ -791,6 +905,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         gateway_log_level=args.gateway_log_level,
         results_dir=args.results_dir,
         quick=quick,
+        pin_roles=args.pin_roles,
     )
 
 
@@ -811,9 +926,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2", help="server worker counts [1,2]")
     parser.add_argument(
         "--targets",
-        default="direct,enclave,openai,litellm",
+        default="direct,enclave,openai,instance,litellm",
         help="which targets: direct, enclave (GitLab /v2/code/completions), openai (the "
-        "gateway's /v1/completions), litellm [all four]",
+        "gateway's /v1/completions), instance (PAT → instance "
+        "/api/v4/code_suggestions/completions → gateway), litellm [all five]",
+    )
+    parser.add_argument(
+        "--pin-roles",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the 1-worker instance and its gateway on CPU 0 only (both roles on one "
+        "core) [on]",
     )
     parser.add_argument("--skip-litellm", action="store_true", help="do not install/run LiteLLM")
     parser.add_argument(
@@ -873,7 +996,7 @@ def _run(bench: Bench, settings: Settings, budget: Budget) -> int:
     if "litellm" in settings.kinds:
         bench.prepare_litellm()
     bench.start_shared()
-    if "enclave" in settings.kinds or "openai" in settings.kinds:
+    if {"enclave", "openai", "instance"} & set(settings.kinds):
         probe = subprocess.run(
             [PYTHON, "-c", "import enclave.gateway.app"],
             capture_output=True,
@@ -894,9 +1017,9 @@ def _run(bench: Bench, settings: Settings, budget: Budget) -> int:
         for kind in settings.kinds:
             if kind == "litellm" and bench.litellm_python is None:
                 continue
-            if kind in ("enclave", "openai") and not bench.gateway_available:
+            if kind in ("enclave", "openai", "instance") and not bench.gateway_available:
                 continue
-            estimate = per_target + (30 if kind == "litellm" else 5)
+            estimate = per_target + {"litellm": 30, "instance": 15}.get(kind, 5)
             targets.append(bench.run_target(kind, workers, estimate))
 
     profile = None

@@ -26,8 +26,9 @@ from enclave.instance.db import (
 )
 from tests.unit.instance.conftest import Backend
 
-HEAD = "0003"
+HEAD = "0006"
 TABLES = {
+    "cache_generations",
     "instance_settings",
     "users",
     "personal_access_tokens",

@@ -475,6 +475,8 @@ def test_unreadable_model_key_is_a_500_that_says_why(
     instance: LiveInstance, fresh_gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(instance.ctx, "secret_box", SecretBox(os.urandom(32)))
+    # A process gets a new secret key only by restarting, with empty caches: so here too.
+    instance.ctx.caches.invalidate("models")
     response = post(instance, COMPLETION_BODY)
     assert response.status_code == 500
     assert response.headers["x-gitlab-error-origin"] == "monolith"
