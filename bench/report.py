@@ -15,15 +15,25 @@ import orjson
 MiB = 2**20
 P99_LIMIT_MS = 20.0
 FOREIGN_WARN = 0.10  # a load point is "disturbed" when other processes used > 10 % of the CPU
-KIND_ORDER = {"direct": 0, "enclave": 1, "openai": 2, "litellm": 3}
-COLOURS = {"direct": "#555555", "enclave": "#1f77b4", "openai": "#2ca02c", "litellm": "#d62728"}
+KIND_ORDER = {"direct": 0, "enclave": 1, "openai": 2, "instance": 3, "litellm": 4}
+COLOURS = {
+    "direct": "#555555",
+    "enclave": "#1f77b4",
+    "openai": "#2ca02c",
+    "instance": "#9467bd",
+    "litellm": "#d62728",
+}
 PLOT_PERCENTILES = ("50", "75", "90", "95", "99", "99.9", "99.99")
 
-# Goals from the issue, checked on the 1-worker figures.
+# Goals from the issues, checked on the 1-worker figures.
 GOAL_ADDED_P50_MS = 1.0
 GOAL_ADDED_P99_MS = 5.0
-GOAL_RPS_FACTOR = 15.0
-GOAL_TTFB_ADDED_MS = 2.0
+GOAL_RPS_FACTOR = 30.0  # gateway RPS at c=16 / LiteLLM's
+GOAL_CPU_FRACTION = 35.0  # LiteLLM's CPU per request / the gateway's
+GOAL_ADDED_P50_FRACTION = 20.0  # LiteLLM's added p50 at c=1 / the gateway's
+GOAL_TTFB_ADDED_MS = 1.0
+GOAL_INSTANCE_RPS_FACTOR = 8.0  # instance → gateway path RPS at c=16 / LiteLLM's
+GOAL_INSTANCE_HOP_P50_MS = 1.0  # instance path p50 at c=1 − the gateway's alone
 
 
 # -- figures ----------------------------------------------------------------------------------
@@ -164,7 +174,39 @@ def _goals(results: dict[str, Any]) -> list[str]:
         f"{_ms(ttfb_added)} ms | "
         f"{_check(None if ttfb_added is None else ttfb_added <= GOAL_TTFB_ADDED_MS)} |"
     )
-    enclaves = [t for t in ok.values() if t["kind"] in ("enclave", "openai")]
+    if litellm:
+        fl = figures(litellm)
+        cpu_factor = _ratio(fl["cpu_us_c16"], fe["cpu_us_c16"])
+        rows.append(
+            f"| CPU per request: LiteLLM / gateway | ≥ {GOAL_CPU_FRACTION:g}× | "
+            f"{_times(cpu_factor)} | "
+            f"{_check(None if cpu_factor is None else cpu_factor >= GOAL_CPU_FRACTION)} |"
+        )
+        p50_factor = _ratio(_diff(fl["p50_c1"], fd["p50_c1"]), added_p50)
+        rows.append(
+            f"| added p50 at c=1: LiteLLM / gateway | ≥ {GOAL_ADDED_P50_FRACTION:g}× | "
+            f"{_times(p50_factor)} | "
+            f"{_check(None if p50_factor is None else p50_factor >= GOAL_ADDED_P50_FRACTION)} |"
+        )
+    instance = ok.get("instance-1w")
+    if instance:
+        fi = figures(instance)
+        hop = _diff(fi["p50_c1"], fe["p50_c1"])
+        rows.append(
+            f"| instance hop added over the gateway alone, p50 at c=1 | "
+            f"≤ {GOAL_INSTANCE_HOP_P50_MS:g} ms | {_ms(hop)} ms | "
+            f"{_check(None if hop is None else hop <= GOAL_INSTANCE_HOP_P50_MS)} |"
+        )
+        if litellm:
+            factor = _ratio(fi["rps_c16"], figures(litellm)["rps_c16"])
+            rows.append(
+                f"| instance → gateway RPS at c=16 vs LiteLLM | "
+                f"≥ {GOAL_INSTANCE_RPS_FACTOR:g}× | {_times(factor)} | "
+                f"{_check(None if factor is None else factor >= GOAL_INSTANCE_RPS_FACTOR)} |"
+            )
+    else:
+        rows.append("| instance hop, instance path vs LiteLLM | — | instance not run | n/a |")
+    enclaves = [t for t in ok.values() if t["kind"] in ("enclave", "openai", "instance")]
     bad = sum(figures(t)["lost"] + figures(t)["merged"] + figures(t)["reordered"] for t in enclaves)
     failed = sum(figures(t)["failed_streams"] for t in enclaves)
     streams = sum(figures(t)["streams"] for t in enclaves)
@@ -274,6 +316,61 @@ def _ratios(results: dict[str, Any], workers: list[int]) -> list[str]:
         openai_row(
             "OpenAI API − GitLab path: stream first byte p50 (ms)",
             lambda d, e, o: _signed(_diff(o["ttfb_p50"], e["ttfb_p50"])) if need(e, o) else "—",
+        )
+
+    def instance_row(label: str, cell: Any) -> None:
+        """A row about the instance → gateway path (e: the gateway alone, i: the path)."""
+        cells = []
+        for w in workers:
+            d, e, i, lt = (
+                ok.get(f"{k}-{w}w") for k in ("direct", "enclave", "instance", "litellm")
+            )
+            figs = (figures(t) if t else None for t in (d, e, i, lt))
+            cells.append(cell(*figs) if i else "not run")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    if any(t["kind"] == "instance" for t in ok.values()):
+        instance_row(
+            "**Instance hop added over the gateway alone**: p50 / p99 at c=1 (ms)",
+            lambda d, e, i, lt: (
+                f"{_signed(_diff(i['p50_c1'], e['p50_c1']))} / "
+                f"{_signed(_diff(i['p99_c1'], e['p99_c1']))}"
+                if need(e, i)
+                else "—"
+            ),
+        )
+        instance_row(
+            "Instance hop: CPU µs per request (instance path − gateway alone, c=16)",
+            lambda d, e, i, lt: (
+                _num(_diff(i["cpu_us_c16"], e["cpu_us_c16"])) if need(e, i) else "—"
+            ),
+        )
+        instance_row(
+            "Instance hop added over the gateway alone: stream first byte p50 (ms)",
+            lambda d, e, i, lt: _signed(_diff(i["ttfb_p50"], e["ttfb_p50"])) if need(e, i) else "—",
+        )
+        instance_row(
+            "Instance path − direct: added p50 / p99 at c=1 (ms)",
+            lambda d, e, i, lt: (
+                f"{_signed(_diff(i['p50_c1'], d['p50_c1']))} / "
+                f"{_signed(_diff(i['p99_c1'], d['p99_c1']))}"
+                if need(d, i)
+                else "—"
+            ),
+        )
+        instance_row(
+            "Instance path / gateway alone: RPS at c=16",
+            lambda d, e, i, lt: _times(_ratio(i["rps_c16"], e["rps_c16"])) if need(e, i) else "—",
+        )
+        instance_row(
+            "Instance path / LiteLLM: RPS at c=16",
+            lambda d, e, i, lt: _times(_ratio(i["rps_c16"], lt["rps_c16"])) if need(i, lt) else "—",
+        )
+        instance_row(
+            "LiteLLM / instance path: CPU per request (c=16)",
+            lambda d, e, i, lt: (
+                _times(_ratio(lt["cpu_us_c16"], i["cpu_us_c16"])) if need(i, lt) else "—"
+            ),
         )
     row(
         "LiteLLM / Enclave: added p50 at c=1",

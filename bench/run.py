@@ -511,7 +511,7 @@ class Bench:
         return target
 
     def start_instance_pair(
-        self, key: str, port: int, workers: int
+        self, key: str, port: int, workers: int, profile_stats: Path | None = None
     ) -> tuple[Server, tuple[Server, ...], dict[str, str]]:
         """An instance (``workers`` workers) and its own gateway (as many), both real
         processes: the instance is the gateway's issuer, its embedded-model settings point
@@ -549,9 +549,14 @@ class Bench:
                 "ENCLAVE_INSTANCE__CODE_SUGGESTIONS_API_RATE_LIMIT": "100000000",
             }
         )
+        run = (
+            [str(BENCH_DIR / "profile_gateway.py"), str(profile_stats)]
+            if profile_stats is not None
+            else ["-m", "enclave"]
+        )
         instance = self.processes.start(
             key,
-            [*pin, PYTHON, "-m", "enclave", "instance", "--port", str(port)],
+            [*pin, PYTHON, *run, "instance", "--port", str(port)],
             env=env,
             cwd=REPO,
         )
@@ -779,6 +784,61 @@ class Bench:
 
         text, summary = summarise(stats_path, result.requests)
         (s.results_dir / "profile.txt").write_text(text)
+        return {"requests": result.requests, "rps_under_profiler": result.rps, **summary}
+
+    def profile_instance(self) -> dict[str, Any] | None:
+        """cProfile the 1-worker instance (its gateway unprofiled) under c=16 load, PAT path;
+        top functions to profile-instance.txt."""
+        s = self.settings
+        if not self.budget.allows(s.duration_s + 60):
+            self.notes.append("instance profile skipped: time budget")
+            return None
+        log("== profile: instance-1w under cProfile, c=16")
+        port = free_port()
+        stats_path = self.tmp / "instance.pstats"
+        helpers: tuple[Server, ...] = ()
+        server: Server | None = None
+        try:
+            server, helpers, headers = self.start_instance_pair(
+                "instance-profile", port, 1, profile_stats=stats_path
+            )
+            url = f"http://127.0.0.1:{port}/api/v4/code_suggestions/completions"
+            request = Request(url, instance_body(False), headers)
+            target = Target(
+                "instance-profile", "instance", "instance (cProfile)", 1, server, request,
+                request, "raw", 0, helpers,
+            )  # fmt: skip
+            self.smoke(target)
+            files = request.write(self.tmp, "instance-profile")
+            run_load(request, files[0], files[1], 8, s.warmup_s, None, s.use_wrk)
+            os.kill(server.pid, signal.SIGUSR1)
+            result = run_load(request, files[0], files[1], 16, s.duration_s, None, s.use_wrk)
+            os.kill(server.pid, signal.SIGUSR2)
+            deadline = time.monotonic() + 20
+            while not stats_path.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(0.5)
+            log(f"  under cProfile: {result.rps:.0f} req/s at c=16 (profiling slows it down)")
+        except Exception as exc:
+            self.notes.append(
+                f"instance profile failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            )
+            return None
+        finally:
+            for helper in helpers:
+                self.processes.stop(helper)
+            if server is not None:
+                self.processes.stop(server, timeout_s=15)
+            else:
+                self.processes.stop_named("instance-profile")
+                self.processes.stop_named("instance-profile-gateway")
+        if not stats_path.exists():
+            self.notes.append("instance profile failed: no statistics written")
+            return None
+        from profile_gateway import summarise
+
+        text, summary = summarise(stats_path, result.requests)
+        (s.results_dir / "profile-instance.txt").write_text(text)
         return {"requests": result.requests, "rps_under_profiler": result.rps, **summary}
 
 
@@ -1022,9 +1082,11 @@ def _run(bench: Bench, settings: Settings, budget: Budget) -> int:
             estimate = per_target + {"litellm": 30, "instance": 15}.get(kind, 5)
             targets.append(bench.run_target(kind, workers, estimate))
 
-    profile = None
+    profile = instance_profile = None
     if settings.profile and bench.gateway_available:
         profile = bench.profile_gateway()
+        if "instance" in settings.kinds:
+            instance_profile = bench.profile_instance()
 
     for server in list(bench.processes.servers):
         bench.processes.stop(server)
@@ -1034,6 +1096,7 @@ def _run(bench: Bench, settings: Settings, budget: Budget) -> int:
         "environment": _environment(settings, bench),
         "targets": targets,
         "profile": profile,
+        "instance_profile": instance_profile,
         "notes": bench.notes,
         "elapsed_s": round(time.monotonic() - _started, 1),
     }

@@ -22,11 +22,13 @@ from enclave.instance.api import (
 
 
 def all_routers() -> list[APIRouter]:
+    # Starlette tries routes in order: the editors' hot endpoint first saves matching it
+    # against every other route on each completion (no two routes share a path).
     return [
+        code_suggestions.router,
         discovery.router,
         health.router,
         users.router,
-        code_suggestions.router,
         direct_access.router,
         openai_access.router,
         gateway_routes.router,
