@@ -2,8 +2,9 @@
 
 Stored in the ``ai_settings`` singleton row; a NULL column means "as configured"
 (``instance.gateway_url`` / ``instance.gateway_timeout_s``), so a fresh install follows its
-config until an administrator sets a value. The row is read with every forwarded request, so a
-change takes effect at once on every replica.
+config until an administrator sets a value. Forwarding endpoints hold the effective settings in
+memory with the feature's model (``caches.py``): a change takes effect at once in the process
+that made it and within ``instance.cache_poll_s`` on every other replica.
 """
 
 from __future__ import annotations

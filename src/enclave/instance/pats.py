@@ -12,7 +12,8 @@ the same way. The plaintext exists once, in the hands of whoever created it.
 
 Authentication checks, in order: token present and well-formed, known, not revoked, not expired,
 user not blocked, and one of the scopes the endpoint accepts. ``last_used_at`` is written at
-most once a minute per token, in its own short transaction, so the hot path is read-only.
+most once a minute per token, in its own short transaction, so the hot path is read-only;
+uses served from the instance's token cache are written in the background (``caches.py``).
 """
 
 from __future__ import annotations

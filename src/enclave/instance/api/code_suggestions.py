@@ -3,8 +3,9 @@
 Flow (DESIGN.md §4): authenticate the PAT (``api`` or ``ai_features``) → validate the body →
 completion or generation → the feature's self-hosted model (decrypted key) → a token for the
 feature's unit primitive (cached) → forward to the gateway with GitLab's body and headers →
-relay the answer, streamed when asked. Database work runs in the thread pool; the event loop
-only parses, signs (rarely, tokens are reused) and relays.
+relay the answer, streamed when asked. The token and the model come from memory once known
+(``caches.py``), so such a request never leaves the event loop; a first one reads the database
+in the thread pool. The event loop parses, signs (rarely, tokens are reused) and relays.
 """
 
 from __future__ import annotations
