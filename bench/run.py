@@ -638,7 +638,11 @@ class Bench:
         last_good: int | None = None
         for c in s.connections:
             required = c in REQUIRED_CONNECTIONS
-            if not required and (over_limit or not self.budget.allows(s.sweep_duration_s + 60)):
+            # The instance path runs the required points only: the run must fit its budget.
+            sweep = target.kind != "instance"
+            if not required and (
+                not sweep or over_limit or not self.budget.allows(s.sweep_duration_s + 60)
+            ):
                 continue
             duration = s.duration_s if required else s.sweep_duration_s
             result = self.run_point(target, files, c, duration)

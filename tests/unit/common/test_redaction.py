@@ -8,8 +8,17 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from enclave.common.logging import REDACTED, configure_logging, get_logger, redact, redact_text
+from enclave.common.logging import (
+    _SECRET_VALUES,
+    REDACTED,
+    configure_logging,
+    get_logger,
+    redact,
+    redact_text,
+)
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwOi8vMTI3LjAuMC4xIn0.c2lnbmF0dXJlLXZhbHVl"
 PAT = "enclpat-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
@@ -90,3 +99,16 @@ def test_log_lines_are_json_with_the_standard_fields_and_no_secrets(
     for secret in (JWT, PAT, MODEL_KEY):
         assert secret not in text
     assert lines[0]["status"] == 200
+
+
+# The fast path (substring checks before the regex) must redact exactly what the regex does.
+_FRAGMENTS = st.sampled_from(
+    ["eyJ", "eyJhbGciOiJSUzI1NiJ9.", "abcdefgh12345678", ".", " ", "Bearer ", "bEaReR  ",
+     "enclpat-", "enclkey-", "encl", "glpat-", "sk-", "sk_", "-", "_", "/v2/code", "é", "K"]
+)  # fmt: skip
+
+
+@given(st.lists(_FRAGMENTS | st.text(max_size=12), max_size=12).map("".join))
+@settings(max_examples=400, deadline=None)
+def test_redaction_fast_path_agrees_with_the_regex(text: str) -> None:
+    assert redact_text(text) == _SECRET_VALUES.sub(REDACTED, text)
