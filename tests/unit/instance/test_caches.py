@@ -217,3 +217,27 @@ def test_disabling_a_feature_takes_effect_on_the_next_request(
     response = post(instance, COMPLETION_BODY)
     assert response.status_code == 403
     assert "disabled" in response.json()["message"]
+
+
+def test_cached_uses_reach_last_used_at_in_the_background(database: tuple[Engine, str]) -> None:
+    engine, _ = database
+    sessions = make_session_factory(engine)
+    clock = Clock()
+    caches = InstanceCaches(sessions, InstanceSettings(), clock=clock)
+    with sessions() as session:
+        token = session.scalars(select(PersonalAccessToken)).first()
+        assert token is not None and token.last_used_at is None
+        token_id = token.id
+    caches.last_used.used(token_id)
+    caches.last_used.used(token_id)  # queued once
+    caches.poll_once()  # the background task's turn: one write transaction
+    with sessions() as session:
+        touched = session.get(PersonalAccessToken, token_id)
+        assert touched is not None and touched.last_used_at is not None
+    # Within the minute the token is not queued again; after it, it is.
+    clock.now += 30
+    caches.last_used.used(token_id)
+    assert caches.last_used.take() == set()
+    clock.now += 31
+    caches.last_used.used(token_id)
+    assert caches.last_used.take() == {token_id}
