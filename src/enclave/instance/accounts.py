@@ -1,8 +1,8 @@
 """Users and personal access tokens: the administration side (GitLab's Users and PAT APIs).
 
-Authentication itself lives in :mod:`enclave.instance.pats`; it reads the token row on every
-request, so a revocation or an expiry takes effect at once on every replica (there is no cache
-to go stale).
+Authentication itself lives in :mod:`enclave.instance.pats`, with verified tokens cached per
+process (:mod:`enclave.instance.caches`): a revocation, an expiry or a block takes effect at once
+in the process that made it and within ``instance.cache_poll_s`` on every other replica.
 """
 
 from __future__ import annotations

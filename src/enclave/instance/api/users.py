@@ -7,8 +7,8 @@
 * ``GET /api/v4/personal_access_tokens`` (admins: all, ``user_id`` filter; others: their own),
   ``GET/DELETE /api/v4/personal_access_tokens/:id`` and ``…/self``: DELETE revokes (204).
 
-Authentication reads the token row on every request, so a revoked or expired token stops
-working at once on every replica.
+A revoked or expired token stops working at once in the process that revoked it and within
+``instance.cache_poll_s`` on every other replica (``caches.py``).
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ def show_token(request: Request, token_ref: str, principal: ApiReader) -> dict[s
 @router.delete(
     "/api/v4/personal_access_tokens/{token_ref}",
     status_code=204,
-    summary="Revoke a token (or 'self'); effective at once on every replica",
+    summary="Revoke a token (or 'self'); effective at once here, within a second elsewhere",
 )
 def revoke_token(request: Request, token_ref: str, principal: ApiUser) -> Response:
     ctx = context_of(request)

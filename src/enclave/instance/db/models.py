@@ -77,7 +77,8 @@ class AiSetting(Base):
 
     NULL means "use the value from the configuration" (``instance.gateway_url`` /
     ``instance.gateway_timeout_s``), so a fresh install follows its config file until an
-    administrator sets a value here; then every replica follows the database at once.
+    administrator sets a value here; then every replica follows the database (within
+    ``instance.cache_poll_s``, see ``instance/caches.py``).
     """
 
     __tablename__ = "ai_settings"
