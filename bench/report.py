@@ -521,7 +521,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     workers = sorted({t["workers"] for t in results["targets"]})
     metrics = env.get("gateway_metrics_endpoint")
     out = [
-        "# Enclave gateway benchmark",
+        "# Enclave gateway and instance benchmark",
         "",
         f"{env['date']} · {env['cpu']} ({env['cores']} cores) · Linux {env['kernel']} · "
         f"Python {env['python']} · {env['load_generator']} · Enclave {env['enclave']} "
@@ -533,8 +533,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "gateway (RS256 token with a warm key cache, scope check, prompt rendering, egress "
         f"check, access log at `{env['gateway_log_level']}`; GitLab's `POST "
         "/v2/code/completions`, and the OpenAI-compatible `POST /v1/completions` with an "
-        "instance-issued user token and the feature→model routes in memory) and behind "
-        "LiteLLM's proxy "
+        "instance-issued user token and the feature→model routes in memory), behind "
+        "Enclave's instance and its gateway (PAT, `POST /api/v4/code_suggestions/completions`; "
+        "with 1 worker per role both roles on one core) and behind LiteLLM's proxy "
         "(master key, no database, logging off). Closed-loop load, "
         f"{env['duration_s']:g} s per point at c=1/16/64, {env['sweep_duration_s']:g} s for the "
         "other sweep points; streams of "

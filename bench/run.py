@@ -7,6 +7,9 @@ in the same run and against the same upstream:
 * ``enclave``: load generator → Enclave's gateway (``python -m enclave gateway``, production
   path: JWT verification with a warm key cache, scope check, prompt rendering, egress check,
   access log) → upstream;
+* ``instance``: load generator → Enclave's instance (PAT, ``POST
+  /api/v4/code_suggestions/completions``) → its own gateway → upstream, the path GitLab's editor
+  extensions take (1-worker roles pinned to one core);
 * ``openai``: load generator → the same gateway's OpenAI-compatible API (``POST
   /v1/completions`` with an instance-signed user token carrying ``enclave_surface: openai``,
   routed by the feature→model table the gateway reads from the fake issuer's
@@ -560,7 +563,7 @@ class Bench:
             env=env,
             cwd=REPO,
         )
-        wait_http(instance, f"{instance_url}/.well-known/openid-configuration", 90)
+        wait_http(instance, f"{instance_url}/.well-known/openid-configuration", 150)
         gateway_env = self.gateway_env(f"{key}-gateway-data", workers)
         gateway_env["ENCLAVE_GATEWAY__ISSUER_URL"] = instance_url
         gateway_env["ENCLAVE_LOG_FORMAT"] = "json"
