@@ -170,7 +170,13 @@ def test_unreachable_gateway_is_502(
         return replace(real(session, settings), ai_gateway_url="http://127.0.0.1:1")
 
     monkeypatch.setattr(ai_settings, "effective", pointing_nowhere)
-    response = post(instance, instance.new_token(("ai_features",)))
+    # The settings are cached with the model (caches.py); this swap bypasses the database, so
+    # drop the cached ones before and after (the next test must not inherit the bad URL).
+    instance.ctx.caches.invalidate("models")
+    try:
+        response = post(instance, instance.new_token(("ai_features",)))
+    finally:
+        instance.ctx.caches.invalidate("models")
     assert response.status_code == 502
     assert "could not connect" in response.json()["message"]
 
