@@ -57,7 +57,9 @@ def by_component(raw: dict[Func, Any]) -> dict[str, float]:
     return totals
 
 
-def summarise(stats_path: Path, requests: int, limit: int = 40) -> tuple[str, dict[str, Any]]:
+def summarise(
+    stats_path: Path, requests: int, limit: int = 40, what: str = "Enclave gateway"
+) -> tuple[str, dict[str, Any]]:
     """A text report and the numbers for results.json: components, top functions, GC."""
     stats = pstats.Stats(str(stats_path))
     raw: dict[Func, Any] = stats.stats  # type: ignore[attr-defined]
@@ -66,7 +68,7 @@ def summarise(stats_path: Path, requests: int, limit: int = 40) -> tuple[str, di
     components = sorted(by_component(raw).items(), key=lambda kv: kv[1], reverse=True)
     buffer = io.StringIO()
     buffer.write(
-        f"cProfile of the 1-worker Enclave gateway under c=16 load: {requests} requests,\n"
+        f"cProfile of the 1-worker {what} under c=16 load: {requests} requests,\n"
         f"{total:.2f} s of profiled time (profiling inflates every Python call).\n"
         f"Per request: {total / per_request * 1e6:.0f} µs under the profiler.\n\n"
     )

@@ -844,7 +844,9 @@ class Bench:
             return None
         from profile_gateway import summarise
 
-        text, summary = summarise(stats_path, result.requests)
+        text, summary = summarise(
+            stats_path, result.requests, what="Enclave instance (PAT path, gateway unprofiled)"
+        )
         (s.results_dir / "profile-instance.txt").write_text(text)
         return {"requests": result.requests, "rps_under_profiler": result.rps, **summary}
 
