@@ -273,6 +273,13 @@ class InstanceSettings(BaseModel):
         EgressPolicy.parse(value)
         return value
 
+    @field_validator("vendored_gateway_url")
+    @classmethod
+    def _vendored_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
     def issuer(self) -> str:
         return (self.external_url or f"http://{self.host}:{self.port}").rstrip("/")
 

@@ -383,3 +383,18 @@ def test_doctor_says_nothing_of_families_with_enclaves_gateway(
     result = doctor_env("doctor", "--json")
     names = {c["name"] for c in json.loads(result.stdout)["checks"]}
     assert "GitLab AI gateway" not in names
+
+
+def test_vendored_features_need_a_vendored_gateway(cli: Cli) -> None:
+    refused = cli("features", "set", "duo_chat", "--provider", "vendored")
+    assert refused.exit_code == 1
+    assert "needs a vendored AI gateway" in refused.stderr
+    settings = cli.json("settings", "set", "--vendored-gateway-url", "https://shared.example")
+    assert settings["vendored_ai_gateway_url"] == "https://shared.example"
+    [view] = cli.json("features", "set", "duo_chat", "--provider", "vendored")
+    assert (view["gateway"], view["gateway_url"]) == ("vendored", "https://shared.example")
+    table = cli("features", "list")
+    assert table.exit_code == 0, table.output
+    assert "https://shared.example" in table.stdout
+    back = cli.json("settings", "set", "--vendored-gateway-url", "default")
+    assert back["vendored_ai_gateway_url"] is None

@@ -17,6 +17,8 @@ import jwt
 import pytest
 
 from enclave.common import wire
+from enclave.common.features import Feature
+from enclave.instance.duo_availability import served
 from tests.unit.instance.conftest import (
     EMBEDDED_ENDPOINT,
     FakeGateway,
@@ -111,6 +113,9 @@ def test_each_feature_goes_to_its_own_gateway(
         "vendored",
         vendored_gateway.url,
     )
+    with live.ctx.sessions() as session:  # editors are told it is available (GraphQL)
+        assert served(session, Feature.CODE_COMPLETIONS, vendored_gateway=True)
+        assert not served(session, Feature.CODE_COMPLETIONS, vendored_gateway=False)
     listed = {v["feature"]: v for v in admin(live, "GET", "/feature_settings?per_page=100").json()}
     assert listed["code_generations"]["gateway"] == "self_hosted"
     assert listed["code_generations"]["gateway_url"] == fresh_gateway.url
