@@ -48,13 +48,20 @@ class ConfigWatcher:
         self._seen = stamp
         try:
             settings = load_settings(self.path)
-        except (ValidationError, ValueError, OSError) as exc:
-            # The message names the field; values (which may hold paths) are not repeated.
+        except ValidationError as exc:
+            # Where and why, never the values (a misplaced key could hold a secret).
+            problems = [
+                f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+                for error in exc.errors()
+            ]
+            log.error("gateway_config_reload_failed", path=str(self.path), problems=problems[:10])
+            return False
+        except (ValueError, OSError) as exc:  # unreadable file, TOML syntax
             log.error(
                 "gateway_config_reload_failed",
                 path=str(self.path),
                 error=type(exc).__name__,
-                reason=str(exc).splitlines()[0][:200],
+                reason=str(exc).splitlines()[0][:200] if str(exc) else "",
             )
             return False
         self.apply(settings)

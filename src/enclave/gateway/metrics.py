@@ -229,6 +229,8 @@ class GatewayMetrics:
             multiprocess_mode="max",
         )
 
+        self._tenant_children: dict[tuple[str, str], Counter] = {}
+
         # Pre-created children: the hot path only looks them up.
         self._route_duration = {
             route: self.request_duration.labels(route) for route in (*routes, UNMATCHED)
@@ -274,7 +276,13 @@ class GatewayMetrics:
         return children if children is not None else self._families[OTHER]
 
     def tenant_request(self, instance: str, feature: str) -> None:
-        self.tenant_requests.labels(instance, feature).inc()
+        # A dict lookup on the hot path instead of labels() (a lock and a tuple each time).
+        child = self._tenant_children.get((instance, feature))
+        if child is None:
+            child = self._tenant_children[(instance, feature)] = self.tenant_requests.labels(
+                instance, feature
+            )
+        child.inc()
 
     def tenant_usage(self, key: tuple[str, str] | None, usage: Usage | None) -> None:
         """Count a model call's tokens for the tenant and feature that asked (if any)."""
