@@ -224,18 +224,12 @@ def feature_of_prompt(prompt_id: str) -> str | None:
     return PROMPT_FEATURES.get(prompt_id)
 
 
-def usage_key() -> tuple[str, str] | None:
-    return USAGE_KEY.get()
-
-
 __all__ = [
-    "USAGE_KEY",
     "Tenant",
     "Tenants",
     "VendorSetupError",
     "VendorTarget",
     "choose_target",
     "feature_of_prompt",
-    "usage_key",
     "vendor_target",
 ]
