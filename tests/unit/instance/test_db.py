@@ -26,7 +26,7 @@ from enclave.instance.db import (
 )
 from tests.unit.instance.conftest import Backend
 
-HEAD = "0003"
+HEAD = "0007"
 TABLES = {
     "instance_settings",
     "users",
