@@ -14,10 +14,14 @@ from typing import Any
 
 import httpx
 import jwt
+import orjson
 import pytest
+from aiohttp import web
+from sqlalchemy import select
 
 from enclave.common import wire
 from enclave.common.features import Feature
+from enclave.instance.db import SelfHostedModel
 from enclave.instance.duo_availability import served
 from tests.unit.instance.conftest import (
     EMBEDDED_ENDPOINT,
@@ -158,3 +162,69 @@ def test_a_vendored_feature_never_falls_back_to_the_self_hosted_gateway(
     assert answer.status_code == 403
     assert "no vendored AI gateway is configured" in answer.json()["message"]
     assert fresh_gateway.requests == [] and vendored_gateway.requests == []
+
+
+async def agent_answer(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
+    event = {"type": "final_answer_delta", "data": {"text": "Use git.", "finish_reason": "stop"}}
+    return web.Response(body=orjson.dumps(event) + b"\n", content_type="application/x-ndjson")
+
+
+async def prompt_answer(request: web.Request, gateway: FakeGateway) -> web.StreamResponse:
+    return web.json_response("It adds two numbers.")
+
+
+def test_chat_and_ai_features_follow_their_setting(
+    live: LiveInstance, fresh_gateway: FakeGateway, vendored_gateway: FakeGateway
+) -> None:
+    """Chat vendored, a chat sub-feature (explain code) kept on its own model: each to its
+    gateway, the vendored one without model_metadata; direct access stays self-hosted only."""
+    assert admin(live, "PATCH", "/settings", {"vendored_ai_gateway_url": vendored_gateway.url})
+    batch = {"features": ["duo_chat", "generate_commit_message"], "provider": "vendored"}
+    assert admin(live, "PUT", "/feature_settings", batch).status_code == 200
+    with live.ctx.sessions() as session:
+        model_id = session.scalars(select(SelfHostedModel.id)).one()
+    live.set_feature("duo_chat_explain_code", "self_hosted", model_id)
+    vendored_gateway.handler = agent_answer
+    fresh_gateway.handler = prompt_answer
+    token = {"PRIVATE-TOKEN": live.admin_token}
+
+    answer = httpx.post(
+        live.url + "/api/v4/chat/completions", json={"content": "How?"}, headers=token, timeout=20
+    )
+    assert answer.status_code == 200, answer.text
+    assert "Use git." in answer.text
+    [sent] = vendored_gateway.requests
+    assert sent.path == "/v2/chat/agent" and "model_metadata" not in sent.body
+    assert audience(sent.headers) == VENDORED_AUDIENCE
+
+    explain = httpx.post(
+        live.url + "/api/v4/chat/completions",
+        json={"content": "/explain def add(a, b): return a + b"},
+        headers=token,
+        timeout=20,
+    )
+    assert explain.status_code == 200, explain.text
+    [own] = fresh_gateway.requests
+    assert own.path.startswith("/v1/prompts/chat") and "model_metadata" in own.body
+    assert len(vendored_gateway.requests) == 1
+
+    vendored_gateway.handler = prompt_answer
+    commit = httpx.post(
+        live.url + "/api/v4/ai/generate_commit_message",
+        json={"diff": "+print(1)\n"},
+        headers=token,
+        timeout=20,
+    )
+    assert commit.status_code == 200, commit.text
+    sent = vendored_gateway.requests[-1]
+    assert sent.path == "/v1/prompts/generate_commit_message"
+    assert "model_metadata" not in sent.body and audience(sent.headers) == VENDORED_AUDIENCE
+    assert len(fresh_gateway.requests) == 1
+
+    # Direct access reads the self-hosted gateway's routes: not for vendored completions.
+    assert admin(live, "PUT", "/feature_settings/code_completions", {"provider": "vendored"})
+    direct = httpx.post(
+        live.url + "/api/v4/code_suggestions/direct_access", headers=token, timeout=20
+    )
+    assert direct.status_code == 403
+    assert "code completions are vendored" in direct.json()["message"]
