@@ -338,3 +338,11 @@ def test_shared_gateway_serves_many_instances(world: World) -> None:
     assert failures > before, "B was still trusted 15 s after it was removed"
     assert refused.status_code >= 400
     assert chat(a.instance_url, a.admin_token).status_code == 200
+
+    # The vendor key stayed in the shared gateway's file: in no process's log.
+    logs = [world.config.parent / "logs", b.data_dir / "logs", c.data_dir / "logs",
+            a.data_dir / "logs"]  # fmt: skip
+    for path in (log for folder in logs for log in folder.glob("*.log")):
+        assert ANTHROPIC_KEY not in path.read_text(errors="replace"), path
+    shared_log = (world.config.parent / "logs" / "shared-gateway.log").read_text()
+    assert "gateway_trusted_issuers_reloaded" in shared_log

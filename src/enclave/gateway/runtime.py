@@ -202,6 +202,11 @@ class Gateway:
             issuers=sorted(self.stores),
             key_sources=[store.source.location for store in self.stores.values()],
             direct_access=self.user_tokens is not None,
+            # Shared mode: which features have a vendor model (never their keys).
+            vendor_models={
+                feature: f"{vendor.target.provider}/{vendor.target.model}"
+                for feature, vendor in sorted(self.tenants.vendors.items())
+            },
         )
 
     def rate_limiter_for(self, issuer: str) -> RateLimiter:
