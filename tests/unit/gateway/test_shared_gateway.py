@@ -216,6 +216,21 @@ async def test_removing_an_instance_refuses_its_tokens_at_once(
     assert (await gw.complete(vendored_body(gw))).status_code == 200  # the other one is served
 
 
+async def test_an_untrusted_instance_does_not_learn_the_others(
+    make_harness: HarnessFactory,
+    vendor: FakeModel,
+    second_issuer: FakeIssuer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gw = await shared(make_harness, vendor, second_issuer, monkeypatch)
+    stranger = gw.headers(gw.token(iss="https://stranger.example"))
+    response = await gw.complete(vendored_body(gw), headers=stranger)
+    assert response.status_code == 401
+    message = response.json()["error"]
+    assert "untrusted issuer (this gateway trusts 2 instances" in message
+    assert second_issuer.base not in message and gw.issuer.base not in message
+
+
 async def test_the_shared_gateway_checks_its_own_audience(
     make_harness: HarnessFactory,
     vendor: FakeModel,

@@ -320,7 +320,12 @@ class Authenticator:
         store = self._stores.get(issuer.rstrip("/"))
         if store is None:
             await self._raise_if_no_issuer_is_usable()
-            trusted = ", ".join(sorted(self._stores)) or "none"
+            # A gateway shared by several instances does not tell one who the others are.
+            trusted = (
+                ", ".join(sorted(self._stores)) or "none"
+                if len(self._stores) <= 1
+                else f"{len(self._stores)} instances"
+            )
             raise AuthError(
                 401,
                 forbidden(
