@@ -475,7 +475,16 @@ def _feature_rows(views: list[dict[str, Any]]) -> None:
 
     _table(
         "Feature settings",
-        ["feature", "release", "set to", "model", "fallback", "in effect", "effective model"],
+        [
+            "feature",
+            "release",
+            "set to",
+            "model",
+            "fallback",
+            "in effect",
+            "effective model",
+            "gateway",
+        ],
         [
             [
                 v["feature"],
@@ -486,6 +495,7 @@ def _feature_rows(views: list[dict[str, Any]]) -> None:
                 v["effective_provider"]
                 + (f" (from {v['inherited_from']})" if v["inherited_from"] else ""),
                 model_name(v["effective_self_hosted_model"]),
+                (v["gateway_url"] or "not configured") if v["gateway"] else "-",
             ]
             for v in views
         ],
@@ -496,10 +506,13 @@ def _feature_rows(views: list[dict[str, Any]]) -> None:
 def features_list(as_json: JsonOption = False) -> None:
     """Every feature, what it is set to and what it uses in effect (chat sub-features that are
     unassigned follow duo_chat)."""
+    from enclave.instance import ai_settings
     from enclave.instance.feature_settings import list_feature_settings
 
     with _env() as env:
-        views = _run(env, list_feature_settings)
+        views = _run(
+            env, lambda s: list_feature_settings(s, ai_settings.effective(s, env.settings))
+        )
     _print_json(views) if as_json else _feature_rows(views)
 
 
@@ -541,6 +554,7 @@ def features_set(
 ) -> None:
     """Set features to a model (or disabled / vendored / unassigned), all or none; a model
     family that a feature does not support is refused with the families it does."""
+    from enclave.instance import ai_settings
     from enclave.instance.admin_errors import AdminError
     from enclave.instance.feature_settings import (
         KEEP,
@@ -565,7 +579,18 @@ def features_set(
     except AdminError as exc:
         _fail(exc.message)
     with _env() as env:
-        views = _run(env, lambda s: set_features(s, parsed, chosen, model, env.actor, fallback))
+        views = _run(
+            env,
+            lambda s: set_features(
+                s,
+                parsed,
+                chosen,
+                model,
+                env.actor,
+                fallback,
+                ai_settings.effective(s, env.settings),
+            ),
+        )
     _print_json(views) if as_json else _feature_rows(views)
 
 
@@ -596,6 +621,13 @@ def settings_set(
         str | None,
         typer.Option(help="AI gateway URL (http/https); 'default' goes back to the configured."),
     ] = None,
+    vendored_gateway_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Shared AI gateway URL for vendored features; 'default' goes back to the "
+            "configured one."
+        ),
+    ] = None,
     timeout: Annotated[
         str | None,
         typer.Option(help="Gateway timeout in seconds, 60-600; 'default' goes back to config."),
@@ -615,6 +647,10 @@ def settings_set(
     changes: dict[str, Any] = {}
     if gateway_url is not None:
         changes["ai_gateway_url"] = None if gateway_url == "default" else gateway_url
+    if vendored_gateway_url is not None:
+        changes["vendored_ai_gateway_url"] = (
+            None if vendored_gateway_url == "default" else vendored_gateway_url
+        )
     if timeout is not None:
         changes["ai_gateway_timeout_seconds"] = None if timeout == "default" else timeout
     if verbose_ai_logs is not None:

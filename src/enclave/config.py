@@ -26,6 +26,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from enclave.common.features import MODEL_FAMILIES, Feature
 from enclave.common.netrules import LOOPBACK_AND_PRIVATE as _LOOPBACK_AND_PRIVATE
 from enclave.common.netrules import EgressPolicy, parse_networks
 
@@ -81,6 +82,18 @@ class InstanceSettings(BaseModel):
     )
     gateway_timeout_s: float = Field(
         60, ge=1, le=600, description="How long the instance waits for the gateway."
+    )
+    vendored_gateway_url: str | None = Field(
+        None,
+        description="The shared AI gateway that serves features set to vendored (its vendor "
+        "models); an administrator's AI setting wins. Unset: vendored cannot be chosen.",
+    )
+    vendored_gateway_audience: str = Field(
+        "enclave-shared-ai-gateway",
+        min_length=1,
+        max_length=255,
+        description="The `aud` of tokens minted for the vendored gateway (its "
+        "gateway.audience); self-hosted gateway tokens keep gitlab-ai-gateway.",
     )
     ai_gateway_api: Literal["gitlab18", "gitlab17"] = Field(
         "gitlab18",
@@ -275,6 +288,13 @@ class InstanceSettings(BaseModel):
         EgressPolicy.parse(value)
         return value
 
+    @field_validator("vendored_gateway_url")
+    @classmethod
+    def _vendored_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
     def issuer(self) -> str:
         return (self.external_url or f"http://{self.host}:{self.port}").rstrip("/")
 
@@ -299,12 +319,93 @@ class TrustedIssuer(BaseModel):
         None, description="Read this instance's keys from this static JWKS file instead."
     )
 
+    allowed_features: list[str] | None = Field(
+        None,
+        description="Shared gateway: the features (code_completions, duo_chat, ...) this "
+        "instance may use here; others answer 403. Default: all.",
+    )
+    rate_limit_rps: float | None = Field(
+        None,
+        ge=0,
+        description="This instance's own requests per second (over it → 429), instead of "
+        "rate_limit_per_instance_rps; 0 turns its limit off.",
+    )
+    rate_limit_burst: int | None = Field(
+        None, ge=1, description="This instance's burst, instead of rate_limit_per_instance_burst."
+    )
+    allow_self_hosted_models: bool | None = Field(
+        None,
+        description="Whether requests from this instance may name their own model (endpoint, "
+        "key) instead of the gateway's vendor default. Default: no when the gateway has "
+        "vendor_models (shared mode), yes otherwise.",
+    )
+
     @field_validator("url", "jwks_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError(f"{value!r} is not an http(s) URL")
         return value
+
+    @field_validator("allowed_features")
+    @classmethod
+    def _known_features(cls, value: list[str] | None) -> list[str] | None:
+        known = {feature.value for feature in Feature}
+        for name in value or []:
+            if name not in known:
+                raise ValueError(f"unknown feature {name!r}; features: {', '.join(sorted(known))}")
+        return value
+
+
+class VendorModel(BaseModel):
+    """The model a shared gateway uses for one feature when the request names none (vendored
+    features), with the vendor credentials the gateway holds (``gateway.vendor_models``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: Literal["anthropic", "openai", "azure", "bedrock", "vertex_ai"] = Field(
+        description="Which provider module calls it."
+    )
+    model: str = Field(
+        min_length=1, max_length=255, description="The vendor's model id (claude-3-5-sonnet-...)."
+    )
+    family: str = Field(
+        "claude_3",
+        description="Prompt family for the gateway's prompt registry (claude_3, gpt, general, "
+        "...).",
+    )
+    endpoint: str | None = Field(
+        None,
+        description="API base; default the vendor's public API (Anthropic) or the gateway's "
+        "Bedrock/Vertex settings. Must pass model_egress_allow.",
+    )
+    api_key_file: Path | None = Field(
+        None, description="File holding the vendor API key (read at start, never logged)."
+    )
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Environment variable holding the vendor API key (read at start).",
+    )
+    max_tokens: int | None = Field(None, ge=1, le=200_000, description="Overrides the prompt's.")
+    temperature: float | None = Field(None, ge=0, le=2, description="Overrides the prompt's.")
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        if value not in MODEL_FAMILIES:
+            raise ValueError(
+                f"unknown family {value!r}; families: {', '.join(sorted(MODEL_FAMILIES))}"
+            )
+        return value
+
+    def api_key(self) -> str | None:
+        """The key from its file or variable, read now; never from a request."""
+        if self.api_key_file is not None:
+            return self.api_key_file.read_text().strip() or None
+        if self.api_key_env is not None:
+            return os.environ.get(self.api_key_env, "").strip() or None
+        return None
 
 
 class ModelTLS(BaseModel):
@@ -494,6 +595,32 @@ class GatewaySettings(BaseModel):
         "it is set explicitly; when empty, issuer_url (with jwks_url / jwks_file) is the one "
         "trusted instance.",
     )
+    vendor_models: dict[str, VendorModel] = Field(
+        default_factory=dict,
+        description="Shared-gateway mode: per feature (code_completions, duo_chat, ...), the "
+        "vendor model used for requests that name no model (an instance's vendored features), "
+        'with its credentials held here (JSON: {"duo_chat": {"provider": "anthropic", "model": '
+        '"claude-3-5-sonnet-20241022", "api_key_file": "/etc/enclave/anthropic.key"}}). '
+        "Chat sub-features without an entry use duo_chat's. When set, instances may not name "
+        "their own models unless their trusted_issuers entry sets allow_self_hosted_models.",
+    )
+    audience: str = Field(
+        "gitlab-ai-gateway",
+        min_length=1,
+        max_length=255,
+        description="The `aud` tokens must carry. A shared gateway should use its own (the "
+        "instances' vendored_gateway_audience), so that tokens minted for it are worthless at "
+        "the instances' self-hosted gateways and the other way round.",
+    )
+    config_reload_s: float = Field(
+        2,
+        ge=0,
+        le=3600,
+        description="How often the config file (ENCLAVE_CONFIG / --config) is checked for "
+        "changes to trusted_issuers; a change applies within this time, and an instance "
+        "removed from the list is refused from then on, tokens already minted included. "
+        "0 turns it off (restart to apply).",
+    )
     allowed_client_cidrs: list[str] = Field(
         default_factory=lambda: list(_LOOPBACK_AND_PRIVATE),
         description="Client addresses (CIDRs) that may call the gateway; everyone else gets "
@@ -571,6 +698,22 @@ class GatewaySettings(BaseModel):
     def _egress_entries(cls, value: list[str]) -> list[str]:
         EgressPolicy.parse(value)
         return value
+
+    @field_validator("vendor_models")
+    @classmethod
+    def _vendor_features(cls, value: dict[str, VendorModel]) -> dict[str, VendorModel]:
+        known = {feature.value for feature in Feature}
+        for name in value:
+            if name not in known:
+                raise ValueError(
+                    f"vendor_models: unknown feature {name!r}; features: {', '.join(sorted(known))}"
+                )
+        return value
+
+    @property
+    def shared_mode(self) -> bool:
+        """A gateway that serves vendor models to its instances (``vendor_models`` set)."""
+        return bool(self.vendor_models)
 
     @field_validator("model_tls")
     @classmethod

@@ -13,6 +13,7 @@ signing key (user tokens) is loaded, or generated, when the app is built.
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -107,6 +108,7 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     refresh_keys_in_background: bool = True,
     prompt_definitions: Path = DEFINITIONS_DIR,
+    config_file: Path | None = None,
 ) -> Starlette:
     """The gateway application for ``settings``.
 
@@ -122,6 +124,7 @@ def create_app(
         route_paths=[route.path for route in ROUTES],
         clock=clock,
         refresh_keys_in_background=refresh_keys_in_background,
+        config_file=config_file,
     )
 
     @asynccontextmanager
@@ -167,7 +170,9 @@ def create_app_from_env() -> Starlette:
     """uvicorn factory for worker processes: settings from ``ENCLAVE_*`` / the config file."""
     settings = load_settings()
     configure_logging("gateway", settings.log_level, settings.log_format)
-    return create_app(settings)
+    config = os.environ.get("ENCLAVE_CONFIG")
+    # The config file is watched for trusted-issuer changes (gateway.config_reload_s).
+    return create_app(settings, config_file=Path(config) if config else None)
 
 
 def run(settings: EnclaveSettings) -> None:

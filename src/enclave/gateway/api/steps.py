@@ -71,11 +71,13 @@ async def authenticate(request: Request, *, user_tokens: bool = False) -> Princi
         return json_response({"error": OPENAI_ONLY_MESSAGE}, 401)
     if principal.user_token and not user_tokens:
         return detail(USER_ONLY_COMPLETIONS, 403)
-    limiter = gateway.rate_limiter
+    limiter = gateway.rate_limiter_for(principal.issuer)
     if limiter.enabled:
         try:
             limiter.check(principal.issuer, principal.instance_id, headers.get(H_GLOBAL_USER_ID))
         except RateLimited as exc:
+            if exc.scope == "instance":
+                gateway.metrics.tenant_limited(principal.issuer)
             return detail(exc.detail, 429, {"Retry-After": str(exc.retry_after_s)})
     return principal
 

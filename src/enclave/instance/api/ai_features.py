@@ -366,8 +366,11 @@ AI_FEATURES: tuple[AiFeature, ...] = (
 )
 
 
-def model_metadata(model: ResolvedModel) -> dict[str, Any]:
-    """GitLab's ``Ai::FeatureSetting#model_metadata_params``, without empty fields."""
+def model_metadata(model: ResolvedModel) -> dict[str, Any] | None:
+    """GitLab's ``Ai::FeatureSetting#model_metadata_params``, without empty fields; None for
+    a vendored feature (GitLab sends no model: the vendored gateway chooses it)."""
+    if model.vendored:
+        return None
     fields = {
         "provider": METADATA_PROVIDER,
         "name": model.family,
@@ -385,12 +388,11 @@ def prompt_body(
     stream: bool,
     prompt_version: str = PROMPT_VERSION,
 ) -> dict[str, Any]:
-    return {
-        "inputs": inputs,
-        "prompt_version": prompt_version,
-        "stream": stream,
-        "model_metadata": model_metadata(model),
-    }
+    body: dict[str, Any] = {"inputs": inputs, "prompt_version": prompt_version, "stream": stream}
+    metadata = model_metadata(model)
+    if metadata is not None:
+        body["model_metadata"] = metadata
+    return body
 
 
 def prompt_path(prompt_id: str) -> str:
@@ -409,7 +411,8 @@ async def forward_feature(
     identity = forward_identity(ctx, request, principal)
 
     async def send(serving: ResolvedModel) -> aiohttp.ClientResponse:
-        minted = ctx.minter.token(spec.scopes)
+        route = effective.route(serving.vendored)
+        minted = ctx.minter.token(spec.scopes, audience=route.audience)
         annotate(request, model=serving.name, signing_kid=minted.kid)
         return await ctx.gateway.post(
             prompt_path(spec.prompt_id),
@@ -430,7 +433,7 @@ async def forward_feature(
                     ctx, FEATURE_UNIT_PRIMITIVES[spec.feature]
                 ),
             ),
-            base_url=effective.ai_gateway_url,
+            base_url=route.url,
             timeout_s=effective.ai_gateway_timeout_seconds,
         )
 

@@ -91,8 +91,10 @@ async def completions(
     identity = forward_identity(ctx, request, principal)
 
     async def send(serving: ResolvedModel) -> aiohttp.ClientResponse:
+        route = effective.route(serving.vendored)
         minted = ctx.minter.token(
-            gateway_api.code_suggestion_scopes(ctx, [FEATURE_UNIT_PRIMITIVES[feature]])
+            gateway_api.code_suggestion_scopes(ctx, [FEATURE_UNIT_PRIMITIVES[feature]]),
+            audience=route.audience,
         )
         # The kid in the request log shows which key signed (key rotation).
         annotate(request, model=serving.name, signing_kid=minted.kid)
@@ -108,7 +110,7 @@ async def completions(
                     ctx, FEATURE_UNIT_PRIMITIVES[feature]
                 ),
             ),
-            base_url=effective.ai_gateway_url,
+            base_url=route.url,
             timeout_s=effective.ai_gateway_timeout_seconds,
         )
 

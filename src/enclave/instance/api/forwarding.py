@@ -41,8 +41,14 @@ def _resolve(
     ctx: InstanceContext, feature: Feature
 ) -> tuple[ResolvedModel, ai_settings.EffectiveAiSettings]:
     with ctx.sessions() as session, session.begin():
-        model = resolve_feature(session, ctx.secret_box, feature)
-        return model, ai_settings.effective(session, ctx.settings)
+        effective = ai_settings.effective(session, ctx.settings)
+        model = resolve_feature(
+            session,
+            ctx.secret_box,
+            feature,
+            vendored_gateway=effective.vendored_ai_gateway_url is not None,
+        )
+        return model, effective
 
 
 async def resolve_for_request(

@@ -56,6 +56,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
 from enclave.common.logging import get_logger
+from enclave.instance import ai_settings
 from enclave.instance.api import chat
 from enclave.instance.api.code_suggestions import read_json_body
 from enclave.instance.api.deps import authenticated, context_of, in_transaction
@@ -122,7 +123,13 @@ class Resolution:
     async def availability(self) -> DuoAvailability:
         if self._availability is None:
             self._availability = await run_in_threadpool(
-                in_transaction, self.ctx, lambda s: availability(s, self.principal)
+                in_transaction,
+                self.ctx,
+                lambda s: availability(
+                    s,
+                    self.principal,
+                    ai_settings.effective(s, self.ctx.settings).vendored_ai_gateway_url is not None,
+                ),
             )
         return self._availability
 

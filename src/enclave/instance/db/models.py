@@ -93,6 +93,8 @@ class AiSetting(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False, default=1)
     ai_gateway_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    # The shared gateway that serves vendored features (NULL: instance.vendored_gateway_url).
+    vendored_ai_gateway_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     ai_gateway_timeout_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
     enabled_instance_verbose_ai_logs: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -215,7 +215,7 @@ async def authenticate(request: Request) -> tuple[Principal, Mapping[str, Featur
             f"This token is not for the OpenAI-compatible API; {ACCESS_HINT}",
             "invalid_api_key",
         )
-    limiter = gateway.rate_limiter
+    limiter = gateway.rate_limiter_for(principal.issuer)
     if limiter.enabled:
         try:
             limiter.check(principal.issuer, principal.instance_id, principal.subject)
