@@ -22,6 +22,7 @@ from enclave.common.features import MODEL_FAMILIES
 from enclave.common.logging import get_logger
 from enclave.common.model_probe import ModelProbe
 from enclave.common.netrules import EgressPolicy
+from enclave.common.shared_store import SharedStore
 from enclave.config import SELF_SIGNED_ISSUER, EnclaveSettings
 from enclave.gateway.auth.jwks import KeyStore, build_key_stores, local_key_store
 from enclave.gateway.auth.self_signed import (
@@ -103,6 +104,10 @@ class Gateway:
         self.authenticator.hit_counter = self.metrics.token_cache_hits
         self.authenticator.miss_counter = self.metrics.token_cache_misses
         self.authenticator.on_failure = self.metrics.auth_failure
+        # Redis shared by every replica (ENCLAVE_REDIS_URL): the limits count there.
+        self.shared_store = SharedStore.from_settings(settings, "gateway")
+        if self.shared_store is not None:
+            self.shared_store.count_in("enclave_gateway", self.metrics.registry)
         self.rate_limiter = RateLimiter(
             per_instance_rps=gateway_settings.rate_limit_per_instance_rps,
             per_instance_burst=gateway_settings.rate_limit_per_instance_burst,
@@ -111,6 +116,7 @@ class Gateway:
             clock=clock,
             max_buckets=gateway_settings.rate_limit_max_buckets,
             limited=self.metrics.rate_limited_scopes,
+            store=self.shared_store,
         )
         # Where Bedrock and Vertex models without an endpoint are called (region, project).
         install_settings(provider_settings(gateway_settings))
@@ -204,6 +210,8 @@ class Gateway:
         for store in self.stores.values():
             await store.aclose()
         await self.routes_table.aclose()
+        if self.shared_store is not None:
+            await self.shared_store.close()
         for session in (self.session, self.issuer_session):
             if session is not None:
                 await session.close()

@@ -50,6 +50,8 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
             yield
         finally:
             await ctx.gateway.close()
+            if ctx.limits.store is not None:
+                await ctx.limits.store.close()
             ctx.engine.dispose()
 
     app = FastAPI(

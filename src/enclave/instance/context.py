@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from enclave.common.shared_store import SharedStore
 from enclave.config import EnclaveSettings
 from enclave.instance.bootstrap import BootstrapResult
 from enclave.instance.chat_events import ChatEvents
@@ -33,7 +34,8 @@ class InstanceContext:
     issuer: str
     host_name: str
     gateway: GatewayClient
-    # Per-user and per-address limits, and the metrics that count them (per process).
+    # Per-user and per-address limits (in process, or in the shared Redis), and the metrics
+    # that count them.
     limits: InstanceLimits
     # Editor chat conversations (GraphQL aiAction / aiMessages), in memory, bounded.
     chat_history: ChatHistory = field(default_factory=ChatHistory)
@@ -66,5 +68,7 @@ class InstanceContext:
             gateway=GatewayClient(
                 settings.instance.gateway_url, settings.instance.gateway_timeout_s
             ),
-            limits=InstanceLimits(settings.instance),
+            limits=InstanceLimits(
+                settings.instance, store=SharedStore.from_settings(settings, "instance")
+            ),
         )

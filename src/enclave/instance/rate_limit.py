@@ -127,3 +127,43 @@ class BanList:
 def retry_after(seconds: float) -> str:
     """A Retry-After value: whole seconds, at least 1."""
     return str(max(1, math.ceil(seconds)))
+
+
+class LocalWindow:
+    """A :class:`SlidingWindowLimiter` behind the async interface the Redis one shares."""
+
+    def __init__(self, limiter: SlidingWindowLimiter) -> None:
+        self.limiter = limiter
+
+    def __len__(self) -> int:
+        return len(self.limiter)
+
+    @property
+    def limit(self) -> int:
+        return self.limiter.limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self.limiter.limit = value
+
+    async def hit(self, key: Hashable) -> float | None:
+        return self.limiter.hit(key)
+
+    async def forget(self, key: Hashable) -> None:
+        self.limiter.forget(key)
+
+
+class LocalBans:
+    """A :class:`BanList` behind the async interface the Redis one shares."""
+
+    def __init__(self, bans: BanList) -> None:
+        self.bans = bans
+
+    def __len__(self) -> int:
+        return len(self.bans)
+
+    async def ban(self, key: Hashable, seconds: float) -> None:
+        self.bans.ban(key, seconds)
+
+    async def remaining(self, key: Hashable) -> float | None:
+        return self.bans.remaining(key)

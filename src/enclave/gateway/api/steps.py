@@ -74,9 +74,11 @@ async def authenticate(request: Request, *, user_tokens: bool = False) -> Princi
     limiter = gateway.rate_limiter
     if limiter.enabled:
         try:
-            limiter.check(principal.issuer, principal.instance_id, headers.get(H_GLOBAL_USER_ID))
+            await limiter.check(
+                principal.issuer, principal.instance_id, headers.get(H_GLOBAL_USER_ID)
+            )
         except RateLimited as exc:
-            return detail(exc.detail, 429, {"Retry-After": str(exc.retry_after_s)})
+            return detail(exc.detail, exc.status, {"Retry-After": str(exc.retry_after_s)})
     return principal
 
 

@@ -96,7 +96,7 @@ async def direct_access(
     # 403 unless code completions are served by a self-hosted model.
     _, effective = await resolve_for_request(ctx, Feature.CODE_COMPLETIONS)
 
-    ctx.limits.check(limits.DIRECT_ACCESS, principal.user_id)
+    await ctx.limits.check(limits.DIRECT_ACCESS, principal.user_id)
 
     # The gateway's user token is revocable (blocked user) only if this use is on record.
     await run_in_threadpool(record_token_minting, ctx.sessions, principal.token_id)
