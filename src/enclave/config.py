@@ -170,7 +170,8 @@ class InstanceSettings(BaseModel):
         "keep GitLab's 600 kB.",
     )
 
-    # Limits (enclave/instance/limits.py): per user, per process; 0 turns one off.
+    # Limits (enclave/instance/limits.py): per user, per process (or shared by every replica
+    # in Redis with redis_url); 0 turns one off.
     code_suggestions_api_rate_limit: int = Field(
         60,
         ge=0,
@@ -504,7 +505,8 @@ class GatewaySettings(BaseModel):
         1000,
         ge=0,
         description="Requests per second each instance (issuer, instance id) may send to the AI "
-        "endpoints, per worker process; over it → 429 with Retry-After. 0 turns it off.",
+        "endpoints, per worker process (for all replicas together with redis_url); over it → "
+        "429 with Retry-After. 0 turns it off.",
     )
     rate_limit_per_instance_burst: int = Field(
         2000, ge=1, description="Requests an instance may send at once above its rate."
@@ -513,7 +515,8 @@ class GatewaySettings(BaseModel):
         600,
         ge=0,
         description="Requests per minute each user (instance id, X-Gitlab-Global-User-Id) may "
-        "send to the AI endpoints, per worker process; over it → 429. 0 turns it off.",
+        "send to the AI endpoints, per worker process (for all replicas together with "
+        "redis_url); over it → 429. 0 turns it off.",
     )
     rate_limit_per_user_burst: int = Field(
         100, ge=1, description="Requests a user may send at once above their rate."

@@ -3,7 +3,9 @@
 Per process: with several workers or replicas each enforces the limit on its own share of the
 traffic, so the effective limit is at most ``workers`` times the configured one. That is the
 trade for no shared store on the hot path; the limits guard against runaway clients, not abuse
-by a determined user who already holds a valid token.
+by a determined user who already holds a valid token. With ``ENCLAVE_REDIS_URL`` the same
+limits are counted once for all processes instead (``redis_limits.py``); ``LocalWindow`` and
+``LocalBans`` give these classes the async interface the Redis ones share.
 
 Memory is bounded: each limiter keeps at most ``max_keys`` keys (users, client addresses).
 When a new key would exceed it, idle keys are dropped first, then the least recently used
