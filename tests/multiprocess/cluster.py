@@ -43,7 +43,11 @@ SWITCH = os.environ.get(ENV_SWITCH, "").strip().lower()
 ROUTES_REFRESH_S = 2.0
 ROUTES_FETCH_TIMEOUT_S = 2.0
 REVOCATION_BOUND_S = ROUTES_REFRESH_S + ROUTES_FETCH_TIMEOUT_S
-DIRECT_ACCESS_LIMIT = 10  # per user per minute, the flooded limit
+DIRECT_ACCESS_LIMIT = 10  # per user per minute: the instance limit the flood test floods
+# The gateway's per-user bucket: a burst of 20, then 1 a minute (so a flood of a few seconds
+# may see at most 1 token more than the burst).
+GATEWAY_USER_BURST = 20
+GATEWAY_USER_RPM = 1
 WORKERS = 2
 READY_TIMEOUT_S = 180.0
 
@@ -253,6 +257,8 @@ def running_cluster(gguf: Path) -> Iterator[Cluster]:
                 "ENCLAVE_GATEWAY__GATEWAY_ROUTES_SECRET_FILE": str(secret),
                 "ENCLAVE_GATEWAY__ROUTES_REFRESH_S": str(ROUTES_REFRESH_S),
                 "ENCLAVE_GATEWAY__ROUTES_FETCH_TIMEOUT_S": str(ROUTES_FETCH_TIMEOUT_S),
+                "ENCLAVE_GATEWAY__RATE_LIMIT_PER_USER_RPM": str(GATEWAY_USER_RPM),
+                "ENCLAVE_GATEWAY__RATE_LIMIT_PER_USER_BURST": str(GATEWAY_USER_BURST),
             }
             nginx = start_nginx(
                 {

@@ -9,6 +9,8 @@ In order (one cluster for the module; the last test kills replicas):
 2. a 10x flood over a per-user limit (direct access, ``DIRECT_ACCESS_LIMIT`` a minute) spread
    over the 4 instance workers admits exactly the limit: tolerance 0, because every worker
    counts in Redis with one atomic script (in process each would admit its own 10: up to 40);
+   the same at the 4 gateway workers for the per-user token bucket (burst
+   ``GATEWAY_USER_BURST``; tolerance: the refill while the flood lasts, 1 a minute);
 3. a PAT revoked on instance 1 (its OpenAI-API token) and a user blocked on instance 2 (their
    direct-access user token) are refused by every gateway replica within
    ``routes_refresh_s + routes_fetch_timeout_s`` (each gateway worker re-reads the
@@ -35,7 +37,13 @@ import pytest
 
 from enclave.instance.bootstrap import EMBEDDED_MODEL_NAME
 from enclave.model.tiny_gguf import TINY_ANSWER
-from tests.multiprocess.cluster import DIRECT_ACCESS_LIMIT, REVOCATION_BOUND_S, Cluster
+from tests.multiprocess.cluster import (
+    DIRECT_ACCESS_LIMIT,
+    GATEWAY_USER_BURST,
+    GATEWAY_USER_RPM,
+    REVOCATION_BOUND_S,
+    Cluster,
+)
 from tests.multiprocess.conftest import SUMMARY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -181,7 +189,31 @@ def test_a_10x_flood_admits_exactly_the_limit_across_replicas(cluster: Cluster) 
     refused = [r for r in responses if r.status_code == 429]
     assert all(1 <= int(r.headers["Retry-After"]) <= 60 for r in refused)
     assert "requests per minute per user" in refused[0].json()["message"]
-    SUMMARY["flood"] = f"{sent} sent, {admitted} admitted (limit {DIRECT_ACCESS_LIMIT}, +0)"
+    SUMMARY["instance flood"] = (
+        f"{sent} sent, {admitted} admitted (limit {DIRECT_ACCESS_LIMIT}, +0)"
+    )
+
+
+def test_a_10x_flood_at_the_gateways_admits_the_burst(cluster: Cluster) -> None:
+    _, _, token = new_user_token(cluster, "gwflooder")
+    access = direct_access(cluster, token)
+    sent = 10 * GATEWAY_USER_BURST
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda _: at_gateway(access), range(sent)))
+    elapsed = time.monotonic() - started
+    statuses = [r.status_code for r in responses]
+    admitted = statuses.count(200)
+    assert set(statuses) <= {200, 429}, [r.text for r in responses if r.status_code >= 500]
+    # The tolerance is the refill while the flood lasted: 1 token a minute, so at most 1 for
+    # a flood under a minute.
+    tolerance = int(GATEWAY_USER_RPM * elapsed / 60) + 1
+    assert GATEWAY_USER_BURST <= admitted <= GATEWAY_USER_BURST + tolerance, admitted
+    refused = next(r for r in responses if r.status_code == 429)
+    assert int(refused.headers["Retry-After"]) >= 1
+    SUMMARY["gateway flood"] = (
+        f"{sent} sent, {admitted} admitted (burst {GATEWAY_USER_BURST}, +{tolerance} allowed)"
+    )
 
 
 def openai_access(cluster: Cluster, token: str) -> str:
@@ -260,16 +292,18 @@ def test_a_revocation_on_one_instance_reaches_every_gateway(cluster: Cluster) ->
 
 def test_killing_one_replica_of_each_role_mid_load_loses_nothing(cluster: Cluster) -> None:
     total, killed_after = 48, 8
+    # 4 users, 12 completions each: under the gateway's per-user burst.
+    tokens = [new_user_token(cluster, f"load{n}")[2] for n in range(4)]
     done = threading.Semaphore(0)
     results: list[tuple[int, str]] = []
     lock = threading.Lock()
 
-    def one(_: int) -> None:
+    def one(n: int) -> None:
         try:
             response = httpx.post(
                 f"{cluster.instance_url}/api/v4/code_suggestions/completions",
                 json=COMPLETION,
-                headers=admin(cluster),
+                headers={"PRIVATE-TOKEN": tokens[n % len(tokens)]},
                 timeout=TIMEOUT_S,
             )
             outcome = (response.status_code, response.text[:200])

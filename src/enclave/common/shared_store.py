@@ -169,7 +169,8 @@ class SharedStore:
         if self._down and self._clock() < self._down_until:
             return self._degraded()
         try:
-            async with asyncio.timeout(self.timeout_s * 2):  # connect + answer, at most
+            # One bound for the whole call (a pooled connection, connecting, the answer).
+            async with asyncio.timeout(self.timeout_s):
                 result = await self._script(source)(keys=list(keys), args=list(args))
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
