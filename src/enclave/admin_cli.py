@@ -1008,6 +1008,50 @@ def keys_remove_retired(as_json: JsonOption = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+def usage(
+    since: Annotated[
+        str | None, typer.Option(help="ISO 8601 time, inclusive [default: 30 days ago].")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="ISO 8601 time, exclusive [default: now].")
+    ] = None,
+    group_by: Annotated[
+        str,
+        typer.Option(help="Comma-separated: user, feature, model, day."),
+    ] = "feature,model",
+    user: Annotated[str | None, typer.Option(help="Only this user (username or id).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """AI usage: requests, errors, tokens in and out and mean latency, per user, feature,
+    model and/or day, over every path (instance endpoints, the OpenAI-compatible API, direct
+    access). A running instance writes its counts every instance.usage_flush_s (10 s)."""
+    from enclave.instance import accounts
+    from enclave.instance.api.usage import parse_groups, parse_window
+    from enclave.instance.usage import row_view, usage_report
+
+    with _env() as env:
+
+        def work(session: Session) -> list[dict[str, Any]]:
+            start, end = parse_window(since, until)
+            groups = parse_groups(group_by, allow_user=True)
+            user_id = accounts.find_user(session, user).id if user is not None else None
+            rows = usage_report(session, since=start, until=end, group_by=groups, user_id=user_id)
+            return [row_view(row) for row in rows]
+
+        views = _run(env, work)
+    if as_json:
+        _print_json(views)
+        return
+    groups = [g.strip() for g in group_by.split(",") if g.strip()]
+    keys = [("username" if g == "user" else g) for g in groups]
+    columns = [*keys, "requests", "errors", "tokens in", "tokens out", "latency ms (mean)"]
+    values = ["requests", "errors", "input_tokens", "output_tokens", "latency_ms_avg"]
+    _table("AI usage", columns, [[v[k] for k in [*keys, *values]] for v in views])
+    if not views:
+        out.print("No AI usage in this period.", markup=False)
+
+
+# ---------------------------------------------------------------------------------------------
 def doctor(as_json: JsonOption = False) -> None:
     """Check the whole setup end to end and say what is wrong and how to fix it: configuration,
     database and schema, secret and signing keys, model API keys, feature map, the AI gateway,
@@ -1048,3 +1092,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(secret_key_app, name="secret-key")
     app.add_typer(keys_app, name="keys")
     app.command("doctor")(doctor)
+    app.command("usage")(usage)

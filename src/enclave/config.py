@@ -125,6 +125,21 @@ class InstanceSettings(BaseModel):
         "1 h each by default) plus the clock leeway; longer only makes the list bigger. The "
         "gateway picks revocations up within its routes_refresh_s (30 s by default).",
     )
+    usage_flush_s: float = Field(
+        10,
+        ge=0.1,
+        le=300,
+        description="How often the AI usage counted in memory is written to the database (in "
+        "one batch, off the request path).",
+    )
+    usage_max_keys: int = Field(
+        20_000,
+        ge=100,
+        le=1_000_000,
+        description="Bound of the in-memory usage buffer, in distinct (minute, user, feature, "
+        "model) keys between two flushes; requests past it are dropped and counted in "
+        "enclave_instance_usage_dropped_requests_total.",
+    )
     model_egress_allow: list[str] = Field(
         default_factory=lambda: [*_LOOPBACK_AND_PRIVATE, "localhost"],
         description="Where model endpoints may point, checked when a model is saved: the same "
@@ -444,6 +459,15 @@ class GatewaySettings(BaseModel):
         "/v1/chat/completions, /v1/completions) and refuses the tokens of revoked PATs and "
         "blocked users. Unset: that API answers 503 and direct-access user tokens stay valid "
         "until they expire. Single-instance mode only (no trusted_issuers).",
+    )
+    usage_push_s: float = Field(
+        10,
+        ge=0.1,
+        le=300,
+        description="How often the usage of the direct paths (direct access, the "
+        "OpenAI-compatible API), counted in memory, is pushed to the instance "
+        "(POST /api/v4/internal/ai/usage with the routes secret). Needs "
+        "gateway_routes_secret_file.",
     )
     routes_refresh_s: float = Field(
         30,

@@ -146,6 +146,7 @@ def create_app(
                 metrics=gateway.metrics,
                 route_templates=ROUTE_TEMPLATES,
                 endpoint_templates=ENDPOINT_TEMPLATES,
+                usage=gateway.usage,
             ),
             Middleware(
                 ClientAddressMiddleware,

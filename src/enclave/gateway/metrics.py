@@ -44,6 +44,7 @@ from enclave.gateway.models.base import (
     ToolCallDelta,
     Usage,
 )
+from enclave.gateway.usage import add_tokens
 
 if TYPE_CHECKING:
     from enclave.gateway.runtime import Gateway
@@ -297,6 +298,7 @@ class InstrumentedModelClient:
         success.inc()
         usage = result.usage
         if usage is not None:
+            add_tokens(usage.input_tokens, usage.output_tokens)
             if usage.input_tokens:
                 metrics.input_tokens.inc(usage.input_tokens)
             if usage.output_tokens:
@@ -375,6 +377,9 @@ class _InstrumentedStream:
         success, error, duration = self._children
         (error if self._failed else success).inc()
         duration.observe(time.perf_counter() - self._start)
+        usage = self.usage
+        if usage is not None:  # the request's usage (direct paths); the counters stay as they are
+            add_tokens(usage.input_tokens, usage.output_tokens)
         self._metrics.model_inflight.dec()
 
 

@@ -23,9 +23,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from enclave.common import wire
 from enclave.common.client_address import ClientAddressMiddleware
 from enclave.common.logging import get_logger
+from enclave.gateway.usage import CURRENT, RequestUsage
 
 if TYPE_CHECKING:
     from enclave.gateway.metrics import GatewayMetrics
+    from enclave.gateway.usage import UsageCounter
 
 log = get_logger("enclave.gateway.request")
 
@@ -50,8 +52,10 @@ class RequestContextMiddleware:
         metrics: GatewayMetrics | None = None,
         route_templates: Mapping[str, str] | None = None,
         endpoint_templates: Mapping[Any, str] | None = None,
+        usage: UsageCounter | None = None,
     ) -> None:
         self.app = app
+        self._usage = usage
         self._routes = frozenset(routes)
         self._metrics = metrics
         self._route_templates = dict(route_templates or {})
@@ -88,6 +92,9 @@ class RequestContextMiddleware:
             await send(message)
 
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        # The request's usage slot: endpoints serving a user's token claim it (gateway/usage.py).
+        slot = RequestUsage()
+        slot_token = CURRENT.set(slot)
         try:
             await self.app(scope, receive, send_with_context)
         except Exception:
@@ -101,6 +108,9 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - start
             if self._metrics is not None:
                 self._metrics.observe_request(self._route_template(scope, path), status, elapsed)
+            CURRENT.reset(slot_token)
+            if self._usage is not None and slot.user is not None:
+                self._usage.add(slot, status, elapsed)
             fields: dict[str, Any] = {
                 "method": scope.get("method"),
                 "route": path if path in self._routes else "<unmatched>",

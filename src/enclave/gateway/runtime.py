@@ -39,6 +39,7 @@ from enclave.gateway.models.registry import build_providers, provider_settings
 from enclave.gateway.models.tls import default_tls
 from enclave.gateway.rate_limit import RateLimiter
 from enclave.gateway.routes_table import RoutesTable
+from enclave.gateway.usage import UsageCounter, UsagePusher
 
 log = get_logger(__name__)
 
@@ -134,6 +135,19 @@ class Gateway:
                 "personal access tokens and blocked users; direct-access user tokens stay "
                 "valid until they expire",
             )
+        # Usage of the direct paths, pushed to the instance (enclave.gateway.usage).
+        self.usage = UsageCounter()
+        self.usage_pusher: UsagePusher | None = None
+        secret_file = gateway_settings.gateway_routes_secret_file
+        if self.routes_table.enabled and secret_file is not None:
+            self.usage_pusher = UsagePusher(
+                self.usage,
+                issuer=self.routes_table.issuer,
+                secret_file=secret_file,
+                session=self.issuer_http,
+                interval_s=gateway_settings.usage_push_s,
+                timeout_s=gateway_settings.routes_fetch_timeout_s,
+            )
         self.model_probe = ModelProbe()  # readiness only: is each routed model server up
         self._refresh_in_background = refresh_keys_in_background
         self._tasks: list[asyncio.Task[None]] = []
@@ -187,6 +201,8 @@ class Gateway:
             for store in self.stores.values():
                 self._tasks.append(asyncio.create_task(store.run_refresher()))
             self._tasks.append(asyncio.create_task(self.routes_table.run_refresher()))
+            if self.usage_pusher is not None:
+                self._tasks.append(asyncio.create_task(self.usage_pusher.run()))
         log.info(
             "gateway_started",
             issuers=sorted(self.stores),

@@ -8,6 +8,8 @@ and config file, JSON logs with component ``instance``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,7 +20,7 @@ from enclave.common.client_address import ClientAddressMiddleware
 from enclave.common.logging import configure_logging, get_logger
 from enclave.common.netrules import parse_networks
 from enclave.config import EnclaveSettings, load_settings
-from enclave.instance import metrics
+from enclave.instance import metrics, usage
 from enclave.instance.api import all_routers
 from enclave.instance.api.errors import install_error_handlers
 from enclave.instance.api.middleware import RequestContextMiddleware
@@ -40,6 +42,12 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The HTTP client needs a running loop, so it is made here and not at import.
         await ctx.gateway.start()
+        flusher = asyncio.create_task(
+            usage.run_flusher(
+                ctx.usage, ctx.sessions, ctx.user_id_salt, settings.instance.usage_flush_s
+            ),
+            name="usage-flush",
+        )
         log.info(
             "instance_started",
             issuer=ctx.issuer,
@@ -49,6 +57,9 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
         try:
             yield
         finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher  # its last flush writes what was still in memory
             await ctx.gateway.close()
             if ctx.limits.store is not None:
                 await ctx.limits.store.close()

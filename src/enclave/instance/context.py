@@ -19,6 +19,7 @@ from enclave.instance.keys import KeyStore
 from enclave.instance.limits import InstanceLimits
 from enclave.instance.secrets import SecretBox
 from enclave.instance.tokens import TokenMinter
+from enclave.instance.usage import UsageRecorder
 
 
 @dataclass
@@ -37,6 +38,8 @@ class InstanceContext:
     # Per-user and per-address limits (in process, or in the shared Redis), and the metrics
     # that count them.
     limits: InstanceLimits
+    # AI usage counted in memory, written in batches by the app's background flush.
+    usage: UsageRecorder
     # Editor chat conversations (GraphQL aiAction / aiMessages), in memory, bounded.
     chat_history: ChatHistory = field(default_factory=ChatHistory)
     # The same chats' answers pushed to ActionCable subscribers as they are generated.
@@ -49,6 +52,9 @@ class InstanceContext:
             busy_timeout_ms=round(settings.instance.database_busy_timeout_s * 1000),
         )
         issuer = settings.instance.issuer()
+        limits = InstanceLimits(
+            settings.instance, store=SharedStore.from_settings(settings, "instance")
+        )
         return cls(
             settings=settings,
             engine=engine,
@@ -68,7 +74,6 @@ class InstanceContext:
             gateway=GatewayClient(
                 settings.instance.gateway_url, settings.instance.gateway_timeout_s
             ),
-            limits=InstanceLimits(
-                settings.instance, store=SharedStore.from_settings(settings, "instance")
-            ),
+            limits=limits,
+            usage=UsageRecorder(max_keys=settings.instance.usage_max_keys, observer=limits.metrics),
         )

@@ -172,7 +172,7 @@ def test_fallback_model_migration_downgrades_and_upgrades_again(
         )
         connection.execute(text("UPDATE ai_feature_settings SET fallback_model_id = 2"))
     engine.dispose()
-    downgrade(url, "-1")
+    downgrade(url, "0002")  # by name: later migrations sit on top of 0003
     engine = make_engine(url)
     assert current_revision(engine) == "0002"
     columns = {c["name"] for c in inspect(engine).get_columns("ai_feature_settings")}
@@ -188,4 +188,22 @@ def test_fallback_model_migration_downgrades_and_upgrades_again(
     assert current_revision(engine) == head_revision()
     columns = {c["name"] for c in inspect(engine).get_columns("ai_feature_settings")}
     assert "fallback_model_id" in columns
+    engine.dispose()
+
+
+def test_usage_migration_downgrades_and_upgrades_again(tmp_path: Path, db_backend: Backend) -> None:
+    """0005 adds the ai_usage table; its downgrade drops it and keeps everything else."""
+    url = db_backend.new_database_url(tmp_path)
+    upgrade(url)
+    engine = make_engine(url)
+    assert "ai_usage" in inspect(engine).get_table_names()
+    engine.dispose()
+    downgrade(url, "0003")
+    engine = make_engine(url)
+    assert current_revision(engine) == "0003"
+    assert "ai_usage" not in inspect(engine).get_table_names()
+    engine.dispose()
+    upgrade(url)
+    engine = make_engine(url)
+    assert "ai_usage" in inspect(engine).get_table_names()
     engine.dispose()

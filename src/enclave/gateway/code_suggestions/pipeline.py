@@ -70,7 +70,7 @@ def target_for(
         payload.model_api_key,
         payload.model_identifier,
     )
-    target, family = admin_model(gateway, feature, named)
+    target, family = admin_model(gateway, feature, named, principal.subject)
     return payload.model_copy(update={"model_name": family or None}), target
 
 

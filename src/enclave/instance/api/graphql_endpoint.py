@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,7 +61,7 @@ from enclave.instance.api.code_suggestions import read_json_body
 from enclave.instance.api.deps import authenticated, context_of, in_transaction
 from enclave.instance.api.editors import metadata_view
 from enclave.instance.api.errors import InstanceAPIError
-from enclave.instance.api.middleware import annotate
+from enclave.instance.api.middleware import USAGE_DEFERRED, annotate
 from enclave.instance.api.relay import UpstreamStreamError
 from enclave.instance.api.routing import InstanceRoute
 from enclave.instance.chat_events import ChatEvents
@@ -69,6 +70,7 @@ from enclave.instance.context import InstanceContext
 from enclave.instance.duo_availability import DuoAvailability, availability, may_use_ai
 from enclave.instance.graphql_schema import MAX_TOKENS, SCHEMA, QueryLimits
 from enclave.instance.pats import KNOWN_SCOPES, Principal
+from enclave.instance.usage import record_request
 
 log = get_logger(__name__)
 
@@ -254,6 +256,7 @@ async def _answer(
     """Get the answer, keep it for ``aiMessages`` and push it to subscribers (streamed in
     chunks when the editor subscribed for this chat); failures become the answer's errors."""
     history, events, user_id = ctx.chat_history, ctx.chat_events, principal.user_id
+    started = time.perf_counter()
     stream = subscription is not None and events.listening(user_id, subscription)
     error: str | None = None
     answer = ""
@@ -280,6 +283,13 @@ async def _answer(
     except Exception:
         log.exception("editor_chat_failed")
         error = _failed(chat.A9999_UNKNOWN, f"{INTERNAL_ERROR}.")
+    # The request's middleware skipped it (USAGE_DEFERRED): the answer ends only now.
+    record_request(
+        ctx.usage,
+        request.scope.get("state", {}),
+        status=502 if error is not None else 200,
+        seconds=time.perf_counter() - started,
+    )
     if error is not None:
         message = history.add(user_id, request_id, "assistant", error, errors=[error])
     else:
@@ -384,6 +394,7 @@ class Root:
             raise GraphQLError(exc.message, extensions={"status": exc.status}) from None
         request_id = history.new_request_id()
         annotate(request, ai_request_id=request_id)
+        request.scope.setdefault("state", {})[USAGE_DEFERRED] = True
         history.add(
             principal.user_id,
             request_id,

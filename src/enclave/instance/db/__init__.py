@@ -5,6 +5,7 @@ from enclave.instance.db.engine import make_engine, make_session_factory
 from enclave.instance.db.migrate import current_revision, downgrade, head_revision, upgrade
 from enclave.instance.db.models import (
     AiSetting,
+    AiUsage,
     AuditEvent,
     FeatureProvider,
     FeatureSetting,
@@ -17,6 +18,7 @@ from enclave.instance.db.models import (
 
 __all__ = [
     "AiSetting",
+    "AiUsage",
     "AuditEvent",
     "Base",
     "FeatureProvider",

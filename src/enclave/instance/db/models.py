@@ -10,14 +10,16 @@ records with an encrypted API key. Every schema change goes through an Alembic m
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -209,3 +211,31 @@ class AuditEvent(Base):
     target: Mapped[str] = mapped_column(String(255))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class AiUsage(Base):
+    """AI usage counts per minute, user, feature and model (``enclave.instance.usage``).
+
+    Rows are written in batches by the background flush, never on the request path; several
+    rows may share a key (one per flush and process): reports sum them. ``day`` is the UTC day
+    of ``period_start``, stored so that grouping by day is the same query on every backend.
+    """
+
+    __tablename__ = "ai_usage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    day: Mapped[date] = mapped_column(Date)
+    # Kept (as NULL) when the user is deleted: the totals stay right.
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    feature: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Who saw the requests: "instance" (its own endpoints) or "gateway" (direct paths).
+    source: Mapped[str] = mapped_column(String(16))
+    requests: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    latency_ms_total: Mapped[int] = mapped_column(BigInteger)

@@ -34,6 +34,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
+from enclave.gateway import usage
 from enclave.gateway.auth.jws import TokenError, parse_token
 from enclave.gateway.auth.verify import AuthError, Principal
 from enclave.gateway.http import BodyTooLarge, json_response, read_body
@@ -266,6 +267,7 @@ def select_route(
         raise RequestError(
             403, route.message or f"'{model}' is not available", "model_unavailable", "model"
         )
+    usage.claim(principal.subject, route.feature, route.model_name)  # a user's call: counted
     return route
 
 
