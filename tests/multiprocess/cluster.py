@@ -129,6 +129,7 @@ class Nginx:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(10)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def start_nginx(balancers: dict[str, tuple[int, list[int]]]) -> Nginx:
