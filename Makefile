@@ -39,10 +39,12 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-# ENCLAVE_TEST_POSTGRES=1: the instance tests must also run on a real PostgreSQL (never skip).
+# ENCLAVE_TEST_POSTGRES=1: the instance tests must also run on a real PostgreSQL (never skip);
+# ENCLAVE_TEST_REDIS=1 and ENCLAVE_TEST_SCALE_OUT=1: the shared-limit tests on a real Redis and
+# the multi-process test (nginx, PostgreSQL, Redis) must run too.
 test: $(STAMP) lint typecheck
 	scripts/install-test-services.sh
-	ENCLAVE_TEST_POSTGRES=1 $(BIN)/pytest
+	ENCLAVE_TEST_POSTGRES=1 ENCLAVE_TEST_REDIS=1 ENCLAVE_TEST_SCALE_OUT=1 $(BIN)/pytest
 
 # Loopback only, bounded (< 10 min); installs wrk and a pinned LiteLLM (bench/.venv-litellm)
 # when missing. Writes bench/results/report.md, latency.png, results.json and profile.txt.

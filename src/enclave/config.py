@@ -198,7 +198,8 @@ class InstanceSettings(BaseModel):
         "keep GitLab's 600 kB.",
     )
 
-    # Limits (enclave/instance/limits.py): per user, per process; 0 turns one off.
+    # Limits (enclave/instance/limits.py): per user, per process (or shared by every replica
+    # in Redis with redis_url); 0 turns one off.
     code_suggestions_api_rate_limit: int = Field(
         60,
         ge=0,
@@ -655,7 +656,8 @@ class GatewaySettings(BaseModel):
         1000,
         ge=0,
         description="Requests per second each instance (issuer, instance id) may send to the AI "
-        "endpoints, per worker process; over it → 429 with Retry-After. 0 turns it off.",
+        "endpoints, per worker process (for all replicas together with redis_url); over it → "
+        "429 with Retry-After. 0 turns it off.",
     )
     rate_limit_per_instance_burst: int = Field(
         2000, ge=1, description="Requests an instance may send at once above its rate."
@@ -664,7 +666,8 @@ class GatewaySettings(BaseModel):
         600,
         ge=0,
         description="Requests per minute each user (instance id, X-Gitlab-Global-User-Id) may "
-        "send to the AI endpoints, per worker process; over it → 429. 0 turns it off.",
+        "send to the AI endpoints, per worker process (for all replicas together with "
+        "redis_url); over it → 429. 0 turns it off.",
     )
     rate_limit_per_user_burst: int = Field(
         100, ge=1, description="Requests a user may send at once above their rate."
@@ -802,6 +805,33 @@ class EnclaveSettings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Redis URL (redis://[:password@]host:port/db, rediss:// for TLS; env "
+        "ENCLAVE_REDIS_URL) that every replica shares: with it the rate limits (instance per "
+        "user, failed-auth bans; gateway per instance and per user) are counted in Redis by "
+        "atomic scripts, so N replicas enforce one limit instead of N. Unset: each process "
+        "counts its own share. Secret: it may hold a password and is never logged.",
+    )
+    redis_failure_mode: Literal["open", "closed"] = Field(
+        "closed",
+        description="What a limit does while Redis cannot be reached (refused, or no answer "
+        "within redis_timeout_s): closed (default; deny when unsure) answers 503 with "
+        "Retry-After, so a Redis outage cannot become an unlimited flood or an unbanned token "
+        "guesser; open lets requests through unlimited, trading that for availability. Either "
+        "way the change is logged once per transition and counted in /metrics.",
+    )
+    redis_timeout_s: float = Field(
+        0.1,
+        ge=0.01,
+        le=2,
+        description="How long one Redis call may take (connect or answer) before it counts as "
+        "a failure; after a failure Redis is not tried again for redis_retry_s, so an outage "
+        "costs each request at most this, never a hang.",
+    )
+    redis_retry_s: float = Field(
+        1, ge=0.1, le=60, description="How long after a Redis failure the next call is tried."
+    )
 
     instance: InstanceSettings = Field(default_factory=InstanceSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)

@@ -23,6 +23,7 @@ from enclave.common.features import MODEL_FAMILIES
 from enclave.common.logging import get_logger
 from enclave.common.model_probe import ModelProbe
 from enclave.common.netrules import EgressPolicy
+from enclave.common.shared_store import SharedStore
 from enclave.config import SELF_SIGNED_ISSUER, EnclaveSettings
 from enclave.gateway.auth.jwks import KeyStore, build_key_stores, local_key_store
 from enclave.gateway.auth.self_signed import (
@@ -111,6 +112,10 @@ class Gateway:
         self.authenticator.hit_counter = self.metrics.token_cache_hits
         self.authenticator.miss_counter = self.metrics.token_cache_misses
         self.authenticator.on_failure = self.metrics.auth_failure
+        # Redis shared by every replica (ENCLAVE_REDIS_URL): the limits count there.
+        self.shared_store = SharedStore.from_settings(settings, "gateway")
+        if self.shared_store is not None:
+            self.shared_store.count_in("enclave_gateway", self.metrics.registry)
         self.rate_limiter = RateLimiter(
             per_instance_rps=gateway_settings.rate_limit_per_instance_rps,
             per_instance_burst=gateway_settings.rate_limit_per_instance_burst,
@@ -119,6 +124,7 @@ class Gateway:
             clock=clock,
             max_buckets=gateway_settings.rate_limit_max_buckets,
             limited=self.metrics.rate_limited_scopes,
+            store=self.shared_store,
         )
         # Shared-gateway mode: per-instance controls and the vendor models held here.
         self.tenants = Tenants(gateway_settings, self.rate_limiter, self.metrics, clock)
@@ -227,7 +233,8 @@ class Gateway:
 
     def rate_limiter_for(self, issuer: str) -> RateLimiter:
         """The limiter of ``issuer`` (its own when its trusted_issuers entry sets limits)."""
-        return self.tenants.limiter_for(issuer)
+        own = self.tenants.own_limiter(issuer)
+        return self.rate_limiter if own is None else own
 
     def reload(self, settings: EnclaveSettings) -> None:
         """Apply a changed trusted-issuer list (and each instance's controls) without a restart.
@@ -269,6 +276,8 @@ class Gateway:
         for store in self.stores.values():
             await store.aclose()
         await self.routes_table.aclose()
+        if self.shared_store is not None:
+            await self.shared_store.close()
         for session in (self.session, self.issuer_session):
             if session is not None:
                 await session.close()

@@ -146,6 +146,7 @@ class Tenants:
                 clock=self._clock,
                 max_buckets=settings.rate_limit_max_buckets,
                 limited=self.metrics.rate_limited_scopes,
+                store=self._default_limiter.store,  # Redis when configured: shared by replicas
             )
         own_models = issuer.allow_self_hosted_models
         return Tenant(
@@ -157,9 +158,12 @@ class Tenants:
             limiter=limiter,
         )
 
-    def limiter_for(self, issuer: str) -> RateLimiter:
+    def own_limiter(self, issuer: str) -> RateLimiter | None:
+        """The instance's own limiter when its entry sets limits; None: the gateway's default."""
         tenant = self.by_issuer.get(issuer)
-        return tenant.limiter if tenant is not None else self._default_limiter
+        if tenant is None or tenant.limiter is self._default_limiter:
+            return None
+        return tenant.limiter
 
     def vendor_for(self, feature: str) -> VendorTarget | None:
         """The feature's vendor model; a chat sub-feature without one uses duo_chat's."""

@@ -61,6 +61,8 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher  # its last flush writes what was still in memory
             await ctx.gateway.close()
+            if ctx.limits.store is not None:
+                await ctx.limits.store.close()
             ctx.engine.dispose()
 
     app = FastAPI(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from enclave.common.shared_store import SharedStore
 from enclave.config import EnclaveSettings
 from enclave.instance.bootstrap import BootstrapResult
 from enclave.instance.chat_events import ChatEvents
@@ -34,7 +35,8 @@ class InstanceContext:
     issuer: str
     host_name: str
     gateway: GatewayClient
-    # Per-user and per-address limits, and the metrics that count them (per process).
+    # Per-user and per-address limits (in process, or in the shared Redis), and the metrics
+    # that count them.
     limits: InstanceLimits
     # AI usage counted in memory, written in batches by the app's background flush.
     usage: UsageRecorder
@@ -50,7 +52,9 @@ class InstanceContext:
             busy_timeout_ms=round(settings.instance.database_busy_timeout_s * 1000),
         )
         issuer = settings.instance.issuer()
-        limits = InstanceLimits(settings.instance)
+        limits = InstanceLimits(
+            settings.instance, store=SharedStore.from_settings(settings, "instance")
+        )
         return cls(
             settings=settings,
             engine=engine,

@@ -74,11 +74,13 @@ async def authenticate(request: Request, *, user_tokens: bool = False) -> Princi
     limiter = gateway.rate_limiter_for(principal.issuer)
     if limiter.enabled:
         try:
-            limiter.check(principal.issuer, principal.instance_id, headers.get(H_GLOBAL_USER_ID))
+            await limiter.check(
+                principal.issuer, principal.instance_id, headers.get(H_GLOBAL_USER_ID)
+            )
         except RateLimited as exc:
             if exc.scope == "instance":
                 gateway.metrics.tenant_limited(principal.issuer)
-            return detail(exc.detail, 429, {"Retry-After": str(exc.retry_after_s)})
+            return detail(exc.detail, exc.status, {"Retry-After": str(exc.retry_after_s)})
     return principal
 
 

@@ -405,7 +405,7 @@ async def forward_feature(
 ) -> Response:
     """What every endpoint in :data:`AI_FEATURES` does (see the module docstring)."""
     ctx = context_of(request)
-    ctx.limits.check(limits.AI_ACTION, principal.user_id)
+    await ctx.limits.check(limits.AI_ACTION, principal.user_id)
     annotate(request, feature=spec.feature.value, stream=body.stream)
     model, effective = await resolve_for_request(ctx, spec.feature)
     identity = forward_identity(ctx, request, principal)

@@ -308,7 +308,7 @@ async def prepare_chat(request: Request, principal: Principal, body: ChatRequest
     ``aiAction``): the user's chat limit, the slash command, the feature's setting and model.
     Raises :class:`InstanceAPIError` (429, 403, 500) when the question cannot be asked."""
     ctx = context_of(request)
-    ctx.limits.check(limits.CHAT, principal.user_id)
+    await ctx.limits.check(limits.CHAT, principal.user_id)
     feature, invokable, text = route_question(body.content)
     annotate(request, feature=feature.value, stream=body.stream)
     model, effective = await resolve_for_request(ctx, feature)

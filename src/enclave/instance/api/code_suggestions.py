@@ -79,7 +79,7 @@ async def completions(
     request: Request, principal: Annotated[Principal, Depends(authenticated(AI_SCOPES))]
 ) -> Response:
     ctx = context_of(request)
-    ctx.limits.check(limits.CODE_SUGGESTIONS, principal.user_id)
+    await ctx.limits.check(limits.CODE_SUGGESTIONS, principal.user_id)
     try:
         suggestion = CompletionRequest.model_validate(await read_json_body(request))
     except ValidationError as exc:

@@ -105,7 +105,7 @@ async def direct_access(
             "or ask an administrator to assign a self-hosted model to code_completions.",
         )
 
-    ctx.limits.check(limits.DIRECT_ACCESS, principal.user_id)
+    await ctx.limits.check(limits.DIRECT_ACCESS, principal.user_id)
 
     # The gateway's user token is revocable (blocked user) only if this use is on record.
     await run_in_threadpool(record_token_minting, ctx.sessions, principal.token_id)

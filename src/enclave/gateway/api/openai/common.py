@@ -218,12 +218,12 @@ async def authenticate(request: Request) -> tuple[Principal, Mapping[str, Featur
     limiter = gateway.rate_limiter_for(principal.issuer)
     if limiter.enabled:
         try:
-            limiter.check(principal.issuer, principal.instance_id, principal.subject)
+            await limiter.check(principal.issuer, principal.instance_id, principal.subject)
         except RateLimited as exc:
             raise RequestError(
-                429,
+                exc.status,
                 exc.detail,
-                "rate_limit_exceeded",
+                "rate_limit_exceeded" if exc.status == 429 else "rate_limits_unavailable",
                 headers={"Retry-After": str(exc.retry_after_s)},
             ) from None
     try:
