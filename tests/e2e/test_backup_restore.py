@@ -75,7 +75,13 @@ def complete(instance_url: str, token: str) -> httpx.Response:
     )
 
 
-def round_trip(tmp_path: Path, tiny_gguf: Path, expected_answer: str, **db: str) -> None:
+def say(capsys: pytest.CaptureFixture[str], line: str) -> None:
+    """One summary line in pytest's output, also without -s (as `make test` runs)."""
+    with capsys.disabled():
+        print(f"\n{line}")
+
+
+def round_trip(tmp_path: Path, tiny_gguf: Path, expected_answer: str, **db: str) -> str:
     source_dir, target_dir = tmp_path / "source", tmp_path / "target"
     archive = tmp_path / "instance.backup"
     key_file = tmp_path / "model-key.txt"
@@ -151,22 +157,27 @@ def round_trip(tmp_path: Path, tiny_gguf: Path, expected_answer: str, **db: str)
         assert complete(restored.instance_url, lost).status_code == 401
         models = json.loads(enclave(restored.env, "models", "list", "--json").stdout)
         assert "keyed" in {m["name"] for m in models}
-    print(
-        f"\nbackup round trip ({db.get('kind', 'sqlite')}): backup {took:.1f} s, "
-        f"{archive.stat().st_size} bytes; restored PAT served a completion"
+    return (
+        f"backup round trip ({db.get('kind', 'sqlite')}): online backup in {took:.1f} s, "
+        f"{archive.stat().st_size} bytes; restore refused over a running instance and with a "
+        "wrong secret key; the restored PAT served a completion, a later one was refused"
     )
 
 
 def test_backup_and_restore_on_sqlite(
-    tmp_path: Path, tiny_gguf: Path, expected_answer: str
+    tmp_path: Path, tiny_gguf: Path, expected_answer: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    round_trip(tmp_path, tiny_gguf, expected_answer)
+    say(capsys, round_trip(tmp_path, tiny_gguf, expected_answer))
 
 
 def test_backup_and_restore_on_postgresql(
-    tmp_path: Path, tiny_gguf: Path, expected_answer: str, postgres: PostgresServer
+    tmp_path: Path,
+    tiny_gguf: Path,
+    expected_answer: str,
+    postgres: PostgresServer,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    round_trip(
+    summary = round_trip(
         tmp_path,
         tiny_gguf,
         expected_answer,
@@ -174,6 +185,7 @@ def test_backup_and_restore_on_postgresql(
         target=postgres.create_database(),
         kind="postgresql",
     )
+    say(capsys, summary)
 
 
 def test_restore_refuses_what_is_not_a_backup(tmp_path: Path) -> None:
