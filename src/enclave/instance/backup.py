@@ -35,6 +35,8 @@ from glob import glob
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError as AlembicError
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -42,7 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from enclave import __version__
 from enclave.config import EnclaveSettings
 from enclave.instance.db.engine import make_engine
-from enclave.instance.db.migrate import current_revision, upgrade
+from enclave.instance.db.migrate import alembic_config, current_revision, upgrade
 from enclave.instance.db.models import SelfHostedModel, User
 from enclave.instance.features import API_TOKEN_PURPOSE
 from enclave.instance.files import ensure_private_dir, write_private_file
@@ -153,7 +155,7 @@ def _libpq(database_url: str) -> tuple[str, dict[str, str]]:
     The password never goes on a command line, where ``ps`` would show it.
     """
     url = make_url(database_url)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env = dict(os.environ)  # PGSSLMODE, PGSSLROOTCERT, ... keep working
     if url.password:
         env["PGPASSWORD"] = str(url.password)
     plain = url.set(drivername="postgresql", password=None)
@@ -380,9 +382,28 @@ def _check_secret_key(manifest: dict[str, Any], settings: EnclaveSettings) -> No
         )
 
 
+def _check_schema(manifest: dict[str, Any]) -> None:
+    """Refuse a backup whose schema this Enclave does not know (made by a newer version)."""
+    revision = manifest.get("schema_revision")
+    if revision is None:
+        return
+    try:
+        known = ScriptDirectory.from_config(alembic_config()).get_revision(str(revision))
+    except AlembicError:
+        known = None
+    if known is None:
+        raise BackupError(
+            f"the backup's database schema ({revision}) is newer than this Enclave knows "
+            f"(Enclave {__version__}); restore it with the Enclave version that made it "
+            f"({manifest.get('enclave_version')}) or newer"
+        )
+
+
 def _restore_sqlite(source: Path, database_url: str) -> None:
     target = _sqlite_path(database_url)
     ensure_private_dir(target.parent)
+    if not target.exists():  # 0600 from its first byte, like every file the instance keeps
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     src = sqlite3.connect(source)
     # The backup API writes into the live file under SQLite's locks: a reader never sees half
     # of it, and the -wal file of the old content is reset with it.
@@ -494,6 +515,7 @@ def restore(
                 f"database is {engine}; point ENCLAVE_DATABASE_URL at a {manifest.get('engine')} "
                 "database (moving between engines is not supported)"
             )
+        _check_schema(manifest)
         _check_secret_key(manifest, settings)
         if not force:
             running = instance_answering(settings)

@@ -121,6 +121,15 @@ def test_missing_member_and_wrong_format(settings: EnclaveSettings, tmp_path: Pa
         restore(fresh(tmp_path, "other"), archive, force=False, progress=quiet)
 
 
+def test_a_backup_from_a_newer_schema_is_refused(settings: EnclaveSettings, tmp_path: Path) -> None:
+    archive = made_backup(settings, tmp_path)
+    rewrite(archive, {}, {"schema_revision": "9999_from_the_future", "enclave_version": "9.0"})
+    target = fresh(tmp_path)
+    with pytest.raises(BackupError, match=r"newer than this Enclave knows .* \(9\.0\) or newer"):
+        restore(target, archive, force=False, progress=quiet)
+    assert not target.keys_dir.exists()
+
+
 def test_secret_key_from_the_environment_must_be_given_back(
     settings: EnclaveSettings, tmp_path: Path
 ) -> None:
