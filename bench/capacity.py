@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         database_url = pg.create_database()
         try:
             result = run(args, work, processes, pg.admin_url, database_url)
+        except BaseException:
+            print(f"capacity: failed; logs in {work}", file=sys.stderr)
+            raise
         finally:
             processes.stop_all()
+    shutil.rmtree(work, ignore_errors=True)  # kept above when the run failed, for its logs
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(
         "capacity: {rps:.0f} completions/s through instance+gateway; CPU ms/request: instance "
