@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.9
 
-.PHONY: up test lint typecheck unit e2e install lock clean help bench
+.PHONY: up test lint typecheck unit e2e install lock clean help bench bundle
 
 help:
 	@echo "make up      set everything up and run Enclave (model + instance + gateway)"
@@ -15,6 +15,8 @@ help:
 	@echo "make lock    re-resolve requirements/*.txt from pyproject.toml (with hashes)"
 	@echo "make bench   measure the gateway against a direct call and LiteLLM (< 10 min;"
 	@echo "             BENCH_ARGS=--quick for a 2-minute smoke run) -> bench/results/"
+	@echo "make bundle  build the offline bundle (every wheel pinned by hash, the bundled model,"
+	@echo "             install.sh) -> dist/; README 'Air-gapped install'"
 
 install: $(STAMP)
 
@@ -50,6 +52,10 @@ test: $(STAMP) lint typecheck
 # when missing. Writes bench/results/report.md, latency.png, results.json and profile.txt.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Needs registry access (it downloads every pinned wheel); the bundle then installs without it.
+bundle: $(STAMP)
+	scripts/build-bundle.sh dist
 
 lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --generate-hashes --python-version 3.11 \

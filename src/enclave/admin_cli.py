@@ -1,5 +1,5 @@
 """Administration commands: ``enclave models|features|settings|users|tokens|secret-key|keys``
-(and ``doctor``).
+(and ``doctor``, ``backup``, ``restore``).
 
 They work directly on the instance database of the configured data dir (``--data-dir`` /
 ``ENCLAVE_DATA_DIR``) or ``ENCLAVE_DATABASE_URL``, with the same validation, audit events and
@@ -1118,6 +1118,68 @@ def doctor(as_json: JsonOption = False) -> None:
         raise typer.Exit(1)
 
 
+# ---------------------------------------------------------------------------------------------
+def backup(
+    file: Annotated[Path, typer.Argument(help="The backup file to write (a new file; mode 0600).")],
+) -> None:
+    """Back up the instance: its database (SQLite's online backup, or pg_dump for PostgreSQL)
+    and the keys a restore needs (the secret key that decrypts model API keys, the signing keys,
+    the gateway routes secret). Instances may keep running. The file holds secrets: keep it
+    like the keys directory. A secret key given as ENCLAVE_SECRET_KEY is not written into it."""
+    from enclave.config import load_settings
+    from enclave.instance.backup import BackupError
+    from enclave.instance.backup import backup as make_backup
+
+    _configure_logging()
+    try:
+        settings = load_settings()
+        result = make_backup(settings, file.resolve(), progress=_progress)
+    except BackupError as exc:
+        _fail(str(exc))
+    if settings.secret_key is not None:
+        err.print(
+            "The secret key comes from ENCLAVE_SECRET_KEY and is not in the backup: keep it "
+            "with the backup, a restore needs it.",
+            markup=False,
+        )
+    out.print(f"Backup of the {result.engine} instance written to {result.path}.", markup=False)
+
+
+def restore(
+    file: Annotated[Path, typer.Argument(help="A file written by `enclave backup`.")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace a database that already holds an instance, even while an instance "
+            "answers on the configured address (stop them first whenever you can).",
+        ),
+    ] = False,
+) -> None:
+    """Restore a backup into the configured data dir and database (SQLite, or PostgreSQL with
+    pg_restore --clean), then check that the signing key loads and every model API key
+    decrypts. Refuses to replace an instance's data without --force."""
+    from enclave.config import load_settings
+    from enclave.instance.backup import BackupError
+    from enclave.instance.backup import restore as restore_backup
+
+    _configure_logging()
+    try:
+        settings = load_settings()
+        result = restore_backup(settings, file.resolve(), force=force, progress=_progress)
+    except BackupError as exc:
+        _fail(str(exc))
+    out.print(
+        f"Restored the {result.engine} instance from {file}: {result.users} user(s), "
+        f"{result.model_keys_checked} model API key(s) checked. Start the instance as usual.",
+        markup=False,
+    )
+
+
+def _progress(message: str) -> None:
+    err.print(f"- {message}", markup=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add the administration commands to the ``enclave`` command line."""
     app.add_typer(models_app, name="models")
@@ -1129,3 +1191,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(keys_app, name="keys")
     app.command("doctor")(doctor)
     app.command("usage")(usage)
+    app.command("backup")(backup)
+    app.command("restore")(restore)
