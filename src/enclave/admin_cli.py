@@ -62,7 +62,7 @@ def _env() -> Iterator[Env]:
 
     _configure_logging()
     try:
-        settings = load_settings()
+        settings = load_settings(stack=True)
         boot = initialise(settings)
     except Exception as exc:  # configuration, database or key problems: say which
         _fail(f"cannot open the instance: {exc}")
@@ -858,7 +858,7 @@ def secret_key_rotate(
 
     _configure_logging()
     try:
-        settings = load_settings()
+        settings = load_settings(stack=True)
         initialise(settings)
         key = read_new_key_file(str(new_key_file)) if new_key_file is not None else None
         result = rotate_secret_key(settings, Actor.cli(), key)
@@ -1062,7 +1062,7 @@ def doctor(as_json: JsonOption = False) -> None:
 
     _configure_logging()
     try:
-        settings = load_settings()
+        settings = load_settings(stack=True)
     except Exception as exc:
         _fail(f"the configuration does not load: {exc}")
     checks = asyncio.run(run_checks(settings))

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -680,6 +681,11 @@ class EnclaveSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, _ShortAliases(settings_cls)]
         sources.append(env_settings)
+        stack_values = _stack_values.get()
+        if stack_values:
+            # Where `enclave up` put the roles (enclave.stack): below flags and ENCLAVE_*, above
+            # the config file, whose ports `up` may have overridden.
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=stack_values))
         config_file = _explicit_config_file.get() or os.environ.get("ENCLAVE_CONFIG")
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
@@ -742,8 +748,35 @@ class _ShortAliases(PydanticBaseSettingsSource):
 _explicit_config_file: ContextVar[str | None] = ContextVar("enclave_config_file", default=None)
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> EnclaveSettings:
-    """Build settings; ``config_file`` wins over ``ENCLAVE_CONFIG``."""
+# Set only while ``load_settings(stack=True)`` builds settings: the running stack's addresses.
+_stack_values: ContextVar[dict[str, Any] | None] = ContextVar("enclave_stack", default=None)
+
+
+def load_settings(
+    config_file: Path | None = None, *, stack: bool = False, **overrides: Any
+) -> EnclaveSettings:
+    """Build settings; ``config_file`` wins over ``ENCLAVE_CONFIG``.
+
+    ``stack=True`` (the commands that talk to a running stack: doctor, models test, status,
+    ...): the addresses ``enclave up`` recorded in the data dir apply too, under flags and
+    ``ENCLAVE_*`` variables (see :mod:`enclave.stack`).
+    """
+    settings = _load(config_file, overrides)
+    if not stack:
+        return settings
+    from enclave.stack import read_stack
+
+    record = read_stack(settings.data_dir)
+    if record is None:
+        return settings
+    reset = _stack_values.set(record.settings())
+    try:
+        return _load(config_file, overrides)
+    finally:
+        _stack_values.reset(reset)
+
+
+def _load(config_file: Path | None, overrides: dict[str, Any]) -> EnclaveSettings:
     if config_file is None:
         return EnclaveSettings(**overrides)
     if not config_file.is_file():
