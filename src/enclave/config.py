@@ -126,6 +126,14 @@ class InstanceSettings(BaseModel):
         "1 h each by default) plus the clock leeway; longer only makes the list bigger. The "
         "gateway picks revocations up within its routes_refresh_s (30 s by default).",
     )
+    pat_max_lifetime_days: int = Field(
+        365,
+        ge=1,
+        le=3650,
+        description="Longest lifetime of a personal access token, in days, and the expiry a "
+        "token gets when none is given (GitLab's default: 365). Tokens that exist keep their "
+        "expiry.",
+    )
     usage_flush_s: float = Field(
         10,
         ge=0.1,
