@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from enclave.common import wire
 from enclave.common.client_address import ClientAddressMiddleware
 from enclave.common.logging import get_logger
+from enclave.gateway.models.base import REQUEST_MODEL_TIMEOUT
 from enclave.gateway.usage import CURRENT, RequestUsage
 
 if TYPE_CHECKING:
@@ -95,6 +96,8 @@ class RequestContextMiddleware:
         # The request's usage slot: endpoints serving a user's token claim it (gateway/usage.py).
         slot = RequestUsage()
         slot_token = CURRENT.set(slot)
+        # Per request: the instance's model budget, set by authentication (never inherited).
+        budget_token = REQUEST_MODEL_TIMEOUT.set(None)
         try:
             await self.app(scope, receive, send_with_context)
         except Exception:
@@ -109,6 +112,7 @@ class RequestContextMiddleware:
             if self._metrics is not None:
                 self._metrics.observe_request(self._route_template(scope, path), status, elapsed)
             CURRENT.reset(slot_token)
+            REQUEST_MODEL_TIMEOUT.reset(budget_token)
             if self._usage is not None and slot.user is not None:
                 self._usage.add(slot, status, elapsed)
             fields: dict[str, Any] = {
