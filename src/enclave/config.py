@@ -468,6 +468,12 @@ class GatewaySettings(BaseModel):
         "blocked users. Unset: that API answers 503 and direct-access user tokens stay valid "
         "until they expire. Single-instance mode only (no trusted_issuers).",
     )
+    embedded_model_endpoint: str | None = Field(
+        None,
+        description="Base URL (ending in /v1) of the embedded model; calls to it get shorter "
+        "answers per feature (enclave.gateway.output_caps) so that the small CPU model answers "
+        "within the default timeout. `enclave up` sets it.",
+    )
     usage_push_s: float = Field(
         10,
         ge=0.1,

@@ -233,7 +233,11 @@ def make_plan(
         "gateway",
         [*common, "gateway", "--host", gateway_host, "--port", str(gateway_port)],
         f"{gateway_url}/monitoring/ready",
-        env={"ENCLAVE_GATEWAY__ISSUER_URL": instance_url},
+        env={
+            "ENCLAVE_GATEWAY__ISSUER_URL": instance_url,
+            # Calls to the embedded model get its per-feature output caps (output_caps.py).
+            "ENCLAVE_GATEWAY__EMBEDDED_MODEL_ENDPOINT": model_url,
+        },
     )
     if routes_secret_file is not None:
         instance.env["ENCLAVE_INSTANCE__GATEWAY_ROUTES_SECRET_FILE"] = str(routes_secret_file)

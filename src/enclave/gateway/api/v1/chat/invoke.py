@@ -116,7 +116,7 @@ def plan_chat(prompt_id: str, payload: ChatPayload) -> ModelRequest:
         top_p=defaults.top_p if params.top_p is None else params.top_p,
         stop=tuple(params.stop) if params.stop is not None else defaults.stop,
     )
-    return target_request(target, messages, None, merged)
+    return target_request(target, messages, None, merged, prompt_id=prompt_id)
 
 
 def response_body(payload: ChatPayload, text: str) -> dict[str, Any]:

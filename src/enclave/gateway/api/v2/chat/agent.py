@@ -125,7 +125,13 @@ def plan_agent(body: AgentRequest) -> ModelRequest:
     family = body.model_metadata.name if body.model_metadata is not None else None
     definition = get_registry().resolve(AGENT_PROMPT_ID, family)
     history = tuple(ChatMessage(m.role, message_text(m)) for m in body.messages)
-    return target_request(target, definition.conversation(history), None, definition.params)
+    return target_request(
+        target,
+        definition.conversation(history),
+        None,
+        definition.params,
+        prompt_id=AGENT_PROMPT_ID,
+    )
 
 
 def ndjson_event(kind: str, data: Any) -> str:
