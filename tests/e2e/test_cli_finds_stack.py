@@ -24,7 +24,8 @@ from enclave.instance.bootstrap import EMBEDDED_MODEL_NAME
 from enclave.stack import read_stack
 from tests.e2e.conftest import read_lines, stack_env
 
-pytestmark = pytest.mark.e2e
+# Three `enclave up` runs on a shared 2-core machine: generous, but bounded.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 START_TIMEOUT_S = 240
 

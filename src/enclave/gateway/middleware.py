@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 log = get_logger("enclave.gateway.request")
 
 _REQUEST_ID_HEADER: Final = wire.H_REQUEST_ID.encode()
+_INPUT_TOKENS: Final = wire.H_ENCLAVE_INPUT_TOKENS.lower().encode()
+_OUTPUT_TOKENS: Final = wire.H_ENCLAVE_OUTPUT_TOKENS.lower().encode()
 # Accept the caller's request id only when it is short and plain (it ends up in our logs).
 _VALID_REQUEST_ID: Final = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
@@ -79,6 +81,8 @@ class RequestContextMiddleware:
         request_id_bytes = request_id.encode("ascii")
         status = 500
         started = False
+        # The request's usage slot: endpoints serving a user's token claim it (gateway/usage.py).
+        slot = RequestUsage()
 
         async def send_with_context(message: Message) -> None:
             nonlocal status, started
@@ -89,12 +93,15 @@ class RequestContextMiddleware:
                 headers = list(message.get("headers", ()))
                 headers.append((_REQUEST_ID_HEADER, request_id_bytes))
                 headers.append((b"x-process-time", f"{elapsed:.6f}".encode()))
+                # The model's token counts when the answer is whole (not streamed): the
+                # instance records them as the request's usage.
+                if slot.input_tokens or slot.output_tokens:
+                    headers.append((_INPUT_TOKENS, str(slot.input_tokens).encode()))
+                    headers.append((_OUTPUT_TOKENS, str(slot.output_tokens).encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
-        # The request's usage slot: endpoints serving a user's token claim it (gateway/usage.py).
-        slot = RequestUsage()
         slot_token = CURRENT.set(slot)
         # Per request: the instance's model budget, set by authentication (never inherited).
         budget_token = REQUEST_MODEL_TIMEOUT.set(None)

@@ -260,3 +260,26 @@ def test_usage_report_groups_by_day_and_filters_the_window(
         assert (total.requests, total.errors, total.feature, total.day) == (1, 1, None, None)
         with pytest.raises(ValueError, match="cannot group usage by team"):
             usage_report(session, since=since, group_by=("team",))
+
+
+def test_token_counts_of_whole_answers_come_from_the_gateway_headers(
+    instance: LiveInstance, fresh_gateway: FakeGateway
+) -> None:
+    async def counted(request: Any, gateway: FakeGateway) -> Any:
+        from aiohttp import web
+
+        headers = {"X-Enclave-Input-Tokens": "31", "X-Enclave-Output-Tokens": "12"}
+        return web.json_response("Add x.", headers=headers)
+
+    fresh_gateway.handler = counted
+    token = instance.new_token(("api",))
+    user_id, _ = user_of(instance, token)
+    response = Api(instance, token).post("/api/v4/ai/generate_commit_message", {"diff": "+x\n"})
+    assert response.status_code == 200, response.text
+    flush(instance)
+    [row] = Api(instance).get(ADMIN_USAGE, params={"user_id": str(user_id)}).json()["rows"]
+    assert (row["feature"], row["input_tokens"], row["output_tokens"]) == (
+        "generate_commit_message",
+        31,
+        12,
+    )
