@@ -781,7 +781,8 @@ def load_settings(
     from enclave.stack import read_stack
 
     record = read_stack(settings.data_dir)
-    if record is None:
+    if record is None or not record.supervisor_alive():
+        # No stack runs from this data dir (stopped, or killed): the roles may run apart now.
         return settings
     reset = _stack_values.set(record.settings())
     try:

@@ -7,7 +7,10 @@ to the stack that runs, not to the defaults (8080, 5052). The record is a settin
 (see :func:`enclave.config.load_settings` with ``stack=True``) below flags and ``ENCLAVE_*``
 variables, which still win, and above the config file, which ``up`` may have overridden.
 
-The file holds no secret (addresses, ports, the supervisor's pid). It is replaced atomically.
+The record applies while that ``enclave up`` runs (its pid is alive and it did not mark the
+record stopped): once it stopped, roles started apart are found through the configuration as
+before. The file holds no secret (addresses, ports, the supervisor's pid). It is replaced
+atomically.
 """
 
 from __future__ import annotations

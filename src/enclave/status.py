@@ -72,6 +72,12 @@ def stack_status(settings: EnclaveSettings) -> dict[str, Any]:
     if record is None:
         source = "configuration (no enclave up recorded in this data dir)"
         supervisor = None
+    elif not record.supervisor_alive():
+        source = (
+            f"configuration (the enclave up of {record.started_at} is stopped; it listened on "
+            f"{record.instance_url} and {record.gateway_url})"
+        )
+        supervisor = {"pid": record.pid, "running": False}
     else:
         source = f"{settings.data_dir / 'stack.json'} (enclave up, started {record.started_at})"
         supervisor = {"pid": record.pid, "running": record.supervisor_alive()}

@@ -4,6 +4,8 @@ ENCLAVE_* still win, and the record wins over a config file whose ports `up` ove
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,3 +85,17 @@ def test_the_record_wins_over_the_config_file(data_dir: Path, tmp_path: Path) ->
     settings = load_settings(config, stack=True)
     assert (settings.instance.port, settings.gateway.port) == (18080, 15052)
     assert load_settings(config).instance.port == 9100  # no record asked for: the file's
+
+
+def test_a_stopped_or_dead_stack_is_not_used(data_dir: Path) -> None:
+    mark_stopped(data_dir, record())
+    assert load_settings(stack=True).instance.port == 8080
+    # Killed without marking: its pid is gone.
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    write_stack(data_dir, record(pid=int(gone.stdout)))
+    assert load_settings(stack=True).instance.port == 8080
