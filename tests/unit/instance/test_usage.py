@@ -207,6 +207,23 @@ def test_gateway_push_maps_the_pseudonym_to_the_user(instance: LiveInstance) -> 
 def test_gateway_push_needs_the_secret_and_a_valid_body(instance: LiveInstance) -> None:
     assert push(instance, {"version": 1, "entries": []}, secret=None).status_code == 401
     assert push(instance, {"version": 1, "entries": []}, secret="x" * 20).status_code == 401
+    # Entries of unknown features or far-off minutes are dropped (bounded metrics labels).
+    odd = {
+        "user": "u",
+        "feature": "no_such_feature",
+        "model": "m",
+        "minute": int(time.time() // 60),
+        "requests": 1,
+        "errors": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "latency_ms_total": 1,
+    }
+    before = instance.ctx.usage.pending()
+    assert push(instance, {"version": 1, "entries": [odd]}).status_code == 204
+    stale = {**odd, "feature": "duo_chat", "minute": 1}
+    assert push(instance, {"version": 1, "entries": [stale]}).status_code == 204
+    assert instance.ctx.usage.pending() == before
     bad = push(instance, {"version": 1, "entries": [{"user": "u", "feature": "f"}]})
     assert bad.status_code == 400
     assert "usage push: entries.0.minute is invalid" in bad.json()["message"]
