@@ -62,7 +62,7 @@ def _env() -> Iterator[Env]:
 
     _configure_logging()
     try:
-        settings = load_settings()
+        settings = load_settings(stack=True)
         boot = initialise(settings)
     except Exception as exc:  # configuration, database or key problems: say which
         _fail(f"cannot open the instance: {exc}")
@@ -730,6 +730,83 @@ def users_list(
     _print_json(views) if as_json else _user_rows(views)
 
 
+UserRef = Annotated[str, typer.Argument(help="Username or id.")]
+
+
+def _set_blocked(user: str, blocked: bool, as_json: bool) -> None:
+    from enclave.instance import accounts
+
+    with _env() as env:
+
+        def work(session: Session) -> tuple[dict[str, Any], bool]:
+            found = accounts.find_user(session, user)
+            unchanged = found.blocked == blocked
+            changed = accounts.set_blocked(session, found.id, blocked, env.actor)
+            return accounts.user_view(changed, env.settings.instance.issuer()), unchanged
+
+        view, unchanged = _run(env, work)
+    if as_json:
+        _print_json(view)
+        return
+    state = "blocked" if blocked else "active"
+    if unchanged:
+        out.print(f"User {view['username']} was already {state}; nothing changed.", markup=False)
+    elif blocked:
+        out.print(
+            f"Blocked {view['username']}: their tokens stop working at once on the instance "
+            "and within the gateway's routes_refresh_s (30 s) on the gateway.",
+            markup=False,
+        )
+    else:
+        out.print(f"Unblocked {view['username']}.", markup=False)
+
+
+@users_app.command("block")
+def users_block(user: UserRef, as_json: JsonOption = False) -> None:
+    """Block a user: every token of theirs is refused (GitLab's block)."""
+    _set_blocked(user, True, as_json)
+
+
+@users_app.command("unblock")
+def users_unblock(user: UserRef, as_json: JsonOption = False) -> None:
+    """Unblock a user: their tokens that have not expired or been revoked work again."""
+    _set_blocked(user, False, as_json)
+
+
+@users_app.command("delete")
+def users_delete(
+    user: UserRef,
+    hard_delete: Annotated[
+        bool,
+        typer.Option(
+            "--hard-delete", help="Also delete their usage records (else kept, anonymous)."
+        ),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete a user and their tokens (not the last administrator). Audit events stay."""
+    from enclave.instance import accounts
+
+    if not yes and not typer.confirm(f"Delete user {user} and all their tokens?"):
+        _fail("not deleted", 1)
+    with _env() as env:
+
+        def work(session: Session) -> dict[str, Any]:
+            found = accounts.find_user(session, user)
+            view = accounts.user_view(found, env.settings.instance.issuer())
+            accounts.delete_user(
+                session, found.id, env.actor, salt=env.boot.user_id_salt, hard_delete=hard_delete
+            )
+            return view
+
+        view = _run(env, work)
+    if as_json:
+        _print_json({"deleted": view, "hard_delete": hard_delete})
+    else:
+        out.print(f"Deleted user {view['username']} (id {view['id']}).", markup=False)
+
+
 # ---------------------------------------------------------------------------------------------
 tokens_app = typer.Typer(
     help="Personal access tokens (stored hashed; shown once, at creation).", no_args_is_help=True
@@ -772,7 +849,10 @@ def tokens_create(
     ] = None,
     expires_at: Annotated[
         str | None,
-        typer.Option(help="YYYY-MM-DD; the token stops working at 00:00 UTC that day."),
+        typer.Option(
+            help="YYYY-MM-DD; the token stops working at 00:00 UTC that day [default: the "
+            "longest lifetime allowed, instance.pat_max_lifetime_days (365)]."
+        ),
     ] = None,
     expires_in_days: Annotated[
         int | None, typer.Option(help="Instead of --expires-at: expire after this many days.")
@@ -799,6 +879,7 @@ def tokens_create(
                 scopes=scope or ["ai_features", "read_user"],
                 expires_at=expires_at,
                 actor=env.actor,
+                max_lifetime_days=env.settings.instance.pat_max_lifetime_days,
             )
             return {
                 **accounts.token_view(row),
@@ -850,11 +931,21 @@ def tokens_revoke(
     from enclave.instance import accounts
 
     with _env() as env:
-        view = _run(
-            env, lambda s: accounts.token_view(accounts.revoke_token(s, token_id, env.actor))
-        )
+
+        def work(session: Session) -> tuple[dict[str, Any], bool]:
+            already = accounts.get_token(session, token_id).revoked
+            token = accounts.revoke_token(session, token_id, env.actor)
+            return accounts.token_view(token), already
+
+        view, already = _run(env, work)
     if as_json:
-        _print_json(view)
+        _print_json({**view, "already_revoked": already})
+    elif already:
+        out.print(
+            f"Personal access token {token_id} ({view['name']}) was already revoked; "
+            "nothing changed.",
+            markup=False,
+        )
     else:
         out.print(f"Revoked personal access token {token_id} ({view['name']}).", markup=False)
 
@@ -894,7 +985,7 @@ def secret_key_rotate(
 
     _configure_logging()
     try:
-        settings = load_settings()
+        settings = load_settings(stack=True)
         initialise(settings)
         key = read_new_key_file(str(new_key_file)) if new_key_file is not None else None
         result = rotate_secret_key(settings, Actor.cli(), key)
@@ -1044,6 +1135,68 @@ def keys_remove_retired(as_json: JsonOption = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+audit_app = typer.Typer(help="The audit log: who changed what, and when.", no_args_is_help=True)
+
+
+@audit_app.command("list")
+def audit_list(
+    event: Annotated[
+        str | None, typer.Option(help="Only this event, e.g. user_blocked or ai_settings_updated.")
+    ] = None,
+    author: Annotated[
+        str | None, typer.Option(help="Only changes by this user (username or id).")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="ISO 8601 time; events at or after it.")] = None,
+    until: Annotated[
+        str | None, typer.Option(help="ISO 8601 time; events at or before it.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many events.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List audit events, newest first (never a key or token in them)."""
+    from enclave.instance import accounts, audit, audit_views
+
+    if event is not None and event not in audit.ACTIONS:
+        _fail(f"--event {event!r} is not an audit event; use {', '.join(sorted(audit.ACTIONS))}", 2)
+    with _env() as env:
+
+        def work(session: Session) -> list[dict[str, Any]]:
+            after = audit_views.parse_time(since, "since")
+            before = audit_views.parse_time(until, "until")
+            author_id = accounts.find_user(session, author).id if author is not None else None
+            rows, _ = audit_views.list_events(
+                session,
+                action=event,
+                author_id=author_id,
+                created_after=after,
+                created_before=before,
+                limit=limit,
+            )
+            return [audit_views.event_view(row) for row in rows]
+
+        views = _run(env, work)
+    if as_json:
+        _print_json(views)
+        return
+    _table(
+        "Audit events",
+        ["id", "time", "author", "event", "target", "message", "ip"],
+        [
+            [
+                v["id"],
+                v["created_at"],
+                v["author_name"],
+                v["event_name"],
+                v["target"],
+                v["message"],
+                v["ip_address"],
+            ]
+            for v in views
+        ],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 def usage(
     since: Annotated[
         str | None, typer.Option(help="ISO 8601 time, inclusive [default: 30 days ago].")
@@ -1098,7 +1251,7 @@ def doctor(as_json: JsonOption = False) -> None:
 
     _configure_logging()
     try:
-        settings = load_settings()
+        settings = load_settings(stack=True)
     except Exception as exc:
         _fail(f"the configuration does not load: {exc}")
     checks = asyncio.run(run_checks(settings))
@@ -1189,6 +1342,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(tokens_app, name="tokens")
     app.add_typer(secret_key_app, name="secret-key")
     app.add_typer(keys_app, name="keys")
+    app.add_typer(audit_app, name="audit")
     app.command("doctor")(doctor)
     app.command("usage")(usage)
     app.command("backup")(backup)

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -137,6 +138,14 @@ class InstanceSettings(BaseModel):
         "the tokens made from a PAT (token_lifetime_s and the gateway's user_token_lifetime_s, "
         "1 h each by default) plus the clock leeway; longer only makes the list bigger. The "
         "gateway picks revocations up within its routes_refresh_s (30 s by default).",
+    )
+    pat_max_lifetime_days: int = Field(
+        365,
+        ge=1,
+        le=3650,
+        description="Longest lifetime of a personal access token, in days, and the expiry a "
+        "token gets when none is given (GitLab's default: 365). Tokens that exist keep their "
+        "expiry.",
     )
     usage_flush_s: float = Field(
         10,
@@ -561,6 +570,12 @@ class GatewaySettings(BaseModel):
         "blocked users. Unset: that API answers 503 and direct-access user tokens stay valid "
         "until they expire. Single-instance mode only (no trusted_issuers).",
     )
+    embedded_model_endpoint: str | None = Field(
+        None,
+        description="Base URL (ending in /v1) of the embedded model; calls to it get shorter "
+        "answers per feature (enclave.gateway.output_caps) so that the small CPU model answers "
+        "within the default timeout. `enclave up` sets it.",
+    )
     usage_push_s: float = Field(
         10,
         ge=0.1,
@@ -853,6 +868,11 @@ class EnclaveSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, _ShortAliases(settings_cls)]
         sources.append(env_settings)
+        stack_values = _stack_values.get()
+        if stack_values:
+            # Where `enclave up` put the roles (enclave.stack): below flags and ENCLAVE_*, above
+            # the config file, whose ports `up` may have overridden.
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=stack_values))
         config_file = _explicit_config_file.get() or os.environ.get("ENCLAVE_CONFIG")
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
@@ -915,8 +935,36 @@ class _ShortAliases(PydanticBaseSettingsSource):
 _explicit_config_file: ContextVar[str | None] = ContextVar("enclave_config_file", default=None)
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> EnclaveSettings:
-    """Build settings; ``config_file`` wins over ``ENCLAVE_CONFIG``."""
+# Set only while ``load_settings(stack=True)`` builds settings: the running stack's addresses.
+_stack_values: ContextVar[dict[str, Any] | None] = ContextVar("enclave_stack", default=None)
+
+
+def load_settings(
+    config_file: Path | None = None, *, stack: bool = False, **overrides: Any
+) -> EnclaveSettings:
+    """Build settings; ``config_file`` wins over ``ENCLAVE_CONFIG``.
+
+    ``stack=True`` (the commands that talk to a running stack: doctor, models test, status,
+    ...): the addresses ``enclave up`` recorded in the data dir apply too, under flags and
+    ``ENCLAVE_*`` variables (see :mod:`enclave.stack`).
+    """
+    settings = _load(config_file, overrides)
+    if not stack:
+        return settings
+    from enclave.stack import read_stack
+
+    record = read_stack(settings.data_dir)
+    if record is None or not record.supervisor_alive():
+        # No stack runs from this data dir (stopped, or killed): the roles may run apart now.
+        return settings
+    reset = _stack_values.set(record.settings())
+    try:
+        return _load(config_file, overrides)
+    finally:
+        _stack_values.reset(reset)
+
+
+def _load(config_file: Path | None, overrides: dict[str, Any]) -> EnclaveSettings:
     if config_file is None:
         return EnclaveSettings(**overrides)
     if not config_file.is_file():

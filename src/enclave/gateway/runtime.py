@@ -25,6 +25,7 @@ from enclave.common.model_probe import ModelProbe
 from enclave.common.netrules import EgressPolicy
 from enclave.common.shared_store import SharedStore
 from enclave.config import SELF_SIGNED_ISSUER, EnclaveSettings
+from enclave.gateway import output_caps
 from enclave.gateway.auth.jwks import KeyStore, build_key_stores, local_key_store
 from enclave.gateway.auth.self_signed import (
     SigningKeyError,
@@ -131,6 +132,8 @@ class Gateway:
         self._clock = clock
         # Where Bedrock and Vertex models without an endpoint are called (region, project).
         install_settings(provider_settings(gateway_settings))
+        # Shorter answers from the embedded CPU model, so it answers within the timeout.
+        output_caps.install(gateway_settings.embedded_model_endpoint)
         self.egress_policy = EgressPolicy.parse(gateway_settings.model_egress_allow)
         self.egress = EgressGuard(clock, self.egress_policy)
         # The instance's feature→model routes (OpenAI-compatible API), fetched from the issuer.

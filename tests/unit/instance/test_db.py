@@ -36,6 +36,7 @@ TABLES = {
     "audit_events",
     "ai_settings",
     "ai_usage",
+    "deleted_users",
     "alembic_version",
 }
 

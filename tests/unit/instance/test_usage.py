@@ -207,6 +207,23 @@ def test_gateway_push_maps_the_pseudonym_to_the_user(instance: LiveInstance) -> 
 def test_gateway_push_needs_the_secret_and_a_valid_body(instance: LiveInstance) -> None:
     assert push(instance, {"version": 1, "entries": []}, secret=None).status_code == 401
     assert push(instance, {"version": 1, "entries": []}, secret="x" * 20).status_code == 401
+    # Entries of unknown features or far-off minutes are dropped (bounded metrics labels).
+    odd = {
+        "user": "u",
+        "feature": "no_such_feature",
+        "model": "m",
+        "minute": int(time.time() // 60),
+        "requests": 1,
+        "errors": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "latency_ms_total": 1,
+    }
+    before = instance.ctx.usage.pending()
+    assert push(instance, {"version": 1, "entries": [odd]}).status_code == 204
+    stale = {**odd, "feature": "duo_chat", "minute": 1}
+    assert push(instance, {"version": 1, "entries": [stale]}).status_code == 204
+    assert instance.ctx.usage.pending() == before
     bad = push(instance, {"version": 1, "entries": [{"user": "u", "feature": "f"}]})
     assert bad.status_code == 400
     assert "usage push: entries.0.minute is invalid" in bad.json()["message"]
@@ -260,3 +277,26 @@ def test_usage_report_groups_by_day_and_filters_the_window(
         assert (total.requests, total.errors, total.feature, total.day) == (1, 1, None, None)
         with pytest.raises(ValueError, match="cannot group usage by team"):
             usage_report(session, since=since, group_by=("team",))
+
+
+def test_token_counts_of_whole_answers_come_from_the_gateway_headers(
+    instance: LiveInstance, fresh_gateway: FakeGateway
+) -> None:
+    async def counted(request: Any, gateway: FakeGateway) -> Any:
+        from aiohttp import web
+
+        headers = {"X-Enclave-Input-Tokens": "31", "X-Enclave-Output-Tokens": "12"}
+        return web.json_response("Add x.", headers=headers)
+
+    fresh_gateway.handler = counted
+    token = instance.new_token(("api",))
+    user_id, _ = user_of(instance, token)
+    response = Api(instance, token).post("/api/v4/ai/generate_commit_message", {"diff": "+x\n"})
+    assert response.status_code == 200, response.text
+    flush(instance)
+    [row] = Api(instance).get(ADMIN_USAGE, params={"user_id": str(user_id)}).json()["rows"]
+    assert (row["feature"], row["input_tokens"], row["output_tokens"]) == (
+        "generate_commit_message",
+        31,
+        12,
+    )

@@ -44,6 +44,7 @@ from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError, field_errors
 from enclave.instance.api.forwarding import (
     forward_identity,
+    gateway_token_counts,
     post_with_fallback,
     resolve_for_request,
 )
@@ -441,6 +442,7 @@ async def forward_feature(
         upstream, model = await post_with_fallback(ctx, spec.feature, model, send)
     except GatewayUnavailableError as exc:
         raise gateway_error(exc, request, principal) from None
+    annotate(request, **gateway_token_counts(upstream.headers))
     if body.stream and upstream.status == 200:
         return await relay(upstream, stream=True)
     if upstream.status in MODEL_FAILED_STATUSES:

@@ -23,6 +23,7 @@ from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import (
     forward_identity,
+    gateway_token_counts,
     post_with_fallback,
     resolve_for_request,
 )
@@ -118,6 +119,7 @@ async def completions(
         upstream, model = await post_with_fallback(ctx, feature, model, send)
     except GatewayUnavailableError as exc:
         raise gateway_error(exc, request, principal) from None
+    annotate(request, **gateway_token_counts(upstream.headers))
     return await relay_to_caller(
         upstream,
         stream=suggestion.stream,

@@ -69,6 +69,22 @@ class RequestContextMiddleware:
         status = 0
         started = False
 
+        recorded = False
+
+        def record_usage() -> None:
+            # Once per request, and before the last body byte leaves: a client that has the
+            # whole answer finds its usage counted (flushed in the background later).
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
+            state = scope.get("state", {})
+            app = scope.get("app")
+            ctx = getattr(getattr(app, "state", None), "ctx", None)
+            if ctx is not None and not state.get(USAGE_DEFERRED):
+                seconds = time.perf_counter() - start
+                record_request(ctx.usage, state, status=status, seconds=seconds)
+
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
             if message["type"] == "http.response.start":
@@ -78,6 +94,8 @@ class RequestContextMiddleware:
                     *message.get("headers", []),
                     (b"x-request-id", request_id.encode()),
                 ]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                record_usage()
             await send(message)
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
@@ -100,12 +118,9 @@ class RequestContextMiddleware:
                     )
                     await response(scope, receive, send_with_id)
             finally:
+                record_usage()  # an aborted or unanswered request counts too
                 state = scope.get("state", {})
                 seconds = time.perf_counter() - start
-                app = scope.get("app")
-                ctx = getattr(getattr(app, "state", None), "ctx", None)
-                if ctx is not None and not state.get(USAGE_DEFERRED):
-                    record_request(ctx.usage, state, status=status, seconds=seconds)
                 # Who asked, by id (never the e-mail): set once the token authenticated.
                 fields = {**state.get("log_fields", {}), "user_id": state.get("user_id")}
                 log.info(

@@ -33,6 +33,7 @@ from enclave.instance.api.gateway_routes import read_secret
 from enclave.instance.api.routing import InstanceRoute
 from enclave.instance.audit_views import parse_time
 from enclave.instance.db.models import id_can_exist
+from enclave.instance.features import Feature
 from enclave.instance.pats import SCOPE_API, SCOPE_READ_API, Principal
 from enclave.instance.usage import GROUPS, SOURCE_GATEWAY, Counts, row_view, usage_report
 
@@ -47,6 +48,7 @@ MAX_PUSH_ENTRIES: Final = 10_000
 MAX_PUSH_BYTES: Final = 4 * 1024 * 1024
 # Pushed minutes further from now than this are refused (a clock far off, or a replay).
 MAX_PUSH_AGE_S: Final = 86_400
+FEATURE_NAMES: Final = frozenset(feature.value for feature in Feature)
 
 Admin = Annotated[Principal, Depends(admin_user)]
 Reader = Annotated[Principal, Depends(authenticated({SCOPE_API, SCOPE_READ_API}))]
@@ -223,7 +225,8 @@ async def push_usage(request: Request) -> Response:
     recorder = context_of(request).usage
     refused = 0
     for entry in push.entries:
-        if abs(entry.minute - now_minute) > limit:
+        # Known features only: they label /metrics, whose series must stay bounded.
+        if abs(entry.minute - now_minute) > limit or entry.feature not in FEATURE_NAMES:
             refused += entry.requests
             continue
         recorder.record(
@@ -241,6 +244,6 @@ async def push_usage(request: Request) -> Response:
             at=entry.minute * 60,
         )
     if refused:
-        log.warning("usage_push_out_of_window", requests=refused)
+        log.warning("usage_push_entries_refused", requests=refused)
     log.info("usage_push_received", entries=len(push.entries))
     return Response(status_code=204)

@@ -120,6 +120,22 @@ class User(Base):
         return "blocked" if self.blocked else "active"
 
 
+class DeletedUser(Base):
+    """A deleted user's pseudonym and PAT ids, kept while tokens made from them may live.
+
+    The AI gateway learns revocations from the instance (``api/gateway_routes.py``): blocked
+    users and revoked PATs that still exist. A deleted user's rows are gone, so this keeps
+    what the gateway must go on refusing until those tokens have expired.
+    """
+
+    __tablename__ = "deleted_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    global_user_id: Mapped[str] = mapped_column(String(64), index=True)
+    pat_ids: Mapped[list[int]] = mapped_column(JSON)
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
 class PersonalAccessToken(Base):
     """A PAT, stored as a SHA-256 digest: the plaintext exists only in the creator's hands."""
 

@@ -95,3 +95,10 @@ def test_counter_is_bounded_and_counts_drops() -> None:
     assert counter.pending() == 1 and counter.dropped == 1
     [values] = counter.take().values()
     assert values[:2] == [2, 1]
+
+
+async def test_whole_answers_carry_the_token_counts_for_the_instance(oai: OpenAIHarness) -> None:
+    response = await oai.h.complete()  # the instance's token, a whole (not streamed) answer
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Enclave-Input-Tokens"] == "27"
+    assert response.headers["X-Enclave-Output-Tokens"] == "9"

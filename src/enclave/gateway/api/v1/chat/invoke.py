@@ -131,7 +131,7 @@ def plan_chat(
         top_p=defaults.top_p if params.top_p is None else params.top_p,
         stop=tuple(params.stop) if params.stop is not None else defaults.stop,
     )
-    request = target_request(target, messages, None, merged)
+    request = target_request(target, messages, None, merged, prompt_id=prompt_id)
     return vendor.apply(request) if vendor is not None else request
 
 

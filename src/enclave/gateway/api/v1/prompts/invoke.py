@@ -98,7 +98,13 @@ def model_request(target: ModelTarget, definition: Prompt, inputs: dict[str, Any
         raise PlanError(
             [field_error(["inputs", exc.name], str(exc), value, kind=exc.kind)]
         ) from None
-    return target_request(target, rendered.messages, rendered.prompt, rendered.params)
+    return target_request(
+        target,
+        rendered.messages,
+        rendered.prompt,
+        rendered.params,
+        prompt_id=definition.prompt_id,
+    )
 
 
 def model_failed(error: ModelError) -> Response:

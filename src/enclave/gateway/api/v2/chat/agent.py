@@ -137,7 +137,13 @@ def plan_agent(body: AgentRequest, tenants: Tenants, principal: Principal) -> Mo
         family = vendor.family
     definition = get_registry().resolve(AGENT_PROMPT_ID, family)
     history = tuple(ChatMessage(m.role, message_text(m)) for m in body.messages)
-    request = target_request(target, definition.conversation(history), None, definition.params)
+    request = target_request(
+        target,
+        definition.conversation(history),
+        None,
+        definition.params,
+        prompt_id=AGENT_PROMPT_ID,
+    )
     return vendor.apply(request) if vendor is not None else request
 
 
