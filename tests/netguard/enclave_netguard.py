@@ -7,8 +7,13 @@ appended to ``$NETGUARD_REPORT_DIR/<pid>.jsonl``, which the plugin reads at the 
 one blocked attempt anywhere fails the session.
 
 Covered: ``socket.socket.connect``/``connect_ex``/``sendto`` (stdlib, asyncio, httpx, aiohttp
-on asyncio), ``socket.getaddrinfo`` (DNS), and uvloop's own ``create_connection``,
-``sock_connect`` and ``getaddrinfo`` (libuv does not go through Python's socket methods).
+on asyncio), ``socket.getaddrinfo``, and uvloop's own ``create_connection``, ``sock_connect``
+and ``getaddrinfo`` (libuv does not go through Python's socket methods).
+
+Name lookups: numeric hosts in any form the C library accepts ("2852039166", "0xa9.0xfe.0xa9.0xfe",
+which SSRF tests use) resolve locally and pass; a name that would need a DNS server is answered
+"unknown host" (``socket.gaierror``, as on an air-gapped machine) without asking one, and
+counted. Only connections beyond loopback fail the run: a lookup sends nothing anywhere here.
 Native code that opens its own sockets (llama.cpp) is not seen here: the ``unshare -n`` run
 (tests/airgap) covers it.
 """
@@ -32,7 +37,27 @@ class NetworkGuardError(PermissionError):
 
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {"installed": False, "allowed": 0, "blocked": [], "where": ""}
+_state: dict[str, Any] = {
+    "installed": False,
+    "allowed": 0,
+    "blocked": [],
+    "lookups": 0,
+    "where": "",
+}
+_original_getaddrinfo = socket.getaddrinfo
+
+
+class OfflineLookupError(socket.gaierror):
+    """A name that needs DNS, answered as an air-gapped resolver would: unknown."""
+
+
+def numeric_addresses(host: str) -> list[str] | None:
+    """The addresses of a numeric host (any inet_aton form), or None for a name."""
+    try:
+        infos = _original_getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError, ValueError):
+        return None
+    return [str(info[4][0]) for info in infos]
 
 
 def is_local_host(host: object) -> bool:
@@ -46,21 +71,29 @@ def is_local_host(host: object) -> bool:
     name = host.strip().rstrip(".").lower()
     if name in LOCAL_NAMES or name.endswith(".localhost") or name == "":
         return True
-    try:
-        address = ipaddress.ip_address(name.split("%", 1)[0].strip("[]"))
-    except ValueError:
+    addresses = numeric_addresses(name.strip("[]"))
+    if addresses is None:
         return False  # a name: resolving it would ask a DNS server
+    return all(_is_loopback_ip(address) for address in addresses)
+
+
+def _is_loopback_ip(text: str) -> bool:
+    address = ipaddress.ip_address(text.split("%", 1)[0])
     mapped = getattr(address, "ipv4_mapped", None)
     if mapped is not None:
         address = mapped
     return address.is_loopback or address.is_unspecified
 
 
+LOOKUP: Final = "offline lookup"  # report entries of this kind are not failures
+
+
 def _report(kind: str, target: str) -> None:
     entry = {"pid": os.getpid(), "argv": sys.argv[:3], "kind": kind, "target": target}
     entry["where"] = _state["where"]
-    with _lock:
-        _state["blocked"].append(entry)
+    if kind != LOOKUP:
+        with _lock:
+            _state["blocked"].append(entry)
     report_dir = os.environ.get(REPORT_DIR_ENV)
     if report_dir:
         try:
@@ -81,6 +114,21 @@ def check(kind: str, host: object, port: object = None) -> None:
     raise NetworkGuardError(
         f"network guard: {kind} to {target} blocked; tests may only reach loopback "
         "(tests/netguard/enclave_netguard.py)"
+    )
+
+
+def check_lookup(host: object) -> None:
+    """Let numeric and loopback hosts resolve; answer names "unknown" without asking DNS."""
+    if is_local_host(host):
+        return
+    text = host.decode("ascii", "replace") if isinstance(host, bytes) else str(host)
+    if numeric_addresses(text.strip("[]")) is not None:
+        return  # parsed locally; the connection to it is what gets checked
+    with _lock:
+        _state["lookups"] += 1
+    _report(LOOKUP, text)
+    raise OfflineLookupError(
+        socket.EAI_NONAME, f"Name or service not known: {text} (network guard: no DNS in tests)"
     )
 
 
@@ -108,7 +156,7 @@ def _wrap_socket_methods() -> None:
         return original_sendto(self, data, *args)  # type: ignore[arg-type]
 
     def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        check("name lookup", host)
+        check_lookup(host)
         return original_getaddrinfo(host, *args, **kwargs)
 
     socket.socket.connect = connect  # type: ignore[method-assign]
@@ -131,6 +179,8 @@ def _wrap_uvloop() -> None:
         self: Any, protocol_factory: Any, host: Any = None, port: Any = None, **kw: Any
     ) -> Any:
         if kw.get("sock") is None:
+            if host is not None and not is_local_host(host):
+                check_lookup(host)  # a name: "unknown", as offline
             check("connect", host, port)
         return await original_create_connection(self, protocol_factory, host, port, **kw)
 
@@ -139,7 +189,7 @@ def _wrap_uvloop() -> None:
         return await original_sock_connect(self, sock, address)
 
     async def getaddrinfo(self: Any, host: Any, *args: Any, **kwargs: Any) -> Any:
-        check("name lookup", host)
+        check_lookup(host)
         return await original_getaddrinfo(self, host, *args, **kwargs)
 
     loop_class.create_connection = create_connection
@@ -172,6 +222,10 @@ def set_where(where: str) -> None:
 
 def allowed_count() -> int:
     return int(_state["allowed"])
+
+
+def offline_lookups() -> int:
+    return int(_state["lookups"])
 
 
 def blocked() -> list[dict[str, Any]]:
