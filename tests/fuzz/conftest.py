@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fuzz.summary import EXAMPLES
+from tests.fuzz.summary import EXAMPLES, status_text
 
 # Summary label -> (test module, counter key).
 FUZZERS = {
@@ -31,7 +31,8 @@ def pytest_terminal_summary(
         if not EXAMPLES[key] and not failed:
             continue
         line = (
-            f"{label}: {EXAMPLES[key]} hostile inputs, no 500, no hang, every error with a message"
+            f"{label}: {EXAMPLES[key]} hostile inputs{status_text(key)}, no 500, no hang, "
+            "every error with a message"
             if not failed
             else f"{label}: {EXAMPLES[key]} inputs, {failed} tests failed"
         )

@@ -34,7 +34,7 @@ from enclave.common import wire
 from enclave.common.features import FEATURE_UNIT_PRIMITIVES
 from enclave.model.tiny_gguf import write_tiny_gguf
 from tests.e2e.conftest import Stack, running_stack
-from tests.fuzz.summary import count_example
+from tests.fuzz.summary import count_example, count_status
 
 pytestmark = pytest.mark.e2e
 
@@ -127,13 +127,16 @@ def check(
         assert secret not in response.text, f"{where}: the response echoes a credential"
 
 
-def call(case: Case, base_url: str, headers: dict[str, str], secrets: tuple[str, ...]) -> None:
+def call(
+    case: Case, base_url: str, headers: dict[str, str], secrets: tuple[str, ...], label: str
+) -> None:
     started = time.monotonic()
     try:
         response = case.call(base_url=base_url, headers=headers, timeout=HANG_S)
     except requests.Timeout:
         pytest.fail(f"{case.method} {case.formatted_path}: no answer within {HANG_S} s")
     check(case, response, time.monotonic() - started, secrets)
+    count_status(label, response.status_code)
 
 
 def operations(document: dict[str, Any]) -> list[Any]:
@@ -174,7 +177,7 @@ def test_gateway_api(target: Target) -> None:
         if isinstance(body, dict) and "model_endpoint" in body and data.draw(st.booleans()):
             # Reach the model call too, not only the egress refusal.
             body.update(model_endpoint=stack.model_url, model_api_key=stack.model_api_key)
-        call(case, stack.gateway_url, target.gateway_headers(), secrets)
+        call(case, stack.gateway_url, target.gateway_headers(), secrets, "gateway API")
 
     for operation in operations(document):
         fuzz(operation, run_case, "gateway API")
@@ -213,6 +216,6 @@ def test_instance_api(target: Target) -> None:
         token = user_token if destructive else target.admin_token
 
         def run_case(case: Case, data: st.DataObject, token: str = token) -> None:
-            call(case, stack.instance_url, {"PRIVATE-TOKEN": token}, secrets)
+            call(case, stack.instance_url, {"PRIVATE-TOKEN": token}, secrets, "instance API")
 
         fuzz(operation, run_case, "instance API")
