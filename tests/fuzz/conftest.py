@@ -31,7 +31,8 @@ def pytest_terminal_summary(
         if not EXAMPLES[key] and not failed:
             continue
         line = (
-            f"{label}: {EXAMPLES[key]} hostile inputs{status_text(key)}, no 500, no hang, "
+            f"{label}: {EXAMPLES[key]} hostile inputs{status_text(key)}, "
+            f"{'no 500' if label.startswith('schemathesis') else 'no crash'}, no hang, "
             "every error with a message"
             if not failed
             else f"{label}: {EXAMPLES[key]} inputs, {failed} tests failed"
