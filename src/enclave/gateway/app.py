@@ -45,6 +45,7 @@ from enclave.gateway.api.v4.code.suggestions import suggestions
 from enclave.gateway.http import json_response
 from enclave.gateway.metrics import metrics_endpoint
 from enclave.gateway.middleware import ClientAddressMiddleware, RequestContextMiddleware
+from enclave.gateway.openapi import document_routes
 from enclave.gateway.prompts.registry import (
     DEFINITIONS_DIR,
     PromptRegistry,
@@ -62,7 +63,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return json_response({"detail": exc.detail}, exc.status_code, exc.headers)
 
 
-ROUTES: Final = (
+API_ROUTES: Final = (
     Route("/v2/code/completions", completions, methods=["POST"]),
     Route("/v2/completions", completions, methods=["POST"]),  # GitLab's legacy alias
     Route("/v2/code/generations", generations, methods=["POST"]),
@@ -82,6 +83,9 @@ ROUTES: Final = (
     # No token (as in GitLab's gateway); the client address allow-list still applies.
     Route("/metrics", metrics_endpoint, methods=["GET"]),
 )
+
+# /openapi.json and /docs (as GitLab's gateway image serves them), no token, no CDN.
+ROUTES: Final = (*API_ROUTES, *document_routes(API_ROUTES))
 
 # Route templates for the metrics' route label (never the raw path): exact paths, and the
 # endpoints of templated routes (Starlette puts the matched endpoint in the scope).

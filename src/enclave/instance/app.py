@@ -14,8 +14,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
 
 from enclave import __version__
+from enclave.common.api_docs import DOCS_CSP, render_docs_page
 from enclave.common.client_address import ClientAddressMiddleware
 from enclave.common.logging import configure_logging, get_logger
 from enclave.common.netrules import parse_networks
@@ -31,6 +34,17 @@ from enclave.instance.context import InstanceContext
 log = get_logger(__name__)
 
 COMPONENT = "instance"
+
+
+DOCS_PATH = "/docs"
+
+
+async def docs_page(request: Request) -> Response:
+    """The OpenAPI document as a page with no script and no external asset (air-gapped)."""
+    app: FastAPI = request.app
+    return HTMLResponse(
+        render_docs_page(app.openapi()), headers={"Content-Security-Policy": DOCS_CSP}
+    )
 
 
 def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None) -> FastAPI:
@@ -68,8 +82,8 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
     app = FastAPI(
         title="Enclave instance",
         version=__version__,
-        # The OpenAPI document, but no interactive docs page: Swagger UI and ReDoc load their
-        # scripts from a CDN, which an air-gapped browser cannot reach.
+        # FastAPI's Swagger UI and ReDoc load their scripts from a CDN, which an air-gapped
+        # browser cannot reach: /docs is our self-contained page instead (docs_page below).
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
@@ -81,6 +95,7 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
         app.include_router(router)
     # Prometheus text, no token (as the gateway's); the client address rules still apply.
     app.add_route(metrics.PATH, metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
+    app.add_route(DOCS_PATH, docs_page, methods=["GET"], include_in_schema=False)
     # Every route authenticates before it reads a body, and reads it under a limit.
     check_routes(app.routes)
     # Added first, so it runs inside the request context: refusals are logged with a request id.

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Final
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from enclave.common.logging import redact_text
@@ -639,7 +640,9 @@ class ProviderStream:
             self._finished = True
         except ModelError:
             raise
-        except ValueError:  # a line longer than the reader's buffer, a corrupt frame
+        except (ValueError, HttpProcessingError):
+            # A corrupt frame, or a line longer than the reader's buffer (aiohttp raises
+            # LineTooLong, an HttpProcessingError, since 3.10; ValueError before).
             raise provider.bad_response(request, "sent an unreadable stream") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise provider.transport_error(request, exc) from None
