@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from enclave.common.shared_store import SharedStore
 from enclave.config import EnclaveSettings
 from enclave.instance.bootstrap import BootstrapResult
 from enclave.instance.caches import InstanceCaches
@@ -19,6 +20,7 @@ from enclave.instance.keys import KeyStore
 from enclave.instance.limits import InstanceLimits
 from enclave.instance.secrets import SecretBox
 from enclave.instance.tokens import TokenMinter
+from enclave.instance.usage import UsageRecorder
 
 
 @dataclass
@@ -34,10 +36,13 @@ class InstanceContext:
     issuer: str
     host_name: str
     gateway: GatewayClient
-    # Per-user and per-address limits, and the metrics that count them (per process).
+    # Per-user and per-address limits (in process, or in the shared Redis), and the metrics
+    # that count them.
     limits: InstanceLimits
     # Verified tokens, feature models and AI settings in memory (caches.py for the bounds).
     caches: InstanceCaches
+    # AI usage counted in memory, written in batches by the app's background flush.
+    usage: UsageRecorder
     # Editor chat conversations (GraphQL aiAction / aiMessages), in memory, bounded.
     chat_history: ChatHistory = field(default_factory=ChatHistory)
     # The same chats' answers pushed to ActionCable subscribers as they are generated.
@@ -51,6 +56,9 @@ class InstanceContext:
         )
         issuer = settings.instance.issuer()
         sessions = make_session_factory(engine)
+        limits = InstanceLimits(
+            settings.instance, store=SharedStore.from_settings(settings, "instance")
+        )
         return cls(
             settings=settings,
             engine=engine,
@@ -70,6 +78,7 @@ class InstanceContext:
             gateway=GatewayClient(
                 settings.instance.gateway_url, settings.instance.gateway_timeout_s
             ),
-            limits=InstanceLimits(settings.instance),
+            limits=limits,
+            usage=UsageRecorder(max_keys=settings.instance.usage_max_keys, observer=limits.metrics),
             caches=InstanceCaches(sessions, settings.instance),
         )

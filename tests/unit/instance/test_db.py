@@ -26,7 +26,7 @@ from enclave.instance.db import (
 )
 from tests.unit.instance.conftest import Backend
 
-HEAD = "0006"
+HEAD = "0007"
 TABLES = {
     "cache_generations",
     "instance_settings",
@@ -36,6 +36,8 @@ TABLES = {
     "ai_feature_settings",
     "audit_events",
     "ai_settings",
+    "ai_usage",
+    "deleted_users",
     "alembic_version",
 }
 

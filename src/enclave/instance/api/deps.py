@@ -66,7 +66,7 @@ class PatAuth:
             # The address ClientAddressMiddleware settled on (X-Forwarded-For only from a
             # trusted proxy); a banned one is refused before its token is even looked at.
             address = request.client.host if request.client else None
-            ctx.limits.check_address(address)
+            await ctx.limits.check_address(address)
             token = token_from_headers(
                 request.headers.get("private-token"), request.headers.get("authorization")
             )
@@ -75,23 +75,24 @@ class PatAuth:
             if principal is not None and principal_usable(principal):
                 ctx.caches.last_used.used(principal.token_id)
             else:
-                principal = await run_in_threadpool(self._verify, ctx, address, token, digest)
+                try:
+                    principal = await run_in_threadpool(self._verify, ctx, token, digest)
+                except AuthError as exc:
+                    log.info("authentication_failed", reason=exc.reason)
+                    await ctx.limits.auth_failed(address, exc.reason)
+                    raise unauthorized() from None
             self._check(request, principal)
             done[self] = principal
         return principal
 
-    def _verify(
-        self, ctx: InstanceContext, address: str | None, token: str | None, digest: str | None
-    ) -> Principal:
+    def _verify(self, ctx: InstanceContext, token: str | None, digest: str | None) -> Principal:
         epoch = ctx.caches.auth.epoch()
         try:
             principal = verify_request(ctx.sessions, token)
-        except AuthError as exc:
+        except AuthError:
             if digest is not None:
                 ctx.caches.auth.drop(digest)
-            log.info("authentication_failed", reason=exc.reason)
-            ctx.limits.auth_failed(address, exc.reason)
-            raise unauthorized() from None
+            raise
         ctx.caches.last_used.noted_from_database(principal.token_id)
         if digest is not None:
             ctx.caches.auth.put(digest, principal, epoch=epoch)

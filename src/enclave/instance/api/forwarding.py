@@ -8,13 +8,14 @@ made it and within ``cache_poll_s`` on every other worker and replica.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 import aiohttp
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from enclave.common import wire
 from enclave.common.logging import get_logger
 from enclave.instance import ai_settings
 from enclave.instance.api.errors import InstanceAPIError
@@ -44,7 +45,12 @@ def _route(ctx: InstanceContext, feature: Feature) -> FeatureRoute:
     with ctx.sessions() as session, session.begin():
         settings = ai_settings.effective(session, ctx.settings)
         try:
-            model = resolve_feature(session, ctx.secret_box, feature)
+            model = resolve_feature(
+                session,
+                ctx.secret_box,
+                feature,
+                vendored_gateway=settings.vendored_ai_gateway_url is not None,
+            )
         except FeatureUnavailableError as exc:
             route = FeatureRoute(None, settings, unavailable=str(exc))
         else:
@@ -108,6 +114,19 @@ async def model_failed(upstream: aiohttp.ClientResponse, model: ResolvedModel) -
     except (TimeoutError, aiohttp.ClientError):
         return False  # the body broke off: the caller's read reports it as usual
     return INFERENCE_FAILED in gateway_reason(content, model.api_key, limit=2000)
+
+
+def gateway_token_counts(headers: Mapping[str, str]) -> dict[str, int]:
+    """The model's token counts the gateway put on a whole answer (for usage); {} if none."""
+    counts: dict[str, int] = {}
+    for header, field in (
+        (wire.H_ENCLAVE_INPUT_TOKENS, "input_tokens"),
+        (wire.H_ENCLAVE_OUTPUT_TOKENS, "output_tokens"),
+    ):
+        value = headers.get(header, "")
+        if value.isdigit() and len(value) <= 12:
+            counts[field] = int(value)
+    return counts
 
 
 def _fallback(ctx: InstanceContext, feature: Feature) -> ResolvedModel | None:
