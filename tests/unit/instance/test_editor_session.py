@@ -169,7 +169,9 @@ def test_an_editor_session_as_the_language_server_plays_it(
     body = info.json()
     assert body["resource_owner_id"] == user["id"]
     assert "api" in body["scope"]
-    assert body["expires_in"] is None and body["application"] == {"uid": None}
+    # PATs expire by default (pat_max_lifetime_days): seconds left, as Doorkeeper says it.
+    assert 0 < body["expires_in"] <= 366 * 86400
+    assert body["application"] == {"uid": None}
     assert isinstance(body["created_at"], int)
 
     # 2. Version: semver past every gate the clients apply; Enclave's version as revision.

@@ -521,6 +521,7 @@ def test_only_the_expected_headers_travel(
         "x-request-id",
         "content-type",
         "x-gitlab-enabled-instance-verbose-ai-logs",
+        "x-enclave-model-timeout",  # the model's share of the AI timeout (common/timeouts.py)
     }
 
 
