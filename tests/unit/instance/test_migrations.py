@@ -172,7 +172,7 @@ def test_fallback_model_migration_downgrades_and_upgrades_again(
         )
         connection.execute(text("UPDATE ai_feature_settings SET fallback_model_id = 2"))
     engine.dispose()
-    downgrade(url, "-1")
+    downgrade(url, "0002")
     engine = make_engine(url)
     assert current_revision(engine) == "0002"
     columns = {c["name"] for c in inspect(engine).get_columns("ai_feature_settings")}
@@ -188,4 +188,32 @@ def test_fallback_model_migration_downgrades_and_upgrades_again(
     assert current_revision(engine) == head_revision()
     columns = {c["name"] for c in inspect(engine).get_columns("ai_feature_settings")}
     assert "fallback_model_id" in columns
+    engine.dispose()
+
+
+def test_web_ui_migration_downgrades_and_upgrades_again(
+    tmp_path: Path, db_backend: Backend
+) -> None:
+    """0004 adds users.password_hash, web_sessions and editor_keys; its downgrade drops them
+    and keeps the users."""
+    url = db_backend.new_database_url(tmp_path)
+    upgrade(url, PREVIOUS_RELEASE)
+    _fill_previous_release(url)
+    upgrade(url)
+    engine = make_engine(url)
+    inspector = inspect(engine)
+    assert {"web_sessions", "editor_keys"} <= set(inspector.get_table_names())
+    assert "password_hash" in {c["name"] for c in inspector.get_columns("users")}
+    engine.dispose()
+    downgrade(url, "0003")
+    engine = make_engine(url)
+    inspector = inspect(engine)
+    assert not {"web_sessions", "editor_keys"} & set(inspector.get_table_names())
+    assert "password_hash" not in {c["name"] for c in inspector.get_columns("users")}
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM users")).scalar_one() == 1
+    engine.dispose()
+    upgrade(url)
+    engine = make_engine(url)
+    assert current_revision(engine) == head_revision()
     engine.dispose()
