@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from enclave.instance import audit
 from enclave.instance.actor import Actor
 from enclave.instance.admin_errors import InvalidInputError
-from enclave.instance.db.models import User
+from enclave.instance.db.models import User, WebSession
 
 MIN_PASSWORD_CHARS = 12
 # argon2 hashes whatever it is given; a bound keeps a huge "password" from costing CPU.
@@ -46,9 +46,12 @@ def hash_password(password: str) -> str:
 
 
 def set_password(session: Session, user: User, password: str, actor: Actor) -> None:
-    """Validate and store ``password`` for ``user`` (audited, never the password itself)."""
+    """Validate and store ``password`` for ``user`` (audited, never the password itself).
+
+    The user's web sessions end: whoever knew the old password is signed out."""
     validate_password(password, user.username)
     user.password_hash = hash_password(password)
+    session.execute(delete(WebSession).where(WebSession.user_id == user.id))
     session.flush()
     audit.record(
         session,

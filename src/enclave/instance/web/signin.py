@@ -119,11 +119,13 @@ async def sign_in(request: Request) -> Response:
         return _form(request, status=429, error=exc.message, username=username)
     password = form.get("password", "")
     settings = ctx.settings.instance
+    previous = request.cookies.get(COOKIE_NAME)
 
     def attempt(session: Session) -> tuple[str, SignedIn] | None:
         user = passwords.check_sign_in(session, username, password)
         if user is None:
             return None
+        web_sessions.end(session, previous)  # a new id at every sign-in, never the old one
         cookie = web_sessions.start(session, user, settings)
         audit.record(
             session,
