@@ -270,6 +270,10 @@ def test_a_regular_user_is_refused_admin_pages_and_manages_an_editor_key(
     assert answer.choices[0].text
     assert {m.id for m in client.models.list()} == {"duo_chat", "code_completions"}
 
+    # Finding 6: a PAT given to the OpenAI client is refused with a pointer to editor keys.
+    with pytest.raises(openai.AuthenticationError, match="editor key"):
+        openai.OpenAI(base_url=base_url[1], api_key=stack.admin_token, max_retries=0).models.list()
+
     # Revoke it on the page; the gateway refuses it within its routes refresh.
     page.locator("tr", has_text="laptop").locator("button:has-text('Revoke')").click()
     expect(page.locator(".notice")).to_contain_text("Editor key revoked")

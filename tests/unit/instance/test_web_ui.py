@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -271,3 +271,31 @@ def test_bad_input_answers_a_precise_4xx_page(live: LiveInstance) -> None:
             headers={**origin(live), "Content-Type": "application/x-www-form-urlencoded"},
         )
         assert huge.status_code == 413
+
+
+def test_the_session_cookie_is_secure_behind_https(
+    live_instance_factory: Callable[..., LiveInstance],
+) -> None:
+    """An instance whose external URL is https marks its cookies Secure."""
+    instance = live_instance_factory(external_url="https://enclave.example")
+    with client(instance) as c:
+        form = c.get("/users/sign_in")
+        sign_in_cookie = form.headers["set-cookie"]
+        assert sign_in_cookie.startswith("enclave_sign_in=") and "Secure" in sign_in_cookie
+        token = re.search(r'name="sign_in_token" value="([^"]+)"', form.text)
+        assert token is not None
+        # httpx keeps Secure cookies for https; a browser behind the TLS proxy sends it back.
+        c.cookies.set("enclave_sign_in", token[1])
+        response = c.post(
+            "/users/sign_in",
+            data={
+                "username": "root",
+                "password": admin_password(instance),
+                "sign_in_token": token[1],
+            },
+            headers=origin(instance),
+        )
+        assert response.status_code == 303
+        cookies = response.headers.get_list("set-cookie")
+        session_cookie = next(h for h in cookies if h.startswith("enclave_session="))
+        assert "Secure" in session_cookie and "HttpOnly" in session_cookie
