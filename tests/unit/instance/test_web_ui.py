@@ -299,3 +299,68 @@ def test_the_session_cookie_is_secure_behind_https(
         cookies = response.headers.get_list("set-cookie")
         session_cookie = next(h for h in cookies if h.startswith("enclave_session="))
         assert "Secure" in session_cookie and "HttpOnly" in session_cookie
+
+
+def post_form(
+    c: httpx.Client, live: LiveInstance, page: str, action: str, **data: str
+) -> httpx.Response:
+    token = csrf_of(c.get(page).text)
+    return c.post(action, data={"csrf_token": token, **data}, headers=origin(live))
+
+
+def test_delete_guard_compatibility_and_key_rotation_from_the_pages(live: LiveInstance) -> None:
+    with client(live) as c:
+        sign_in(c, live, "root", admin_password(live))
+        # The embedded model serves features: deleting it is refused, naming them.
+        refused = post_form(c, live, "/admin/models", "/admin/models/1/delete")
+        assert refused.status_code == 409
+        assert "code_completions" in refused.text
+        # A model of a family that cannot summarize reviews is not offered there, and refused.
+        created = post_form(
+            c,
+            live,
+            "/admin/models/new",
+            "/admin/models",
+            name="codestral-like",
+            model="codestral",
+            provider="api",
+            endpoint="http://127.0.0.1:9/v1",
+            identifier="custom_openai/claude",
+        )
+        assert created.status_code == 303, created.text
+        features = c.get("/admin/features").text
+
+        def row_of(feature: str) -> str:
+            row = features[features.index(f'id="feature-{feature}"') :]
+            return row[: row.index("</tr>")]
+
+        assert "codestral-like" not in row_of("summarize_review")
+        assert "codestral-like" in row_of("code_completions")
+        with live.ctx.sessions() as session:
+            model = session.scalar(
+                select(SelfHostedModel).where(SelfHostedModel.name == "codestral-like")
+            )
+            assert model is not None
+            model_id = model.id
+        incompatible = post_form(
+            c,
+            live,
+            "/admin/features",
+            "/admin/features/summarize_review",
+            provider="self_hosted",
+            model_id=str(model_id),
+        )
+        assert incompatible.status_code == 400
+        assert "incompatible with the Code review summary feature" in incompatible.text
+        # Rotate the signing key: published at once, pending until its activation, audited.
+        rotated = post_form(c, live, "/admin/keys", "/admin/keys/rotate", activate_after_s="600")
+        assert rotated.status_code == 303
+        keys = c.get("/admin/keys").text
+        assert "pending" in keys and "active" in keys
+        again = post_form(c, live, "/admin/keys", "/admin/keys/rotate", activate_after_s="600")
+        assert again.status_code == 409 and "waiting to become active" in again.text
+        bad = post_form(c, live, "/admin/keys", "/admin/keys/rotate", activate_after_s="soon")
+        assert bad.status_code == 400
+        with live.ctx.sessions() as session:
+            actions = session.scalars(select(AuditEvent.action)).all()
+        assert "signing_key_rotated" in actions
