@@ -20,10 +20,9 @@ from enclave.instance.db.models import FeatureProvider
 from enclave.instance.feature_settings import list_feature_settings, parse_feature, set_features
 from enclave.instance.keys import KeyStore, KeyStoreError, rotate
 from enclave.instance.web.errors import WebError
-from enclave.instance.web.models_pages import actor_of
 from enclave.instance.web.render import SECURITY_HEADERS, page
 from enclave.instance.web.routing import WebRoute
-from enclave.instance.web.session_auth import first, form_of, signed_in_admin
+from enclave.instance.web.session_auth import actor_of, first, form_of, signed_in_admin
 from enclave.instance.web_sessions import SignedIn
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)

@@ -12,7 +12,6 @@ from starlette.concurrency import run_in_threadpool
 
 from enclave.common.features import FAMILY_DISPLAY_NAMES
 from enclave.instance import registry
-from enclave.instance.actor import Actor
 from enclave.instance.admin_errors import AdminError, NotFoundError
 from enclave.instance.api.deps import context_of, in_transaction
 from enclave.instance.context import InstanceContext
@@ -21,7 +20,7 @@ from enclave.instance.web.connection_tests import TestRecord, last_results, test
 from enclave.instance.web.errors import WebError
 from enclave.instance.web.render import SECURITY_HEADERS, page
 from enclave.instance.web.routing import WebRoute
-from enclave.instance.web.session_auth import first, form_of, signed_in_admin
+from enclave.instance.web.session_auth import actor_of, first, form_of, signed_in_admin
 from enclave.instance.web_sessions import SignedIn
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
@@ -29,10 +28,6 @@ Admin = Annotated[SignedIn, Depends(signed_in_admin)]
 
 BASE = "/admin/models"
 FIELDS = ("name", "model", "provider", "endpoint", "identifier")
-
-
-def actor_of(request: Request, user: SignedIn) -> Actor:
-    return Actor(user.user_id, user.username, request.client.host if request.client else None)
 
 
 def _rules(ctx: InstanceContext) -> registry.EndpointRules:

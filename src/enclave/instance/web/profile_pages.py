@@ -19,10 +19,9 @@ from enclave.instance.api.editor_keys import openai_base_url, signer_of
 from enclave.instance.features import FEATURE_TITLES, Feature
 from enclave.instance.pats import KNOWN_SCOPES
 from enclave.instance.web.errors import WebError
-from enclave.instance.web.models_pages import actor_of
 from enclave.instance.web.render import SECURITY_HEADERS, page
 from enclave.instance.web.routing import WebRoute
-from enclave.instance.web.session_auth import first, form_list, form_of, signed_in_user
+from enclave.instance.web.session_auth import actor_of, first, form_list, form_of, signed_in_user
 from enclave.instance.web_sessions import SignedIn
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)

@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from enclave.instance import web_sessions
+from enclave.instance.actor import Actor
 from enclave.instance.api.deps import EarlyAuth, context_of, in_transaction
 from enclave.instance.web.errors import SignInRequired, WebError
 from enclave.instance.web_sessions import COOKIE_NAME, SignedIn, csrf_matches
@@ -141,6 +142,11 @@ def set_cookie(
 
 def clear_cookie(response: Response, request: HTTPConnection, name: str) -> None:
     response.delete_cookie(name, path="/", httponly=True, samesite="lax", secure=is_secure(request))
+
+
+def actor_of(request: HTTPConnection, user: SignedIn) -> Actor:
+    """The author of a change made from a page, for the audit log."""
+    return Actor(user.user_id, user.username, request.client.host if request.client else None)
 
 
 def first(form: Mapping[str, str], name: str) -> str:

@@ -16,10 +16,9 @@ from enclave.instance.api.deps import context_of, in_transaction
 from enclave.instance.context import InstanceContext
 from enclave.instance.pats import KNOWN_SCOPES
 from enclave.instance.web.errors import WebError
-from enclave.instance.web.models_pages import actor_of
 from enclave.instance.web.render import SECURITY_HEADERS, page
 from enclave.instance.web.routing import WebRoute
-from enclave.instance.web.session_auth import first, form_list, form_of, signed_in_admin
+from enclave.instance.web.session_auth import actor_of, first, form_list, form_of, signed_in_admin
 from enclave.instance.web_sessions import SignedIn
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
