@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from enclave.common import wire
@@ -234,13 +234,16 @@ def key_view(row: EditorKey, now: datetime | None = None) -> dict[str, Any]:
 
 
 def revoked_ids(session: Session, limit: int, now: datetime | None = None) -> list[int]:
-    """Revoked keys that have not expired yet, newest expiry first: the gateway must refuse
-    them (after their expiry the signature check refuses them anyway)."""
+    """Revoked keys (and keys of deleted users) that have not expired yet, newest expiry first:
+    the gateway must refuse them (after their expiry the signature check refuses them)."""
     now = now or utcnow()
     return list(
         session.scalars(
             select(EditorKey.id)
-            .where(EditorKey.revoked_at.is_not(None), EditorKey.expires_at > now)
+            .where(
+                or_(EditorKey.revoked_at.is_not(None), EditorKey.user_id.is_(None)),
+                EditorKey.expires_at > now,
+            )
             .order_by(EditorKey.expires_at.desc())
             .limit(limit)
         )

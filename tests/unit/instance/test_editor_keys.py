@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from enclave.common.features import FEATURE_UNIT_PRIMITIVES, Feature
+from enclave.instance.db.models import EditorKey, User
 from tests.unit.instance.conftest import Backend, FakeGateway, LiveInstance
 from tests.unit.instance.test_openai_access import _start, routes, verified_claims
 
@@ -142,3 +143,17 @@ def test_a_blocked_user_with_a_live_key_is_in_the_revocations(live: LiveInstance
     )
     assert blocked.status_code == 201
     assert subject in routes(live).json()["revoked"]["users"]
+
+
+def test_a_deleted_users_keys_stay_refused_until_they_expire(live: LiveInstance) -> None:
+    token = live.new_token()
+    created = call(live, "POST", KEYS, token, {"name": "gone", "features": ["duo_chat"]}).json()
+    me = call(live, "GET", "/api/v4/user", token).json()
+    with live.ctx.sessions() as session, session.begin():
+        user = session.get(User, me["id"])
+        assert user is not None
+        session.delete(user)
+    with live.ctx.sessions() as session:
+        row = session.get(EditorKey, created["id"])
+        assert row is not None and row.user_id is None  # kept on record
+    assert created["id"] in routes(live).json()["revoked"]["editor_keys"]

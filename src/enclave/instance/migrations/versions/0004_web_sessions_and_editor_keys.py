@@ -49,8 +49,8 @@ def upgrade() -> None:
         sa.Column(
             "user_id",
             sa.Integer(),
-            sa.ForeignKey("users.id", ondelete="CASCADE", name=op.f("fk_editor_keys_user_id")),
-            nullable=False,
+            sa.ForeignKey("users.id", ondelete="SET NULL", name=op.f("fk_editor_keys_user_id")),
+            nullable=True,
         ),
         sa.Column("name", sa.String(255), nullable=False),
         sa.Column("features", sa.JSON(), nullable=False),
