@@ -26,7 +26,7 @@ from enclave.instance.db import (
 )
 from tests.unit.instance.conftest import Backend
 
-HEAD = "0003"
+HEAD = "0004"
 TABLES = {
     "instance_settings",
     "users",
@@ -35,6 +35,8 @@ TABLES = {
     "ai_feature_settings",
     "audit_events",
     "ai_settings",
+    "web_sessions",
+    "editor_keys",
     "alembic_version",
 }
 
