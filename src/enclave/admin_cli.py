@@ -1,5 +1,5 @@
 """Administration commands: ``enclave models|features|settings|users|tokens|secret-key|keys``
-(and ``doctor``).
+(and ``doctor``, ``backup``, ``restore``).
 
 They work directly on the instance database of the configured data dir (``--data-dir`` /
 ``ENCLAVE_DATA_DIR``) or ``ENCLAVE_DATABASE_URL``, with the same validation, audit events and
@@ -62,7 +62,7 @@ def _env() -> Iterator[Env]:
 
     _configure_logging()
     try:
-        settings = load_settings()
+        settings = load_settings(stack=True)
         boot = initialise(settings)
     except Exception as exc:  # configuration, database or key problems: say which
         _fail(f"cannot open the instance: {exc}")
@@ -475,7 +475,16 @@ def _feature_rows(views: list[dict[str, Any]]) -> None:
 
     _table(
         "Feature settings",
-        ["feature", "release", "set to", "model", "fallback", "in effect", "effective model"],
+        [
+            "feature",
+            "release",
+            "set to",
+            "model",
+            "fallback",
+            "in effect",
+            "effective model",
+            "gateway",
+        ],
         [
             [
                 v["feature"],
@@ -486,6 +495,7 @@ def _feature_rows(views: list[dict[str, Any]]) -> None:
                 v["effective_provider"]
                 + (f" (from {v['inherited_from']})" if v["inherited_from"] else ""),
                 model_name(v["effective_self_hosted_model"]),
+                (v["gateway_url"] or "not configured") if v["gateway"] else "-",
             ]
             for v in views
         ],
@@ -496,10 +506,13 @@ def _feature_rows(views: list[dict[str, Any]]) -> None:
 def features_list(as_json: JsonOption = False) -> None:
     """Every feature, what it is set to and what it uses in effect (chat sub-features that are
     unassigned follow duo_chat)."""
+    from enclave.instance import ai_settings
     from enclave.instance.feature_settings import list_feature_settings
 
     with _env() as env:
-        views = _run(env, list_feature_settings)
+        views = _run(
+            env, lambda s: list_feature_settings(s, ai_settings.effective(s, env.settings))
+        )
     _print_json(views) if as_json else _feature_rows(views)
 
 
@@ -541,6 +554,7 @@ def features_set(
 ) -> None:
     """Set features to a model (or disabled / vendored / unassigned), all or none; a model
     family that a feature does not support is refused with the families it does."""
+    from enclave.instance import ai_settings
     from enclave.instance.admin_errors import AdminError
     from enclave.instance.feature_settings import (
         KEEP,
@@ -565,7 +579,18 @@ def features_set(
     except AdminError as exc:
         _fail(exc.message)
     with _env() as env:
-        views = _run(env, lambda s: set_features(s, parsed, chosen, model, env.actor, fallback))
+        views = _run(
+            env,
+            lambda s: set_features(
+                s,
+                parsed,
+                chosen,
+                model,
+                env.actor,
+                fallback,
+                ai_settings.effective(s, env.settings),
+            ),
+        )
     _print_json(views) if as_json else _feature_rows(views)
 
 
@@ -596,6 +621,13 @@ def settings_set(
         str | None,
         typer.Option(help="AI gateway URL (http/https); 'default' goes back to the configured."),
     ] = None,
+    vendored_gateway_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Shared AI gateway URL for vendored features; 'default' goes back to the "
+            "configured one."
+        ),
+    ] = None,
     timeout: Annotated[
         str | None,
         typer.Option(help="Gateway timeout in seconds, 60-600; 'default' goes back to config."),
@@ -615,6 +647,10 @@ def settings_set(
     changes: dict[str, Any] = {}
     if gateway_url is not None:
         changes["ai_gateway_url"] = None if gateway_url == "default" else gateway_url
+    if vendored_gateway_url is not None:
+        changes["vendored_ai_gateway_url"] = (
+            None if vendored_gateway_url == "default" else vendored_gateway_url
+        )
     if timeout is not None:
         changes["ai_gateway_timeout_seconds"] = None if timeout == "default" else timeout
     if verbose_ai_logs is not None:
@@ -694,6 +730,83 @@ def users_list(
     _print_json(views) if as_json else _user_rows(views)
 
 
+UserRef = Annotated[str, typer.Argument(help="Username or id.")]
+
+
+def _set_blocked(user: str, blocked: bool, as_json: bool) -> None:
+    from enclave.instance import accounts
+
+    with _env() as env:
+
+        def work(session: Session) -> tuple[dict[str, Any], bool]:
+            found = accounts.find_user(session, user)
+            unchanged = found.blocked == blocked
+            changed = accounts.set_blocked(session, found.id, blocked, env.actor)
+            return accounts.user_view(changed, env.settings.instance.issuer()), unchanged
+
+        view, unchanged = _run(env, work)
+    if as_json:
+        _print_json(view)
+        return
+    state = "blocked" if blocked else "active"
+    if unchanged:
+        out.print(f"User {view['username']} was already {state}; nothing changed.", markup=False)
+    elif blocked:
+        out.print(
+            f"Blocked {view['username']}: their tokens stop working at once on the instance "
+            "and within the gateway's routes_refresh_s (30 s) on the gateway.",
+            markup=False,
+        )
+    else:
+        out.print(f"Unblocked {view['username']}.", markup=False)
+
+
+@users_app.command("block")
+def users_block(user: UserRef, as_json: JsonOption = False) -> None:
+    """Block a user: every token of theirs is refused (GitLab's block)."""
+    _set_blocked(user, True, as_json)
+
+
+@users_app.command("unblock")
+def users_unblock(user: UserRef, as_json: JsonOption = False) -> None:
+    """Unblock a user: their tokens that have not expired or been revoked work again."""
+    _set_blocked(user, False, as_json)
+
+
+@users_app.command("delete")
+def users_delete(
+    user: UserRef,
+    hard_delete: Annotated[
+        bool,
+        typer.Option(
+            "--hard-delete", help="Also delete their usage records (else kept, anonymous)."
+        ),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete a user and their tokens (not the last administrator). Audit events stay."""
+    from enclave.instance import accounts
+
+    if not yes and not typer.confirm(f"Delete user {user} and all their tokens?"):
+        _fail("not deleted", 1)
+    with _env() as env:
+
+        def work(session: Session) -> dict[str, Any]:
+            found = accounts.find_user(session, user)
+            view = accounts.user_view(found, env.settings.instance.issuer())
+            accounts.delete_user(
+                session, found.id, env.actor, salt=env.boot.user_id_salt, hard_delete=hard_delete
+            )
+            return view
+
+        view = _run(env, work)
+    if as_json:
+        _print_json({"deleted": view, "hard_delete": hard_delete})
+    else:
+        out.print(f"Deleted user {view['username']} (id {view['id']}).", markup=False)
+
+
 # ---------------------------------------------------------------------------------------------
 tokens_app = typer.Typer(
     help="Personal access tokens (stored hashed; shown once, at creation).", no_args_is_help=True
@@ -736,7 +849,10 @@ def tokens_create(
     ] = None,
     expires_at: Annotated[
         str | None,
-        typer.Option(help="YYYY-MM-DD; the token stops working at 00:00 UTC that day."),
+        typer.Option(
+            help="YYYY-MM-DD; the token stops working at 00:00 UTC that day [default: the "
+            "longest lifetime allowed, instance.pat_max_lifetime_days (365)]."
+        ),
     ] = None,
     expires_in_days: Annotated[
         int | None, typer.Option(help="Instead of --expires-at: expire after this many days.")
@@ -763,6 +879,7 @@ def tokens_create(
                 scopes=scope or ["ai_features", "read_user"],
                 expires_at=expires_at,
                 actor=env.actor,
+                max_lifetime_days=env.settings.instance.pat_max_lifetime_days,
             )
             return {
                 **accounts.token_view(row),
@@ -814,11 +931,21 @@ def tokens_revoke(
     from enclave.instance import accounts
 
     with _env() as env:
-        view = _run(
-            env, lambda s: accounts.token_view(accounts.revoke_token(s, token_id, env.actor))
-        )
+
+        def work(session: Session) -> tuple[dict[str, Any], bool]:
+            already = accounts.get_token(session, token_id).revoked
+            token = accounts.revoke_token(session, token_id, env.actor)
+            return accounts.token_view(token), already
+
+        view, already = _run(env, work)
     if as_json:
-        _print_json(view)
+        _print_json({**view, "already_revoked": already})
+    elif already:
+        out.print(
+            f"Personal access token {token_id} ({view['name']}) was already revoked; "
+            "nothing changed.",
+            markup=False,
+        )
     else:
         out.print(f"Revoked personal access token {token_id} ({view['name']}).", markup=False)
 
@@ -858,7 +985,7 @@ def secret_key_rotate(
 
     _configure_logging()
     try:
-        settings = load_settings()
+        settings = load_settings(stack=True)
         initialise(settings)
         key = read_new_key_file(str(new_key_file)) if new_key_file is not None else None
         result = rotate_secret_key(settings, Actor.cli(), key)
@@ -1008,6 +1135,112 @@ def keys_remove_retired(as_json: JsonOption = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+audit_app = typer.Typer(help="The audit log: who changed what, and when.", no_args_is_help=True)
+
+
+@audit_app.command("list")
+def audit_list(
+    event: Annotated[
+        str | None, typer.Option(help="Only this event, e.g. user_blocked or ai_settings_updated.")
+    ] = None,
+    author: Annotated[
+        str | None, typer.Option(help="Only changes by this user (username or id).")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="ISO 8601 time; events at or after it.")] = None,
+    until: Annotated[
+        str | None, typer.Option(help="ISO 8601 time; events at or before it.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many events.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List audit events, newest first (never a key or token in them)."""
+    from enclave.instance import accounts, audit, audit_views
+
+    if event is not None and event not in audit.ACTIONS:
+        _fail(f"--event {event!r} is not an audit event; use {', '.join(sorted(audit.ACTIONS))}", 2)
+    with _env() as env:
+
+        def work(session: Session) -> list[dict[str, Any]]:
+            after = audit_views.parse_time(since, "since")
+            before = audit_views.parse_time(until, "until")
+            author_id = accounts.find_user(session, author).id if author is not None else None
+            rows, _ = audit_views.list_events(
+                session,
+                action=event,
+                author_id=author_id,
+                created_after=after,
+                created_before=before,
+                limit=limit,
+            )
+            return [audit_views.event_view(row) for row in rows]
+
+        views = _run(env, work)
+    if as_json:
+        _print_json(views)
+        return
+    _table(
+        "Audit events",
+        ["id", "time", "author", "event", "target", "message", "ip"],
+        [
+            [
+                v["id"],
+                v["created_at"],
+                v["author_name"],
+                v["event_name"],
+                v["target"],
+                v["message"],
+                v["ip_address"],
+            ]
+            for v in views
+        ],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+def usage(
+    since: Annotated[
+        str | None, typer.Option(help="ISO 8601 time, inclusive [default: 30 days ago].")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="ISO 8601 time, exclusive [default: now].")
+    ] = None,
+    group_by: Annotated[
+        str,
+        typer.Option(help="Comma-separated: user, feature, model, day."),
+    ] = "feature,model",
+    user: Annotated[str | None, typer.Option(help="Only this user (username or id).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """AI usage: requests, errors, tokens in and out and mean latency, per user, feature,
+    model and/or day, over every path (instance endpoints, the OpenAI-compatible API, direct
+    access). A running instance writes its counts every instance.usage_flush_s (10 s)."""
+    from enclave.instance import accounts
+    from enclave.instance.api.usage import parse_groups, parse_window
+    from enclave.instance.usage import row_view, usage_report
+
+    with _env() as env:
+
+        def work(session: Session) -> list[dict[str, Any]]:
+            start, end = parse_window(since, until)
+            groups = parse_groups(group_by, allow_user=True)
+            user_id = accounts.find_user(session, user).id if user is not None else None
+            rows = usage_report(session, since=start, until=end, group_by=groups, user_id=user_id)
+            return [row_view(row) for row in rows]
+
+        views = _run(env, work)
+    if as_json:
+        _print_json(views)
+        return
+    groups = [g.strip() for g in group_by.split(",") if g.strip()]
+    keys = [("username" if g == "user" else g) for g in groups]
+    columns = [*keys, "requests", "errors", "tokens in", "tokens out", "latency ms (mean)"]
+    values = ["requests", "errors", "input_tokens", "output_tokens", "latency_ms_avg"]
+    _table("AI usage", columns, [[v[k] for k in [*keys, *values]] for v in views])
+    if not views:
+        out.print("No AI usage in this period.", markup=False)
+
+
+# ---------------------------------------------------------------------------------------------
 def doctor(as_json: JsonOption = False) -> None:
     """Check the whole setup end to end and say what is wrong and how to fix it: configuration,
     database and schema, secret and signing keys, model API keys, feature map, the AI gateway,
@@ -1018,7 +1251,7 @@ def doctor(as_json: JsonOption = False) -> None:
 
     _configure_logging()
     try:
-        settings = load_settings()
+        settings = load_settings(stack=True)
     except Exception as exc:
         _fail(f"the configuration does not load: {exc}")
     checks = asyncio.run(run_checks(settings))
@@ -1038,6 +1271,68 @@ def doctor(as_json: JsonOption = False) -> None:
         raise typer.Exit(1)
 
 
+# ---------------------------------------------------------------------------------------------
+def backup(
+    file: Annotated[Path, typer.Argument(help="The backup file to write (a new file; mode 0600).")],
+) -> None:
+    """Back up the instance: its database (SQLite's online backup, or pg_dump for PostgreSQL)
+    and the keys a restore needs (the secret key that decrypts model API keys, the signing keys,
+    the gateway routes secret). Instances may keep running. The file holds secrets: keep it
+    like the keys directory. A secret key given as ENCLAVE_SECRET_KEY is not written into it."""
+    from enclave.config import load_settings
+    from enclave.instance.backup import BackupError
+    from enclave.instance.backup import backup as make_backup
+
+    _configure_logging()
+    try:
+        settings = load_settings()
+        result = make_backup(settings, file.resolve(), progress=_progress)
+    except BackupError as exc:
+        _fail(str(exc))
+    if settings.secret_key is not None:
+        err.print(
+            "The secret key comes from ENCLAVE_SECRET_KEY and is not in the backup: keep it "
+            "with the backup, a restore needs it.",
+            markup=False,
+        )
+    out.print(f"Backup of the {result.engine} instance written to {result.path}.", markup=False)
+
+
+def restore(
+    file: Annotated[Path, typer.Argument(help="A file written by `enclave backup`.")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace a database that already holds an instance, even while an instance "
+            "answers on the configured address (stop them first whenever you can).",
+        ),
+    ] = False,
+) -> None:
+    """Restore a backup into the configured data dir and database (SQLite, or PostgreSQL with
+    pg_restore --clean), then check that the signing key loads and every model API key
+    decrypts. Refuses to replace an instance's data without --force."""
+    from enclave.config import load_settings
+    from enclave.instance.backup import BackupError
+    from enclave.instance.backup import restore as restore_backup
+
+    _configure_logging()
+    try:
+        settings = load_settings()
+        result = restore_backup(settings, file.resolve(), force=force, progress=_progress)
+    except BackupError as exc:
+        _fail(str(exc))
+    out.print(
+        f"Restored the {result.engine} instance from {file}: {result.users} user(s), "
+        f"{result.model_keys_checked} model API key(s) checked. Start the instance as usual.",
+        markup=False,
+    )
+
+
+def _progress(message: str) -> None:
+    err.print(f"- {message}", markup=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add the administration commands to the ``enclave`` command line."""
     app.add_typer(models_app, name="models")
@@ -1047,4 +1342,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(tokens_app, name="tokens")
     app.add_typer(secret_key_app, name="secret-key")
     app.add_typer(keys_app, name="keys")
+    app.add_typer(audit_app, name="audit")
     app.command("doctor")(doctor)
+    app.command("usage")(usage)
+    app.command("backup")(backup)
+    app.command("restore")(restore)

@@ -88,21 +88,26 @@ def version() -> None:
 @app.command()
 def up(
     host: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Address the instance and the gateway bind to. Keep the default unless "
-            "other machines must reach them."
+            "other machines must reach them [config instance.host / gateway.host; 127.0.0.1]."
         ),
-    ] = "127.0.0.1",
-    instance_port: Annotated[int, typer.Option(help="Instance port.")] = 8080,
-    gateway_port: Annotated[int, typer.Option(help="Gateway port (GitLab's is 5052).")] = 5052,
+    ] = None,
+    instance_port: Annotated[
+        int | None, typer.Option(help="Instance port [config instance.port; 8080].")
+    ] = None,
+    gateway_port: Annotated[
+        int | None,
+        typer.Option(help="Gateway port (GitLab's is 5052) [config gateway.port; 5052]."),
+    ] = None,
     model_port: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="Embedded model port; 0 reuses the last run's port (data/model/port) when it "
-            "is free, else picks a free loopback port."
+            "is free, else picks a free loopback port [config model.port; 0]."
         ),
-    ] = 0,
+    ] = None,
     gguf: Annotated[
         Path | None,
         typer.Option(
@@ -124,11 +129,14 @@ def up(
     the embedded model mapped to code completions. Stop with Ctrl-C.
     """
     from enclave.config import load_settings
+    from enclave.model.requant import PreparationProgress
+    from enclave.stack import mark_stopped, write_stack
     from enclave.supervisor import (
         StartupFailed,
         choose_model_port,
         ensure_routes_secret,
         make_plan,
+        stack_record,
         start_all,
         stop_all,
         supervise,
@@ -150,22 +158,33 @@ def up(
         if "model_egress_allow" in settings.gateway.model_fields_set
         else settings.instance.model_egress_allow
     )
+    # Flags win, then ENCLAVE_* and the config file (load_settings), then the defaults.
     plan = make_plan(
-        instance_host=host,
-        instance_port=instance_port,
-        gateway_host=host,
-        gateway_port=gateway_port,
+        instance_host=host or settings.instance.host,
+        instance_port=instance_port or settings.instance.port,
+        gateway_host=host or settings.gateway.host,
+        gateway_port=gateway_port or settings.gateway.port,
         # Same port as last time when it is free: the instance has the model's endpoint stored.
-        model_port=choose_model_port(settings.model_dir / "port", model_port),
+        model_port=choose_model_port(
+            settings.model_dir / "port",
+            model_port if model_port is not None else settings.model.port,
+        ),
         gguf=gguf,
         routes_secret_file=routes_secret_file,
         model_egress_allow=egress_allow,
     )
     log_dir = settings.data_dir / "logs"
     console.print(f"Starting Enclave (data dir {settings.data_dir}, logs in {log_dir})")
+    # Every other command finds this stack here (enclave.stack), whatever its ports.
+    record = stack_record(plan, gguf)
+    write_stack(settings.data_dir, record)
     status = console.status("starting the model")
+    preparing = PreparationProgress(settings.model_dir, console.print)
 
     def progress(role: str, elapsed: float) -> None:
+        if role == "model" and preparing.poll():
+            status.update(f"preparing the bundled model: {preparing.percent} % ({elapsed:.0f} s)")
+            return
         status.update(f"waiting for the {role} to be ready ({elapsed:.0f} s)")
 
     # Ctrl-C and SIGTERM both mean "stop everything in order". Install the handlers explicitly:
@@ -176,9 +195,11 @@ def up(
         with status:
             start_all(plan, log_dir, progress)
     except StartupFailed as exc:
+        mark_stopped(settings.data_dir, record)
         console.print(f"[red]Enclave did not start:[/red] {exc}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
+        mark_stopped(settings.data_dir, record)
         console.print("Interrupted during start-up; stopped.")
         raise typer.Exit(130) from None
 
@@ -203,6 +224,7 @@ def up(
         console.print("\nStopping Enclave ...")
         code = 0
     stop_all(plan)
+    mark_stopped(settings.data_dir, record)
     console.print("Stopped.")
     raise typer.Exit(code)
 
@@ -265,6 +287,46 @@ def _print_welcome(
         "Ask the instance for a code completion:\n\n"
         f"{curl}\n\nPress Ctrl-C to stop."
     )
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")] = False,
+) -> None:
+    """Show the stack: each role (instance, gateway, model), its URL and health, and the model
+    it serves. Uses the addresses `enclave up` recorded in the data dir (flags and ENCLAVE_*
+    variables win). Exit code 1 when a role does not answer."""
+    import json
+
+    from enclave.config import load_settings
+    from enclave.status import stack_status
+
+    try:
+        settings = load_settings(stack=True)
+    except Exception as exc:
+        console.print(f"Error: the configuration does not load: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    report = stack_status(settings)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        out = Console(highlight=False, soft_wrap=True)
+        out.print(f"Stack from {report['source']}", markup=False)
+        supervisor = report["supervisor"]
+        if supervisor is not None:
+            state = "running" if supervisor["running"] else "not running"
+            out.print(f"  enclave up (pid {supervisor['pid']}): {state}", markup=False)
+        for role in report["roles"]:
+            mark = "ok  " if role["healthy"] else "DOWN"
+            out.print(f"  {mark} {role['role']:<9} {role['url']}  {role['detail']}", markup=False)
+        model = report["model"]
+        out.print(
+            f"  model: {model['file']} (served as {model['served_name']}, "
+            f"{model['identifier']}, family {model['family']})",
+            markup=False,
+        )
+    if not report["healthy"]:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -21,11 +21,13 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
+from enclave.common.features import MODEL_FAMILIES, Feature
 from enclave.common.netrules import LOOPBACK_AND_PRIVATE as _LOOPBACK_AND_PRIVATE
 from enclave.common.netrules import EgressPolicy, parse_networks
 
@@ -81,6 +83,18 @@ class InstanceSettings(BaseModel):
     )
     gateway_timeout_s: float = Field(
         60, ge=1, le=600, description="How long the instance waits for the gateway."
+    )
+    vendored_gateway_url: str | None = Field(
+        None,
+        description="The shared AI gateway that serves features set to vendored (its vendor "
+        "models); an administrator's AI setting wins. Unset: vendored cannot be chosen.",
+    )
+    vendored_gateway_audience: str = Field(
+        "enclave-shared-ai-gateway",
+        min_length=1,
+        max_length=255,
+        description="The `aud` of tokens minted for the vendored gateway (its "
+        "gateway.audience); self-hosted gateway tokens keep gitlab-ai-gateway.",
     )
     ai_gateway_api: Literal["gitlab18", "gitlab17"] = Field(
         "gitlab18",
@@ -144,6 +158,29 @@ class InstanceSettings(BaseModel):
         le=30 * 86400,
         description="Web UI: a session ends this long after sign-in, however busy.",
     )
+    pat_max_lifetime_days: int = Field(
+        365,
+        ge=1,
+        le=3650,
+        description="Longest lifetime of a personal access token, in days, and the expiry a "
+        "token gets when none is given (GitLab's default: 365). Tokens that exist keep their "
+        "expiry.",
+    )
+    usage_flush_s: float = Field(
+        10,
+        ge=0.1,
+        le=300,
+        description="How often the AI usage counted in memory is written to the database (in "
+        "one batch, off the request path).",
+    )
+    usage_max_keys: int = Field(
+        20_000,
+        ge=100,
+        le=1_000_000,
+        description="Bound of the in-memory usage buffer, in distinct (minute, user, feature, "
+        "model) keys between two flushes; requests past it are dropped and counted in "
+        "enclave_instance_usage_dropped_requests_total.",
+    )
     model_egress_allow: list[str] = Field(
         default_factory=lambda: [*_LOOPBACK_AND_PRIVATE, "localhost"],
         description="Where model endpoints may point, checked when a model is saved: the same "
@@ -189,7 +226,8 @@ class InstanceSettings(BaseModel):
         "keep GitLab's 600 kB.",
     )
 
-    # Limits (enclave/instance/limits.py): per user, per process; 0 turns one off.
+    # Limits (enclave/instance/limits.py): per user, per process (or shared by every replica
+    # in Redis with redis_url); 0 turns one off.
     code_suggestions_api_rate_limit: int = Field(
         60,
         ge=0,
@@ -279,6 +317,13 @@ class InstanceSettings(BaseModel):
         EgressPolicy.parse(value)
         return value
 
+    @field_validator("vendored_gateway_url")
+    @classmethod
+    def _vendored_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
     def issuer(self) -> str:
         return (self.external_url or f"http://{self.host}:{self.port}").rstrip("/")
 
@@ -303,12 +348,93 @@ class TrustedIssuer(BaseModel):
         None, description="Read this instance's keys from this static JWKS file instead."
     )
 
+    allowed_features: list[str] | None = Field(
+        None,
+        description="Shared gateway: the features (code_completions, duo_chat, ...) this "
+        "instance may use here; others answer 403. Default: all.",
+    )
+    rate_limit_rps: float | None = Field(
+        None,
+        ge=0,
+        description="This instance's own requests per second (over it → 429), instead of "
+        "rate_limit_per_instance_rps; 0 turns its limit off.",
+    )
+    rate_limit_burst: int | None = Field(
+        None, ge=1, description="This instance's burst, instead of rate_limit_per_instance_burst."
+    )
+    allow_self_hosted_models: bool | None = Field(
+        None,
+        description="Whether requests from this instance may name their own model (endpoint, "
+        "key) instead of the gateway's vendor default. Default: no when the gateway has "
+        "vendor_models (shared mode), yes otherwise.",
+    )
+
     @field_validator("url", "jwks_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError(f"{value!r} is not an http(s) URL")
         return value
+
+    @field_validator("allowed_features")
+    @classmethod
+    def _known_features(cls, value: list[str] | None) -> list[str] | None:
+        known = {feature.value for feature in Feature}
+        for name in value or []:
+            if name not in known:
+                raise ValueError(f"unknown feature {name!r}; features: {', '.join(sorted(known))}")
+        return value
+
+
+class VendorModel(BaseModel):
+    """The model a shared gateway uses for one feature when the request names none (vendored
+    features), with the vendor credentials the gateway holds (``gateway.vendor_models``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: Literal["anthropic", "openai", "azure", "bedrock", "vertex_ai"] = Field(
+        description="Which provider module calls it."
+    )
+    model: str = Field(
+        min_length=1, max_length=255, description="The vendor's model id (claude-3-5-sonnet-...)."
+    )
+    family: str = Field(
+        "claude_3",
+        description="Prompt family for the gateway's prompt registry (claude_3, gpt, general, "
+        "...).",
+    )
+    endpoint: str | None = Field(
+        None,
+        description="API base; default the vendor's public API (Anthropic) or the gateway's "
+        "Bedrock/Vertex settings. Must pass model_egress_allow.",
+    )
+    api_key_file: Path | None = Field(
+        None, description="File holding the vendor API key (read at start, never logged)."
+    )
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Environment variable holding the vendor API key (read at start).",
+    )
+    max_tokens: int | None = Field(None, ge=1, le=200_000, description="Overrides the prompt's.")
+    temperature: float | None = Field(None, ge=0, le=2, description="Overrides the prompt's.")
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        if value not in MODEL_FAMILIES:
+            raise ValueError(
+                f"unknown family {value!r}; families: {', '.join(sorted(MODEL_FAMILIES))}"
+            )
+        return value
+
+    def api_key(self) -> str | None:
+        """The key from its file or variable, read now; never from a request."""
+        if self.api_key_file is not None:
+            return self.api_key_file.read_text().strip() or None
+        if self.api_key_env is not None:
+            return os.environ.get(self.api_key_env, "").strip() or None
+        return None
 
 
 class ModelTLS(BaseModel):
@@ -463,6 +589,21 @@ class GatewaySettings(BaseModel):
         "blocked users. Unset: that API answers 503 and direct-access user tokens stay valid "
         "until they expire. Single-instance mode only (no trusted_issuers).",
     )
+    embedded_model_endpoint: str | None = Field(
+        None,
+        description="Base URL (ending in /v1) of the embedded model; calls to it get shorter "
+        "answers per feature (enclave.gateway.output_caps) so that the small CPU model answers "
+        "within the default timeout. `enclave up` sets it.",
+    )
+    usage_push_s: float = Field(
+        10,
+        ge=0.1,
+        le=300,
+        description="How often the usage of the direct paths (direct access, the "
+        "OpenAI-compatible API), counted in memory, is pushed to the instance "
+        "(POST /api/v4/internal/ai/usage with the routes secret). Needs "
+        "gateway_routes_secret_file.",
+    )
     routes_refresh_s: float = Field(
         30,
         ge=0.2,
@@ -488,6 +629,32 @@ class GatewaySettings(BaseModel):
         "and optionally `jwks_url` or `jwks_file`. When set, issuer_url is trusted too only if "
         "it is set explicitly; when empty, issuer_url (with jwks_url / jwks_file) is the one "
         "trusted instance.",
+    )
+    vendor_models: dict[str, VendorModel] = Field(
+        default_factory=dict,
+        description="Shared-gateway mode: per feature (code_completions, duo_chat, ...), the "
+        "vendor model used for requests that name no model (an instance's vendored features), "
+        'with its credentials held here (JSON: {"duo_chat": {"provider": "anthropic", "model": '
+        '"claude-3-5-sonnet-20241022", "api_key_file": "/etc/enclave/anthropic.key"}}). '
+        "Chat sub-features without an entry use duo_chat's. When set, instances may not name "
+        "their own models unless their trusted_issuers entry sets allow_self_hosted_models.",
+    )
+    audience: str = Field(
+        "gitlab-ai-gateway",
+        min_length=1,
+        max_length=255,
+        description="The `aud` tokens must carry. A shared gateway should use its own (the "
+        "instances' vendored_gateway_audience), so that tokens minted for it are worthless at "
+        "the instances' self-hosted gateways and the other way round.",
+    )
+    config_reload_s: float = Field(
+        2,
+        ge=0,
+        le=3600,
+        description="How often the config file (ENCLAVE_CONFIG / --config) is checked for "
+        "changes to trusted_issuers; a change applies within this time, and an instance "
+        "removed from the list is refused from then on, tokens already minted included. "
+        "0 turns it off (restart to apply).",
     )
     allowed_client_cidrs: list[str] = Field(
         default_factory=lambda: list(_LOOPBACK_AND_PRIVATE),
@@ -523,7 +690,8 @@ class GatewaySettings(BaseModel):
         1000,
         ge=0,
         description="Requests per second each instance (issuer, instance id) may send to the AI "
-        "endpoints, per worker process; over it → 429 with Retry-After. 0 turns it off.",
+        "endpoints, per worker process (for all replicas together with redis_url); over it → "
+        "429 with Retry-After. 0 turns it off.",
     )
     rate_limit_per_instance_burst: int = Field(
         2000, ge=1, description="Requests an instance may send at once above its rate."
@@ -532,7 +700,8 @@ class GatewaySettings(BaseModel):
         600,
         ge=0,
         description="Requests per minute each user (instance id, X-Gitlab-Global-User-Id) may "
-        "send to the AI endpoints, per worker process; over it → 429. 0 turns it off.",
+        "send to the AI endpoints, per worker process (for all replicas together with "
+        "redis_url); over it → 429. 0 turns it off.",
     )
     rate_limit_per_user_burst: int = Field(
         100, ge=1, description="Requests a user may send at once above their rate."
@@ -566,6 +735,22 @@ class GatewaySettings(BaseModel):
     def _egress_entries(cls, value: list[str]) -> list[str]:
         EgressPolicy.parse(value)
         return value
+
+    @field_validator("vendor_models")
+    @classmethod
+    def _vendor_features(cls, value: dict[str, VendorModel]) -> dict[str, VendorModel]:
+        known = {feature.value for feature in Feature}
+        for name in value:
+            if name not in known:
+                raise ValueError(
+                    f"vendor_models: unknown feature {name!r}; features: {', '.join(sorted(known))}"
+                )
+        return value
+
+    @property
+    def shared_mode(self) -> bool:
+        """A gateway that serves vendor models to its instances (``vendor_models`` set)."""
+        return bool(self.vendor_models)
 
     @field_validator("model_tls")
     @classmethod
@@ -654,6 +839,33 @@ class EnclaveSettings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Redis URL (redis://[:password@]host:port/db, rediss:// for TLS; env "
+        "ENCLAVE_REDIS_URL) that every replica shares: with it the rate limits (instance per "
+        "user, failed-auth bans; gateway per instance and per user) are counted in Redis by "
+        "atomic scripts, so N replicas enforce one limit instead of N. Unset: each process "
+        "counts its own share. Secret: it may hold a password and is never logged.",
+    )
+    redis_failure_mode: Literal["open", "closed"] = Field(
+        "closed",
+        description="What a limit does while Redis cannot be reached (refused, or no answer "
+        "within redis_timeout_s): closed (default; deny when unsure) answers 503 with "
+        "Retry-After, so a Redis outage cannot become an unlimited flood or an unbanned token "
+        "guesser; open lets requests through unlimited, trading that for availability. Either "
+        "way the change is logged once per transition and counted in /metrics.",
+    )
+    redis_timeout_s: float = Field(
+        0.1,
+        ge=0.01,
+        le=2,
+        description="How long one Redis call may take (connect or answer) before it counts as "
+        "a failure; after a failure Redis is not tried again for redis_retry_s, so an outage "
+        "costs each request at most this, never a hang.",
+    )
+    redis_retry_s: float = Field(
+        1, ge=0.1, le=60, description="How long after a Redis failure the next call is tried."
+    )
 
     instance: InstanceSettings = Field(default_factory=InstanceSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
@@ -675,6 +887,11 @@ class EnclaveSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, _ShortAliases(settings_cls)]
         sources.append(env_settings)
+        stack_values = _stack_values.get()
+        if stack_values:
+            # Where `enclave up` put the roles (enclave.stack): below flags and ENCLAVE_*, above
+            # the config file, whose ports `up` may have overridden.
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=stack_values))
         config_file = _explicit_config_file.get() or os.environ.get("ENCLAVE_CONFIG")
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
@@ -741,8 +958,36 @@ class _ShortAliases(PydanticBaseSettingsSource):
 _explicit_config_file: ContextVar[str | None] = ContextVar("enclave_config_file", default=None)
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> EnclaveSettings:
-    """Build settings; ``config_file`` wins over ``ENCLAVE_CONFIG``."""
+# Set only while ``load_settings(stack=True)`` builds settings: the running stack's addresses.
+_stack_values: ContextVar[dict[str, Any] | None] = ContextVar("enclave_stack", default=None)
+
+
+def load_settings(
+    config_file: Path | None = None, *, stack: bool = False, **overrides: Any
+) -> EnclaveSettings:
+    """Build settings; ``config_file`` wins over ``ENCLAVE_CONFIG``.
+
+    ``stack=True`` (the commands that talk to a running stack: doctor, models test, status,
+    ...): the addresses ``enclave up`` recorded in the data dir apply too, under flags and
+    ``ENCLAVE_*`` variables (see :mod:`enclave.stack`).
+    """
+    settings = _load(config_file, overrides)
+    if not stack:
+        return settings
+    from enclave.stack import read_stack
+
+    record = read_stack(settings.data_dir)
+    if record is None or not record.supervisor_alive():
+        # No stack runs from this data dir (stopped, or killed): the roles may run apart now.
+        return settings
+    reset = _stack_values.set(record.settings())
+    try:
+        return _load(config_file, overrides)
+    finally:
+        _stack_values.reset(reset)
+
+
+def _load(config_file: Path | None, overrides: dict[str, Any]) -> EnclaveSettings:
     if config_file is None:
         return EnclaveSettings(**overrides)
     if not config_file.is_file():

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from enclave.common.net import free_port, http_ok
+from enclave.stack import StackRecord, now_text
 
 # Routes secret: "enclkey-" makes the log redaction recognise it wherever it might appear.
 ROUTES_SECRET_PREFIX = "enclkey-routes-"  # noqa: S105 - a prefix
@@ -163,10 +164,32 @@ class Plan:
     instance_url: str
     gateway_url: str
     model_url: str
+    instance_host: str = "127.0.0.1"
+    instance_port: int = 8080
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 5052
+    model_port: int = 0
 
     @property
     def roles(self) -> list[Role]:
         return [self.model, self.instance, self.gateway]
+
+
+def stack_record(plan: Plan, gguf: Path | None) -> StackRecord:
+    """What ``enclave up`` records in the data dir for the other commands (enclave.stack)."""
+    return StackRecord(
+        instance_host=plan.instance_host,
+        instance_port=plan.instance_port,
+        instance_url=plan.instance_url,
+        gateway_host=plan.gateway_host,
+        gateway_port=plan.gateway_port,
+        gateway_url=plan.gateway_url,
+        model_port=plan.model_port,
+        model_url=plan.model_url,
+        model_file=str(gguf) if gguf is not None else None,
+        pid=os.getpid(),
+        started_at=now_text(),
+    )
 
 
 def make_plan(
@@ -210,7 +233,11 @@ def make_plan(
         "gateway",
         [*common, "gateway", "--host", gateway_host, "--port", str(gateway_port)],
         f"{gateway_url}/monitoring/ready",
-        env={"ENCLAVE_GATEWAY__ISSUER_URL": instance_url},
+        env={
+            "ENCLAVE_GATEWAY__ISSUER_URL": instance_url,
+            # Calls to the embedded model get its per-feature output caps (output_caps.py).
+            "ENCLAVE_GATEWAY__EMBEDDED_MODEL_ENDPOINT": model_url,
+        },
     )
     if routes_secret_file is not None:
         instance.env["ENCLAVE_INSTANCE__GATEWAY_ROUTES_SECRET_FILE"] = str(routes_secret_file)
@@ -219,7 +246,19 @@ def make_plan(
         allow = json.dumps(model_egress_allow)
         instance.env["ENCLAVE_INSTANCE__MODEL_EGRESS_ALLOW"] = allow
         gateway.env["ENCLAVE_GATEWAY__MODEL_EGRESS_ALLOW"] = allow
-    return Plan(model, instance, gateway, instance_url, gateway_url, model_url)
+    return Plan(
+        model,
+        instance,
+        gateway,
+        instance_url,
+        gateway_url,
+        model_url,
+        instance_host,
+        instance_port,
+        gateway_host,
+        gateway_port,
+        model_port,
+    )
 
 
 def _client_host(bind_host: str) -> str:

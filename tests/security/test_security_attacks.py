@@ -122,7 +122,12 @@ async def refused(
 # -- tokens ---------------------------------------------------------------------------------
 
 Build = Callable[[Harness], str]
-NOW = int(time.time())
+
+
+def now() -> int:
+    # Read when each token is made, not at import: `make test` reaches these cases more than
+    # ten minutes after collection, when an import-time "now + 600" is already in the past.
+    return int(time.time())
 
 
 @dataclass(frozen=True)
@@ -180,16 +185,18 @@ FORBIDDEN = "Forbidden by auth provider: "
 
 TOKEN_CASES: dict[str, TokenCase] = {
     "expired": TokenCase(
-        lambda gw: gw.token(exp=NOW - 3600, iat=NOW - 7200, nbf=None),
+        lambda gw: gw.token(exp=now() - 3600, iat=now() - 7200, nbf=None),
         401,
         verify.TOKEN_EXPIRED,
     ),
     "expired_just_past_the_leeway": TokenCase(
         lambda gw: gw.token(exp=int(time.time()) - 31), 401, verify.TOKEN_EXPIRED
     ),
-    "not_yet_valid": TokenCase(lambda gw: gw.token(nbf=NOW + 600), 401, verify.TOKEN_NOT_YET_VALID),
+    "not_yet_valid": TokenCase(
+        lambda gw: gw.token(nbf=now() + 600), 401, verify.TOKEN_NOT_YET_VALID
+    ),
     "issued_in_the_future": TokenCase(
-        lambda gw: gw.token(iat=NOW + 600, nbf=None), 401, verify.TOKEN_NOT_YET_VALID
+        lambda gw: gw.token(iat=now() + 600, nbf=None), 401, verify.TOKEN_NOT_YET_VALID
     ),
     "wrong_audience": TokenCase(
         lambda gw: gw.token(aud="gitlab-duo-workflow-service"), 401, verify.WRONG_AUDIENCE
@@ -373,7 +380,7 @@ TOKEN_CASES: dict[str, TokenCase] = {
         f"{FORBIDDEN}the token's 'exp' claim is out of range",
     ),
     "expiry_as_a_string": TokenCase(
-        lambda gw: gw.token(exp=str(NOW + 3600)),
+        lambda gw: gw.token(exp=str(now() + 3600)),
         401,
         f"{FORBIDDEN}the token's 'exp' claim is not a number",
     ),

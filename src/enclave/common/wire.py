@@ -23,6 +23,9 @@ H_GLOBAL_USER_ID: Final = "x-gitlab-global-user-id"
 H_HOST_NAME: Final = "x-gitlab-host-name"
 H_VERSION: Final = "x-gitlab-version"
 H_REQUEST_ID: Final = "x-request-id"
+# The model's token counts on a gateway answer that is not streamed (the instance's usage).
+H_ENCLAVE_INPUT_TOKENS: Final = "X-Enclave-Input-Tokens"
+H_ENCLAVE_OUTPUT_TOKENS: Final = "X-Enclave-Output-Tokens"
 H_ERROR_ORIGIN: Final = "x-gitlab-error-origin"
 H_VERBOSE_AI_LOGS: Final = "x-gitlab-enabled-instance-verbose-ai-logs"
 

@@ -13,6 +13,7 @@ signing key (user tokens) is loaded, or generated, when the app is built.
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -44,6 +45,7 @@ from enclave.gateway.api.v4.code.suggestions import suggestions
 from enclave.gateway.http import json_response
 from enclave.gateway.metrics import metrics_endpoint
 from enclave.gateway.middleware import ClientAddressMiddleware, RequestContextMiddleware
+from enclave.gateway.openapi import document_routes
 from enclave.gateway.prompts.registry import (
     DEFINITIONS_DIR,
     PromptRegistry,
@@ -61,7 +63,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return json_response({"detail": exc.detail}, exc.status_code, exc.headers)
 
 
-ROUTES: Final = (
+API_ROUTES: Final = (
     Route("/v2/code/completions", completions, methods=["POST"]),
     Route("/v2/completions", completions, methods=["POST"]),  # GitLab's legacy alias
     Route("/v2/code/generations", generations, methods=["POST"]),
@@ -81,6 +83,9 @@ ROUTES: Final = (
     # No token (as in GitLab's gateway); the client address allow-list still applies.
     Route("/metrics", metrics_endpoint, methods=["GET"]),
 )
+
+# /openapi.json and /docs (as GitLab's gateway image serves them), no token, no CDN.
+ROUTES: Final = (*API_ROUTES, *document_routes(API_ROUTES))
 
 # Route templates for the metrics' route label (never the raw path): exact paths, and the
 # endpoints of templated routes (Starlette puts the matched endpoint in the scope).
@@ -107,6 +112,7 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     refresh_keys_in_background: bool = True,
     prompt_definitions: Path = DEFINITIONS_DIR,
+    config_file: Path | None = None,
 ) -> Starlette:
     """The gateway application for ``settings``.
 
@@ -122,6 +128,7 @@ def create_app(
         route_paths=[route.path for route in ROUTES],
         clock=clock,
         refresh_keys_in_background=refresh_keys_in_background,
+        config_file=config_file,
     )
 
     @asynccontextmanager
@@ -146,6 +153,7 @@ def create_app(
                 metrics=gateway.metrics,
                 route_templates=ROUTE_TEMPLATES,
                 endpoint_templates=ENDPOINT_TEMPLATES,
+                usage=gateway.usage,
             ),
             Middleware(
                 ClientAddressMiddleware,
@@ -166,7 +174,9 @@ def create_app_from_env() -> Starlette:
     """uvicorn factory for worker processes: settings from ``ENCLAVE_*`` / the config file."""
     settings = load_settings()
     configure_logging("gateway", settings.log_level, settings.log_format)
-    return create_app(settings)
+    config = os.environ.get("ENCLAVE_CONFIG")
+    # The config file is watched for trusted-issuer changes (gateway.config_reload_s).
+    return create_app(settings, config_file=Path(config) if config else None)
 
 
 def run(settings: EnclaveSettings) -> None:

@@ -44,6 +44,8 @@ from enclave.gateway.models.base import (
     ToolCallDelta,
     Usage,
 )
+from enclave.gateway.tenant_usage import USAGE_KEY
+from enclave.gateway.usage import add_tokens
 
 if TYPE_CHECKING:
     from enclave.gateway.runtime import Gateway
@@ -200,6 +202,36 @@ class GatewayMetrics:
             registry=registry,
         )
 
+        # Shared-gateway usage per tenant (instance = the issuer URL) and feature: children are
+        # created on first use, bounded by trusted instances x features.
+        self.tenant_requests = Counter(
+            "enclave_gateway_instance_requests",
+            "Requests served per trusted instance and feature (after authentication).",
+            ["instance", "feature"],
+            registry=registry,
+        )
+        self.tenant_tokens = Counter(
+            "enclave_gateway_instance_tokens",
+            "Model tokens per trusted instance, feature and direction (input, output).",
+            ["instance", "feature", "direction"],
+            registry=registry,
+        )
+        self.tenant_rate_limited = Counter(
+            "enclave_gateway_instance_rate_limited",
+            "Requests refused by a trusted instance's own rate limit.",
+            ["instance"],
+            registry=registry,
+        )
+        self.tenant_limit_rps = Gauge(
+            "enclave_gateway_instance_rate_limit_rps",
+            "Each trusted instance's request rate limit (requests per second; 0: off).",
+            ["instance"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+
+        self._tenant_children: dict[tuple[str, str], Counter] = {}
+
         # Pre-created children: the hot path only looks them up.
         self._route_duration = {
             route: self.request_duration.labels(route) for route in (*routes, UNMATCHED)
@@ -243,6 +275,30 @@ class GatewayMetrics:
     def family(self, name: str) -> tuple[Counter, Counter, Histogram]:
         children = self._families.get(name)
         return children if children is not None else self._families[OTHER]
+
+    def tenant_request(self, instance: str, feature: str) -> None:
+        # A dict lookup on the hot path instead of labels() (a lock and a tuple each time).
+        child = self._tenant_children.get((instance, feature))
+        if child is None:
+            child = self._tenant_children[(instance, feature)] = self.tenant_requests.labels(
+                instance, feature
+            )
+        child.inc()
+
+    def tenant_usage(self, key: tuple[str, str] | None, usage: Usage | None) -> None:
+        """Count a model call's tokens for the tenant and feature that asked (if any)."""
+        if key is None or usage is None:
+            return
+        if usage.input_tokens:
+            self.tenant_tokens.labels(*key, "input").inc(usage.input_tokens)
+        if usage.output_tokens:
+            self.tenant_tokens.labels(*key, "output").inc(usage.output_tokens)
+
+    def tenant_limited(self, instance: str) -> None:
+        self.tenant_rate_limited.labels(instance).inc()
+
+    def tenant_limit(self, instance: str, rps: float) -> None:
+        self.tenant_limit_rps.labels(instance).set(rps)
 
     def auth_failure(self, error: verify.AuthError) -> None:
         self._auth_reasons[auth_failure_reason(error)].inc()
@@ -296,7 +352,9 @@ class InstrumentedModelClient:
             metrics.model_inflight.dec()
         success.inc()
         usage = result.usage
+        metrics.tenant_usage(USAGE_KEY.get(), usage)
         if usage is not None:
+            add_tokens(usage.input_tokens, usage.output_tokens)
             if usage.input_tokens:
                 metrics.input_tokens.inc(usage.input_tokens)
             if usage.output_tokens:
@@ -315,13 +373,13 @@ class InstrumentedModelClient:
             children[2].observe(time.perf_counter() - start)
             metrics.model_inflight.dec()
             raise
-        return _InstrumentedStream(inner, metrics, children, start)
+        return _InstrumentedStream(inner, metrics, children, start, USAGE_KEY.get())
 
 
 class _InstrumentedStream:
     """Counts one streamed model call when it ends (exhausted, failed or closed)."""
 
-    __slots__ = ("_children", "_done", "_failed", "_inner", "_metrics", "_start")
+    __slots__ = ("_children", "_done", "_failed", "_inner", "_metrics", "_start", "_usage_key")
 
     def __init__(
         self,
@@ -329,7 +387,9 @@ class _InstrumentedStream:
         metrics: GatewayMetrics,
         children: tuple[Counter, Counter, Histogram],
         start: float,
+        usage_key: tuple[str, str] | None = None,
     ) -> None:
+        self._usage_key = usage_key  # read when the call started: the stream outlives it
         self._inner = inner
         self._metrics = metrics
         self._children = children
@@ -374,7 +434,11 @@ class _InstrumentedStream:
         self._done = True
         success, error, duration = self._children
         (error if self._failed else success).inc()
+        self._metrics.tenant_usage(self._usage_key, self.usage)
         duration.observe(time.perf_counter() - self._start)
+        usage = self.usage
+        if usage is not None:  # the request's usage (direct paths); the counters stay as they are
+            add_tokens(usage.input_tokens, usage.output_tokens)
         self._metrics.model_inflight.dec()
 
 

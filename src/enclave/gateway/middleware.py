@@ -23,13 +23,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from enclave.common import wire
 from enclave.common.client_address import ClientAddressMiddleware
 from enclave.common.logging import get_logger
+from enclave.gateway.models.base import REQUEST_MODEL_TIMEOUT
+from enclave.gateway.usage import CURRENT, RequestUsage
 
 if TYPE_CHECKING:
     from enclave.gateway.metrics import GatewayMetrics
+    from enclave.gateway.usage import UsageCounter
 
 log = get_logger("enclave.gateway.request")
 
 _REQUEST_ID_HEADER: Final = wire.H_REQUEST_ID.encode()
+_INPUT_TOKENS: Final = wire.H_ENCLAVE_INPUT_TOKENS.lower().encode()
+_OUTPUT_TOKENS: Final = wire.H_ENCLAVE_OUTPUT_TOKENS.lower().encode()
 # Accept the caller's request id only when it is short and plain (it ends up in our logs).
 _VALID_REQUEST_ID: Final = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
@@ -50,8 +55,10 @@ class RequestContextMiddleware:
         metrics: GatewayMetrics | None = None,
         route_templates: Mapping[str, str] | None = None,
         endpoint_templates: Mapping[Any, str] | None = None,
+        usage: UsageCounter | None = None,
     ) -> None:
         self.app = app
+        self._usage = usage
         self._routes = frozenset(routes)
         self._metrics = metrics
         self._route_templates = dict(route_templates or {})
@@ -74,6 +81,8 @@ class RequestContextMiddleware:
         request_id_bytes = request_id.encode("ascii")
         status = 500
         started = False
+        # The request's usage slot: endpoints serving a user's token claim it (gateway/usage.py).
+        slot = RequestUsage()
 
         async def send_with_context(message: Message) -> None:
             nonlocal status, started
@@ -84,10 +93,18 @@ class RequestContextMiddleware:
                 headers = list(message.get("headers", ()))
                 headers.append((_REQUEST_ID_HEADER, request_id_bytes))
                 headers.append((b"x-process-time", f"{elapsed:.6f}".encode()))
+                # The model's token counts when the answer is whole (not streamed): the
+                # instance records them as the request's usage.
+                if slot.input_tokens or slot.output_tokens:
+                    headers.append((_INPUT_TOKENS, str(slot.input_tokens).encode()))
+                    headers.append((_OUTPUT_TOKENS, str(slot.output_tokens).encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        slot_token = CURRENT.set(slot)
+        # Per request: the instance's model budget, set by authentication (never inherited).
+        budget_token = REQUEST_MODEL_TIMEOUT.set(None)
         try:
             await self.app(scope, receive, send_with_context)
         except Exception:
@@ -101,6 +118,10 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - start
             if self._metrics is not None:
                 self._metrics.observe_request(self._route_template(scope, path), status, elapsed)
+            CURRENT.reset(slot_token)
+            REQUEST_MODEL_TIMEOUT.reset(budget_token)
+            if self._usage is not None and slot.user is not None:
+                self._usage.add(slot, status, elapsed)
             fields: dict[str, Any] = {
                 "method": scope.get("method"),
                 "route": path if path in self._routes else "<unmatched>",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Final
 
 import aiohttp
@@ -22,7 +23,9 @@ from enclave.common.features import MODEL_FAMILIES
 from enclave.common.logging import get_logger
 from enclave.common.model_probe import ModelProbe
 from enclave.common.netrules import EgressPolicy
+from enclave.common.shared_store import SharedStore
 from enclave.config import SELF_SIGNED_ISSUER, EnclaveSettings
+from enclave.gateway import output_caps
 from enclave.gateway.auth.jwks import KeyStore, build_key_stores, local_key_store
 from enclave.gateway.auth.self_signed import (
     SigningKeyError,
@@ -30,6 +33,7 @@ from enclave.gateway.auth.self_signed import (
     load_or_create_signing_key,
 )
 from enclave.gateway.auth.verify import Authenticator
+from enclave.gateway.config_watch import ConfigWatcher
 from enclave.gateway.egress import EgressCheckedClient, EgressGuard, GuardedResolver
 from enclave.gateway.metrics import GatewayMetrics, InstrumentedModelClient
 from enclave.gateway.models.base import ModelRequest, ModelResult, TextModelClient, TextStream
@@ -38,6 +42,8 @@ from enclave.gateway.models.registry import build_providers, provider_settings
 from enclave.gateway.models.tls import default_tls
 from enclave.gateway.rate_limit import RateLimiter
 from enclave.gateway.routes_table import RoutesTable
+from enclave.gateway.tenants import Tenants
+from enclave.gateway.usage import UsageCounter, UsagePusher
 
 log = get_logger(__name__)
 
@@ -66,6 +72,7 @@ class Gateway:
         route_paths: Sequence[str] = (),
         clock: Callable[[], float] = time.monotonic,
         refresh_keys_in_background: bool = True,
+        config_file: Path | None = None,
     ) -> None:
         self.settings = settings
         gateway_settings = settings.gateway
@@ -92,7 +99,10 @@ class Gateway:
             self.user_tokens = UserTokenIssuer(key, gateway_settings.user_token_lifetime_s)
             local = local_key_store(SELF_SIGNED_ISSUER, self.user_tokens.jwks, str(path), clock)
         self.authenticator = Authenticator(
-            self.stores, local=local, leeway_s=gateway_settings.leeway_s
+            self.stores,
+            local=local,
+            audience=gateway_settings.audience,
+            leeway_s=gateway_settings.leeway_s,
         )
         issuers = [*self.stores, *([local.issuer] if local is not None else [])]
         self.metrics = GatewayMetrics(
@@ -103,6 +113,10 @@ class Gateway:
         self.authenticator.hit_counter = self.metrics.token_cache_hits
         self.authenticator.miss_counter = self.metrics.token_cache_misses
         self.authenticator.on_failure = self.metrics.auth_failure
+        # Redis shared by every replica (ENCLAVE_REDIS_URL): the limits count there.
+        self.shared_store = SharedStore.from_settings(settings, "gateway")
+        if self.shared_store is not None:
+            self.shared_store.count_in("enclave_gateway", self.metrics.registry)
         self.rate_limiter = RateLimiter(
             per_instance_rps=gateway_settings.rate_limit_per_instance_rps,
             per_instance_burst=gateway_settings.rate_limit_per_instance_burst,
@@ -111,9 +125,15 @@ class Gateway:
             clock=clock,
             max_buckets=gateway_settings.rate_limit_max_buckets,
             limited=self.metrics.rate_limited_scopes,
+            store=self.shared_store,
         )
+        # Shared-gateway mode: per-instance controls and the vendor models held here.
+        self.tenants = Tenants(gateway_settings, self.rate_limiter, self.metrics, clock)
+        self._clock = clock
         # Where Bedrock and Vertex models without an endpoint are called (region, project).
         install_settings(provider_settings(gateway_settings))
+        # Shorter answers from the embedded CPU model, so it answers within the timeout.
+        output_caps.install(gateway_settings.embedded_model_endpoint)
         self.egress_policy = EgressPolicy.parse(gateway_settings.model_egress_allow)
         self.egress = EgressGuard(clock, self.egress_policy)
         # The instance's feature→model routes (OpenAI-compatible API), fetched from the issuer.
@@ -128,6 +148,20 @@ class Gateway:
                 "personal access tokens and blocked users; direct-access user tokens stay "
                 "valid until they expire",
             )
+        # Usage of the direct paths, pushed to the instance (enclave.gateway.usage).
+        self.usage = UsageCounter()
+        self.usage_pusher: UsagePusher | None = None
+        secret_file = gateway_settings.gateway_routes_secret_file
+        if self.routes_table.enabled and secret_file is not None:
+            self.usage_pusher = UsagePusher(
+                self.usage,
+                issuer=self.routes_table.issuer,
+                secret_file=secret_file,
+                session=self.issuer_http,
+                interval_s=gateway_settings.usage_push_s,
+                timeout_s=gateway_settings.routes_fetch_timeout_s,
+            )
+        self.config_file = config_file
         self.model_probe = ModelProbe()  # readiness only: is each routed model server up
         self._refresh_in_background = refresh_keys_in_background
         self._tasks: list[asyncio.Task[None]] = []
@@ -181,11 +215,52 @@ class Gateway:
             for store in self.stores.values():
                 self._tasks.append(asyncio.create_task(store.run_refresher()))
             self._tasks.append(asyncio.create_task(self.routes_table.run_refresher()))
+            if self.usage_pusher is not None:
+                self._tasks.append(asyncio.create_task(self.usage_pusher.run()))
+            if self.config_file is not None and self.settings.gateway.config_reload_s > 0:
+                watcher = ConfigWatcher(
+                    self.config_file, self.settings.gateway.config_reload_s, self.reload
+                )
+                self._tasks.append(asyncio.create_task(watcher.run()))
         log.info(
             "gateway_started",
             issuers=sorted(self.stores),
             key_sources=[store.source.location for store in self.stores.values()],
             direct_access=self.user_tokens is not None,
+            # Shared mode: which features have a vendor model (never their keys).
+            vendor_models={
+                feature: f"{vendor.target.provider}/{vendor.target.model}"
+                for feature, vendor in sorted(self.tenants.vendors.items())
+            },
+        )
+
+    def rate_limiter_for(self, issuer: str) -> RateLimiter:
+        """The limiter of ``issuer`` (its own when its trusted_issuers entry sets limits)."""
+        own = self.tenants.own_limiter(issuer)
+        return self.rate_limiter if own is None else own
+
+    def reload(self, settings: EnclaveSettings) -> None:
+        """Apply a changed trusted-issuer list (and each instance's controls) without a restart.
+
+        Removed instances are refused from the next request, their cached tokens included;
+        added ones get a key store (fetched in the background). Other settings need a restart.
+        """
+        new_stores = build_key_stores(settings.gateway, self.issuer_http, self._clock)
+        stores: dict[str, KeyStore] = {}
+        for issuer, store in new_stores.items():
+            kept = self.stores.get(issuer)
+            stores[issuer] = kept if kept is not None else store
+            if kept is None:
+                store.on_fetch = self.metrics.jwks_fetch
+                if self._refresh_in_background and self.started:
+                    self._tasks.append(asyncio.create_task(store.run_refresher()))
+        removed = sorted(set(self.stores) - set(stores))
+        added = sorted(set(stores) - set(self.stores))
+        self.stores = stores
+        self.authenticator.replace_stores(stores)
+        self.tenants.update(settings.gateway)
+        log.info(
+            "gateway_trusted_issuers_reloaded", issuers=sorted(stores), removed=removed, added=added
         )
 
     async def model_health(self, request: ModelRequest) -> None:
@@ -204,6 +279,8 @@ class Gateway:
         for store in self.stores.values():
             await store.aclose()
         await self.routes_table.aclose()
+        if self.shared_store is not None:
+            await self.shared_store.close()
         for session in (self.session, self.issuer_session):
             if session is not None:
                 await session.close()

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Final
 from pydantic import StringConstraints
 
 from enclave.common.endpoint_url import EndpointUrlError, check_endpoint_url
+from enclave.gateway import output_caps
 from enclave.gateway.api.schemas import BodyModel, Str255, field_error
 from enclave.gateway.egress import display_url
 from enclave.gateway.models.base import Api, ChatMessage, ModelRequest
@@ -241,9 +242,11 @@ def target_request(
     params: ModelParams,
     *,
     family: str = "other",
+    prompt_id: str | None = None,
 ) -> ModelRequest:
     """Chat messages or a raw prompt for ``target`` (text-only models get messages as text):
-    the one place a model request is built from a target, for every endpoint."""
+    the one place a model request is built from a target, for every endpoint. ``prompt_id``
+    caps the output of the embedded model (:mod:`enclave.gateway.output_caps`)."""
     api: Api = "completions" if prompt is not None else "chat"
     if target.force_text_completion and messages:
         prompt, messages, api = messages_as_text(messages), (), "completions"
@@ -255,7 +258,7 @@ def target_request(
         api_key=target.api_key,
         prompt=prompt,
         messages=messages,
-        max_tokens=params.max_tokens,
+        max_tokens=output_caps.capped(target.endpoint, prompt_id, params.max_tokens),
         temperature=params.temperature,
         top_p=params.top_p,
         stop=params.stop,

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common.logging import get_logger
+from enclave.gateway import usage
 from enclave.gateway.http import detail
 from enclave.gateway.routes_table import RoutesUnavailable
 from enclave.gateway.targets import PROVIDER_LITELLM, ModelTarget, PlanError, served_model
@@ -120,8 +121,12 @@ class NamedModel:
         return False
 
 
-def admin_model(gateway: Gateway, feature: str, named: NamedModel) -> tuple[ModelTarget, str]:
+def admin_model(
+    gateway: Gateway, feature: str, named: NamedModel, user: str | None = None
+) -> tuple[ModelTarget, str]:
     """The administrator's model for ``feature`` and its family; :class:`PlanError` (403/503).
+
+    ``user`` (the token's pseudonymous subject): the request is counted as that user's usage.
 
     A body that names a model is refused whatever state the routes are in; it passes only
     when it names exactly the administrator's model (an IDE may echo what it was told).
@@ -153,4 +158,5 @@ def admin_model(gateway: Gateway, feature: str, named: NamedModel) -> tuple[Mode
     )
     if named.names_another_than(target):
         raise PlanError(ADMIN_CHOOSES_MODEL, 403)
+    usage.claim(user, feature, route.model_name)
     return target, route.family or ""

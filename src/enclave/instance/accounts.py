@@ -11,20 +11,30 @@ import re
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, delete, func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from enclave.instance import audit
 from enclave.instance.actor import Actor
 from enclave.instance.admin_errors import ConflictError, InvalidInputError, NotFoundError
 from enclave.instance.db.base import utcnow
-from enclave.instance.db.models import MAX_ID, PersonalAccessToken, User, id_can_exist
+from enclave.instance.db.models import (
+    MAX_ID,
+    AiUsage,
+    DeletedUser,
+    PersonalAccessToken,
+    User,
+    id_can_exist,
+)
+from enclave.instance.gateway_client import pseudonymous_user_id
 from enclave.instance.pats import KNOWN_SCOPES, CreatedToken, create_token
 
 # GitLab's username rule, simplified: letters, digits, _ . -; not starting with - or .
 _USERNAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-MAX_TOKEN_LIFETIME_DAYS = 365 * 2
+# GitLab's default maximum lifetime of a PAT, and the expiry a token gets when none is given
+# (instance.pat_max_lifetime_days changes it).
+DEFAULT_MAX_TOKEN_LIFETIME_DAYS = 365
 TokenState = Literal["active", "inactive"]
 
 
@@ -108,6 +118,10 @@ def create_user(
         name = username
     if not isinstance(name, str) or len(name) > 255:
         raise InvalidInputError("name must be text of at most 255 characters", field="name")
+    if email is None or (isinstance(email, str) and not email.strip()):
+        raise InvalidInputError(
+            "email is missing: give the user's e-mail address (name@domain.tld)", field="email"
+        )
     if not isinstance(email, str) or not _EMAIL.match(email.strip()) or len(email) > 255:
         raise InvalidInputError(
             f"email {email!r} is not a valid e-mail address (name@domain.tld)", field="email"
@@ -149,6 +163,49 @@ def set_blocked(session: Session, user_id: int, blocked: bool, actor: Actor) -> 
     return user
 
 
+def delete_user(
+    session: Session, user_id: int, actor: Actor, *, salt: bytes, hard_delete: bool = False
+) -> User:
+    """Delete a user and their tokens (GitLab's ``DELETE /users/:id``).
+
+    Refused for oneself and for the last administrator. Audit events stay (their author name
+    is kept); the user's usage stays as a deleted user's unless ``hard_delete``, which removes
+    it too (GitLab's "contributions" of the user). The gateway keeps refusing the tokens made
+    for the user (see :class:`DeletedUser`).
+    """
+    user = get_user(session, user_id)
+    if actor.user_id == user.id:
+        raise InvalidInputError(
+            "you cannot delete yourself; ask another administrator to do it", field="id"
+        )
+    if user.is_admin:
+        admins = session.scalar(select(func.count()).select_from(User).where(User.is_admin))
+        if (admins or 0) <= 1:
+            raise ConflictError(
+                f"{user.username} is the last administrator; make another user an "
+                "administrator first",
+                field="id",
+            )
+    pat_ids = list(
+        session.scalars(
+            select(PersonalAccessToken.id).where(PersonalAccessToken.user_id == user.id)
+        )
+    )
+    session.add(DeletedUser(global_user_id=pseudonymous_user_id(salt, user.id), pat_ids=pat_ids))
+    if hard_delete:
+        session.execute(delete(AiUsage).where(AiUsage.user_id == user.id))
+    audit.record(
+        session,
+        audit.USER_DELETED,
+        f"user/{user.id}",
+        {"username": user.username, "hard_delete": hard_delete, "tokens": len(pat_ids)},
+        actor=actor,
+    )
+    session.delete(user)
+    session.flush()
+    return user
+
+
 def list_users(
     session: Session,
     *,
@@ -177,11 +234,21 @@ def list_users(
 # --- personal access tokens -----------------------------------------------------------------
 
 
-def parse_expiry(value: Any, *, now: datetime | None = None) -> datetime | None:
-    """GitLab's ``expires_at`` (a date, YYYY-MM-DD): the token stops working at 00:00 UTC."""
-    if value is None or value == "":
-        return None
+def parse_expiry(
+    value: Any,
+    *,
+    now: datetime | None = None,
+    max_days: int = DEFAULT_MAX_TOKEN_LIFETIME_DAYS,
+) -> datetime:
+    """GitLab's ``expires_at`` (a date, YYYY-MM-DD): the token stops working at 00:00 UTC.
+
+    None (not given) is the longest lifetime allowed, ``max_days``, as GitLab: no token lives
+    for ever unless someone chose it.
+    """
     now = now or utcnow()
+    if value is None or value == "":
+        day = (now + timedelta(days=max_days)).date()
+        return datetime.combine(day, time(0), tzinfo=UTC)
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=UTC)
     else:
@@ -196,9 +263,10 @@ def parse_expiry(value: Any, *, now: datetime | None = None) -> datetime | None:
         raise InvalidInputError(
             f"expires_at {moment.date().isoformat()} is not in the future", field="expires_at"
         )
-    if moment > now + timedelta(days=MAX_TOKEN_LIFETIME_DAYS):
+    if moment > now + timedelta(days=max_days):
         raise InvalidInputError(
-            f"expires_at must be within {MAX_TOKEN_LIFETIME_DAYS} days from today",
+            f"expires_at must be within {max_days} days from today (the instance's maximum "
+            "lifetime of a personal access token, instance.pat_max_lifetime_days)",
             field="expires_at",
         )
     return moment
@@ -249,6 +317,7 @@ def create_personal_access_token(
     scopes: Any,
     expires_at: Any = None,
     actor: Actor,
+    max_lifetime_days: int = DEFAULT_MAX_TOKEN_LIFETIME_DAYS,
 ) -> tuple[PersonalAccessToken, CreatedToken]:
     user = get_user(session, user_id)
     if not isinstance(name, str) or not name.strip():
@@ -258,7 +327,7 @@ def create_personal_access_token(
     if len(name) > 255:
         raise InvalidInputError("name is too long (at most 255 characters)", field="name")
     scope_list = parse_scopes(scopes)
-    expiry = parse_expiry(expires_at)
+    expiry = parse_expiry(expires_at, max_days=max_lifetime_days)
     created = create_token(session, user, name=name.strip(), scopes=scope_list, expires_at=expiry)
     audit.record(
         session,
@@ -268,7 +337,7 @@ def create_personal_access_token(
             "user": user.username,
             "name": created.name,
             "scopes": list(created.scopes),
-            "expires_at": expiry.date().isoformat() if expiry else None,
+            "expires_at": expiry.date().isoformat(),
         },
         actor=actor,
     )

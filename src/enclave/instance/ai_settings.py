@@ -1,4 +1,10 @@
-"""Instance-wide AI settings (GitLab's ``Ai::Setting``): gateway URL, timeout, verbose logs.
+"""Instance-wide AI settings (GitLab's ``Ai::Setting``): gateway URLs, timeout, verbose logs.
+
+Two gateways: the self-hosted one (``ai_gateway_url``) serves features set to a self-hosted
+model; the vendored one (``vendored_ai_gateway_url``, a shared gateway with vendor models,
+GitLab's "GitLab AI vendor" option) serves features set to vendored. Which one a request goes
+to depends only on the feature's setting (:meth:`EffectiveAiSettings.route`), never on the
+client, and each gets tokens minted for its own audience.
 
 Stored in the ``ai_settings`` singleton row; a NULL column means "as configured"
 (``instance.gateway_url`` / ``instance.gateway_timeout_s``), so a fresh install follows its
@@ -14,6 +20,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from enclave.common import wire
 from enclave.config import EnclaveSettings
 from enclave.instance import audit
 from enclave.instance.actor import Actor
@@ -23,7 +30,21 @@ from enclave.instance.registry import validate_url
 
 MIN_TIMEOUT_S = 60
 MAX_TIMEOUT_S = 600
-UPDATABLE = ("ai_gateway_url", "ai_gateway_timeout_seconds", "enabled_instance_verbose_ai_logs")
+UPDATABLE = (
+    "ai_gateway_url",
+    "vendored_ai_gateway_url",
+    "ai_gateway_timeout_seconds",
+    "enabled_instance_verbose_ai_logs",
+)
+
+
+@dataclass(frozen=True)
+class GatewayRoute:
+    """Where one feature's requests go and the audience of the tokens they carry."""
+
+    url: str
+    audience: str
+    vendored: bool
 
 
 @dataclass(frozen=True)
@@ -34,15 +55,32 @@ class EffectiveAiSettings:
     # Where each value comes from: "database" (set by an administrator) or "configuration".
     ai_gateway_url_source: str
     ai_gateway_timeout_source: str
+    vendored_ai_gateway_url: str | None = None
+    vendored_ai_gateway_url_source: str = "configuration"
+    vendored_audience: str = wire.AUDIENCE
 
     def view(self) -> dict[str, Any]:
-        return asdict(self)
+        view = asdict(self)
+        del view["vendored_audience"]
+        return view
+
+    def route(self, vendored: bool) -> GatewayRoute:
+        """The gateway for a feature: the vendored one for vendored features, else the
+        self-hosted one. A vendored feature without a vendored gateway never falls back to the
+        self-hosted gateway (features.resolve_feature refuses it before this is asked)."""
+        if vendored:
+            if self.vendored_ai_gateway_url is None:
+                raise ValueError("no vendored AI gateway is configured")
+            return GatewayRoute(self.vendored_ai_gateway_url, self.vendored_audience, True)
+        return GatewayRoute(self.ai_gateway_url, wire.AUDIENCE, False)
 
 
 def effective(session: Session, settings: EnclaveSettings) -> EffectiveAiSettings:
     row = session.get(AiSetting, 1)
     url = row.ai_gateway_url if row is not None else None
     timeout = row.ai_gateway_timeout_seconds if row is not None else None
+    vendored = row.vendored_ai_gateway_url if row is not None else None
+    vendored_url = vendored or settings.instance.vendored_gateway_url
     return EffectiveAiSettings(
         ai_gateway_url=(url or settings.instance.gateway_url).rstrip("/"),
         ai_gateway_timeout_seconds=float(
@@ -51,6 +89,9 @@ def effective(session: Session, settings: EnclaveSettings) -> EffectiveAiSetting
         enabled_instance_verbose_ai_logs=bool(row and row.enabled_instance_verbose_ai_logs),
         ai_gateway_url_source="database" if url else "configuration",
         ai_gateway_timeout_source="database" if timeout is not None else "configuration",
+        vendored_ai_gateway_url=vendored_url.rstrip("/") if vendored_url else None,
+        vendored_ai_gateway_url_source="database" if vendored else "configuration",
+        vendored_audience=settings.instance.vendored_gateway_audience,
     )
 
 
@@ -90,6 +131,12 @@ def validate_gateway_url(value: Any) -> str | None:
     return validate_url(value, "ai_gateway_url", what="AI gateway's")
 
 
+def validate_vendored_gateway_url(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None  # back to the configured URL (none by default)
+    return validate_url(value, "vendored_ai_gateway_url", what="vendored AI gateway's")
+
+
 def update(
     session: Session, settings: EnclaveSettings, changes: Mapping[str, Any], actor: Actor
 ) -> EffectiveAiSettings:
@@ -111,6 +158,11 @@ def update(
         if url != row.ai_gateway_url:
             row.ai_gateway_url = url
             changed["ai_gateway_url"] = url
+    if "vendored_ai_gateway_url" in changes:
+        vendored = validate_vendored_gateway_url(changes["vendored_ai_gateway_url"])
+        if vendored != row.vendored_ai_gateway_url:
+            row.vendored_ai_gateway_url = vendored
+            changed["vendored_ai_gateway_url"] = vendored
     if "ai_gateway_timeout_seconds" in changes:
         timeout = validate_timeout(changes["ai_gateway_timeout_seconds"])
         if timeout != row.ai_gateway_timeout_seconds:

@@ -8,17 +8,22 @@ and config file, JSON logs with component ``instance``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
 
 from enclave import __version__
+from enclave.common.api_docs import DOCS_CSP, render_docs_page
 from enclave.common.client_address import ClientAddressMiddleware
 from enclave.common.logging import configure_logging, get_logger
 from enclave.common.netrules import parse_networks
 from enclave.config import EnclaveSettings, load_settings
-from enclave.instance import metrics
+from enclave.instance import metrics, usage
 from enclave.instance.api import all_routers
 from enclave.instance.api.errors import install_error_handlers
 from enclave.instance.api.middleware import RequestContextMiddleware
@@ -33,6 +38,17 @@ log = get_logger(__name__)
 COMPONENT = "instance"
 
 
+DOCS_PATH = "/docs"
+
+
+async def docs_page(request: Request) -> Response:
+    """The OpenAPI document as a page with no script and no external asset (air-gapped)."""
+    app: FastAPI = request.app
+    return HTMLResponse(
+        render_docs_page(app.openapi()), headers={"Content-Security-Policy": DOCS_CSP}
+    )
+
+
 def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None) -> FastAPI:
     """The instance app for ``settings``; runs :func:`initialise` unless ``boot`` is given."""
     boot = boot if boot is not None else initialise(settings)
@@ -42,6 +58,12 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The HTTP client needs a running loop, so it is made here and not at import.
         await ctx.gateway.start()
+        flusher = asyncio.create_task(
+            usage.run_flusher(
+                ctx.usage, ctx.sessions, ctx.user_id_salt, settings.instance.usage_flush_s
+            ),
+            name="usage-flush",
+        )
         log.info(
             "instance_started",
             issuer=ctx.issuer,
@@ -51,14 +73,19 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
         try:
             yield
         finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher  # its last flush writes what was still in memory
             await ctx.gateway.close()
+            if ctx.limits.store is not None:
+                await ctx.limits.store.close()
             ctx.engine.dispose()
 
     app = FastAPI(
         title="Enclave instance",
         version=__version__,
-        # The OpenAPI document, but no interactive docs page: Swagger UI and ReDoc load their
-        # scripts from a CDN, which an air-gapped browser cannot reach.
+        # FastAPI's Swagger UI and ReDoc load their scripts from a CDN, which an air-gapped
+        # browser cannot reach: /docs is our self-contained page instead (docs_page below).
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
@@ -71,6 +98,7 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
         app.include_router(router)
     # Prometheus text, no token (as the gateway's); the client address rules still apply.
     app.add_route(metrics.PATH, metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
+    app.add_route(DOCS_PATH, docs_page, methods=["GET"], include_in_schema=False)
     # Every route authenticates before it reads a body, and reads it under a limit.
     check_routes(app.routes)
     # Added first, so it runs inside the request context: refusals are logged with a request id.

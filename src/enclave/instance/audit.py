@@ -19,6 +19,7 @@ from enclave.instance.db.models import AuditEvent
 USER_CREATED = "user_created"
 USER_BLOCKED = "user_blocked"
 USER_UNBLOCKED = "user_unblocked"
+USER_DELETED = "user_deleted"
 PERSONAL_ACCESS_TOKEN_CREATED = "personal_access_token_created"  # noqa: S105 - an action name
 PERSONAL_ACCESS_TOKEN_REVOKED = "personal_access_token_revoked"  # noqa: S105 - an action name
 SELF_HOSTED_MODEL_CREATED = "self_hosted_model_created"
@@ -38,6 +39,7 @@ ACTIONS = frozenset(
         USER_CREATED,
         USER_BLOCKED,
         USER_UNBLOCKED,
+        USER_DELETED,
         PERSONAL_ACCESS_TOKEN_CREATED,
         PERSONAL_ACCESS_TOKEN_REVOKED,
         SELF_HOSTED_MODEL_CREATED,

@@ -27,6 +27,7 @@ _MESSAGES = {
     "user_created": "Created user {username}",
     "user_blocked": "Blocked user {username}",
     "user_unblocked": "Unblocked user {username}",
+    "user_deleted": "Deleted user {username}",
     "personal_access_token_created": "Created personal access token {name} for {user}",
     "personal_access_token_revoked": "Revoked personal access token {name} of {user}",
     "self_hosted_model_created": "Self-hosted model {name} created ({model} at {endpoint})",

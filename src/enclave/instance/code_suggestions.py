@@ -297,6 +297,8 @@ def gateway_body(
         body["prompt_id"] = GENERATIONS_PROMPT_ID
     else:
         body["prompt"] = ""  # the gateway renders the completion prompt for the model family
+    if model.vendored:
+        return body  # no model: the vendored gateway chooses it (as GitLab sends it)
     body["model_provider"] = MODEL_PROVIDER_LITELLM
     body["model_name"] = model.family
     if model.endpoint:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from enclave.common.shared_store import SharedStore
 from enclave.config import EnclaveSettings
 from enclave.instance.bootstrap import BootstrapResult
 from enclave.instance.chat_events import ChatEvents
@@ -18,6 +19,7 @@ from enclave.instance.keys import KeyStore
 from enclave.instance.limits import InstanceLimits
 from enclave.instance.secrets import SecretBox
 from enclave.instance.tokens import TokenMinter
+from enclave.instance.usage import UsageRecorder
 
 
 @dataclass
@@ -33,8 +35,11 @@ class InstanceContext:
     issuer: str
     host_name: str
     gateway: GatewayClient
-    # Per-user and per-address limits, and the metrics that count them (per process).
+    # Per-user and per-address limits (in process, or in the shared Redis), and the metrics
+    # that count them.
     limits: InstanceLimits
+    # AI usage counted in memory, written in batches by the app's background flush.
+    usage: UsageRecorder
     # Editor chat conversations (GraphQL aiAction / aiMessages), in memory, bounded.
     chat_history: ChatHistory = field(default_factory=ChatHistory)
     # The same chats' answers pushed to ActionCable subscribers as they are generated.
@@ -47,6 +52,9 @@ class InstanceContext:
             busy_timeout_ms=round(settings.instance.database_busy_timeout_s * 1000),
         )
         issuer = settings.instance.issuer()
+        limits = InstanceLimits(
+            settings.instance, store=SharedStore.from_settings(settings, "instance")
+        )
         return cls(
             settings=settings,
             engine=engine,
@@ -66,5 +74,6 @@ class InstanceContext:
             gateway=GatewayClient(
                 settings.instance.gateway_url, settings.instance.gateway_timeout_s
             ),
-            limits=InstanceLimits(settings.instance),
+            limits=limits,
+            usage=UsageRecorder(max_keys=settings.instance.usage_max_keys, observer=limits.metrics),
         )

@@ -125,8 +125,10 @@ async def run_checks(settings: EnclaveSettings) -> list[Check]:
                 state.instance_id, state.salt = row.instance_id, row.user_id_salt
             _secret_checks(settings, session, state)
             _signing_key_check(settings, state)
-            feature_models = _feature_checks(session, add, state.families)
             effective = ai_settings.effective(session, settings)
+            feature_models = _feature_checks(
+                session, add, state.families, effective.vendored_ai_gateway_url
+            )
             models = {
                 m.id: m
                 for m in session.scalars(
@@ -243,9 +245,15 @@ def _signing_key_check(settings: EnclaveSettings, state: _State) -> None:
     )
 
 
-def _feature_checks(session: Any, add: Any, families: dict[Feature, str] | None = None) -> set[int]:
+def _feature_checks(
+    session: Any,
+    add: Any,
+    families: dict[Feature, str] | None = None,
+    vendored_url: str | None = None,
+) -> set[int]:
     """Feature map problems; returns the ids of the models that features use (and records
-    each feature's model family in ``families``)."""
+    each feature's model family in ``families``). ``vendored_url``: the vendored AI gateway,
+    which serves the features set to vendored."""
     used: set[int] = set()
     unassigned: list[str] = []
     vendored: list[str] = []
@@ -297,14 +305,22 @@ def _feature_checks(session: Any, add: Any, families: dict[Feature, str] | None 
                 "assign models if your users need these features (enclave features set)",
             )
         )
-    if vendored:
+    if vendored and vendored_url:
         add(
             Check(
                 "vendored features",
-                "warn",
-                "set to vendored, which a self-hosted instance cannot serve: "
-                + ", ".join(vendored),
-                "assign a self-hosted model or disable them",
+                "ok",
+                f"served by the vendored AI gateway at {vendored_url}: " + ", ".join(vendored),
+            )
+        )
+    elif vendored:
+        add(
+            Check(
+                "vendored features",
+                "fail",
+                "set to vendored, but no vendored AI gateway is configured: " + ", ".join(vendored),
+                "enclave settings set --vendored-gateway-url URL, or assign a self-hosted "
+                "model (enclave features set FEATURE --model NAME)",
             )
         )
     if not incompatible and "code_completions" not in unassigned:
@@ -359,6 +375,8 @@ async def _network_checks(
                     "ENCLAVE_INSTANCE__EXTERNAL_URL to its URL",
                 )
             )
+        if effective.vendored_ai_gateway_url is not None:
+            await _vendored_gateway_check(client, effective.vendored_ai_gateway_url, add)
         try:
             status = await client.get(f"{gateway_url}/monitoring/healthz", HTTP_TIMEOUT_S)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -424,6 +442,35 @@ async def _network_checks(
                 )
     finally:
         await client.close()
+
+
+async def _vendored_gateway_check(client: GatewayClient, url: str, add: Any) -> None:
+    """The vendored (shared) AI gateway answers its health check. Its models are not called:
+    each call would be billed by the vendor; a vendored request shows the rest."""
+    try:
+        status = await client.get(f"{url}/monitoring/healthz", HTTP_TIMEOUT_S)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        add(
+            Check(
+                "vendored AI gateway",
+                "fail",
+                f"cannot reach the vendored AI gateway at {url} ({type(exc).__name__})",
+                "check the URL (enclave settings set --vendored-gateway-url URL) and that "
+                "this instance may reach it",
+            )
+        )
+        return
+    if status != 200:
+        add(
+            Check(
+                "vendored AI gateway",
+                "fail",
+                f"{url}/monitoring/healthz answered {status}",
+                "ask the shared gateway's operator",
+            )
+        )
+        return
+    add(Check("vendored AI gateway", "ok", f"{url} is healthy"))
 
 
 async def is_enclave_gateway(client: GatewayClient, gateway_url: str) -> bool | None:

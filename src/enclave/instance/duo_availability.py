@@ -7,7 +7,8 @@ a feature is available when both hold:
 * the caller's token may use AI features (scope ``api`` or ``ai_features``, as every AI
   endpoint demands), and
 * the feature's setting (or, for a chat sub-feature left unassigned, ``duo_chat``'s) names a
-  self-hosted model: a disabled, vendored or unassigned feature would only answer 403.
+  self-hosted model, or vendored while a vendored AI gateway is configured: a disabled or
+  unassigned feature (or vendored without that gateway) would only answer 403.
 
 ``duoChatAvailableFeatures`` lists the chat sub-features served (``duo_chat_explain_code``, …)
 and, when chat is served, the additional-context kinds Enclave's chat puts into the model's
@@ -67,9 +68,11 @@ class DuoAvailability:
 NOTHING: Final = DuoAvailability(False, False, ())
 
 
-def served(session: Session, feature: Feature) -> bool:
+def served(session: Session, feature: Feature, vendored_gateway: bool = False) -> bool:
     """Whether a request for ``feature`` would reach a model (not 403 for its setting)."""
     row, _ = effective_setting(session, feature)
+    if row is not None and row.provider == FeatureProvider.VENDORED:
+        return vendored_gateway
     return (
         row is not None
         and row.provider == FeatureProvider.SELF_HOSTED
@@ -81,13 +84,16 @@ def may_use_ai(principal: Principal) -> bool:
     return not AI_SCOPES.isdisjoint(principal.scopes)
 
 
-def availability(session: Session, principal: Principal) -> DuoAvailability:
-    """What ``principal`` can use now; blocking (database), call it from a thread pool."""
+def availability(
+    session: Session, principal: Principal, vendored_gateway: bool = False
+) -> DuoAvailability:
+    """What ``principal`` can use now; blocking (database), call it from a thread pool.
+    ``vendored_gateway``: whether a vendored AI gateway serves the vendored features."""
     if not may_use_ai(principal):
         return NOTHING
-    code = any(served(session, feature) for feature in CODE_SUGGESTION_FEATURES)
-    chat = served(session, Feature.DUO_CHAT)
-    features = [f.value for f in sorted(CHAT_SUB_FEATURES) if served(session, f)]
+    code = any(served(session, f, vendored_gateway) for f in CODE_SUGGESTION_FEATURES)
+    chat = served(session, Feature.DUO_CHAT, vendored_gateway)
+    features = [f.value for f in sorted(CHAT_SUB_FEATURES) if served(session, f, vendored_gateway)]
     if chat:
         features.extend(CHAT_CONTEXT_FEATURES)
     return DuoAvailability(code, chat, tuple(features))

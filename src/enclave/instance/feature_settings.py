@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, joinedload
 from enclave.instance import audit
 from enclave.instance.actor import Actor
 from enclave.instance.admin_errors import InvalidInputError, NotFoundError
+from enclave.instance.ai_settings import EffectiveAiSettings
 from enclave.instance.db.models import FeatureProvider, FeatureSetting, SelfHostedModel
 from enclave.instance.features import (
     COMPATIBLE_FAMILIES,
@@ -72,7 +73,23 @@ def _model_brief(model: SelfHostedModel | None) -> dict[str, Any] | None:
     return {"id": model.id, "name": model.name, "model": model.family}
 
 
-def feature_view(feature: Feature, rows: dict[str, FeatureSetting]) -> dict[str, Any]:
+def serving_gateway(
+    provider: str, gateways: EffectiveAiSettings | None
+) -> tuple[str | None, str | None]:
+    """Which gateway serves a feature in effect ("self_hosted", "vendored" or None) and its URL
+    (None when unknown, or for a vendored feature while no vendored gateway is configured)."""
+    if provider == FeatureProvider.SELF_HOSTED:
+        return "self_hosted", gateways.ai_gateway_url if gateways is not None else None
+    if provider == FeatureProvider.VENDORED:
+        return "vendored", gateways.vendored_ai_gateway_url if gateways is not None else None
+    return None, None
+
+
+def feature_view(
+    feature: Feature,
+    rows: dict[str, FeatureSetting],
+    gateways: EffectiveAiSettings | None = None,
+) -> dict[str, Any]:
     row = rows.get(feature.value)
     provider = row.provider if row is not None else FeatureProvider.UNASSIGNED.value
     model = row.self_hosted_model if row is not None else None
@@ -84,6 +101,7 @@ def feature_view(feature: Feature, rows: dict[str, FeatureSetting]) -> dict[str,
         effective_row.provider if effective_row is not None else FeatureProvider.UNASSIGNED.value
     )
     effective_model = effective_row.self_hosted_model if effective_row is not None else None
+    gateway, gateway_url = serving_gateway(effective_provider, gateways)
     return {
         "feature": feature.value,
         "title": FEATURE_TITLES[feature],
@@ -100,18 +118,24 @@ def feature_view(feature: Feature, rows: dict[str, FeatureSetting]) -> dict[str,
             effective_row.fallback_model if effective_row is not None else None
         ),
         "inherited_from": effective_feature.value if effective_feature is not feature else None,
+        "gateway": gateway,
+        "gateway_url": gateway_url,
         "compatible_llms": sorted(COMPATIBLE_FAMILIES[feature]),
         "updated_at": row.updated_at if row is not None else None,
     }
 
 
-def list_feature_settings(session: Session) -> list[dict[str, Any]]:
+def list_feature_settings(
+    session: Session, gateways: EffectiveAiSettings | None = None
+) -> list[dict[str, Any]]:
     rows = _rows(session)
-    return [feature_view(feature, rows) for feature in Feature]
+    return [feature_view(feature, rows, gateways) for feature in Feature]
 
 
-def get_feature_setting(session: Session, feature: Feature) -> dict[str, Any]:
-    return feature_view(feature, _rows(session))
+def get_feature_setting(
+    session: Session, feature: Feature, gateways: EffectiveAiSettings | None = None
+) -> dict[str, Any]:
+    return feature_view(feature, _rows(session), gateways)
 
 
 class Keep:
@@ -160,16 +184,26 @@ def set_features(
     model_ref: int | str | None,
     actor: Actor,
     fallback_ref: int | str | Keep | None = KEEP,
+    gateways: EffectiveAiSettings | None = None,
 ) -> list[dict[str, Any]]:
     """Set every feature in ``features`` to ``provider`` (and the model), all or nothing.
 
     ``fallback_ref``: the fallback model (id or name), None to clear it, :data:`KEEP` (the
     default) to keep each feature's current one where it still fits. A fallback needs provider
-    self_hosted, must differ from the primary model and suit every feature.
+    self_hosted, must differ from the primary model and suit every feature. ``gateways``: the
+    AI settings in effect; vendored is only accepted when they name a vendored AI gateway.
     """
     wanted = list(dict.fromkeys(features))
     if not wanted:
         raise InvalidInputError("features is empty: name at least one feature", field="features")
+    if provider == FeatureProvider.VENDORED and (
+        gateways is None or gateways.vendored_ai_gateway_url is None
+    ):
+        raise InvalidInputError(
+            "provider vendored needs a vendored AI gateway: set vendored_ai_gateway_url in the "
+            "AI settings (or ENCLAVE_INSTANCE__VENDORED_GATEWAY_URL) first",
+            field="provider",
+        )
     model: SelfHostedModel | None = None
     if provider == FeatureProvider.SELF_HOSTED:
         if model_ref is None or model_ref == "":
@@ -235,4 +269,4 @@ def set_features(
             actor=actor,
         )
     session.flush()
-    return [feature_view(feature, rows) for feature in wanted]
+    return [feature_view(feature, rows, gateways) for feature in wanted]

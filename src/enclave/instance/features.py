@@ -51,6 +51,7 @@ __all__ = [
     "main_feature",
     "resolve_fallback",
     "resolve_feature",
+    "vendored_model",
 ]
 
 # Associated data bound into every encrypted model API key (see secrets.SecretBox).
@@ -77,6 +78,23 @@ class ResolvedModel:
     endpoint: str | None
     identifier: str | None
     api_key: str | None = field(repr=False)
+    # Served by the vendored (shared) gateway's own model: the request names no model.
+    vendored: bool = False
+
+
+def vendored_model(feature: Feature) -> ResolvedModel:
+    """A vendored feature: no model of ours; the shared gateway picks its vendor model."""
+    return ResolvedModel(
+        feature=feature,
+        model_id=0,
+        name="vendored",
+        family="",
+        provider="vendored",
+        endpoint=None,
+        identifier=None,
+        api_key=None,
+        vendored=True,
+    )
 
 
 def _setting_row(session: Session, feature: Feature) -> FeatureSetting | None:
@@ -99,8 +117,14 @@ def effective_setting(session: Session, feature: Feature) -> tuple[FeatureSettin
     return row, feature
 
 
-def resolve_feature(session: Session, secret_box: SecretBox, feature: Feature) -> ResolvedModel:
-    """The model serving ``feature``; blocking (database), call it from a thread pool."""
+def resolve_feature(
+    session: Session, secret_box: SecretBox, feature: Feature, *, vendored_gateway: bool = False
+) -> ResolvedModel:
+    """The model serving ``feature``; blocking (database), call it from a thread pool.
+
+    ``vendored_gateway``: whether a vendored AI gateway is configured; without one a vendored
+    feature is refused (it never goes to the self-hosted gateway instead).
+    """
     title = FEATURE_TITLES[feature]
     setting, source = effective_setting(session, feature)
     provider = setting.provider if setting is not None else FeatureProvider.UNASSIGNED.value
@@ -111,9 +135,12 @@ def resolve_feature(session: Session, secret_box: SecretBox, feature: Feature) -
             f"self-hosted model to the {feature.value} feature."
         )
     if provider == FeatureProvider.VENDORED:
+        if vendored_gateway:
+            return vendored_model(feature)
         raise FeatureUnavailableError(
-            f"{title} is set to a vendored model{via}, which this instance cannot use. Ask an "
-            f"administrator to assign a self-hosted model to the {feature.value} feature."
+            f"{title} is set to a vendored model{via}, but no vendored AI gateway is "
+            "configured. Ask an administrator to set the vendored AI gateway URL (admin AI "
+            f"settings) or to assign a self-hosted model to the {feature.value} feature."
         )
     model = setting.self_hosted_model if setting is not None else None
     if provider != FeatureProvider.SELF_HOSTED or model is None:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import yarl
 
-from enclave.common import wire
+from enclave.common import timeouts, wire
 from enclave.common.logging import get_logger
 
 log = get_logger(__name__)
@@ -140,6 +140,8 @@ class GatewayClient:
             options["timeout"] = aiohttp.ClientTimeout(
                 total=None, sock_connect=min(CONNECT_TIMEOUT_S, timeout), sock_read=timeout
             )
+        # The gateway's model call follows this request's timeout (enclave.common.timeouts).
+        headers = {**headers, timeouts.HEADER: f"{timeouts.model_budget(timeout):g}"}
         try:
             return await self._session.post(
                 yarl.URL(url, encoded=True),

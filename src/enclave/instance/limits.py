@@ -12,24 +12,35 @@
   ``trusted_proxies``); ``failed_auth_exempt_cidrs`` (none by default: a reverse proxy on the
   same host belongs in ``trusted_proxies``) are never banned.
 
-All state is in process (``rate_limit.py``), bounded in keys; refusals are counted in
-``metrics.py`` by limit name, never by user or address.
+State is in process (``rate_limit.py``, bounded in keys) or, with ``ENCLAVE_REDIS_URL``, in
+the Redis every replica shares (``redis_limits.py``, keys expire with their window): then N
+replicas enforce one limit, not N. While Redis is away, ``redis_failure_mode`` decides: closed
+(default) answers 503 with Retry-After, open serves unlimited (``common/shared_store.py``).
+Refusals are counted in ``metrics.py`` by limit name, never by user or address.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Final, get_args
+from typing import Final, Protocol, TypeVar, get_args
 
 from enclave.common.logging import get_logger
 from enclave.common.netrules import in_networks, parse_ip, parse_networks
+from enclave.common.shared_store import SharedStateUnavailable, SharedStore
 from enclave.config import InstanceSettings
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.metrics import InstanceMetrics
 from enclave.instance.pats import AuthFailure
-from enclave.instance.rate_limit import BanList, SlidingWindowLimiter, retry_after
+from enclave.instance.rate_limit import (
+    BanList,
+    LocalBans,
+    LocalWindow,
+    SlidingWindowLimiter,
+    retry_after,
+)
+from enclave.instance.redis_limits import RedisBans, RedisWindow
 
 log = get_logger(__name__)
 
@@ -43,6 +54,31 @@ FAILED_AUTH: Final = "failed_authentication"
 # Failures that count towards a ban: a token was presented and it was wrong. A request
 # without any token (a browser, a health probe) is not an attempt to guess one.
 BAN_REASONS: Final = frozenset(get_args(AuthFailure)) - {"missing"}
+
+
+T = TypeVar("T")
+
+
+class Window(Protocol):
+    limit: int
+
+    async def hit(self, key: Hashable) -> float | None: ...
+    async def forget(self, key: Hashable) -> None: ...
+
+
+class Bans(Protocol):
+    async def ban(self, key: Hashable, seconds: float) -> None: ...
+    async def remaining(self, key: Hashable) -> float | None: ...
+
+
+async def _counted(check: Awaitable[T]) -> T:
+    """``check``'s result, or the 503 to answer when the shared store is away (closed)."""
+    try:
+        return await check
+    except SharedStateUnavailable as exc:
+        raise InstanceAPIError(
+            503, message=exc.message, headers={"Retry-After": str(exc.retry_after_s)}
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -108,44 +144,74 @@ def configured_limits(settings: InstanceSettings) -> tuple[Limit, ...]:
 
 
 class InstanceLimits:
-    """Every limit of one instance process, and the metrics that count its refusals."""
+    """Every limit of one instance process, and the metrics that count its refusals.
+
+    Counted in process, or in the shared Redis when ``store`` is given (every replica then
+    enforces one limit); the checks are the same either way.
+    """
 
     def __init__(
-        self, settings: InstanceSettings, *, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: InstanceSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        store: SharedStore | None = None,
     ) -> None:
         self.limits = {limit.name: limit for limit in configured_limits(settings)}
         self.metrics = InstanceMetrics(
             (*self.limits, FAILED_AUTH), tuple(sorted(get_args(AuthFailure)))
         )
+        self.store = store
         max_keys = settings.rate_limit_max_keys
-        self._limiters = {
-            limit.name: SlidingWindowLimiter(
-                limit.limit, limit.window_s, clock=clock, max_keys=max_keys
-            )
-            for limit in self.limits.values()
-            if limit.limit > 0
-        }
         self.max_retry = settings.failed_auth_max_retry
         self.ban_time_s = settings.failed_auth_ban_time_s
-        self._failures = SlidingWindowLimiter(
-            # Refuses a hit once the window holds max_retry - 1 failures: the Nth one bans.
-            max(1, self.max_retry - 1),
-            settings.failed_auth_find_time_s,
-            clock=clock,
-            max_keys=max_keys,
-        )
-        self.bans = BanList(clock=clock, max_keys=max_keys)
+        # Refuses a hit once the window holds max_retry - 1 failures: the Nth one bans.
+        failures_limit = max(1, self.max_retry - 1)
+        self._limiters: dict[str, Window]
+        self._failures: Window
+        self.bans: Bans
+        if store is None:
+            self._limiters = {
+                limit.name: LocalWindow(
+                    SlidingWindowLimiter(
+                        limit.limit, limit.window_s, clock=clock, max_keys=max_keys
+                    )
+                )
+                for limit in self.limits.values()
+                if limit.limit > 0
+            }
+            self._failures = LocalWindow(
+                SlidingWindowLimiter(
+                    failures_limit,
+                    settings.failed_auth_find_time_s,
+                    clock=clock,
+                    max_keys=max_keys,
+                )
+            )
+            self.bans = LocalBans(BanList(clock=clock, max_keys=max_keys))
+        else:
+            store.count_in("enclave_instance", self.metrics.registry)
+            self._limiters = {
+                limit.name: RedisWindow(store, limit.name, limit.limit, limit.window_s)
+                for limit in self.limits.values()
+                if limit.limit > 0
+            }
+            self._failures = RedisWindow(
+                store, FAILED_AUTH, failures_limit, settings.failed_auth_find_time_s
+            )
+            self.bans = RedisBans(store, FAILED_AUTH)
         self._exempt = parse_networks(settings.failed_auth_exempt_cidrs, "failed_auth_exempt_cidrs")
 
-    def limiter(self, name: str) -> SlidingWindowLimiter | None:
+    def limiter(self, name: str) -> Window | None:
         return self._limiters.get(name)
 
-    def check(self, name: str, user_id: int) -> None:
-        """Count a request of ``user_id`` against limit ``name``; 429 when over it."""
+    async def check(self, name: str, user_id: int) -> None:
+        """Count a request of ``user_id`` against limit ``name``; 429 when over it, 503 when
+        the shared store is away and the failure mode is closed."""
         limiter = self._limiters.get(name)
         if limiter is None:
             return
-        wait = limiter.hit(user_id)
+        wait = await _counted(limiter.hit(user_id))
         if wait is None:
             return
         limit = self.limits[name]
@@ -171,26 +237,29 @@ class InstanceLimits:
         ip = parse_ip(address)
         return ip is not None and not in_networks(ip, self._exempt)
 
-    def check_address(self, address: str | None) -> None:
+    async def check_address(self, address: str | None) -> None:
         """429 while ``address`` is banned for failed authentications."""
         if address is None or not self._bannable(address):
             return
-        left = self.bans.remaining(address)
+        left = await _counted(self.bans.remaining(address))
         if left is None:
             return
         self.metrics.rate_limited.labels(FAILED_AUTH).inc()
         raise self._banned_error(left)
 
-    def auth_failed(self, address: str | None, reason: AuthFailure) -> None:
+    async def auth_failed(self, address: str | None, reason: AuthFailure) -> None:
         """Count a failed authentication (still answered 401); the ``failed_auth_max_retry``-th
         within ``failed_auth_find_time_s`` bans ``address`` for its next requests."""
         self.metrics.failed_authentications.labels(reason).inc()
         if reason not in BAN_REASONS or address is None or not self._bannable(address):
             return
-        if self.max_retry > 1 and self._failures.hit(address) is None:
-            return
-        self._failures.forget(address)
-        self.bans.ban(address, self.ban_time_s)
+        try:
+            if self.max_retry > 1 and await self._failures.hit(address) is None:
+                return
+            await self._failures.forget(address)
+            await self.bans.ban(address, self.ban_time_s)
+        except SharedStateUnavailable:
+            return  # this request is refused with 401 anyway; the next one gets the 503
         self.metrics.address_bans.inc()
         log.warning(
             "client_address_banned",

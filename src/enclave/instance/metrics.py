@@ -10,11 +10,14 @@ like every other path. With several workers each worker counts its own share.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from enclave.instance.usage import Counts
 
 PATH: Final = "/metrics"
 
@@ -46,11 +49,59 @@ class InstanceMetrics:
             "Usage events editors reported with POST /api/v4/usage_data/track_event(s).",
             registry=registry,
         )
+        # AI usage over every path (instance endpoints and the gateway's direct paths), by
+        # feature and model: both are bounded (the feature list, the administrator's models).
+        # Never by user: that is what the usage API is for (labels would be unbounded).
+        ai_labels = ["feature", "model"]
+        self.ai_requests = Counter(
+            "enclave_instance_ai_requests_total",
+            "AI requests, by feature and model (every path).",
+            ai_labels,
+            registry=registry,
+        )
+        self.ai_errors = Counter(
+            "enclave_instance_ai_errors_total",
+            "AI requests that failed (HTTP status 400 or more), by feature and model.",
+            ai_labels,
+            registry=registry,
+        )
+        self.ai_tokens = Counter(
+            "enclave_instance_ai_tokens_total",
+            "Model tokens, by feature, model and direction (input, output).",
+            [*ai_labels, "direction"],
+            registry=registry,
+        )
+        self.ai_seconds = Counter(
+            "enclave_instance_ai_request_seconds_total",
+            "Time spent answering AI requests, by feature and model (divide by requests for "
+            "the mean latency).",
+            ai_labels,
+            registry=registry,
+        )
+        self.usage_dropped_requests = Counter(
+            "enclave_instance_usage_dropped_requests_total",
+            "AI requests not recorded in the usage table because the buffer was full.",
+            registry=registry,
+        )
         # Children exist from the start, so every series is scraped as 0 before it first counts.
         for name in limit_names:
             self.rate_limited.labels(name)
         for reason in failure_reasons:
             self.failed_authentications.labels(reason)
+
+    def observe_usage(self, feature: str, model: str | None, counts: Counts) -> None:
+        labels = (feature, model or "")
+        self.ai_requests.labels(*labels).inc(counts.requests)
+        if counts.errors:
+            self.ai_errors.labels(*labels).inc(counts.errors)
+        if counts.input_tokens:
+            self.ai_tokens.labels(*labels, "input").inc(counts.input_tokens)
+        if counts.output_tokens:
+            self.ai_tokens.labels(*labels, "output").inc(counts.output_tokens)
+        self.ai_seconds.labels(*labels).inc(counts.latency_ms_total / 1000)
+
+    def usage_dropped(self, requests: int) -> None:
+        self.usage_dropped_requests.inc(requests)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

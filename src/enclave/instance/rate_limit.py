@@ -3,7 +3,9 @@
 Per process: with several workers or replicas each enforces the limit on its own share of the
 traffic, so the effective limit is at most ``workers`` times the configured one. That is the
 trade for no shared store on the hot path; the limits guard against runaway clients, not abuse
-by a determined user who already holds a valid token.
+by a determined user who already holds a valid token. With ``ENCLAVE_REDIS_URL`` the same
+limits are counted once for all processes instead (``redis_limits.py``); ``LocalWindow`` and
+``LocalBans`` give these classes the async interface the Redis ones share.
 
 Memory is bounded: each limiter keeps at most ``max_keys`` keys (users, client addresses).
 When a new key would exceed it, idle keys are dropped first, then the least recently used
@@ -127,3 +129,43 @@ class BanList:
 def retry_after(seconds: float) -> str:
     """A Retry-After value: whole seconds, at least 1."""
     return str(max(1, math.ceil(seconds)))
+
+
+class LocalWindow:
+    """A :class:`SlidingWindowLimiter` behind the async interface the Redis one shares."""
+
+    def __init__(self, limiter: SlidingWindowLimiter) -> None:
+        self.limiter = limiter
+
+    def __len__(self) -> int:
+        return len(self.limiter)
+
+    @property
+    def limit(self) -> int:
+        return self.limiter.limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self.limiter.limit = value
+
+    async def hit(self, key: Hashable) -> float | None:
+        return self.limiter.hit(key)
+
+    async def forget(self, key: Hashable) -> None:
+        self.limiter.forget(key)
+
+
+class LocalBans:
+    """A :class:`BanList` behind the async interface the Redis one shares."""
+
+    def __init__(self, bans: BanList) -> None:
+        self.bans = bans
+
+    def __len__(self) -> int:
+        return len(self.bans)
+
+    async def ban(self, key: Hashable, seconds: float) -> None:
+        self.bans.ban(key, seconds)
+
+    async def remaining(self, key: Hashable) -> float | None:
+        return self.bans.remaining(key)

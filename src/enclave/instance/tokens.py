@@ -58,27 +58,29 @@ class TokenMinter:
         self._realm = realm
         self._clock = clock
         self._margin_s = min(MAX_REFRESH_MARGIN_S, lifetime_s * REFRESH_MARGIN_FRACTION)
-        self._cache: dict[tuple[str, tuple[str, ...]], MintedToken] = {}
+        self._cache: dict[tuple[str, str, tuple[str, ...]], MintedToken] = {}
         self._lock = threading.Lock()
 
     @property
     def issuer(self) -> str:
         return self._issuer
 
-    def token(self, scopes: Iterable[str]) -> MintedToken:
-        """A valid token for ``scopes``: the cached one, or a fresh one near its expiry."""
+    def token(self, scopes: Iterable[str], *, audience: str = AUDIENCE) -> MintedToken:
+        """A valid token for ``scopes`` and ``audience`` (the gateway it is for: the
+        self-hosted one by default, or the vendored gateway's): the cached one, or a fresh one
+        near its expiry."""
         normalised = tuple(sorted(set(scopes)))
         # The kid is part of the key so a rotated active key is used at once (the key store
         # says which key is active by the clock, after at most a few seconds' delay in seeing
         # a new rotation).
         key = self._keys.active
-        cache_key = (key.kid, normalised)
+        cache_key = (key.kid, audience, normalised)
         now = self._clock()
         with self._lock:
             cached = self._cache.get(cache_key)
             if cached is not None and now < cached.expires_at - self._margin_s:
                 return cached
-            minted = self._mint(key, normalised, now)
+            minted = self._mint(key, normalised, now, audience)
             # Entries for other kids can never be returned again; drop them.
             self._cache = {k: v for k, v in self._cache.items() if k[0] == cache_key[0]}
             self._cache[cache_key] = minted
@@ -88,7 +90,13 @@ class TokenMinter:
         """A new token, bypassing the cache."""
         return self._mint(self._keys.active, scopes, now)
 
-    def _mint(self, key: SigningKey, scopes: Iterable[str], now: float | None) -> MintedToken:
+    def _mint(
+        self,
+        key: SigningKey,
+        scopes: Iterable[str],
+        now: float | None,
+        audience: str = AUDIENCE,
+    ) -> MintedToken:
         issued_at = int(self._clock() if now is None else now)
         expires_at = issued_at + self._lifetime_s
         normalised = tuple(sorted(set(scopes)))
@@ -96,7 +104,7 @@ class TokenMinter:
             "iss": self._issuer,
             "sub": self._instance_id,
             "gitlab_instance_id": self._instance_id,
-            "aud": AUDIENCE,
+            "aud": audience,
             "gitlab_realm": self._realm,
             "scopes": list(normalised),
             "iat": issued_at,

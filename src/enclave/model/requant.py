@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -41,13 +42,18 @@ def q8_0_name(source: Path) -> str:
     return f"{base if base and last.upper().startswith(('Q', 'F', 'BF')) else stem}.Q8_0.gguf"
 
 
-def requantize_q8_0(source: Path, target: Path) -> Path:
+PROGRESS_FILE = "prepare.progress"
+
+
+def requantize_q8_0(
+    source: Path, target: Path, on_progress: Callable[[int], None] | None = None
+) -> Path:
     """Write ``source`` with its 4/5-bit weight tensors re-encoded as Q8_0 to ``target``.
 
     Other tensors (norms, the already-Q8_0 embeddings) are copied unchanged. The file appears
     atomically (temporary file + rename), so an interrupted run leaves nothing half-written;
     ``<target>.source`` then records which source it came from (name and size), so a new
-    bundled model is converted again.
+    bundled model is converted again. ``on_progress`` gets the percentage done as it grows.
     """
     reader = gguf.GGUFReader(source)
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
@@ -63,7 +69,14 @@ def requantize_q8_0(source: Path, target: Path) -> Path:
             writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
         writer.add_string(_SOURCE_KEY, _source_id(source))
-        for tensor in reader.tensors:
+        total = max(1, len(reader.tensors))
+        reported = -1
+        for index, tensor in enumerate(reader.tensors):
+            # Converting the tensors is nearly all the time; writing them is the last 10 %.
+            percent = index * 90 // total
+            if on_progress is not None and percent // 5 != reported // 5:
+                on_progress(percent)
+                reported = percent
             data: np.ndarray = tensor.data
             qtype = tensor.tensor_type
             if qtype in _CONVERT_FROM:
@@ -72,6 +85,8 @@ def requantize_q8_0(source: Path, target: Path) -> Path:
             writer.add_tensor(tensor.name, data, raw_shape=data.shape, raw_dtype=qtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
+        if on_progress is not None:
+            on_progress(90)
         writer.write_tensors_to_file()
         writer.close()
         os.replace(tmp, target)
@@ -92,15 +107,25 @@ def ensure_q8_0(source: Path, target_dir: Path) -> Path:
     disk: a slower model is better than no model.
     """
     target = target_dir / q8_0_name(source)
+    progress_file = target_dir / PROGRESS_FILE
     if _converted_from(target) == _source_id(source):
+        progress_file.unlink(missing_ok=True)
         return target
     log.info("model_requantizing", source=str(source), target=str(target))
     started = time.monotonic()
+
+    def report(percent: int) -> None:
+        # For `enclave up`, which shows it while it waits (PreparationProgress), and the log.
+        _write_progress(progress_file, percent)
+        log.info("model_requantizing_progress", percent=percent)
+
     try:
-        requantize_q8_0(source, target)
+        requantize_q8_0(source, target, report)
     except Exception as exc:  # any failure here must not stop the model from serving
         log.warning("model_requantize_failed", error=str(exc), serving=str(source))
         return source
+    finally:
+        progress_file.unlink(missing_ok=True)
     log.info(
         "model_requantized",
         target=str(target),
@@ -130,3 +155,54 @@ def _converted_from(target: Path) -> str | None:
         return _marker(target).read_text().strip()
     except OSError:
         return None
+
+
+def _write_progress(path: Path, percent: int) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(f"{percent}\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # progress is a courtesy; the conversion goes on
+
+
+class PreparationProgress:
+    """What ``enclave up`` shows while the model role converts the bundled model (it reads
+    the progress file the conversion writes; the role's own log has the same lines).
+
+    A plain line when the preparation starts, at each further 25 % and when it ends, so that
+    a terminal without a live status line (a log, CI) also sees it move.
+    """
+
+    def __init__(self, model_dir: Path, say: Callable[[str], None]) -> None:
+        self.path = model_dir / PROGRESS_FILE
+        self.path.unlink(missing_ok=True)  # left by a run that died: not this run's progress
+        self._say = say
+        self.percent = 0
+        self._seen = False
+        self._said = -1
+        self._started = 0.0
+
+    def poll(self) -> bool:
+        """True while the preparation runs."""
+        try:
+            percent = int(self.path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            if self._seen:
+                self._seen = False
+                took = time.monotonic() - self._started
+                self._say(f"The bundled model is prepared ({took:.0f} s; done once per data dir).")
+            return False
+        if not self._seen:
+            self._seen, self._started = True, time.monotonic()
+            self._say(
+                "Preparing the bundled model: a one-time conversion to Q8_0 for faster "
+                "prompts (about 10-20 s on 2 cores) ..."
+            )
+        self.percent = percent
+        if percent // 25 > self._said // 25:
+            self._said = percent
+            if percent:
+                self._say(f"  preparing the bundled model: {percent} %")
+        return True

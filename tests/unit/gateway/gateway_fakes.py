@@ -119,6 +119,9 @@ class FakeIssuer:
         self.advertised_issuer: str | None = None
         self.delay_s = 0.0  # answer the key endpoint this late
         self.raw_keys: bytes | None = None  # answer the key endpoint with these bytes instead
+        # Usage pushes (POST /api/v4/internal/ai/usage), as the instance receives them.
+        self.usage_pushes: list[dict[str, Any]] = []
+        self.usage_status: int | None = None  # answer pushes with this instead
         self._runner: web.AppRunner | None = None
 
     async def _discovery(self, request: web.Request) -> web.Response:
@@ -152,6 +155,14 @@ class FakeIssuer:
             return web.Response(status=401)
         return web.json_response(self.routes)
 
+    async def _usage(self, request: web.Request) -> web.Response:
+        if self.usage_status:
+            return web.Response(status=self.usage_status)
+        if request.headers.get("Authorization") != f"Bearer {ROUTES_SECRET}":
+            return web.Response(status=401)
+        self.usage_pushes.append(await request.json())
+        return web.Response(status=204)
+
     @property
     def hits(self) -> int:
         """Key fetches (discovery and JWKS); routes fetches are counted apart."""
@@ -162,6 +173,7 @@ class FakeIssuer:
         app.router.add_get("/.well-known/openid-configuration", self._discovery)
         app.router.add_get("/oauth/discovery/keys", self._keys)
         app.router.add_get("/api/v4/internal/ai/gateway_routes", self._routes)
+        app.router.add_post("/api/v4/internal/ai/usage", self._usage)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

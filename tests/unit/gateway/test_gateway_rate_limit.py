@@ -51,7 +51,7 @@ def test_bucket_count_is_capped_oldest_first() -> None:
     assert buckets.take("b") > 0  # kept buckets keep their state
 
 
-def test_limiter_messages_and_retry_after() -> None:
+async def test_limiter_messages_and_retry_after() -> None:
     clock = Clock()
     limiter = RateLimiter(
         per_instance_rps=0,
@@ -60,9 +60,9 @@ def test_limiter_messages_and_retry_after() -> None:
         per_user_burst=1,
         clock=clock,
     )
-    limiter.check("iss", "inst", "u1")
+    await limiter.check("iss", "inst", "u1")
     with pytest.raises(RateLimited) as caught:
-        limiter.check("iss", "inst", "u1")
+        await limiter.check("iss", "inst", "u1")
     assert caught.value.scope == "user"
     assert caught.value.retry_after_s == 10
     assert caught.value.detail == (
@@ -70,13 +70,13 @@ def test_limiter_messages_and_retry_after() -> None:
     )
 
 
-def test_limiter_off_when_both_zero() -> None:
+async def test_limiter_off_when_both_zero() -> None:
     limiter = RateLimiter(
         per_instance_rps=0, per_instance_burst=1, per_user_rpm=0, per_user_burst=1
     )
     assert not limiter.enabled
     for _ in range(1000):
-        limiter.check("iss", "inst", "u1")
+        await limiter.check("iss", "inst", "u1")
 
 
 async def test_instance_burst_then_429(make_harness: HarnessFactory) -> None:

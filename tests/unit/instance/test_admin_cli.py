@@ -14,12 +14,14 @@ import pytest
 import structlog
 import typer
 from aiohttp import web
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from enclave import admin_cli
 from enclave.cli import app
 from enclave.config import EnclaveSettings
 from enclave.instance.db import SelfHostedModel, make_engine, make_session_factory
+from enclave.instance.db.models import FeatureSetting
 from enclave.instance.features import API_TOKEN_PURPOSE
 from enclave.instance.secrets import SecretBox, load_secret_box, parse_secret_key
 from tests.unit.instance.conftest import Backend, FakeGateway, LiveInstance, make_settings
@@ -383,3 +385,53 @@ def test_doctor_says_nothing_of_families_with_enclaves_gateway(
     result = doctor_env("doctor", "--json")
     names = {c["name"] for c in json.loads(result.stdout)["checks"]}
     assert "GitLab AI gateway" not in names
+
+
+def test_vendored_features_need_a_vendored_gateway(cli: Cli) -> None:
+    refused = cli("features", "set", "duo_chat", "--provider", "vendored")
+    assert refused.exit_code == 1
+    assert "needs a vendored AI gateway" in refused.stderr
+    settings = cli.json("settings", "set", "--vendored-gateway-url", "https://shared.example")
+    assert settings["vendored_ai_gateway_url"] == "https://shared.example"
+    [view] = cli.json("features", "set", "duo_chat", "--provider", "vendored")
+    assert (view["gateway"], view["gateway_url"]) == ("vendored", "https://shared.example")
+    table = cli("features", "list")
+    assert table.exit_code == 0, table.output
+    assert "https://shared.example" in table.stdout
+    back = cli.json("settings", "set", "--vendored-gateway-url", "default")
+    assert back["vendored_ai_gateway_url"] is None
+
+
+def test_doctor_checks_the_vendored_gateway_and_the_features_it_serves(
+    doctor_env: Cli, fresh_gateway: FakeGateway, instance: LiveInstance,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    with instance.ctx.sessions() as session:
+        row = session.scalar(
+            select(FeatureSetting).where(FeatureSetting.feature == "glab_ask_git_command")
+        )
+        before = (row.provider, row.self_hosted_model_id) if row is not None else None
+    instance.set_feature("glab_ask_git_command", "vendored")
+    try:
+        unconfigured = {
+            c["name"]: c for c in json.loads(doctor_env("doctor", "--json").stdout)["checks"]
+        }
+        assert unconfigured["vendored features"]["status"] == "fail"
+        assert "--vendored-gateway-url" in unconfigured["vendored features"]["fix"]
+
+        # The shared gateway: here the same fake, which answers its health check.
+        monkeypatch.setenv("ENCLAVE_INSTANCE__VENDORED_GATEWAY_URL", fresh_gateway.url)
+        checks = {c["name"]: c for c in json.loads(doctor_env("doctor", "--json").stdout)["checks"]}
+        assert checks["vendored AI gateway"]["status"] == "ok"
+        assert checks["vendored features"]["status"] == "ok"
+        assert "glab_ask_git_command" in checks["vendored features"]["message"]
+
+        monkeypatch.setenv("ENCLAVE_INSTANCE__VENDORED_GATEWAY_URL", "http://127.0.0.1:9")
+        down = {c["name"]: c for c in json.loads(doctor_env("doctor", "--json").stdout)["checks"]}
+        assert down["vendored AI gateway"]["status"] == "fail"
+        assert "cannot reach the vendored AI gateway" in down["vendored AI gateway"]["message"]
+    finally:
+        if before is None:
+            instance.set_feature("glab_ask_git_command", "unassigned")
+        else:
+            instance.set_feature("glab_ask_git_command", before[0], before[1])

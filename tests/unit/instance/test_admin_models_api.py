@@ -537,6 +537,8 @@ def test_settings_default_to_the_configuration(api: Api, instance: LiveInstance)
         "enabled_instance_verbose_ai_logs": False,
         "ai_gateway_url_source": "configuration",
         "ai_gateway_timeout_source": "configuration",
+        "vendored_ai_gateway_url": None,
+        "vendored_ai_gateway_url_source": "configuration",
     }
 
 

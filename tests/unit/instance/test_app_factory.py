@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ paths = ["/.well-known/openid-configuration", "/oauth/discovery/keys", "/-/readi
 # From loopback: the instance checks client addresses (TestClient's default is "testclient").
 with TestClient(create_app_from_env(), client=("127.0.0.1", 50000)) as client:
     print(json.dumps({path: client.get(path).status_code for path in paths}))
+    docs = client.get("/docs")
+    print(json.dumps({"csp": docs.headers["content-security-policy"], "page": docs.text}))
 """
 
 
@@ -45,14 +48,20 @@ def test_factory_builds_the_app_from_the_environment(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     write_model_api_key(data_dir)
     result = run_factory(data_dir)
-    assert json.loads(result.stdout) == {
+    statuses, docs = (json.loads(line) for line in result.stdout.splitlines())
+    assert statuses == {
         "/.well-known/openid-configuration": 200,
         "/oauth/discovery/keys": 200,
         "/-/readiness": 200,
         "/api/v4/user": 401,
-        "/docs": 404,
+        "/docs": 200,
         "/openapi.json": 200,
     }
+    # The docs page works air-gapped: no script, nothing loaded from elsewhere (no CDN).
+    assert "<script" not in docs["page"]
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", docs["page"])
+    assert "default-src 'none'" in docs["csp"]
+    assert "/api/v4/code_suggestions/completions" in docs["page"]
     token = (data_dir / "admin-token.txt").read_text().strip()
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
     assert lines, "the factory logged nothing"
@@ -63,7 +72,7 @@ def test_factory_builds_the_app_from_the_environment(tmp_path: Path) -> None:
     created = next(line for line in lines if line["event"] == "admin_created")
     assert created["path"] == str(data_dir / "admin-token.txt")
     requests = [line for line in lines if line["event"] == "request"]
-    assert len(requests) == 6
+    assert len(requests) == 7
     assert {"method", "route", "status", "duration_ms", "request_id"} <= set(requests[0])
     assert token not in result.stderr
     assert MODEL_API_KEY not in result.stderr

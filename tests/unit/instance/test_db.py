@@ -26,7 +26,7 @@ from enclave.instance.db import (
 )
 from tests.unit.instance.conftest import Backend
 
-HEAD = "0004"
+HEAD = "0007"
 TABLES = {
     "instance_settings",
     "users",
@@ -37,6 +37,8 @@ TABLES = {
     "ai_settings",
     "web_sessions",
     "editor_keys",
+    "ai_usage",
+    "deleted_users",
     "alembic_version",
 }
 

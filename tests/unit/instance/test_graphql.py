@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from graphql import get_introspection_query
 from enclave.instance.api.graphql_endpoint import NOT_AVAILABLE
 from enclave.instance.chat_history import ChatHistory
 from enclave.instance.graphql_schema import MAX_DEPTH
+from enclave.instance.usage import usage_report
 from tests.unit.instance.conftest import (
     EMBEDDED_ENDPOINT,
     FakeGateway,
@@ -268,3 +270,25 @@ def test_ai_action_counts_against_the_rest_chats_limit(
     assert refused["data"] == {"aiAction": None}
     assert refused["errors"][0]["extensions"] == {"status": 429}
     assert "the limit for Duo Chat is 2 requests" in refused["errors"][0]["message"]
+
+
+def test_ai_action_usage_is_recorded_when_the_answer_ends(
+    instance: LiveInstance, token: str, fresh_gateway: FakeGateway
+) -> None:
+    """Usage of aiAction: recorded by the background answer (the mutation returns first)."""
+    fresh_gateway.handler = gateway_fails
+    me = httpx.get(
+        instance.url + "/api/v4/user", headers={"PRIVATE-TOKEN": token}, timeout=10
+    ).json()
+    query(instance, token, ASK % "/tests def g(): pass")
+    usage = instance.ctx.usage
+    deadline = time.monotonic() + 20
+    rows: list[Any] = []
+    while not rows and time.monotonic() < deadline:
+        usage.flush(instance.ctx.sessions, instance.ctx.user_id_salt)
+        with instance.ctx.sessions() as session:
+            since = datetime.now(UTC) - timedelta(minutes=5)
+            rows = usage_report(session, since=since, group_by=("feature",), user_id=me["id"])
+        time.sleep(0.05)
+    [row] = rows
+    assert (row.feature, row.requests, row.errors) == ("duo_chat_write_tests", 1, 1)

@@ -172,7 +172,7 @@ def test_fallback_model_migration_downgrades_and_upgrades_again(
         )
         connection.execute(text("UPDATE ai_feature_settings SET fallback_model_id = 2"))
     engine.dispose()
-    downgrade(url, "0002")
+    downgrade(url, "0002")  # by name: later migrations sit on top of 0003
     engine = make_engine(url)
     assert current_revision(engine) == "0002"
     columns = {c["name"] for c in inspect(engine).get_columns("ai_feature_settings")}
@@ -212,6 +212,67 @@ def test_web_ui_migration_downgrades_and_upgrades_again(
     assert "password_hash" not in {c["name"] for c in inspector.get_columns("users")}
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM users")).scalar_one() == 1
+    engine.dispose()
+    upgrade(url)
+    engine = make_engine(url)
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
+
+
+def test_usage_migration_downgrades_and_upgrades_again(tmp_path: Path, db_backend: Backend) -> None:
+    """0005 adds the ai_usage table; its downgrade drops it and keeps everything else."""
+    url = db_backend.new_database_url(tmp_path)
+    upgrade(url)
+    engine = make_engine(url)
+    assert "ai_usage" in inspect(engine).get_table_names()
+    engine.dispose()
+    downgrade(url, "0003")
+    engine = make_engine(url)
+    assert current_revision(engine) == "0003"
+    assert "ai_usage" not in inspect(engine).get_table_names()
+    engine.dispose()
+    upgrade(url)
+    engine = make_engine(url)
+    assert "ai_usage" in inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_vendored_gateway_url_migration_downgrades_and_upgrades_again(
+    tmp_path: Path, db_backend: Backend
+) -> None:
+    """0007 adds ai_settings.vendored_ai_gateway_url (NULL: as configured); its downgrade
+    drops it and keeps the other AI settings."""
+    url = db_backend.new_database_url(tmp_path)
+    upgrade(url, "0003")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO ai_settings (id, ai_gateway_url, enabled_instance_verbose_ai_logs, "
+                "updated_at) VALUES (1, 'http://gw.internal:5052', false, :now)"
+            ),
+            {"now": NOW},
+        )
+    engine.dispose()
+    upgrade(url, "0007")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        row = connection.execute(
+            text("SELECT ai_gateway_url, vendored_ai_gateway_url FROM ai_settings")
+        ).one()
+        assert tuple(row) == ("http://gw.internal:5052", None)
+        connection.execute(
+            text("UPDATE ai_settings SET vendored_ai_gateway_url = 'https://shared.example'")
+        )
+    engine.dispose()
+    downgrade(url, "0003")
+    engine = make_engine(url)
+    columns = {c["name"] for c in inspect(engine).get_columns("ai_settings")}
+    assert "vendored_ai_gateway_url" not in columns
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT ai_gateway_url FROM ai_settings")).scalar_one() == (
+            "http://gw.internal:5052"
+        )
     engine.dispose()
     upgrade(url)
     engine = make_engine(url)

@@ -90,7 +90,7 @@ def test_ensure_q8_0_converts_once(
     assert target == tmp_path / "model" / "tiny.Q8_0.gguf"
     assert target.is_file()
 
-    def must_not_run(source: Path, target: Path) -> Path:
+    def must_not_run(source: Path, target: Path, on_progress: object = None) -> Path:
         raise AssertionError("converted twice")
 
     with monkeypatch.context() as patch:
@@ -115,7 +115,7 @@ def test_ensure_q8_0_redoes_a_stale_or_corrupt_copy(tiny_gguf: Path, tmp_path: P
 def test_ensure_q8_0_falls_back_to_the_source(
     tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(source: Path, target: Path) -> Path:
+    def broken(source: Path, target: Path, on_progress: object = None) -> Path:
         raise OSError("disk full")
 
     monkeypatch.setattr(requant, "requantize_q8_0", broken)
@@ -132,3 +132,33 @@ def test_interrupted_conversion_leaves_nothing(
     with pytest.raises(KeyboardInterrupt):
         requantize_q8_0(tiny_gguf, tmp_path / "out" / "x.Q8_0.gguf")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_conversion_reports_progress_for_enclave_up(tiny_gguf: Path, tmp_path: Path) -> None:
+    """Finding 5: the first start converts the bundled model; `enclave up` shows how far."""
+    q4 = _tiny_q4_1(tiny_gguf, tmp_path / "tiny.Q4_1.gguf")
+    seen: list[int] = []
+    requantize_q8_0(q4, tmp_path / "out" / "tiny.Q8_0.gguf", seen.append)
+    assert seen[0] == 0 and seen[-1] == 90 and seen == sorted(seen)
+
+    model_dir = tmp_path / "model"
+    said: list[str] = []
+    shown = requant.PreparationProgress(model_dir, said.append)
+    assert not shown.poll() and said == []
+    model_dir.mkdir()
+    progress_file = model_dir / requant.PROGRESS_FILE
+    progress_file.write_text("0\n")
+    assert shown.poll()
+    progress_file.write_text("55\n")
+    assert shown.poll() and shown.percent == 55
+    progress_file.unlink()
+    assert not shown.poll()
+    assert said[0].startswith("Preparing the bundled model")
+    assert "  preparing the bundled model: 55 %" in said
+    assert said[-1].startswith("The bundled model is prepared")
+
+
+def test_ensure_q8_0_leaves_no_progress_file(tiny_gguf: Path, tmp_path: Path) -> None:
+    q4 = _tiny_q4_1(tiny_gguf, tmp_path / "tiny.Q4_1.gguf")
+    ensure_q8_0(q4, tmp_path / "model")
+    assert not (tmp_path / "model" / requant.PROGRESS_FILE).exists()

@@ -10,12 +10,13 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from enclave.common import timeouts
 from enclave.common.logging import get_logger
 from enclave.common.wire import CLAIM_SURFACE, H_GLOBAL_USER_ID
 from enclave.gateway.api.schemas import validation_detail
 from enclave.gateway.auth.verify import AuthError, Principal
 from enclave.gateway.http import MAX_BODY_BYTES, BodyTooLarge, detail, json_response, read_body
-from enclave.gateway.models.base import EndpointNotAllowed, ModelError
+from enclave.gateway.models.base import REQUEST_MODEL_TIMEOUT, EndpointNotAllowed, ModelError
 from enclave.gateway.rate_limit import RateLimited
 from enclave.gateway.user_access import USER_ONLY_COMPLETIONS, user_model_failure
 
@@ -71,12 +72,22 @@ async def authenticate(request: Request, *, user_tokens: bool = False) -> Princi
         return json_response({"error": OPENAI_ONLY_MESSAGE}, 401)
     if principal.user_token and not user_tokens:
         return detail(USER_ONLY_COMPLETIONS, 403)
-    limiter = gateway.rate_limiter
+    if not principal.user_token:
+        # The instance's timeout for this request reaches the model call (common/timeouts.py);
+        # a user's token does not choose how long the gateway waits.
+        budget = timeouts.parse_budget(headers.get(timeouts.HEADER))
+        if budget is not None:
+            REQUEST_MODEL_TIMEOUT.set(budget)
+    limiter = gateway.rate_limiter_for(principal.issuer)
     if limiter.enabled:
         try:
-            limiter.check(principal.issuer, principal.instance_id, headers.get(H_GLOBAL_USER_ID))
+            await limiter.check(
+                principal.issuer, principal.instance_id, headers.get(H_GLOBAL_USER_ID)
+            )
         except RateLimited as exc:
-            return detail(exc.detail, 429, {"Retry-After": str(exc.retry_after_s)})
+            if exc.scope == "instance":
+                gateway.metrics.tenant_limited(principal.issuer)
+            return detail(exc.detail, exc.status, {"Retry-After": str(exc.retry_after_s)})
     return principal
 
 

@@ -262,6 +262,20 @@ class Authenticator:
     def clear_cache(self) -> None:
         self._cache.clear()
 
+    def replace_stores(self, stores: Mapping[str, KeyStore]) -> None:
+        """Trust exactly ``stores`` from now on (a reloaded trusted-issuer list).
+
+        Verified tokens of issuers no longer trusted are forgotten at once, so a removed
+        instance's tokens, already minted and cached or not, are refused from the next request.
+        """
+        self._stores = dict(stores)
+        kept = set(self._stores.values())
+        self._cache = {
+            token: entry
+            for token, entry in self._cache.items()
+            if entry.store in kept or entry.store is self._local
+        }
+
     # -- verification -----------------------------------------------------------------------
 
     async def _verify(self, token: str) -> Principal:
@@ -306,7 +320,12 @@ class Authenticator:
         store = self._stores.get(issuer.rstrip("/"))
         if store is None:
             await self._raise_if_no_issuer_is_usable()
-            trusted = ", ".join(sorted(self._stores)) or "none"
+            # A gateway shared by several instances does not tell one who the others are.
+            trusted = (
+                ", ".join(sorted(self._stores)) or "none"
+                if len(self._stores) <= 1
+                else f"{len(self._stores)} instances"
+            )
             raise AuthError(
                 401,
                 forbidden(

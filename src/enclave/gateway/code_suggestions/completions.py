@@ -86,7 +86,14 @@ def plan_completion(payload: SuggestionsRequest, target: ModelTarget) -> Plan:
 
     # Instruction-following answers get cleaned; raw FIM output is inserted as is.
     conversational = definition.api == "chat" or payload.prompt_version == 3
-    request = target_request(target, messages, None if messages else prompt, params, family=family)
+    request = target_request(
+        target,
+        messages,
+        None if messages else prompt,
+        params,
+        family=family,
+        prompt_id=PROMPT_ID,
+    )
     # Every answer stops where it leaves the cursor's block (models like to go on with the next
     # function); instruction-following answers also lose fences and repeated code first.
     above, below = current.content_above_cursor, current.content_below_cursor

@@ -56,7 +56,7 @@ def plan_generation(payload: SuggestionsRequest, target: ModelTarget) -> Plan:
         )
         messages = rendered.messages
 
-    request = target_request(target, messages, None, params, family=family)
+    request = target_request(target, messages, None, params, family=family, prompt_id=PROMPT_ID)
     return Plan(
         request=request,
         model_name=f"custom_openai/{family}",

@@ -9,6 +9,7 @@ one generic message for a user) → GitLab's ``text_completion`` response.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from enclave.gateway.models.base import (
 )
 from enclave.gateway.streaming import RawTextStreamResponse, TextFilter
 from enclave.gateway.targets import ModelTarget, PlanError, resolve_target
+from enclave.gateway.tenants import VendorTarget, choose_target
 from enclave.gateway.user_access import NamedModel, admin_model
 
 if TYPE_CHECKING:
@@ -54,24 +56,46 @@ def model_target(payload: SuggestionsRequest) -> ModelTarget:
     )
 
 
+def names_model(payload: SuggestionsRequest) -> bool:
+    """Whether the body names a model of its own (a vendored request names none)."""
+    return any(
+        (value or "").strip()
+        for value in (payload.model_endpoint, payload.model_api_key, payload.model_identifier)
+    )
+
+
 def target_for(
     gateway: Gateway, principal: Principal, feature: str, payload: SuggestionsRequest
-) -> tuple[SuggestionsRequest, ModelTarget]:
-    """The model to call and the payload to plan with; :class:`PlanError` (403/422/503).
+) -> tuple[SuggestionsRequest, ModelTarget, VendorTarget | None]:
+    """The model to call, the payload to plan with and the vendor model when it is one;
+    :class:`PlanError` (403/422/503).
 
-    The instance's tokens name the model in the body (the administrator's configuration); a
-    user's token gets the administrator's model for ``feature``, and its family.
+    The instance's tokens name the model in the body (the administrator's configuration), or,
+    on a shared gateway, none (the gateway's vendor model for ``feature``); a user's token
+    gets the administrator's model for ``feature``, and its family.
     """
     if not principal.user_token:
-        return payload, model_target(payload)
+        target, vendor = choose_target(
+            gateway.tenants, principal, feature, names_model(payload), lambda: model_target(payload)
+        )
+        if vendor is not None:
+            payload = payload.model_copy(update={"model_name": vendor.family})
+        return payload, target, vendor
     named = NamedModel(
         payload.model_provider,
         payload.model_endpoint,
         payload.model_api_key,
         payload.model_identifier,
     )
-    target, family = admin_model(gateway, feature, named)
-    return payload.model_copy(update={"model_name": family or None}), target
+    target, family = admin_model(gateway, feature, named, principal.subject)
+    return payload.model_copy(update={"model_name": family or None}), target, None
+
+
+def with_vendor(plan: Plan, vendor: VendorTarget | None) -> Plan:
+    """``plan`` with the vendor model's parameters (operator's settings) when it uses one."""
+    if vendor is None:
+        return plan
+    return dataclasses.replace(plan, request=vendor.apply(plan.request))
 
 
 def messages_from(prompt: list[PromptMessage]) -> tuple[ChatMessage, ...]:
@@ -159,8 +183,8 @@ async def serve(request: Request, use_case: UseCase) -> Response | RawTextStream
         return payload
     try:
         check_prompt_shape(payload)
-        payload, target = target_for(gateway, principal, use_case.feature, payload)
-        plan = use_case.plan(payload, target)
+        payload, target, vendor = target_for(gateway, principal, use_case.feature, payload)
+        plan = with_vendor(use_case.plan(payload, target), vendor)
     except PlanError as exc:
         return json_response({"detail": exc.detail}, exc.status)
 

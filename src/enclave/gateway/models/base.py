@@ -8,6 +8,7 @@ deltas (:meth:`TextModelClient.stream`). Clients know nothing about GitLab's wir
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -87,6 +88,13 @@ class ModelRequest:
     # providers send it as is (model, stream and stream options set by the provider), so
     # every field the server knows passes through; the others use the fields above.
     openai_body: Mapping[str, Any] | None = None
+
+
+# The model-call limit the instance gave this request (enclave.common.timeouts), set by the
+# gateway's authentication step for the instance's tokens only; None: gateway.model_timeout_s.
+REQUEST_MODEL_TIMEOUT: ContextVar[float | None] = ContextVar(
+    "enclave_request_model_timeout", default=None
+)
 
 
 @dataclass(frozen=True, slots=True)

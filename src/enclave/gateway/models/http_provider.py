@@ -24,12 +24,14 @@ from typing import Any, ClassVar, Final
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from enclave.common.logging import redact_text
 from enclave.gateway.egress import EgressRefused, display_url
 from enclave.gateway.http import connect_failure, read_limited
 from enclave.gateway.models.base import (
+    REQUEST_MODEL_TIMEOUT,
     ChatMessage,
     ContextTooLong,
     EndpointNotAllowed,
@@ -274,6 +276,20 @@ class HttpProvider(ABC):
         self._max_wait_s = max_wait_s
         self._sleep = sleep
 
+    def timeout_s(self) -> float:
+        """This call's limit: the instance's budget for the request when it sent one
+        (enclave.common.timeouts), else ``gateway.model_timeout_s``."""
+        return REQUEST_MODEL_TIMEOUT.get() or self._timeout_s
+
+    def _timeouts(self, stream: bool) -> aiohttp.ClientTimeout:
+        budget = REQUEST_MODEL_TIMEOUT.get()
+        if budget is None:
+            return self._stream_timeout if stream else self._timeout
+        connect = min(self._connect_timeout_s, budget)
+        if stream:
+            return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=budget)
+        return aiohttp.ClientTimeout(total=budget, sock_connect=connect)
+
     # -- what a provider says ---------------------------------------------------------------
 
     @abstractmethod
@@ -369,11 +385,11 @@ class HttpProvider(ABC):
             )
         if isinstance(exc, aiohttp.SocketTimeoutError):
             return ModelTimeout(
-                f"the model endpoint {endpoint} sent nothing for {self._timeout_s:g} s"
+                f"the model endpoint {endpoint} sent nothing for {self.timeout_s():g} s"
             )
         if isinstance(exc, TimeoutError):
             return ModelTimeout(
-                f"the model endpoint {endpoint} did not answer within {self._timeout_s:g} s"
+                f"the model endpoint {endpoint} did not answer within {self.timeout_s():g} s"
             )
         if isinstance(exc, aiohttp.ClientConnectorError):
             if isinstance(exc.os_error, EgressRefused):
@@ -454,7 +470,7 @@ class HttpProvider(ABC):
         url, body, headers = self.build(request, stream)
         if self.authorize is not None:
             await self.authorize(request, headers)
-        timeout = self._stream_timeout if stream else self._timeout
+        timeout = self._timeouts(stream)
         # Only when the endpoint has TLS of its own: a request-level ssl=True would override
         # the session's gateway-wide CA bundle.
         tls = context_for(self._tls, request.endpoint)
@@ -624,7 +640,9 @@ class ProviderStream:
             self._finished = True
         except ModelError:
             raise
-        except ValueError:  # a line longer than the reader's buffer, a corrupt frame
+        except (ValueError, HttpProcessingError):
+            # A corrupt frame, or a line longer than the reader's buffer (aiohttp raises
+            # LineTooLong, an HttpProcessingError, since 3.10; ValueError before).
             raise provider.bad_response(request, "sent an unreadable stream") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise provider.transport_error(request, exc) from None

@@ -69,6 +69,7 @@ class FenceStripper:
     def __init__(self) -> None:
         self._pending = ""
         self._state: Literal["start", "plain", "fenced", "done"] = "start"
+        self._mid_line = False  # inside a fence: part of the current line was already released
 
     def feed(self, delta: str) -> str:
         if self._state == "done":
@@ -95,19 +96,28 @@ class FenceStripper:
     def _drain_fenced(self) -> str:
         text = self._pending
         start = 0
+        # A line whose beginning was already released cannot be the closing fence.
+        mid_line = self._mid_line
         while True:
             newline = text.find("\n", start)
             if newline < 0:
                 break
-            if text[start:newline].strip() == _FENCE:
+            if not mid_line and text[start:newline].strip() == _FENCE:
                 # Closing fence: the answer ends before its line (the newline belongs to it).
                 self._state = "done"
                 self._pending = ""
                 return text[: max(0, start - 1)]
             start = newline + 1
+            mid_line = False
         # ``text[start:]`` is an unfinished line; if it could still become the closing fence,
         # hold it back together with the newline before it.
-        keep_from = max(0, start - 1) if _FENCE.startswith(text[start:].strip()) else len(text)
+        tail = text[start:]
+        if not mid_line and _FENCE.startswith(tail.strip()):
+            keep_from = max(0, start - 1)
+            self._mid_line = False
+        else:
+            keep_from = len(text)
+            self._mid_line = mid_line or bool(tail)
         out, self._pending = text[:keep_from], text[keep_from:]
         return out
 

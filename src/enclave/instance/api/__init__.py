@@ -18,6 +18,7 @@ from enclave.instance.api import (
     graphql_endpoint,
     health,
     openai_access,
+    usage,
     users,
 )
 
@@ -39,4 +40,6 @@ def all_routers() -> list[APIRouter]:
         editors.router,
         graphql_endpoint.router,
         cable.router,
+        usage.router,
+        usage.internal_router,
     ]

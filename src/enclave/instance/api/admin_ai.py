@@ -141,6 +141,11 @@ class SettingsUpdate(BaseModel):
     ai_gateway_url: str | None = Field(
         None, description="AI gateway URL (http/https); null goes back to the configured one."
     )
+    vendored_ai_gateway_url: str | None = Field(
+        None,
+        description="Shared AI gateway URL (http/https) for features set to vendored; null "
+        "goes back to the configured one (none by default: vendored cannot be chosen).",
+    )
     ai_gateway_timeout_seconds: int | None = Field(
         None, description="Timeout for gateway requests, 60-600 s; null goes back to config."
     )
@@ -289,7 +294,9 @@ def list_features(
     request: Request, response: Response, principal: Admin, page: Paging
 ) -> list[dict[str, Any]]:
     ctx = context_of(request)
-    views: list[dict[str, Any]] = in_transaction(ctx, list_feature_settings)
+    views: list[dict[str, Any]] = in_transaction(
+        ctx, lambda s: list_feature_settings(s, ai_settings.effective(s, ctx.settings))
+    )
     set_headers(request, response, page, len(views))
     return views[page.offset : page.offset + page.per_page]
 
@@ -298,7 +305,9 @@ def list_features(
 def show_feature(request: Request, feature: str, principal: Admin) -> dict[str, Any]:
     ctx = context_of(request)
     parsed = parse_feature(feature)
-    return in_transaction(ctx, lambda s: get_feature_setting(s, parsed))
+    return in_transaction(
+        ctx, lambda s: get_feature_setting(s, parsed, ai_settings.effective(s, ctx.settings))
+    )
 
 
 _UPDATE_FEATURE = "Set one feature to disabled, vendored, a self-hosted model, or unassigned"
@@ -318,7 +327,13 @@ def update_feature(
     views = in_transaction(
         ctx,
         lambda s: set_features(
-            s, [parsed], provider, body.self_hosted_model_id, actor, body.fallback_ref()
+            s,
+            [parsed],
+            provider,
+            body.self_hosted_model_id,
+            actor,
+            body.fallback_ref(),
+            ai_settings.effective(s, ctx.settings),
         ),
         write=True,
     )
@@ -336,7 +351,13 @@ def update_features(
     return in_transaction(
         ctx,
         lambda s: set_features(
-            s, features, provider, body.self_hosted_model_id, actor, body.fallback_ref()
+            s,
+            features,
+            provider,
+            body.self_hosted_model_id,
+            actor,
+            body.fallback_ref(),
+            ai_settings.effective(s, ctx.settings),
         ),
         write=True,
     )

@@ -44,6 +44,7 @@ from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError, field_errors
 from enclave.instance.api.forwarding import (
     forward_identity,
+    gateway_token_counts,
     post_with_fallback,
     resolve_for_request,
 )
@@ -366,8 +367,11 @@ AI_FEATURES: tuple[AiFeature, ...] = (
 )
 
 
-def model_metadata(model: ResolvedModel) -> dict[str, Any]:
-    """GitLab's ``Ai::FeatureSetting#model_metadata_params``, without empty fields."""
+def model_metadata(model: ResolvedModel) -> dict[str, Any] | None:
+    """GitLab's ``Ai::FeatureSetting#model_metadata_params``, without empty fields; None for
+    a vendored feature (GitLab sends no model: the vendored gateway chooses it)."""
+    if model.vendored:
+        return None
     fields = {
         "provider": METADATA_PROVIDER,
         "name": model.family,
@@ -385,12 +389,11 @@ def prompt_body(
     stream: bool,
     prompt_version: str = PROMPT_VERSION,
 ) -> dict[str, Any]:
-    return {
-        "inputs": inputs,
-        "prompt_version": prompt_version,
-        "stream": stream,
-        "model_metadata": model_metadata(model),
-    }
+    body: dict[str, Any] = {"inputs": inputs, "prompt_version": prompt_version, "stream": stream}
+    metadata = model_metadata(model)
+    if metadata is not None:
+        body["model_metadata"] = metadata
+    return body
 
 
 def prompt_path(prompt_id: str) -> str:
@@ -403,13 +406,14 @@ async def forward_feature(
 ) -> Response:
     """What every endpoint in :data:`AI_FEATURES` does (see the module docstring)."""
     ctx = context_of(request)
-    ctx.limits.check(limits.AI_ACTION, principal.user_id)
+    await ctx.limits.check(limits.AI_ACTION, principal.user_id)
     annotate(request, feature=spec.feature.value, stream=body.stream)
     model, effective = await resolve_for_request(ctx, spec.feature)
     identity = forward_identity(ctx, request, principal)
 
     async def send(serving: ResolvedModel) -> aiohttp.ClientResponse:
-        minted = ctx.minter.token(spec.scopes)
+        route = effective.route(serving.vendored)
+        minted = ctx.minter.token(spec.scopes, audience=route.audience)
         annotate(request, model=serving.name, signing_kid=minted.kid)
         return await ctx.gateway.post(
             prompt_path(spec.prompt_id),
@@ -430,7 +434,7 @@ async def forward_feature(
                     ctx, FEATURE_UNIT_PRIMITIVES[spec.feature]
                 ),
             ),
-            base_url=effective.ai_gateway_url,
+            base_url=route.url,
             timeout_s=effective.ai_gateway_timeout_seconds,
         )
 
@@ -438,6 +442,7 @@ async def forward_feature(
         upstream, model = await post_with_fallback(ctx, spec.feature, model, send)
     except GatewayUnavailableError as exc:
         raise gateway_error(exc, request, principal) from None
+    annotate(request, **gateway_token_counts(upstream.headers))
     if body.stream and upstream.status == 200:
         return await relay(upstream, stream=True)
     if upstream.status in MODEL_FAILED_STATUSES:

@@ -212,7 +212,7 @@ def chat_body(
     payload: dict[str, Any] = {
         "content": [{"role": "user", "content": text}],
         "provider": "litellm",
-        "model": model.family,
+        "model": model.family or "general",
     }
     if model.endpoint:
         payload["model_endpoint"] = model.endpoint
@@ -236,7 +236,7 @@ def agent_body(text: str, context: list[dict[str, Any]], model: ResolvedModel) -
     """GitLab 18's ``/v2/chat/agent`` body. Context goes into the message's text: GitLab's
     gateway wants an ``include_<category>_context`` scope per ``additional_context`` item."""
     text = with_context(text, context)
-    return {
+    body: dict[str, Any] = {
         "messages": [
             {
                 "role": "user",
@@ -246,9 +246,12 @@ def agent_body(text: str, context: list[dict[str, Any]], model: ResolvedModel) -
                 "additional_context": [],
             }
         ],
-        "model_metadata": model_metadata(model),
         "unavailable_resources": [],
     }
+    metadata = model_metadata(model)
+    if metadata is not None:  # vendored: none, the vendored gateway chooses the model
+        body["model_metadata"] = metadata
+    return body
 
 
 def task_inputs(call: ChatCall) -> dict[str, Any]:
@@ -305,7 +308,7 @@ async def prepare_chat(request: Request, principal: Principal, body: ChatRequest
     ``aiAction``): the user's chat limit, the slash command, the feature's setting and model.
     Raises :class:`InstanceAPIError` (429, 403, 500) when the question cannot be asked."""
     ctx = context_of(request)
-    ctx.limits.check(limits.CHAT, principal.user_id)
+    await ctx.limits.check(limits.CHAT, principal.user_id)
     feature, invokable, text = route_question(body.content)
     annotate(request, feature=feature.value, stream=body.stream)
     model, effective = await resolve_for_request(ctx, feature)
@@ -322,17 +325,19 @@ async def prepare_chat(request: Request, principal: Principal, body: ChatRequest
 def gateway_request(ctx: InstanceContext, call: ChatCall, *, stream: bool) -> tuple[str, bytes]:
     """Path and body for the gateway, in the API generation the instance speaks."""
     if not gateway_api.is_gitlab18(ctx):
-        body = chat_body(call.text, call.context, call.model, stream=stream)
-        return f"/v1/chat/{call.invokable}", orjson.dumps(body)
+        legacy = chat_body(call.text, call.context, call.model, stream=stream)
+        return f"/v1/chat/{call.invokable}", orjson.dumps(legacy)
     if call.feature == Feature.DUO_CHAT:
         return "/v2/chat/agent", orjson.dumps(agent_body(call.text, call.context, call.model))
     prompt_id = FEATURE_PROMPT_IDS[call.feature.value]
-    body = {
+    body: dict[str, Any] = {
         "inputs": task_inputs(call),
         "prompt_version": gateway_api.prompt_version(ctx, prompt_id),
         "stream": stream,
-        "model_metadata": model_metadata(call.model),
     }
+    metadata = model_metadata(call.model)
+    if metadata is not None:
+        body["model_metadata"] = metadata
     return "/v1/prompts/" + quote(prompt_id, safe=""), orjson.dumps(body)
 
 
@@ -347,11 +352,12 @@ async def ask_gateway(
 
     async def send(serving: ResolvedModel) -> aiohttp.ClientResponse:
         path, payload = gateway_request(ctx, replace(call, model=serving), stream=stream)
+        route = call.effective.route(serving.vendored)
         return await ctx.gateway.post(
             path,
             payload,
             gateway_headers(
-                ctx.minter.token(scopes).token,
+                ctx.minter.token(scopes, audience=route.audience).token,
                 identity,
                 verbose_ai_logs=call.effective.enabled_instance_verbose_ai_logs,
                 version=gateway_api.version_header(ctx),
@@ -359,7 +365,7 @@ async def ask_gateway(
                     ctx, FEATURE_UNIT_PRIMITIVES[call.feature]
                 ),
             ),
-            base_url=call.effective.ai_gateway_url,
+            base_url=route.url,
             timeout_s=call.effective.ai_gateway_timeout_seconds,
         )
 

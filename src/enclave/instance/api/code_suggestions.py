@@ -23,6 +23,7 @@ from enclave.instance.api.deps import authenticated, context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.forwarding import (
     forward_identity,
+    gateway_token_counts,
     post_with_fallback,
     resolve_for_request,
 )
@@ -79,7 +80,7 @@ async def completions(
     request: Request, principal: Annotated[Principal, Depends(authenticated(AI_SCOPES))]
 ) -> Response:
     ctx = context_of(request)
-    ctx.limits.check(limits.CODE_SUGGESTIONS, principal.user_id)
+    await ctx.limits.check(limits.CODE_SUGGESTIONS, principal.user_id)
     try:
         suggestion = CompletionRequest.model_validate(await read_json_body(request))
     except ValidationError as exc:
@@ -91,8 +92,10 @@ async def completions(
     identity = forward_identity(ctx, request, principal)
 
     async def send(serving: ResolvedModel) -> aiohttp.ClientResponse:
+        route = effective.route(serving.vendored)
         minted = ctx.minter.token(
-            gateway_api.code_suggestion_scopes(ctx, [FEATURE_UNIT_PRIMITIVES[feature]])
+            gateway_api.code_suggestion_scopes(ctx, [FEATURE_UNIT_PRIMITIVES[feature]]),
+            audience=route.audience,
         )
         # The kid in the request log shows which key signed (key rotation).
         annotate(request, model=serving.name, signing_kid=minted.kid)
@@ -108,7 +111,7 @@ async def completions(
                     ctx, FEATURE_UNIT_PRIMITIVES[feature]
                 ),
             ),
-            base_url=effective.ai_gateway_url,
+            base_url=route.url,
             timeout_s=effective.ai_gateway_timeout_seconds,
         )
 
@@ -116,6 +119,7 @@ async def completions(
         upstream, model = await post_with_fallback(ctx, feature, model, send)
     except GatewayUnavailableError as exc:
         raise gateway_error(exc, request, principal) from None
+    annotate(request, **gateway_token_counts(upstream.headers))
     return await relay_to_caller(
         upstream,
         stream=suggestion.stream,

@@ -68,25 +68,27 @@ class PatAuth(EarlyAuth):
         done: dict[PatAuth, Principal] = request.scope.setdefault(_DONE_KEY, {})
         principal = done.get(self)
         if principal is None:
-            principal = await run_in_threadpool(self._authenticate, request)
+            ctx = context_of(request)
+            # The address ClientAddressMiddleware settled on (X-Forwarded-For only from a
+            # trusted proxy); a banned one is refused before its token is even looked at.
+            address = request.client.host if request.client else None
+            await ctx.limits.check_address(address)
+            try:
+                principal = await run_in_threadpool(self._authenticate, request)
+            except AuthError as exc:
+                log.info("authentication_failed", reason=exc.reason)
+                await ctx.limits.auth_failed(address, exc.reason)
+                raise unauthorized() from None
             done[self] = principal
         return principal
 
     def _authenticate(self, request: HTTPConnection) -> Principal:
         ctx = context_of(request)
-        # The address ClientAddressMiddleware settled on (X-Forwarded-For only from a trusted
-        # proxy); a banned one is refused before its token is even looked at.
-        address = request.client.host if request.client else None
-        ctx.limits.check_address(address)
         token = token_from_headers(
             request.headers.get("private-token"), request.headers.get("authorization")
         )
         try:
             principal = authenticate_request(ctx.sessions, token, accepted_scopes=self.scopes)
-        except AuthError as exc:
-            log.info("authentication_failed", reason=exc.reason)
-            ctx.limits.auth_failed(address, exc.reason)
-            raise unauthorized() from None
         except InsufficientScopeError as exc:
             log.info("insufficient_scope", accepted=list(exc.accepted))
             raise InstanceAPIError(

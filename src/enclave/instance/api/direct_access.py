@@ -94,9 +94,18 @@ async def direct_access(
     ctx = context_of(request)
     annotate(request, feature="code_completions")
     # 403 unless code completions are served by a self-hosted model.
-    _, effective = await resolve_for_request(ctx, Feature.CODE_COMPLETIONS)
+    model, effective = await resolve_for_request(ctx, Feature.CODE_COMPLETIONS)
+    if model.vendored:
+        # Direct access reads the administrator's models from the self-hosted gateway's routes;
+        # a shared gateway serves instances, not their users' IDEs.
+        raise InstanceAPIError(
+            403,
+            "Direct access is not available: code completions are vendored (served by the "
+            "shared AI gateway through this instance). Use /api/v4/code_suggestions/completions, "
+            "or ask an administrator to assign a self-hosted model to code_completions.",
+        )
 
-    ctx.limits.check(limits.DIRECT_ACCESS, principal.user_id)
+    await ctx.limits.check(limits.DIRECT_ACCESS, principal.user_id)
 
     # The gateway's user token is revocable (blocked user) only if this use is on record.
     await run_in_threadpool(record_token_minting, ctx.sessions, principal.token_id)

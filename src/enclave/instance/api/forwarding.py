@@ -7,13 +7,14 @@ the identity headers that travel with the forwarded request.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 import aiohttp
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from enclave.common import wire
 from enclave.common.logging import get_logger
 from enclave.instance import ai_settings
 from enclave.instance.api.errors import InstanceAPIError
@@ -41,8 +42,14 @@ def _resolve(
     ctx: InstanceContext, feature: Feature
 ) -> tuple[ResolvedModel, ai_settings.EffectiveAiSettings]:
     with ctx.sessions() as session, session.begin():
-        model = resolve_feature(session, ctx.secret_box, feature)
-        return model, ai_settings.effective(session, ctx.settings)
+        effective = ai_settings.effective(session, ctx.settings)
+        model = resolve_feature(
+            session,
+            ctx.secret_box,
+            feature,
+            vendored_gateway=effective.vendored_ai_gateway_url is not None,
+        )
+        return model, effective
 
 
 async def resolve_for_request(
@@ -97,6 +104,19 @@ async def model_failed(upstream: aiohttp.ClientResponse, model: ResolvedModel) -
     except (TimeoutError, aiohttp.ClientError):
         return False  # the body broke off: the caller's read reports it as usual
     return INFERENCE_FAILED in gateway_reason(content, model.api_key, limit=2000)
+
+
+def gateway_token_counts(headers: Mapping[str, str]) -> dict[str, int]:
+    """The model's token counts the gateway put on a whole answer (for usage); {} if none."""
+    counts: dict[str, int] = {}
+    for header, field in (
+        (wire.H_ENCLAVE_INPUT_TOKENS, "input_tokens"),
+        (wire.H_ENCLAVE_OUTPUT_TOKENS, "output_tokens"),
+    ):
+        value = headers.get(header, "")
+        if value.isdigit() and len(value) <= 12:
+            counts[field] = int(value)
+    return counts
 
 
 def _fallback(ctx: InstanceContext, feature: Feature) -> ResolvedModel | None:

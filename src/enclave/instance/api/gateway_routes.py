@@ -50,7 +50,7 @@ from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.routing import InstanceRoute
 from enclave.instance.context import InstanceContext
 from enclave.instance.db import utcnow
-from enclave.instance.db.models import FeatureProvider, PersonalAccessToken, User
+from enclave.instance.db.models import DeletedUser, FeatureProvider, PersonalAccessToken, User
 from enclave.instance.features import (
     FEATURE_UNIT_PRIMITIVES,
     Feature,
@@ -114,12 +114,22 @@ def revocations(session: Session, salt: bytes, window_s: int) -> dict[str, list[
         .order_by(User.id.desc())
         .limit(MAX_REVOKED)
     ).all()
+    # Deleted users: their rows are gone, their tokens may live on until they expire.
+    deleted = session.scalars(
+        select(DeletedUser)
+        .where(DeletedUser.deleted_at >= utcnow() - timedelta(seconds=window_s))
+        .order_by(DeletedUser.deleted_at.desc())
+        .limit(MAX_REVOKED)
+    ).all()
     key_ids = editor_keys.revoked_ids(session, MAX_REVOKED)
-    if MAX_REVOKED in (len(pat_ids), len(user_ids), len(key_ids)):
+    if MAX_REVOKED in (len(pat_ids), len(user_ids), len(deleted), len(key_ids)):
         log.error("gateway_revocations_truncated", limit=MAX_REVOKED)
+    users = [pseudonymous_user_id(salt, user_id) for user_id in user_ids]
+    users += [row.global_user_id for row in deleted]
+    pats = list(pat_ids) + [pat for row in deleted for pat in row.pat_ids]
     return {
-        "personal_access_tokens": list(pat_ids),
-        "users": [pseudonymous_user_id(salt, user_id) for user_id in user_ids],
+        "personal_access_tokens": pats[:MAX_REVOKED],
+        "users": list(dict.fromkeys(users))[:MAX_REVOKED],
         "editor_keys": key_ids,
     }
 

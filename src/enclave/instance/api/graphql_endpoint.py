@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,12 +56,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
 from enclave.common.logging import get_logger
+from enclave.instance import ai_settings
 from enclave.instance.api import chat
 from enclave.instance.api.code_suggestions import read_json_body
 from enclave.instance.api.deps import authenticated, context_of, in_transaction
 from enclave.instance.api.editors import metadata_view
 from enclave.instance.api.errors import InstanceAPIError
-from enclave.instance.api.middleware import annotate
+from enclave.instance.api.middleware import USAGE_DEFERRED, annotate
 from enclave.instance.api.relay import UpstreamStreamError
 from enclave.instance.api.routing import InstanceRoute
 from enclave.instance.chat_events import ChatEvents
@@ -69,6 +71,7 @@ from enclave.instance.context import InstanceContext
 from enclave.instance.duo_availability import DuoAvailability, availability, may_use_ai
 from enclave.instance.graphql_schema import MAX_TOKENS, SCHEMA, QueryLimits
 from enclave.instance.pats import KNOWN_SCOPES, Principal
+from enclave.instance.usage import record_request
 
 log = get_logger(__name__)
 
@@ -120,7 +123,13 @@ class Resolution:
     async def availability(self) -> DuoAvailability:
         if self._availability is None:
             self._availability = await run_in_threadpool(
-                in_transaction, self.ctx, lambda s: availability(s, self.principal)
+                in_transaction,
+                self.ctx,
+                lambda s: availability(
+                    s,
+                    self.principal,
+                    ai_settings.effective(s, self.ctx.settings).vendored_ai_gateway_url is not None,
+                ),
             )
         return self._availability
 
@@ -254,6 +263,7 @@ async def _answer(
     """Get the answer, keep it for ``aiMessages`` and push it to subscribers (streamed in
     chunks when the editor subscribed for this chat); failures become the answer's errors."""
     history, events, user_id = ctx.chat_history, ctx.chat_events, principal.user_id
+    started = time.perf_counter()
     stream = subscription is not None and events.listening(user_id, subscription)
     error: str | None = None
     answer = ""
@@ -280,6 +290,13 @@ async def _answer(
     except Exception:
         log.exception("editor_chat_failed")
         error = _failed(chat.A9999_UNKNOWN, f"{INTERNAL_ERROR}.")
+    # The request's middleware skipped it (USAGE_DEFERRED): the answer ends only now.
+    record_request(
+        ctx.usage,
+        request.scope.get("state", {}),
+        status=502 if error is not None else 200,
+        seconds=time.perf_counter() - started,
+    )
     if error is not None:
         message = history.add(user_id, request_id, "assistant", error, errors=[error])
     else:
@@ -384,6 +401,7 @@ class Root:
             raise GraphQLError(exc.message, extensions={"status": exc.status}) from None
         request_id = history.new_request_id()
         annotate(request, ai_request_id=request_id)
+        request.scope.setdefault("state", {})[USAGE_DEFERRED] = True
         history.add(
             principal.user_id,
             request_id,

@@ -22,8 +22,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from enclave.common.logging import get_logger
 from enclave.instance.api.errors import error_response, status_message
 from enclave.instance.api.relay import UpstreamStreamError
+from enclave.instance.usage import record_request
 
 log = get_logger("enclave.instance.request")
+
+# A request whose AI answer outlives it (GraphQL aiAction) records its usage itself.
+USAGE_DEFERRED = "usage_deferred"
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -65,6 +69,22 @@ class RequestContextMiddleware:
         status = 0
         started = False
 
+        recorded = False
+
+        def record_usage() -> None:
+            # Once per request, and before the last body byte leaves: a client that has the
+            # whole answer finds its usage counted (flushed in the background later).
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
+            state = scope.get("state", {})
+            app = scope.get("app")
+            ctx = getattr(getattr(app, "state", None), "ctx", None)
+            if ctx is not None and not state.get(USAGE_DEFERRED):
+                seconds = time.perf_counter() - start
+                record_request(ctx.usage, state, status=status, seconds=seconds)
+
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
             if message["type"] == "http.response.start":
@@ -74,6 +94,8 @@ class RequestContextMiddleware:
                     *message.get("headers", []),
                     (b"x-request-id", request_id.encode()),
                 ]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                record_usage()
             await send(message)
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
@@ -96,12 +118,17 @@ class RequestContextMiddleware:
                     )
                     await response(scope, receive, send_with_id)
             finally:
+                record_usage()  # an aborted or unanswered request counts too
+                state = scope.get("state", {})
+                seconds = time.perf_counter() - start
+                # Who asked, by id (never the e-mail): set once the token authenticated.
+                fields = {**state.get("log_fields", {}), "user_id": state.get("user_id")}
                 log.info(
                     "request",
-                    **scope.get("state", {}).get("log_fields", {}),
+                    **fields,
                     method=scope["method"],
                     route=_route(scope),
                     status=status,
-                    duration_ms=round((time.perf_counter() - start) * 1000, 2),
+                    duration_ms=round(seconds * 1000, 2),
                     request_id=request_id,  # also bound; explicit so the line always has it
                 )

@@ -165,7 +165,7 @@ async def openai_direct_access(
     annotate(request, feature="openai")
     features = _requested(await request.body())
 
-    ctx.limits.check(limits.OPENAI_DIRECT_ACCESS, principal.user_id)
+    await ctx.limits.check(limits.OPENAI_DIRECT_ACCESS, principal.user_id)
 
     served, unavailable, settings = await run_in_threadpool(_served, ctx, features)
     if served:  # revocable only if the PAT's use is on record (see record_token_minting)

@@ -2,7 +2,9 @@
 
 * ``GET /api/v4/user`` — the caller (clients use it to check a token).
 * ``GET /api/v4/users`` (everyone: public fields; admins: all), ``POST /api/v4/users`` (admin),
-  ``GET /api/v4/users/:id``, ``POST /api/v4/users/:id/block`` / ``unblock`` (admin).
+  ``GET /api/v4/users/:id``, ``POST /api/v4/users/:id/block`` / ``unblock`` (admin),
+  ``DELETE /api/v4/users/:id[?hard_delete=true]`` (admin; 204; not oneself, not the last
+  administrator).
 * ``POST /api/v4/users/:id/personal_access_tokens`` (admin): the token is in the answer, once.
 * ``GET /api/v4/personal_access_tokens`` (admins: all, ``user_id`` filter; others: their own),
   ``GET/DELETE /api/v4/personal_access_tokens/:id`` and ``…/self``: DELETE revokes (204).
@@ -59,7 +61,9 @@ class TokenCreate(BaseModel):
         None, description="api, read_api, read_user and/or ai_features."
     )
     expires_at: str | None = Field(
-        None, description="YYYY-MM-DD; the token stops working at 00:00 UTC that day."
+        None,
+        description="YYYY-MM-DD; the token stops working at 00:00 UTC that day. Default: the "
+        "instance's maximum lifetime (365 days unless instance.pat_max_lifetime_days says).",
     )
     description: str | None = Field(None, description="Accepted for GitLab compatibility.")
 
@@ -154,6 +158,30 @@ def unblock_user(request: Request, user_id: int, principal: Admin) -> bool:
     return True
 
 
+@router.delete(
+    "/api/v4/users/{user_id}", status_code=204, summary="Delete a user and their tokens (admin)"
+)
+def delete_user(
+    request: Request,
+    user_id: int,
+    principal: Admin,
+    hard_delete: Annotated[
+        bool,
+        Query(description="Also delete the user's usage records (else kept, as a deleted user)."),
+    ] = False,
+) -> Response:
+    ctx = context_of(request)
+    actor = actor_of(request, principal)
+    in_transaction(
+        ctx,
+        lambda s: accounts.delete_user(
+            s, user_id, actor, salt=ctx.user_id_salt, hard_delete=hard_delete
+        ),
+        write=True,
+    )
+    return Response(status_code=204)
+
+
 @router.post(
     "/api/v4/users/{user_id}/personal_access_tokens",
     status_code=201,
@@ -173,6 +201,7 @@ def create_token(
             scopes=body.scopes,
             expires_at=body.expires_at,
             actor=actor,
+            max_lifetime_days=ctx.settings.instance.pat_max_lifetime_days,
         )
         return {**accounts.token_view(row), "token": created.plaintext}
 

@@ -5,7 +5,9 @@ from enclave.instance.db.engine import make_engine, make_session_factory
 from enclave.instance.db.migrate import current_revision, downgrade, head_revision, upgrade
 from enclave.instance.db.models import (
     AiSetting,
+    AiUsage,
     AuditEvent,
+    DeletedUser,
     FeatureProvider,
     FeatureSetting,
     InstanceSetting,
@@ -17,8 +19,10 @@ from enclave.instance.db.models import (
 
 __all__ = [
     "AiSetting",
+    "AiUsage",
     "AuditEvent",
     "Base",
+    "DeletedUser",
     "FeatureProvider",
     "FeatureSetting",
     "InstanceSetting",

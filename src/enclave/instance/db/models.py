@@ -10,14 +10,16 @@ records with an encrypted API key. Every schema change goes through an Alembic m
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -91,6 +93,8 @@ class AiSetting(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False, default=1)
     ai_gateway_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    # The shared gateway that serves vendored features (NULL: instance.vendored_gateway_url).
+    vendored_ai_gateway_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     ai_gateway_timeout_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
     enabled_instance_verbose_ai_logs: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -116,6 +120,22 @@ class User(Base):
     @property
     def state(self) -> str:
         return "blocked" if self.blocked else "active"
+
+
+class DeletedUser(Base):
+    """A deleted user's pseudonym and PAT ids, kept while tokens made from them may live.
+
+    The AI gateway learns revocations from the instance (``api/gateway_routes.py``): blocked
+    users and revoked PATs that still exist. A deleted user's rows are gone, so this keeps
+    what the gateway must go on refusing until those tokens have expired.
+    """
+
+    __tablename__ = "deleted_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    global_user_id: Mapped[str] = mapped_column(String(64), index=True)
+    pat_ids: Mapped[list[int]] = mapped_column(JSON)
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class PersonalAccessToken(Base):
@@ -246,3 +266,31 @@ class EditorKey(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AiUsage(Base):
+    """AI usage counts per minute, user, feature and model (``enclave.instance.usage``).
+
+    Rows are written in batches by the background flush, never on the request path; several
+    rows may share a key (one per flush and process): reports sum them. ``day`` is the UTC day
+    of ``period_start``, stored so that grouping by day is the same query on every backend.
+    """
+
+    __tablename__ = "ai_usage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    day: Mapped[date] = mapped_column(Date)
+    # Kept (as NULL) when the user is deleted: the totals stay right.
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    feature: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Who saw the requests: "instance" (its own endpoints) or "gateway" (direct paths).
+    source: Mapped[str] = mapped_column(String(16))
+    requests: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    latency_ms_total: Mapped[int] = mapped_column(BigInteger)

@@ -114,7 +114,7 @@ async def sign_in(request: Request) -> Response:
         )
     address = request.client.host if request.client else None
     try:
-        ctx.limits.check_address(address)
+        await ctx.limits.check_address(address)
     except InstanceAPIError as exc:
         return _form(request, status=429, error=exc.message, username=username)
     password = form.get("password", "")
@@ -141,7 +141,7 @@ async def sign_in(request: Request) -> Response:
     result = await run_in_threadpool(in_transaction, ctx, attempt, write=True)
     if result is None:
         log.info("web_sign_in_failed")
-        ctx.limits.auth_failed(address, "unknown")
+        await ctx.limits.auth_failed(address, "unknown")
         await asyncio.sleep(FAILURE_DELAY_S)
         return _form(request, status=401, error=WRONG, username=username)
     cookie, signed = result

@@ -34,6 +34,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
+from enclave.gateway import usage
 from enclave.gateway.auth.jws import TokenError, parse_token
 from enclave.gateway.auth.verify import AuthError, Principal
 from enclave.gateway.http import BodyTooLarge, json_response, read_body
@@ -224,15 +225,15 @@ async def authenticate(request: Request) -> tuple[Principal, Mapping[str, Featur
             f"This token is not for the OpenAI-compatible API; {ACCESS_HINT}",
             "invalid_api_key",
         )
-    limiter = gateway.rate_limiter
+    limiter = gateway.rate_limiter_for(principal.issuer)
     if limiter.enabled:
         try:
-            limiter.check(principal.issuer, principal.instance_id, principal.subject)
+            await limiter.check(principal.issuer, principal.instance_id, principal.subject)
         except RateLimited as exc:
             raise RequestError(
-                429,
+                exc.status,
                 exc.detail,
-                "rate_limit_exceeded",
+                "rate_limit_exceeded" if exc.status == 429 else "rate_limits_unavailable",
                 headers={"Retry-After": str(exc.retry_after_s)},
             ) from None
     try:
@@ -276,6 +277,7 @@ def select_route(
         raise RequestError(
             403, route.message or f"'{model}' is not available", "model_unavailable", "model"
         )
+    usage.claim(principal.subject, route.feature, route.model_name)  # a user's call: counted
     return route
 
 

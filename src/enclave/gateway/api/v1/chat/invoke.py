@@ -21,6 +21,7 @@ from starlette.responses import Response
 from enclave.common.logging import get_logger
 from enclave.gateway.api.schemas import BodyModel, PromptMessage, Str255
 from enclave.gateway.api.steps import authenticate, model_error_response, parse_body
+from enclave.gateway.auth.verify import Principal
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
     ChatMessage,
@@ -32,6 +33,7 @@ from enclave.gateway.prompts.definition import ModelParams
 from enclave.gateway.prompts.registry import Prompt, PromptNotFound, get_registry
 from enclave.gateway.streaming import RawTextStreamResponse
 from enclave.gateway.targets import PlanError, resolve_target, target_request
+from enclave.gateway.tenants import Tenants, choose_target, feature_of_prompt
 
 if TYPE_CHECKING:
     from enclave.gateway.runtime import Gateway
@@ -95,17 +97,30 @@ def conversation(definition: Prompt, content: str | list[PromptMessage]) -> tupl
     return definition.conversation(messages)
 
 
-def plan_chat(prompt_id: str, payload: ChatPayload) -> ModelRequest:
-    target = resolve_target(
-        payload.provider,
-        payload.model,
-        payload.model_endpoint,
-        payload.model_api_key,
-        payload.model_identifier,
-        loc=_payload_loc,
+def plan_chat(
+    prompt_id: str, payload: ChatPayload, tenants: Tenants, principal: Principal
+) -> ModelRequest:
+    names_model = any(
+        (value or "").strip()
+        for value in (payload.model_endpoint, payload.model_api_key, payload.model_identifier)
+    )
+    target, vendor = choose_target(
+        tenants,
+        principal,
+        feature_of_prompt(prompt_id),
+        names_model,
+        lambda: resolve_target(
+            payload.provider,
+            payload.model,
+            payload.model_endpoint,
+            payload.model_api_key,
+            payload.model_identifier,
+            loc=_payload_loc,
+        ),
     )
     # ``model`` is the family; unknown families get the base definition.
-    definition = get_registry().resolve(prompt_id, payload.model)
+    family = vendor.family if vendor is not None else payload.model
+    definition = get_registry().resolve(prompt_id, family)
     messages = conversation(definition, payload.content)
     params = payload.params or ChatParams()
     defaults = definition.params
@@ -116,7 +131,8 @@ def plan_chat(prompt_id: str, payload: ChatPayload) -> ModelRequest:
         top_p=defaults.top_p if params.top_p is None else params.top_p,
         stop=tuple(params.stop) if params.stop is not None else defaults.stop,
     )
-    return target_request(target, messages, None, merged)
+    request = target_request(target, messages, None, merged, prompt_id=prompt_id)
+    return vendor.apply(request) if vendor is not None else request
 
 
 def response_body(payload: ChatPayload, text: str) -> dict[str, Any]:
@@ -148,7 +164,7 @@ async def chat(request: Request) -> Response | RawTextStreamResponse:
         return body
     payload = body.prompt_components[0].payload
     try:
-        model_request = plan_chat(prompt_id, payload)
+        model_request = plan_chat(prompt_id, payload, gateway.tenants, principal)
     except PlanError as exc:
         return json_response({"detail": exc.detail}, exc.status)
     try:

@@ -25,6 +25,7 @@ from enclave.common import wire
 from enclave.common.logging import get_logger
 from enclave.gateway.api.schemas import BodyModel, Str255, field_error
 from enclave.gateway.api.steps import authenticate, gitlab_major, parse_body
+from enclave.gateway.auth.verify import Principal
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
     EndpointNotAllowed,
@@ -47,6 +48,7 @@ from enclave.gateway.targets import (
     metadata_target,
     target_request,
 )
+from enclave.gateway.tenants import Tenants, choose_target, feature_of_prompt
 
 if TYPE_CHECKING:
     from enclave.gateway.runtime import Gateway
@@ -63,17 +65,29 @@ class PromptRequest(BodyModel):
     model_metadata: ModelMetadata | None = None
 
 
-def plan_prompt(prompt_id: str, payload: PromptRequest) -> ModelRequest:
-    """The model call for ``prompt_id``: target from ``model_metadata``, rendered definition."""
-    target = metadata_target(payload.model_metadata)
+def plan_prompt(
+    prompt_id: str, payload: PromptRequest, tenants: Tenants, principal: Principal
+) -> ModelRequest:
+    """The model call for ``prompt_id``: target from ``model_metadata`` (or, on a shared
+    gateway, the vendor model for the prompt's feature), rendered definition."""
+    target, vendor = choose_target(
+        tenants,
+        principal,
+        feature_of_prompt(prompt_id),
+        payload.model_metadata is not None,
+        lambda: metadata_target(payload.model_metadata),
+    )
     family = payload.model_metadata.name if payload.model_metadata is not None else None
+    if vendor is not None:
+        family = vendor.family
     try:
         definition = get_registry().resolve(prompt_id, family, payload.prompt_version)
     except (InvalidVersion, NoMatchingVersion) as exc:
         raise PlanError(
             [field_error(["prompt_version"], str(exc), payload.prompt_version, kind="value_error")]
         ) from None
-    return model_request(target, definition, payload.inputs)
+    request = model_request(target, definition, payload.inputs)
+    return vendor.apply(request) if vendor is not None else request
 
 
 def model_request(target: ModelTarget, definition: Prompt, inputs: dict[str, Any]) -> ModelRequest:
@@ -84,7 +98,13 @@ def model_request(target: ModelTarget, definition: Prompt, inputs: dict[str, Any
         raise PlanError(
             [field_error(["inputs", exc.name], str(exc), value, kind=exc.kind)]
         ) from None
-    return target_request(target, rendered.messages, rendered.prompt, rendered.params)
+    return target_request(
+        target,
+        rendered.messages,
+        rendered.prompt,
+        rendered.params,
+        prompt_id=definition.prompt_id,
+    )
 
 
 def model_failed(error: ModelError) -> Response:
@@ -114,7 +134,7 @@ async def invoke(request: Request) -> Response | RawTextStreamResponse:
     if isinstance(payload, Response):
         return payload
     try:
-        model_request = plan_prompt(prompt_id, payload)
+        model_request = plan_prompt(prompt_id, payload, gateway.tenants, principal)
     except PlanError as exc:
         return json_response({"detail": exc.detail}, exc.status)
     try:

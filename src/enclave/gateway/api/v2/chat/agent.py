@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common import wire
+from enclave.common.features import Feature
 from enclave.common.logging import get_logger
 from enclave.gateway.api.schemas import BodyModel, Str255
 from enclave.gateway.api.steps import (
@@ -44,6 +45,7 @@ from enclave.gateway.api.steps import (
     model_error_response,
     parse_body,
 )
+from enclave.gateway.auth.verify import Principal
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
     ChatMessage,
@@ -56,6 +58,7 @@ from enclave.gateway.models.base import (
 from enclave.gateway.prompts.registry import get_registry
 from enclave.gateway.streaming import RawTextStreamResponse
 from enclave.gateway.targets import ModelMetadata, PlanError, metadata_target, target_request
+from enclave.gateway.tenants import Tenants, choose_target
 
 if TYPE_CHECKING:
     from enclave.gateway.runtime import Gateway
@@ -119,13 +122,29 @@ def message_text(message: AgentMessage) -> str:
     return "\n\n".join(parts)
 
 
-def plan_agent(body: AgentRequest) -> ModelRequest:
-    """The model call: ``chat/agent``'s instructions and the conversation."""
-    target = metadata_target(body.model_metadata)
+def plan_agent(body: AgentRequest, tenants: Tenants, principal: Principal) -> ModelRequest:
+    """The model call: ``chat/agent``'s instructions and the conversation, on the model
+    ``model_metadata`` names (or, on a shared gateway, the vendor model for Duo Chat)."""
+    target, vendor = choose_target(
+        tenants,
+        principal,
+        Feature.DUO_CHAT.value,
+        body.model_metadata is not None,
+        lambda: metadata_target(body.model_metadata),
+    )
     family = body.model_metadata.name if body.model_metadata is not None else None
+    if vendor is not None:
+        family = vendor.family
     definition = get_registry().resolve(AGENT_PROMPT_ID, family)
     history = tuple(ChatMessage(m.role, message_text(m)) for m in body.messages)
-    return target_request(target, definition.conversation(history), None, definition.params)
+    request = target_request(
+        target,
+        definition.conversation(history),
+        None,
+        definition.params,
+        prompt_id=AGENT_PROMPT_ID,
+    )
+    return vendor.apply(request) if vendor is not None else request
 
 
 def ndjson_event(kind: str, data: Any) -> str:
@@ -215,7 +234,7 @@ async def agent(request: Request) -> Response | RawTextStreamResponse:
     ):
         return detail(DUO_CORE_CUTOFF, 403)
     try:
-        model_request = plan_agent(body)
+        model_request = plan_agent(body, gateway.tenants, principal)
     except PlanError as exc:
         return json_response({"detail": exc.detail}, exc.status)
     try:

@@ -43,6 +43,7 @@ from enclave.gateway.code_suggestions.pipeline import (
     UseCase,
     check_prompt_shape,
     target_for,
+    with_vendor,
 )
 from enclave.gateway.code_suggestions.schemas import (
     CodeContextPayload,
@@ -302,8 +303,8 @@ async def suggestions(request: Request) -> Response | RawTextStreamResponse:
         payload = as_v2(body, editor)
         check_prompt_constraint(body, editor, payload.model_name)
         check_prompt_shape(payload)
-        payload, target = target_for(gateway, principal, use_case.feature, payload)
-        plan = use_case.plan(payload, target)
+        payload, target, vendor = target_for(gateway, principal, use_case.feature, payload)
+        plan = with_vendor(use_case.plan(payload, target), vendor)
     except PlanError as exc:
         return json_response({"detail": exc.detail}, exc.status)
 
