@@ -3,7 +3,8 @@
 The browser is ``/usr/bin/chromium`` from the distribution (the test services script installs
 it); Playwright never downloads one. Without it the browser tests are skipped with the reason.
 The stack is the real one (instance, gateway, embedded llama.cpp with the tiny model) with a
-1 s routes refresh, so a revoked editor key is refused within seconds.
+1 s routes refresh, so a revoked editor key is refused within seconds, and usage written to the
+database every second.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def web_stack(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iter
         tmp_path_factory.mktemp("enclave-web"),
         tiny_gguf,
         ENCLAVE_GATEWAY__ROUTES_REFRESH_S=str(ROUTES_REFRESH_S),
+        ENCLAVE_INSTANCE__USAGE_FLUSH_S="1",
     ) as stack:
         yield stack
 

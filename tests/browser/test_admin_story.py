@@ -6,8 +6,8 @@ a completion made with that PAT is answered by that model. Refusals: wrong passw
 non-admin on admin pages, a form without its CSRF token. No page ever holds a secret (model
 API keys, the admin token and password; a new PAT or editor key only on the page that shows it
 once). A regular user creates an editor key, uses it with the ``openai`` client, revokes it,
-and the next call is refused. The run writes screenshots of the main pages to
-docs/screenshots/ (the README shows them).
+and the next call is refused. The completion shows up in usage.
+The run writes screenshots of the main pages to docs/screenshots/ (the README shows them).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ COMPLETION = {
     "stream": False,
 }
 REVOCATION_BOUND_S = 20.0
+USAGE_BOUND_S = 20.0
 
 
 class Pages:
@@ -197,6 +198,23 @@ def test_admin_adds_tests_and_assigns_a_model_then_a_pat_completion_uses_it(
     assert body["model"]["name"] == MODEL_IDENTIFIER
     assert [choice["text"] for choice in body["choices"]] == [TINY_ANSWER]
 
+    # The completion shows up in usage (flushed every second here), by user and by model.
+    deadline = time.monotonic() + USAGE_BOUND_S
+    while True:
+        page.goto(f"{stack.instance_url}/admin/usage?days=1")
+        by_user = page.locator("#usage-by-user tbody tr", has_text=USER)
+        if by_user.count() > 0:
+            break
+        assert time.monotonic() < deadline, "the completion never showed up in usage"
+        time.sleep(0.5)
+    expect(by_user.filter(has_text="code_completions")).to_have_count(1)
+    expect(page.locator("#usage-by-model tbody tr", has_text="code_completions")).to_contain_text(
+        MODEL_NAME
+    )
+    expect(page.locator("svg.chart rect")).to_have_count(1)
+    shoot(page, "usage")
+    seen.record(page)
+
     # The audit log shows what was done, filterable by action.
     page.goto(f"{stack.instance_url}/admin/audit?action=self_hosted_model_created")
     rows = page.locator("tbody tr")
@@ -314,6 +332,7 @@ def test_screenshots_are_small_pngs() -> None:
         "user",
         "audit",
         "editor-keys",
+        "usage",
     }
     for shot in shots:
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -35,3 +35,5 @@ def test_labels_are_escaped_and_bars_bounded() -> None:
 
 def test_an_empty_period_says_so() -> None:
     assert "no requests in this period" in str(bar_chart([], title="t"))
+    assert "no requests in this period" in str(bar_chart([("a", 0), ("b", 0)], title="t"))
+    assert "no requests in this period" not in str(bar_chart([("a", 1)], title="t"))

@@ -364,3 +364,14 @@ def test_delete_guard_compatibility_and_key_rotation_from_the_pages(live: LiveIn
         with live.ctx.sessions() as session:
             actions = session.scalars(select(AuditEvent.action)).all()
         assert "signing_key_rotated" in actions
+
+
+def test_the_usage_page_offers_fixed_periods(live: LiveInstance) -> None:
+    with client(live) as c:
+        sign_in(c, live, "root", admin_password(live))
+        page = c.get("/admin/usage")
+        assert page.status_code == 200
+        assert "no requests in this period" in page.text  # nothing recorded on this instance
+        assert c.get("/admin/usage", params={"days": "30"}).status_code == 200
+        bad = c.get("/admin/usage", params={"days": "5"})
+        assert bad.status_code == 400 and "choose one of 1, 7, 30, 90" in bad.text

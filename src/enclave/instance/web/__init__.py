@@ -20,6 +20,7 @@ def web_routers() -> list[APIRouter]:
         models_pages,
         profile_pages,
         signin,
+        usage_pages,
         users_pages,
     )
 
@@ -29,5 +30,6 @@ def web_routers() -> list[APIRouter]:
         models_pages.router,
         admin_pages.router,
         users_pages.router,
+        usage_pages.router,
         profile_pages.router,
     ]

@@ -30,7 +30,7 @@ def bar_chart(
     plot_w = width - 2 * left
     peak = max((value for _, value in shown), default=0) or 1
     slot = plot_w / max(len(shown), 1)
-    bar_w = max(2.0, slot * 0.7)
+    bar_w = min(48.0, max(2.0, slot * 0.7))  # thin enough to read as a bar
     parts = [
         f'<svg class="chart" role="img" aria-label="{escape(title)}" width="{width}" '
         f'height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
@@ -56,7 +56,7 @@ def bar_chart(
             f'<text x="{centre:.1f}" y="{top + plot_h + 14:.1f}" font-size="10" '
             f'text-anchor="middle">{escape(label[:16])}</text>'
         )
-    if not shown:
+    if not any(value for _, value in shown):
         parts.append(
             f'<text x="{width / 2:.0f}" y="{top + plot_h / 2:.0f}" text-anchor="middle" '
             'font-size="12">no requests in this period</text>'
