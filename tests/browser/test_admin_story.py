@@ -266,6 +266,12 @@ def test_a_regular_user_is_refused_admin_pages_and_manages_an_editor_key(
     page.goto(f"{stack.instance_url}/admin/models")
     expect(page.locator(".error")).to_contain_text("This page is for administrators")
     seen.record(page)
+    # Their own usage: the completion made with their PAT in the admin story.
+    page.goto(f"{stack.instance_url}/-/user_settings/usage")
+    expect(page.locator("#own-usage tbody tr", has_text="code_completions")).to_contain_text(
+        MODEL_NAME
+    )
+    seen.record(page)
 
     # Create an editor key for chat and code completion.
     page.goto(f"{stack.instance_url}/-/user_settings/editor_keys")

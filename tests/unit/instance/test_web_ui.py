@@ -186,6 +186,7 @@ def test_a_regular_user_is_refused_the_admin_pages_but_has_a_profile(live: LiveI
             assert "for administrators" in refused.text
         assert c.get("/-/user_settings/editor_keys").status_code == 200
         assert c.get("/-/user_settings/personal_access_tokens").status_code == 200
+        assert "No requests yet." in c.get("/-/user_settings/usage").text
 
 
 def test_no_secret_is_ever_rendered(live: LiveInstance) -> None:
@@ -210,6 +211,8 @@ def test_no_secret_is_ever_rendered(live: LiveInstance) -> None:
             "/admin/audit",
             "/-/user_settings/editor_keys",
             "/-/user_settings/personal_access_tokens",
+            "/-/user_settings/usage",
+            "/admin/usage",
         ):
             html = c.get(path)
             assert html.status_code == 200, path

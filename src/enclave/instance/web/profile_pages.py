@@ -5,6 +5,7 @@ revocable)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -16,8 +17,10 @@ from enclave.instance import accounts, editor_keys
 from enclave.instance.admin_errors import AdminError, NotFoundError
 from enclave.instance.api.deps import context_of, in_transaction
 from enclave.instance.api.editor_keys import openai_base_url, signer_of
+from enclave.instance.db import utcnow
 from enclave.instance.features import FEATURE_TITLES, Feature
 from enclave.instance.pats import KNOWN_SCOPES
+from enclave.instance.usage import usage_report
 from enclave.instance.web.errors import WebError
 from enclave.instance.web.render import SECURITY_HEADERS, page
 from enclave.instance.web.routing import WebRoute
@@ -28,6 +31,8 @@ router = APIRouter(route_class=WebRoute, include_in_schema=False)
 User = Annotated[SignedIn, Depends(signed_in_user)]
 TOKENS = "/-/user_settings/personal_access_tokens"
 KEYS = "/-/user_settings/editor_keys"
+USAGE = "/-/user_settings/usage"
+USAGE_DAYS = 30
 # The features an editor tool uses most: pre-checked on the form.
 EDITOR_DEFAULTS = (Feature.DUO_CHAT.value, Feature.CODE_COMPLETIONS.value)
 
@@ -192,3 +197,19 @@ async def revoke_key(request: Request, key_id: int, user: User) -> Response:
     except NotFoundError as exc:
         raise WebError(404, exc.message) from None
     return _redirect(f"{KEYS}?notice=key_revoked")
+
+
+# --- own usage ------------------------------------------------------------------------------
+
+
+@router.get(USAGE)
+async def usage_page(request: Request, user: User) -> Response:
+    """The signed-in user's own usage of the last 30 days, per feature and model."""
+    ctx = context_of(request)
+    since = utcnow() - timedelta(days=USAGE_DAYS)
+    rows = await run_in_threadpool(
+        in_transaction,
+        ctx,
+        lambda s: usage_report(s, since=since, group_by=("feature", "model"), user_id=user.user_id),
+    )
+    return page(request, "profile_usage.html", rows=rows, days=USAGE_DAYS)
