@@ -378,3 +378,15 @@ def test_the_usage_page_offers_fixed_periods(live: LiveInstance) -> None:
         assert c.get("/admin/usage", params={"days": "30"}).status_code == 200
         bad = c.get("/admin/usage", params={"days": "5"})
         assert bad.status_code == 400 and "choose one of 1, 7, 30, 90" in bad.text
+
+
+def test_a_trusted_proxys_https_makes_cookies_secure_and_nobody_elses(
+    live_instance_factory: Callable[..., LiveInstance],
+) -> None:
+    proxied = live_instance_factory(trusted_proxies=["127.0.0.1/32"])
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "10.1.2.3"}
+    form = httpx.get(proxied.url + "/users/sign_in", headers=headers, timeout=30)
+    assert "Secure" in form.headers["set-cookie"]
+    direct = live_instance_factory()
+    form = httpx.get(direct.url + "/users/sign_in", headers=headers, timeout=30)
+    assert "Secure" not in form.headers["set-cookie"]

@@ -9,7 +9,7 @@
   synchronizer token in constant time (403 page otherwise). Every POST handler reads its form
   through it.
 * Cookies: ``HttpOnly``, ``SameSite=Lax``, path ``/``, ``Secure`` when the instance's external
-  URL (or the request) is https.
+  URL (or the request, or a trusted proxy's ``X-Forwarded-Proto``) is https.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
+from enclave.common.client_address import VIA_TRUSTED_PROXY
 from enclave.instance import web_sessions
 from enclave.instance.actor import Actor
 from enclave.instance.api.deps import EarlyAuth, context_of, in_transaction
@@ -123,7 +124,11 @@ async def form_of(request: Request, user: SignedIn) -> dict[str, str]:
 
 
 def is_secure(request: HTTPConnection) -> bool:
-    return context_of(request).issuer.startswith("https://") or request.url.scheme == "https"
+    """https: the instance's external URL, the connection, or a trusted proxy's word for it."""
+    if context_of(request).issuer.startswith("https://") or request.url.scheme == "https":
+        return True
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return bool(request.scope.get(VIA_TRUSTED_PROXY)) and forwarded == "https"
 
 
 def set_cookie(
