@@ -204,7 +204,13 @@ def up(
         raise typer.Exit(130) from None
 
     events = _supervisor_events(log_dir / "supervisor.log")
-    _print_welcome(plan.instance_url, plan.gateway_url, plan.model_url, settings.admin_token_file)
+    _print_welcome(
+        plan.instance_url,
+        plan.gateway_url,
+        plan.model_url,
+        settings.admin_token_file,
+        settings.admin_password_file,
+    )
     try:  # from here on, Ctrl-C always means "stop in order"
         for role in plan.roles:
             events("role_started", {"role": role.name, "pid": role.pid})
@@ -249,7 +255,9 @@ def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _print_welcome(instance_url: str, gateway_url: str, model_url: str, token_file: Path) -> None:
+def _print_welcome(
+    instance_url: str, gateway_url: str, model_url: str, token_file: Path, password_file: Path
+) -> None:
     token_note = (
         f"{token_file} (created at first start; keep it safe)"
         if token_file.exists()
@@ -272,6 +280,8 @@ def _print_welcome(instance_url: str, gateway_url: str, model_url: str, token_fi
         f"  gateway    {gateway_url}\n"
         f"  model      {model_url}   (llama.cpp server, API key required)\n"
         f"  admin personal access token: {token_note}\n"
+        f"  web UI     {instance_url}/admin   (user root; first password in {password_file}, "
+        "or set one with `enclave users set-password root`)\n"
         f"  OpenAI-compatible API: {gateway_url}/v1 (token and base_url from POST "
         f"{instance_url}/api/v4/ai/openai/direct_access with the PAT)\n\n"
         "Ask the instance for a code completion:\n\n"
@@ -482,3 +492,7 @@ def model(
 from enclave.admin_cli import register as _register_admin_commands  # noqa: E402
 
 _register_admin_commands(app)
+
+from enclave.account_cli import register as _register_account_commands  # noqa: E402
+
+_register_account_commands(app)

@@ -164,6 +164,25 @@ class InstanceSettings(BaseModel):
         "1 h each by default) plus the clock leeway; longer only makes the list bigger. The "
         "gateway picks revocations up within its routes_refresh_s (30 s by default).",
     )
+    editor_key_max_days: int = Field(
+        90,
+        ge=1,
+        le=365,
+        description="The longest expiry a user may choose for a personal editor key (the static "
+        "API key of editor tools that speak OpenAI's API).",
+    )
+    web_session_idle_s: int = Field(
+        3600,
+        ge=60,
+        le=7 * 86400,
+        description="Web UI: a session unused this long is signed out.",
+    )
+    web_session_max_s: int = Field(
+        12 * 3600,
+        ge=300,
+        le=30 * 86400,
+        description="Web UI: a session ends this long after sign-in, however busy.",
+    )
     pat_max_lifetime_days: int = Field(
         365,
         ge=1,
@@ -919,6 +938,10 @@ class EnclaveSettings(BaseSettings):
     @property
     def admin_token_file(self) -> Path:
         return self.data_dir / "admin-token.txt"
+
+    @property
+    def admin_password_file(self) -> Path:
+        return self.data_dir / "admin-password.txt"
 
     @property
     def gateway_routes_secret_default_file(self) -> Path:

@@ -16,6 +16,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from enclave.common.netrules import IPNetwork, forwarded_client, in_networks, parse_ip
 
+# Scope key set when the request came through a trusted proxy.
+VIA_TRUSTED_PROXY: Final = "enclave.via_trusted_proxy"
+
 
 class ClientAddressMiddleware:
     """Client IP allow-list (e.g. ``gateway.allowed_client_cidrs``), pure ASGI and cheap.
@@ -92,6 +95,9 @@ class ClientAddressMiddleware:
             if not in_networks(client, self._allowed):
                 return self._not_allowed(str(client), via=host)
             scope["client"] = (str(client), 0)
+            # Its other X-Forwarded-* headers may be believed too (the instance's web UI reads
+            # X-Forwarded-Proto for Secure cookies); from anyone else they are ignored.
+            scope[VIA_TRUSTED_PROXY] = True
             return None
         if in_networks(peer, self._allowed):
             return self._remember(host, None)

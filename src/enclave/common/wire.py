@@ -60,3 +60,5 @@ SURFACE_OPENAI: Final = "openai"
 # The id of the personal access token an OpenAI-API token was made from: the instance publishes
 # revoked ids to the gateway (with the feature→model routes), which then refuses those tokens.
 CLAIM_PAT_ID: Final = "enclave_pat_id"
+# The personal editor key a token is (instance/editor_keys.py): revocable by this id.
+CLAIM_EDITOR_KEY_ID: Final = "enclave_editor_key_id"

@@ -173,6 +173,7 @@ class Revocations:
 
     pat_ids: frozenset[str] = frozenset()
     user_ids: frozenset[str] = frozenset()
+    editor_key_ids: frozenset[str] = frozenset()
 
 
 def _ids(value: Any, name: str) -> frozenset[str]:
@@ -199,6 +200,7 @@ def parse_revocations(document: Any) -> Revocations:
     return Revocations(
         _ids(revoked.get("personal_access_tokens"), "personal_access_tokens"),
         _ids(revoked.get("users"), "users"),
+        _ids(revoked.get("editor_keys"), "editor_keys"),
     )
 
 
@@ -210,6 +212,10 @@ def needs_revocation_check(principal: Principal) -> bool:
 REVOKED_PAT: Final = forbidden(
     "the personal access token this token was made from has been revoked; create a new "
     "personal access token and ask the instance for a new token"
+)
+REVOKED_EDITOR_KEY: Final = forbidden(
+    "this editor key has been revoked; create a new one on the instance's profile page "
+    "(/-/user_settings/editor_keys)"
 )
 BLOCKED_USER: Final = forbidden(
     "the user of this token is blocked on the instance; ask an administrator to unblock the account"
@@ -343,6 +349,9 @@ class RoutesTable:
         pat_id = principal.claims.get(wire.CLAIM_PAT_ID)
         if isinstance(pat_id, str | int) and str(pat_id) in revoked.pat_ids:
             raise AuthError(401, REVOKED_PAT, "token_revoked")
+        key_id = principal.claims.get(wire.CLAIM_EDITOR_KEY_ID)
+        if isinstance(key_id, str | int) and str(key_id) in revoked.editor_key_ids:
+            raise AuthError(401, REVOKED_EDITOR_KEY, "token_revoked")
         if principal.subject is not None and principal.subject in revoked.user_ids:
             raise AuthError(401, BLOCKED_USER, "token_revoked")
 

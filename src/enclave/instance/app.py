@@ -31,6 +31,8 @@ from enclave.instance.api.middleware import RequestContextMiddleware
 from enclave.instance.api.routing import check_routes
 from enclave.instance.bootstrap import BootstrapResult, initialise
 from enclave.instance.context import InstanceContext
+from enclave.instance.web import web_routers
+from enclave.instance.web.errors import install_web_error_handlers
 
 log = get_logger(__name__)
 
@@ -99,7 +101,8 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
     )
     app.state.ctx = ctx
     install_error_handlers(app)
-    for router in all_routers():
+    install_web_error_handlers(app)
+    for router in [*all_routers(), *web_routers()]:
         app.include_router(router)
     # Prometheus text, no token (as the gateway's); the client address rules still apply.
     app.add_route(metrics.PATH, metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)

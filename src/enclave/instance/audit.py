@@ -29,6 +29,10 @@ SELF_HOSTED_MODEL_FEATURE_CHANGED = "self_hosted_model_feature_changed"
 AI_SETTINGS_UPDATED = "ai_settings_updated"
 SECRET_KEY_ROTATED = "secret_key_rotated"  # noqa: S105 - an action name
 SIGNING_KEY_ROTATED = "signing_key_rotated"
+USER_PASSWORD_CHANGED = "user_password_changed"  # noqa: S105 - an action name
+USER_SIGNED_IN = "user_signed_in"
+EDITOR_KEY_CREATED = "editor_key_created"
+EDITOR_KEY_REVOKED = "editor_key_revoked"
 
 ACTIONS = frozenset(
     {
@@ -45,6 +49,10 @@ ACTIONS = frozenset(
         AI_SETTINGS_UPDATED,
         SECRET_KEY_ROTATED,
         SIGNING_KEY_ROTATED,
+        USER_PASSWORD_CHANGED,
+        USER_SIGNED_IN,
+        EDITOR_KEY_CREATED,
+        EDITOR_KEY_REVOKED,
     }
 )
 

@@ -20,6 +20,7 @@ _TARGET_TYPES = {
     "personal_access_token": "PersonalAccessToken",
     "secret_key": "Enclave::SecretKey",
     "signing_key": "Enclave::SigningKey",
+    "editor_key": "Enclave::EditorKey",
 }
 
 _MESSAGES = {
@@ -34,6 +35,10 @@ _MESSAGES = {
     "self_hosted_model_destroyed": "Self-hosted model {name} destroyed",
     "ai_settings_updated": "AI settings changed",
     "secret_key_rotated": "Secret key rotated",
+    "user_password_changed": "Password of {username} changed",
+    "user_signed_in": "{username} signed in to the web UI",
+    "editor_key_created": "Created editor key {name} for {user}",
+    "editor_key_revoked": "Revoked editor key {name} of {user}",
 }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +50,7 @@ from enclave.instance.features import (
 )
 from enclave.instance.files import ensure_private_dir, read_private_file, write_private_file
 from enclave.instance.keys import KeyStore
+from enclave.instance.passwords import hash_password
 from enclave.instance.pats import SCOPE_AI_FEATURES, SCOPE_API, create_token
 from enclave.instance.secrets import SecretBox, SecretDecryptError, load_secret_box
 
@@ -166,12 +168,15 @@ def _ensure_admin(
         admin = session.scalar(select(User).where(User.username == ADMIN_USERNAME))
         if admin is not None:
             return admin.id, None
+        # The web UI's first sign-in; written once beside the token (0600), like it.
+        password = secrets.token_urlsafe(18)
         admin = User(
             username=ADMIN_USERNAME,
             name=ADMIN_NAME,
             email=ADMIN_EMAIL,
             is_admin=True,
             blocked=False,
+            password_hash=hash_password(password),
         )
         session.add(admin)
         session.flush()
@@ -195,6 +200,7 @@ def _ensure_admin(
         # Written before the commit: if writing fails the admin is not created and the next
         # start tries again, instead of an admin whose only token was lost.
         write_private_file(path, f"{created.plaintext}\n".encode(), exclusive=False)
+        write_private_file(settings.admin_password_file, f"{password}\n".encode(), exclusive=False)
         # "path", not "admin_token_file": the log filter blanks any key that mentions a token.
         log.info("admin_created", username=admin.username, path=str(path))
         return admin.id, created.plaintext

@@ -29,7 +29,9 @@ from tests.unit.instance.admin_helpers import ADMIN, Api
 from tests.unit.instance.conftest import FakeGateway, LiveInstance
 
 from enclave.common.net import free_port
+from enclave.instance.api.deps import PatAuth
 from enclave.instance.api.routing import InstanceRoute, _pat_checks, api_routes, check_routes
+from enclave.instance.web.session_auth import SessionAuth
 from enclave.supervisor import Role
 
 HUGE = "9" * 40  # far past any database integer
@@ -76,11 +78,13 @@ def app_of(instance: LiveInstance) -> FastAPI:
     return app
 
 
-def authenticated_routes(app: FastAPI) -> list[tuple[str, str]]:
-    """(method, path with ids filled in) for every route that needs a PAT."""
+def authenticated_routes(
+    app: FastAPI, kind: type[PatAuth] | type[SessionAuth] = PatAuth
+) -> list[tuple[str, str]]:
+    """(method, path with ids filled in) for every route that needs a PAT (or a web session)."""
     found = []
     for route in api_routes(app.routes):
-        if any(True for _ in _pat_checks(route.dependant)):
+        if any(isinstance(check, kind) for check in _pat_checks(route.dependant)):
             path = re.sub(r"\{[^}]+\}", "1", route.path)
             found += [(method, path) for method in sorted(route.methods)]
     return found
@@ -114,6 +118,29 @@ def test_anonymous_client_gets_401_before_any_body_byte_is_read_on_every_route(
         assert status == 401, (method, path, raw[:300])
         assert raw.endswith(b'{"message":"401 Unauthorized"}'), (method, path, raw[-200:])
     assert fresh_gateway.requests == []
+
+
+def test_anonymous_browser_is_sent_to_sign_in_before_any_body_byte_on_every_web_page(
+    instance: LiveInstance,
+) -> None:
+    """Web pages check the session before the body too: a redirect to the sign-in page, or a
+    403 for a form from another site, however long the body would be."""
+    routes = authenticated_routes(app_of(instance), SessionAuth)
+    assert ("POST", "/admin/models") in routes and ("GET", "/admin") in routes
+    assert ("POST", "/-/user_settings/editor_keys") in routes
+    for method, path in routes:
+        # open_request's Host names no port; the Origin matches it, as a browser's would.
+        same_site = instance.url.rsplit(":", 1)[0]
+        headers = {"Origin": same_site} if method == "POST" else {}
+        with open_request(instance.url, method, path, headers) as sock:
+            status, raw = read_response(sock)
+        assert status == 303, (method, path, raw[:300])
+        assert b"location: /users/sign_in" in raw.lower(), (method, path, raw[:300])
+        if method == "POST":
+            cross = {"Origin": "http://attacker.example"}
+            with open_request(instance.url, method, path, cross) as sock:
+                status, raw = read_response(sock)
+            assert status == 403, (method, path, raw[:300])
 
 
 def test_non_admin_gets_403_before_the_body_of_an_admin_route_is_read(

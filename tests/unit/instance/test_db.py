@@ -36,6 +36,8 @@ TABLES = {
     "ai_feature_settings",
     "audit_events",
     "ai_settings",
+    "web_sessions",
+    "editor_keys",
     "ai_usage",
     "deleted_users",
     "alembic_version",

@@ -212,6 +212,34 @@ def test_cache_generations_migration_seeds_and_downgrades(
     engine.dispose()
 
 
+def test_web_ui_migration_downgrades_and_upgrades_again(
+    tmp_path: Path, db_backend: Backend
+) -> None:
+    """0004 adds users.password_hash, web_sessions and editor_keys; its downgrade drops them
+    and keeps the users."""
+    url = db_backend.new_database_url(tmp_path)
+    upgrade(url, PREVIOUS_RELEASE)
+    _fill_previous_release(url)
+    upgrade(url)
+    engine = make_engine(url)
+    inspector = inspect(engine)
+    assert {"web_sessions", "editor_keys"} <= set(inspector.get_table_names())
+    assert "password_hash" in {c["name"] for c in inspector.get_columns("users")}
+    engine.dispose()
+    downgrade(url, "0003")
+    engine = make_engine(url)
+    inspector = inspect(engine)
+    assert not {"web_sessions", "editor_keys"} & set(inspector.get_table_names())
+    assert "password_hash" not in {c["name"] for c in inspector.get_columns("users")}
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM users")).scalar_one() == 1
+    engine.dispose()
+    upgrade(url)
+    engine = make_engine(url)
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
+
+
 def test_usage_migration_downgrades_and_upgrades_again(tmp_path: Path, db_backend: Backend) -> None:
     """0005 adds the ai_usage table; its downgrade drops it and keeps everything else."""
     url = db_backend.new_database_url(tmp_path)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from fastapi import Request
 from sqlalchemy.orm import Session
@@ -43,7 +44,17 @@ def in_transaction(ctx: InstanceContext, work: Callable[[Session], T], *, write:
         return work(session)
 
 
-class PatAuth:
+class EarlyAuth(ABC):
+    """A dependency that the route class runs before it reads the body (routing.py): PAT checks
+    here, web sessions in ``instance/web/session_auth.py``. Subclasses are callables that keep
+    their result on the request, so FastAPI's own later call just returns it."""
+
+    @abstractmethod
+    async def __call__(self, request: HTTPConnection) -> Any:
+        """Authenticate (raising the refusal) and return who is calling."""
+
+
+class PatAuth(EarlyAuth):
     """A dependency that authenticates the caller's PAT and checks its scopes (and, with
     ``admin``, that the caller is an administrator).
 

@@ -17,13 +17,16 @@ everywhere)::
         {"feature": "summarize_review", "unit_primitive": "summarize_review",
          "available": false, "reason": "disabled" | "vendored" | "unassigned" | "misconfigured",
          "message": "..."}],
-     "revoked": {"personal_access_tokens": [<PAT id>, ...], "users": [<global user id>, ...]}}
+     "revoked": {"personal_access_tokens": [<PAT id>, ...], "users": [<global user id>, ...],
+                 "editor_keys": [<editor key id>, ...]}}
 
 ``revoked`` lists the revoked PATs and the blocked users (by the pseudonymous global id the
 tokens carry as ``sub``) whose tokens may still be valid: those whose PAT was last used — tokens
-are only made from a PAT while it is used — within ``instance.revocation_window_s``, newest
-first, at most :data:`MAX_REVOKED` each. The gateway refuses tokens they cover (see
-``enclave.gateway.routes_table``), so a revocation reaches it within its refresh interval.
+are only made from a PAT while it is used — within ``instance.revocation_window_s``, or who hold
+an unexpired editor key, newest first, at most :data:`MAX_REVOKED` each; and the revoked
+personal editor keys that have not expired yet (``instance/editor_keys.py``). The gateway
+refuses tokens they cover (see ``enclave.gateway.routes_table``), so a revocation reaches it
+within its refresh interval.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from starlette.concurrency import run_in_threadpool
 
 from enclave.common.logging import get_logger
 from enclave.common.routes_secret import RoutesSecretError, read_routes_secret
+from enclave.instance import editor_keys
 from enclave.instance.api.deps import context_of
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.api.routing import InstanceRoute
@@ -103,7 +107,10 @@ def revocations(session: Session, salt: bytes, window_s: int) -> dict[str, list[
     user_ids = session.scalars(
         select(User.id)
         .where(User.blocked.is_(True))
-        .where(User.id.in_(select(PersonalAccessToken.user_id).where(recent)))
+        .where(
+            User.id.in_(select(PersonalAccessToken.user_id).where(recent))
+            | User.id.in_(editor_keys.users_with_live_keys())
+        )
         .order_by(User.id.desc())
         .limit(MAX_REVOKED)
     ).all()
@@ -114,7 +121,8 @@ def revocations(session: Session, salt: bytes, window_s: int) -> dict[str, list[
         .order_by(DeletedUser.deleted_at.desc())
         .limit(MAX_REVOKED)
     ).all()
-    if MAX_REVOKED in (len(pat_ids), len(user_ids), len(deleted)):
+    key_ids = editor_keys.revoked_ids(session, MAX_REVOKED)
+    if MAX_REVOKED in (len(pat_ids), len(user_ids), len(deleted), len(key_ids)):
         log.error("gateway_revocations_truncated", limit=MAX_REVOKED)
     users = [pseudonymous_user_id(salt, user_id) for user_id in user_ids]
     users += [row.global_user_id for row in deleted]
@@ -122,6 +130,7 @@ def revocations(session: Session, salt: bytes, window_s: int) -> dict[str, list[
     return {
         "personal_access_tokens": pats[:MAX_REVOKED],
         "users": list(dict.fromkeys(users))[:MAX_REVOKED],
+        "editor_keys": key_ids,
     }
 
 

@@ -47,7 +47,7 @@ async def liveness() -> JSONResponse:
     return JSONResponse({"status": "ok"}, headers=_NO_STORE)
 
 
-def _database_check(ctx: InstanceContext) -> dict[str, str]:
+def database_check(ctx: InstanceContext) -> dict[str, str]:
     try:
         with ctx.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
@@ -75,7 +75,7 @@ def _gateway_url(ctx: InstanceContext) -> str:
         return ai_settings.effective(session, ctx.settings).ai_gateway_url
 
 
-async def _gateway_check(ctx: InstanceContext) -> dict[str, str]:
+async def gateway_check(ctx: InstanceContext) -> dict[str, str]:
     try:
         url = await run_in_threadpool(_gateway_url, ctx)
     except SQLAlchemyError:
@@ -96,16 +96,16 @@ async def _gateway_check(ctx: InstanceContext) -> dict[str, str]:
 async def readiness(request: Request) -> JSONResponse:
     ctx = context_of(request)
     checks: dict[str, dict[str, str]] = {
-        "db_check": await run_in_threadpool(_database_check, ctx),
+        "db_check": await run_in_threadpool(database_check, ctx),
         "signing_key_check": _signing_key_check(ctx),
     }
     if request.query_params.get("all") in ("1", "true", "yes"):
-        checks["gateway_check"] = await _gateway_check(ctx)
+        checks["gateway_check"] = await gateway_check(ctx)
     failed = [name for name, result in checks.items() if result["status"] != "ok"]
     master: dict[str, str] = {"status": "failed" if failed else "ok"}
     if failed:
         master["message"] = "failed checks: " + ", ".join(failed)
-    models = await _model_check(ctx)
+    models = await model_check(ctx)
     down = any(model["status"] != "ok" for model in models)
     body: dict[str, Any] = {
         "status": "failed" if failed else "degraded" if down else "ok",
@@ -132,7 +132,7 @@ def _models_in_use(ctx: InstanceContext) -> set[tuple[str, str]]:
     return {(name, endpoint) for name, endpoint in rows if endpoint}
 
 
-async def _model_check(ctx: InstanceContext) -> list[dict[str, str]]:
+async def model_check(ctx: InstanceContext) -> list[dict[str, str]]:
     """``ok``/``down`` per model server that a feature uses (cached; see the module doc)."""
     try:
         targets = await run_in_threadpool(_models_in_use, ctx)

@@ -5,7 +5,8 @@ written as a dependency would run only after an anonymous client's body had been
 :class:`InstanceRoute` changes the order for every route:
 
 1. the route's PAT checks (:class:`~enclave.instance.api.deps.PatAuth`, wherever they are
-   among its dependencies) run first: 401/403 before a single body byte is read;
+   among its dependencies) and web session checks (any :class:`~enclave.instance.api.deps.
+   EarlyAuth`) run first: 401/403 before a single body byte is read;
 2. the body is read with a limit counted while reading, chunked or not (413 ``{"message"}``
    naming the limit past it), and kept where FastAPI and ``Request.body()`` look for it, so
    routes parse it as usual.
@@ -28,7 +29,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from enclave.common.body import BodyTooLarge, read_body
-from enclave.instance.api.deps import PatAuth, context_of
+from enclave.instance.api.deps import EarlyAuth, context_of
 from enclave.instance.api.errors import InstanceAPIError
 
 
@@ -41,9 +42,9 @@ def size_text(size: int) -> str:
     return f"{size} bytes"
 
 
-def _pat_checks(dependant: Dependant) -> Iterator[PatAuth]:
+def _pat_checks(dependant: Dependant) -> Iterator[EarlyAuth]:
     for dependency in dependant.dependencies:
-        if isinstance(dependency.call, PatAuth):
+        if isinstance(dependency.call, EarlyAuth):
             yield dependency.call
         yield from _pat_checks(dependency)
 

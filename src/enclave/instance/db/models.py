@@ -110,6 +110,8 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(255), unique=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     blocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # argon2id hash (PHC string) for the web UI's sign-in; NULL: no password, PATs only.
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     tokens: Mapped[list[PersonalAccessToken]] = relationship(
@@ -241,6 +243,41 @@ class CacheGeneration(Base):
 
     kind: Mapped[str] = mapped_column(String(32), primary_key=True)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class WebSession(Base):
+    """A signed-in web UI session; only a SHA-256 digest of the cookie's value is stored."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # The synchronizer token every form of this session must send back (not a credential
+    # on its own: useless without the session cookie).
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EditorKey(Base):
+    """A personal key for editor tools: a long-lived instance-signed JWT for the gateway's
+    OpenAI-compatible API. Only its id is kept here (the JWT carries it), never the key."""
+
+    __tablename__ = "editor_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # SET NULL, not CASCADE: a deleted user's keys must stay on record, so the gateway keeps
+    # refusing them until they expire (a key without a user counts as revoked).
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    features: Mapped[list[str]] = mapped_column(JSON)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class AiUsage(Base):

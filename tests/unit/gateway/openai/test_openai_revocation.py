@@ -152,3 +152,46 @@ async def test_an_oversized_revocation_list_keeps_the_last_good_state(
     assert not await oai.table.refresh()
     assert "more than" in (oai.table.last_error or "")
     assert oai.table.revocations.pat_ids == frozenset({"7"})
+
+
+async def test_revoked_editor_key_is_refused_within_one_refresh(
+    make_openai: OpenAIFactory,
+) -> None:
+    """A personal editor key (a long-lived token with ``enclave_editor_key_id``) is refused
+    once the instance lists its id; other keys keep working."""
+    oai = await make_openai()
+    mine, other = oai.token(enclave_editor_key_id=3), oai.token(enclave_editor_key_id=4)
+    assert (await oai.client.get("/v1/models", headers=oai.auth(mine))).status_code == 200
+
+    oai.issuer.routes["revoked"] = {"editor_keys": [3]}
+    await next_refresh(oai)
+    response = await oai.client.get("/v1/models", headers=oai.auth(mine))
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["code"] == "token_revoked"
+    assert "editor key has been revoked" in error["message"]
+    assert "/-/user_settings/editor_keys" in error["message"]
+    assert (await oai.client.get("/v1/models", headers=oai.auth(other))).status_code == 200
+
+
+async def test_a_personal_access_token_gets_a_hint_to_create_an_editor_key(
+    make_openai: OpenAIFactory,
+) -> None:
+    """Finding 6: a PAT sent as the OpenAI API key says what to use instead, not "malformed"."""
+    oai = await make_openai()
+    pat = "glpat-" + "a" * 20
+    response = await oai.client.get("/v1/models", headers={"Authorization": f"Bearer {pat}"})
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["code"] == "invalid_api_key"
+    assert "personal access token" in error["message"]
+    assert "editor key" in error["message"] and "/-/user_settings/editor_keys" in error["message"]
+    assert "malformed" not in error["message"] and pat not in response.text
+
+
+def test_editor_key_revocations_parse() -> None:
+    assert parse_revocations({"revoked": {"editor_keys": [1, "2"]}}) == Revocations(
+        editor_key_ids=frozenset({"1", "2"})
+    )
+    with pytest.raises(RoutesError, match="editor_keys"):
+        parse_revocations({"revoked": {"editor_keys": [{"id": 1}]}})

@@ -68,8 +68,15 @@ Api = Literal["chat", "completions"]
 SURFACE_CLAIM: Final = wire.CLAIM_SURFACE
 SURFACE_OPENAI: Final = wire.SURFACE_OPENAI
 ACCESS_HINT: Final = (
-    "get a token for the OpenAI-compatible API with POST /api/v4/ai/openai/direct_access on "
-    "the instance (authenticated with a personal access token)"
+    "create a personal editor key on the instance's page /-/user_settings/editor_keys (or "
+    "get a one-hour token with POST /api/v4/ai/openai/direct_access, authenticated with a "
+    "personal access token)"
+)
+# GitLab's PAT prefixes (and Enclave's former one): a PAT is for the instance, not this API.
+PAT_PREFIXES: Final = ("glpat-", "enclpat-")
+PAT_SENT: Final = (
+    "This is a personal access token, which the instance accepts but this API does not: "
+    + ACCESS_HINT
 )
 
 MAX_REQUEST_BYTES: Final = 4 * 1024 * 1024
@@ -195,6 +202,9 @@ async def authenticate(request: Request) -> tuple[Principal, Mapping[str, Featur
             f"No API key provided: send Authorization: Bearer <token>; {ACCESS_HINT}",
             "invalid_api_key",
         )
+    scheme, _, presented = request.headers[wire.H_AUTHORIZATION].strip().partition(" ")
+    if scheme.lower() == "bearer" and presented.strip().startswith(PAT_PREFIXES):
+        raise RequestError(401, PAT_SENT, "invalid_api_key")
     try:
         principal = await gateway.authenticator.authenticate(_auth_view(request.headers))
     except AuthError as exc:
