@@ -47,7 +47,7 @@ def web_stack(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iter
         yield stack
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
         pytest.skip(

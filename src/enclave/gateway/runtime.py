@@ -47,6 +47,8 @@ from enclave.gateway.usage import UsageCounter, UsagePusher
 
 log = get_logger(__name__)
 
+MODEL_KEEPALIVE_S: Final = 4.0
+
 USER_AGENT: Final = f"enclave-gateway/{__version__}"
 # Outbound connections kept at once (streams hold theirs for the whole answer).
 MAX_CONNECTIONS: Final = 1024
@@ -188,7 +190,10 @@ class Gateway:
             limit=MAX_CONNECTIONS,
             limit_per_host=0,
             ttl_dns_cache=60,
-            keepalive_timeout=30,
+            # Below the idle timeout of the model servers we call (llama.cpp's and uvicorn's,
+            # which vLLM uses, are 5 s): reusing a connection the server already closed fails
+            # the request (ServerDisconnectedError / connection reset).
+            keepalive_timeout=MODEL_KEEPALIVE_S,
             resolver=GuardedResolver(policy=self.egress_policy),
         )
         self.session = aiohttp.ClientSession(

@@ -489,9 +489,13 @@ class HttpProvider(ABC):
                 )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 error = self.transport_error(request, exc)
-                retry = isinstance(error, ModelUnreachable) and not isinstance(
-                    exc, aiohttp.ClientConnectorDNSError | aiohttp.ClientSSLError
-                )
+                # The server closing before any status line is a pooled connection it had
+                # already dropped: nothing was generated, so it is as safe to retry as a
+                # refused connection.
+                retry = (
+                    isinstance(error, ModelUnreachable)
+                    or isinstance(exc, aiohttp.ServerDisconnectedError)
+                ) and not isinstance(exc, aiohttp.ClientConnectorDNSError | aiohttp.ClientSSLError)
                 wait = self._retry_wait(attempt, None) if retry else None
                 if wait is None:
                     raise error from None

@@ -28,6 +28,7 @@ class Reply:
     chunks: list[bytes] | None = None  # streamed: each written (and flushed) on its own
     stall: bool = False  # never answers (until the server stops)
     cut: bool = False  # closes the connection after the chunks, mid-answer
+    drop: bool = False  # closes the connection before any status line (a dropped keep-alive)
 
 
 def json_reply(data: Any, status: int = 200, **headers: str) -> Reply:
@@ -87,6 +88,10 @@ class FakeProvider:
         else:
             self.seen.append(seen)
             reply = self.responder(seen) if self.responder else self._next(self.replies)
+        if reply.drop:
+            assert request.transport is not None
+            request.transport.close()
+            raise asyncio.CancelledError
         if reply.stall:
             await self._release.wait()
             return web.Response(status=503)

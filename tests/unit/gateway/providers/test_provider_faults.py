@@ -127,6 +127,16 @@ async def test_503_then_success_is_retried(
     assert await streamed(s) == ANSWER
 
 
+async def test_connection_dropped_before_any_answer_is_retried(
+    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
+) -> None:
+    # What a model server's idle timeout does to a pooled connection: nothing was generated.
+    s = setup(kind, session, fake)
+    fake.script(Reply(drop=True), success(kind, stream=False))
+    assert (await s.client.complete(s.request())).text == ANSWER
+    assert len(fake.seen) == 2
+
+
 async def test_500_fails_once_then_the_next_call_succeeds(
     kind: str, fake: FakeProvider, session: aiohttp.ClientSession
 ) -> None:
