@@ -414,7 +414,11 @@ def models_test(
     success or the model's exact failure, with identifier suggestions where the server lists
     its models. Exit code 1 when the test fails."""
     from enclave.instance import ai_settings, registry
-    from enclave.instance.connection import ModelUnderTest, check_connection
+    from enclave.instance.connection import (
+        ModelUnderTest,
+        check_connection,
+        saved_model_under_test,
+    )
     from enclave.instance.gateway_client import (
         ForwardIdentity,
         GatewayClient,
@@ -428,14 +432,7 @@ def models_test(
         def load(session: Session) -> tuple[ModelUnderTest, Any]:
             target = registry.find_model(session, model)
             return (
-                ModelUnderTest(
-                    target.name,
-                    target.family,
-                    target.provider,
-                    target.endpoint,
-                    target.identifier,
-                    registry.decrypt_api_token(env.boot.secret_box, target),
-                ),
+                saved_model_under_test(env.boot.secret_box, target),
                 ai_settings.effective(session, env.settings),
             )
 

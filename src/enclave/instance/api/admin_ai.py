@@ -22,7 +22,12 @@ from enclave.instance import ai_settings, audit_views, registry
 from enclave.instance.api.deps import actor_of, admin_user, context_of, in_transaction
 from enclave.instance.api.pagination import Page, page_params, set_headers
 from enclave.instance.api.routing import InstanceRoute
-from enclave.instance.connection import ConnectionResult, ModelUnderTest, check_connection
+from enclave.instance.connection import (
+    ConnectionResult,
+    ModelUnderTest,
+    check_connection,
+    saved_model_under_test,
+)
 from enclave.instance.context import InstanceContext
 from enclave.instance.feature_settings import (
     KEEP,
@@ -244,18 +249,9 @@ async def _run_check(
 
 
 def _under_test(ctx: InstanceContext, model_id: int) -> ModelUnderTest:
-    def work(session: Session) -> ModelUnderTest:
-        model = registry.get_model(session, model_id)
-        return ModelUnderTest(
-            name=model.name,
-            family=model.family,
-            provider=model.provider,
-            endpoint=model.endpoint,
-            identifier=model.identifier,
-            api_key=registry.decrypt_api_token(ctx.secret_box, model),
-        )
-
-    return in_transaction(ctx, work)
+    return in_transaction(
+        ctx, lambda s: saved_model_under_test(ctx.secret_box, registry.get_model(s, model_id))
+    )
 
 
 @router.post(
