@@ -8,7 +8,7 @@ an argument, which other users could read in the process list.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from sqlalchemy.orm import Session
@@ -20,10 +20,13 @@ from enclave.admin_cli import (
     _fail,
     _print_json,
     _run,
-    _table,
+    _view_table,
     out,
     users_app,
 )
+
+if TYPE_CHECKING:
+    from enclave.instance.db.models import User
 
 editor_keys_app = typer.Typer(
     help="Personal editor keys: long-lived keys for editor tools that take an OpenAI API key "
@@ -42,6 +45,17 @@ def _read_password(from_stdin: bool) -> str:
     return str(first)
 
 
+def _user(session: Session, ref: str) -> User:
+    """The user a command names, by username or id."""
+    from enclave.instance import accounts
+
+    return accounts.find_user(session, int(ref) if ref.isdigit() else ref)
+
+
+def _owner(session: Session, ref: str) -> int:
+    return _user(session, ref).id
+
+
 @users_app.command("set-password")
 def users_set_password(
     username: Annotated[str, typer.Argument(help="The user (username or id).")],
@@ -50,24 +64,18 @@ def users_set_password(
     ] = False,
 ) -> None:
     """Set a user's web UI password (argon2id hash; at least 12 characters)."""
-    from enclave.instance import accounts, passwords
+    from enclave.instance import passwords
 
     password = _read_password(stdin)
     with _env() as env:
 
         def work(session: Session) -> str:
-            user = accounts.find_user(session, int(username) if username.isdigit() else username)
+            user = _user(session, username)
             passwords.set_password(session, user, password, env.actor)
             return user.username
 
         name = _run(env, work)
     out.print(f"Password of {name} set; sign in at /admin.", markup=False)
-
-
-def _owner(session: Session, ref: str) -> int:
-    from enclave.instance import accounts
-
-    return accounts.find_user(session, int(ref) if ref.isdigit() else ref).id
 
 
 def _signer(env: Env) -> Any:
@@ -82,21 +90,18 @@ def _signer(env: Env) -> Any:
 
 
 def _key_rows(views: list[dict[str, Any]]) -> None:
-    _table(
+    _view_table(
         "Editor keys",
-        ["id", "name", "features", "created", "expires", "active", "revoked"],
         [
-            [
-                v["id"],
-                v["name"],
-                ", ".join(v["features"]),
-                v["created_at"],
-                v["expires_at"],
-                v["active"],
-                v["revoked"],
-            ]
-            for v in views
+            ("id", "id"),
+            ("name", "name"),
+            ("features", lambda v: ", ".join(v["features"])),
+            ("created", "created_at"),
+            ("expires", "expires_at"),
+            ("active", "active"),
+            ("revoked", "revoked"),
         ],
+        views,
     )
 
 

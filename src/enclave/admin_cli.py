@@ -117,6 +117,19 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) ->
     out.print(table)
 
 
+# A column: its heading and the view's key for it, or a function of the whole view.
+Column = tuple[str, str | Callable[[dict[str, Any]], Any]]
+
+
+def _view_table(title: str, columns: Sequence[Column], views: Sequence[dict[str, Any]]) -> None:
+    """A table with a row a view (the API's dict shape), so each listing only names its cells."""
+    _table(
+        title,
+        [heading for heading, _ in columns],
+        [[cell(v) if callable(cell) else v[cell] for _, cell in columns] for v in views],
+    )
+
+
 def _read_secret(file: Path | None, env_name: str | None, what: str) -> str | None:
     if file is not None and env_name is not None:
         _fail(f"give the {what} with either a file or an environment variable, not both", 2)
@@ -401,7 +414,11 @@ def models_test(
     success or the model's exact failure, with identifier suggestions where the server lists
     its models. Exit code 1 when the test fails."""
     from enclave.instance import ai_settings, registry
-    from enclave.instance.connection import ModelUnderTest, check_connection
+    from enclave.instance.connection import (
+        ModelUnderTest,
+        check_connection,
+        saved_model_under_test,
+    )
     from enclave.instance.gateway_client import (
         ForwardIdentity,
         GatewayClient,
@@ -415,14 +432,7 @@ def models_test(
         def load(session: Session) -> tuple[ModelUnderTest, Any]:
             target = registry.find_model(session, model)
             return (
-                ModelUnderTest(
-                    target.name,
-                    target.family,
-                    target.provider,
-                    target.endpoint,
-                    target.identifier,
-                    registry.decrypt_api_token(env.boot.secret_box, target),
-                ),
+                saved_model_under_test(env.boot.secret_box, target),
                 ai_settings.effective(session, env.settings),
             )
 
@@ -667,21 +677,18 @@ users_app = typer.Typer(help="Users (administrators and regular users).", no_arg
 
 
 def _user_rows(views: list[dict[str, Any]]) -> None:
-    _table(
+    _view_table(
         "Users",
-        ["id", "username", "name", "email", "admin", "state", "created"],
         [
-            [
-                v["id"],
-                v["username"],
-                v["name"],
-                v["email"],
-                v["is_admin"],
-                v["state"],
-                v["created_at"],
-            ]
-            for v in views
+            ("id", "id"),
+            ("username", "username"),
+            ("name", "name"),
+            ("email", "email"),
+            ("admin", "is_admin"),
+            ("state", "state"),
+            ("created", "created_at"),
         ],
+        views,
     )
 
 
@@ -814,23 +821,20 @@ tokens_app = typer.Typer(
 
 
 def _token_rows(views: list[dict[str, Any]], users: dict[int, str]) -> None:
-    _table(
+    _view_table(
         "Personal access tokens",
-        ["id", "user", "name", "prefix", "scopes", "expires", "last used", "active", "revoked"],
         [
-            [
-                v["id"],
-                users.get(v["user_id"], v["user_id"]),
-                v["name"],
-                v["token_prefix"] + "…",
-                ", ".join(v["scopes"]),
-                v["expires_at"] or "never",
-                v["last_used_at"] or "never",
-                v["active"],
-                v["revoked"],
-            ]
-            for v in views
+            ("id", "id"),
+            ("user", lambda v: users.get(v["user_id"], v["user_id"])),
+            ("name", "name"),
+            ("prefix", lambda v: v["token_prefix"] + "…"),
+            ("scopes", lambda v: ", ".join(v["scopes"])),
+            ("expires", lambda v: v["expires_at"] or "never"),
+            ("last used", lambda v: v["last_used_at"] or "never"),
+            ("active", "active"),
+            ("revoked", "revoked"),
         ],
+        views,
     )
 
 
@@ -1178,21 +1182,18 @@ def audit_list(
     if as_json:
         _print_json(views)
         return
-    _table(
+    _view_table(
         "Audit events",
-        ["id", "time", "author", "event", "target", "message", "ip"],
         [
-            [
-                v["id"],
-                v["created_at"],
-                v["author_name"],
-                v["event_name"],
-                v["target"],
-                v["message"],
-                v["ip_address"],
-            ]
-            for v in views
+            ("id", "id"),
+            ("time", "created_at"),
+            ("author", "author_name"),
+            ("event", "event_name"),
+            ("target", "target"),
+            ("message", "message"),
+            ("ip", "ip_address"),
         ],
+        views,
     )
 
 

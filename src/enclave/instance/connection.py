@@ -22,13 +22,15 @@ import aiohttp
 import orjson
 
 from enclave.common.logging import get_logger, redact_text
+from enclave.instance.db.models import SelfHostedModel
 from enclave.instance.gateway_client import (
     ForwardIdentity,
     GatewayClient,
     GatewayUnavailableError,
     gateway_headers,
 )
-from enclave.instance.registry import IDENTIFIER_PREFIXES
+from enclave.instance.registry import IDENTIFIER_PREFIXES, decrypt_api_token
+from enclave.instance.secrets import SecretBox
 from enclave.instance.tokens import TokenMinter
 
 log = get_logger(__name__)
@@ -50,6 +52,18 @@ class ModelUnderTest:
     endpoint: str | None
     identifier: str | None
     api_key: str | None = field(repr=False)
+
+
+def saved_model_under_test(box: SecretBox, model: SelfHostedModel) -> ModelUnderTest:
+    """A registered model as the check sees it, its API key decrypted."""
+    return ModelUnderTest(
+        name=model.name,
+        family=model.family,
+        provider=model.provider,
+        endpoint=model.endpoint,
+        identifier=model.identifier,
+        api_key=decrypt_api_token(box, model),
+    )
 
 
 @dataclass(frozen=True)

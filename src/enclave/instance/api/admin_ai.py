@@ -20,9 +20,15 @@ from starlette.concurrency import run_in_threadpool
 
 from enclave.instance import ai_settings, audit_views, registry
 from enclave.instance.api.deps import actor_of, admin_user, context_of, in_transaction
+from enclave.instance.api.forwarding import forward_identity
 from enclave.instance.api.pagination import Page, page_params, set_headers
 from enclave.instance.api.routing import InstanceRoute
-from enclave.instance.connection import ConnectionResult, ModelUnderTest, check_connection
+from enclave.instance.connection import (
+    ConnectionResult,
+    ModelUnderTest,
+    check_connection,
+    saved_model_under_test,
+)
 from enclave.instance.context import InstanceContext
 from enclave.instance.feature_settings import (
     KEEP,
@@ -33,7 +39,6 @@ from enclave.instance.feature_settings import (
     parse_provider,
     set_features,
 )
-from enclave.instance.gateway_client import ForwardIdentity, pseudonymous_user_id
 from enclave.instance.pats import Principal
 
 router = APIRouter(tags=["admin: AI"], route_class=InstanceRoute)
@@ -232,30 +237,16 @@ async def _run_check(
     effective = await run_in_threadpool(
         in_transaction, ctx, lambda s: ai_settings.effective(s, ctx.settings)
     )
-    identity = ForwardIdentity(
-        instance_id=str(ctx.instance_id),
-        host_name=ctx.host_name,
-        global_user_id=pseudonymous_user_id(ctx.user_id_salt, principal.user_id),
-        request_id=str(request.state.request_id),
-    )
+    identity = forward_identity(ctx, request, principal)
     return await check_connection(
         ctx.gateway, ctx.minter, identity, model, base_url=effective.ai_gateway_url
     )
 
 
 def _under_test(ctx: InstanceContext, model_id: int) -> ModelUnderTest:
-    def work(session: Session) -> ModelUnderTest:
-        model = registry.get_model(session, model_id)
-        return ModelUnderTest(
-            name=model.name,
-            family=model.family,
-            provider=model.provider,
-            endpoint=model.endpoint,
-            identifier=model.identifier,
-            api_key=registry.decrypt_api_token(ctx.secret_box, model),
-        )
-
-    return in_transaction(ctx, work)
+    return in_transaction(
+        ctx, lambda s: saved_model_under_test(ctx.secret_box, registry.get_model(s, model_id))
+    )
 
 
 @router.post(

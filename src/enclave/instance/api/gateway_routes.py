@@ -87,6 +87,23 @@ def _presented(request: Request) -> str | None:
     return value if scheme.lower() == "bearer" and value else None
 
 
+async def require_gateway_secret(request: Request, logger: Any, refused_event: str) -> None:
+    """The gateway's shared secret as the bearer token: 404 without a configured secret (the
+    endpoint is not there), 401 (logged as ``refused_event`` on ``logger``) for a wrong one."""
+    path = context_of(request).settings.instance.gateway_routes_secret_file
+    # Read per request (a small file): a rotated secret takes effect without a restart.
+    secret = await run_in_threadpool(read_secret, path)
+    if secret is None:
+        # Deny when unsure: no (usable) secret means the endpoint is not there at all.
+        raise InstanceAPIError(404)
+    presented = _presented(request)
+    if presented is None or not hmac.compare_digest(
+        presented.encode("utf-8", "replace"), secret.encode("utf-8")
+    ):
+        logger.warning(refused_event)
+        raise InstanceAPIError(401)
+
+
 def _unavailable_reason(provider: str | None) -> str:
     if provider == FeatureProvider.DISABLED:
         return "disabled"
@@ -172,18 +189,8 @@ def routes_document(ctx: InstanceContext) -> dict[str, Any]:
 
 @router.get(PATH, include_in_schema=False)
 async def gateway_routes(request: Request) -> JSONResponse:
+    await require_gateway_secret(request, log, "gateway_routes_unauthorized")
     ctx = context_of(request)
-    # Read per request (a small file): a rotated secret takes effect without a restart.
-    secret = await run_in_threadpool(read_secret, ctx.settings.instance.gateway_routes_secret_file)
-    if secret is None:
-        # Deny when unsure: no (usable) secret means the endpoint is not there at all.
-        raise InstanceAPIError(404)
-    presented = _presented(request)
-    if presented is None or not hmac.compare_digest(
-        presented.encode("utf-8", "replace"), secret.encode("utf-8")
-    ):
-        log.warning("gateway_routes_unauthorized")
-        raise InstanceAPIError(401)
     document = await run_in_threadpool(routes_document, ctx)
     log.info(
         "gateway_routes_served",

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
@@ -23,13 +22,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from enclave.common.logging import get_logger
 from enclave.instance.admin_errors import InvalidInputError
 from enclave.instance.api.deps import admin_user, authenticated, context_of, in_transaction
 from enclave.instance.api.errors import InstanceAPIError
-from enclave.instance.api.gateway_routes import read_secret
+from enclave.instance.api.gateway_routes import require_gateway_secret
 from enclave.instance.api.routing import InstanceRoute
 from enclave.instance.audit_views import parse_time
 from enclave.instance.db.models import id_can_exist
@@ -171,24 +169,9 @@ class UsagePush(BaseModel):
     entries: list[PushedUsage] = Field(max_length=MAX_PUSH_ENTRIES)
 
 
-def _presented(request: Request) -> str | None:
-    scheme, _, value = (request.headers.get("authorization") or "").strip().partition(" ")
-    value = value.strip()
-    return value if scheme.lower() == "bearer" and value else None
-
-
 async def check_gateway_secret(request: Request) -> None:
     """404 without a configured secret (the endpoint is not there), 401 for a wrong one."""
-    path = context_of(request).settings.instance.gateway_routes_secret_file
-    secret = await run_in_threadpool(read_secret, path)
-    if secret is None:
-        raise InstanceAPIError(404)
-    presented = _presented(request)
-    if presented is None or not hmac.compare_digest(
-        presented.encode("utf-8", "replace"), secret.encode("utf-8")
-    ):
-        log.warning("usage_push_unauthorized")
-        raise InstanceAPIError(401)
+    await require_gateway_secret(request, log, "usage_push_unauthorized")
 
 
 class GatewaySecretRoute(InstanceRoute):

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -19,8 +19,9 @@ from enclave.instance.context import InstanceContext
 from enclave.instance.db.models import FeatureProvider
 from enclave.instance.feature_settings import list_feature_settings, parse_feature, set_features
 from enclave.instance.keys import KeyStore, KeyStoreError, rotate
+from enclave.instance.web import writes
 from enclave.instance.web.errors import WebError
-from enclave.instance.web.render import SECURITY_HEADERS, page
+from enclave.instance.web.render import page, redirect
 from enclave.instance.web.routing import WebRoute
 from enclave.instance.web.session_auth import actor_of, first, form_of, signed_in_admin
 from enclave.instance.web_sessions import SignedIn
@@ -35,10 +36,6 @@ PROVIDER_CHOICES = (
     (FeatureProvider.UNASSIGNED.value, "Not set (chat features follow General chat)"),
 )
 AUDIT_PAGE_SIZE = 50
-
-
-def _redirect(target: str) -> RedirectResponse:
-    return RedirectResponse(target, 303, headers=SECURITY_HEADERS)
 
 
 # --- features -------------------------------------------------------------------------------
@@ -97,10 +94,10 @@ async def set_feature(request: Request, feature: str, user: Admin) -> Response:
         )
 
     try:
-        await run_in_threadpool(in_transaction, ctx, work, write=True)
+        await writes.write(ctx, work)
     except AdminError as exc:
         return await _features_page(request, status=400, error=exc.message)
-    return _redirect("/admin/features?notice=feature_updated")
+    return redirect("/admin/features?notice=feature_updated")
 
 
 # --- AI settings ----------------------------------------------------------------------------
@@ -140,15 +137,12 @@ async def update_settings(request: Request, user: Admin) -> Response:
         "enabled_instance_verbose_ai_logs": form.get("enabled_instance_verbose_ai_logs") == "on",
     }
     try:
-        await run_in_threadpool(
-            in_transaction,
-            ctx,
-            lambda s: ai_settings.update(s, ctx.settings, changes, actor_of(request, user)),
-            write=True,
+        await writes.write(
+            ctx, lambda s: ai_settings.update(s, ctx.settings, changes, actor_of(request, user))
         )
     except AdminError as exc:
         return await _settings_page(request, status=400, error=exc.message)
-    return _redirect("/admin/settings?notice=settings_updated")
+    return redirect("/admin/settings?notice=settings_updated")
 
 
 # --- signing keys ---------------------------------------------------------------------------
@@ -199,15 +193,13 @@ async def rotate_key(request: Request, user: Admin) -> Response:
         "activate_at": rotation.activate_at,
         "old_retire_at": rotation.old_retire_at,
     }
-    await run_in_threadpool(
-        in_transaction,
+    await writes.write(
         ctx,
         lambda s: audit.record(
             s, audit.SIGNING_KEY_ROTATED, rotation.new_kid, view, actor=actor_of(request, user)
         ),
-        write=True,
     )
-    return _redirect("/admin/keys?notice=key_rotated")
+    return redirect("/admin/keys?notice=key_rotated")
 
 
 # --- audit log ------------------------------------------------------------------------------

@@ -13,7 +13,12 @@ from starlette.concurrency import run_in_threadpool
 
 from enclave.instance import ai_settings, registry
 from enclave.instance.api.deps import in_transaction
-from enclave.instance.connection import ConnectionResult, ModelUnderTest, check_connection
+from enclave.instance.connection import (
+    ConnectionResult,
+    ModelUnderTest,
+    check_connection,
+    saved_model_under_test,
+)
 from enclave.instance.context import InstanceContext
 from enclave.instance.db import utcnow
 from enclave.instance.gateway_client import ForwardIdentity, pseudonymous_user_id
@@ -48,15 +53,7 @@ def _remember(record: TestRecord) -> None:
 
 def _under_test(ctx: InstanceContext, model_id: int) -> tuple[ModelUnderTest, str]:
     def work(session: Session) -> tuple[ModelUnderTest, str]:
-        model = registry.get_model(session, model_id)
-        under_test = ModelUnderTest(
-            name=model.name,
-            family=model.family,
-            provider=model.provider,
-            endpoint=model.endpoint,
-            identifier=model.identifier,
-            api_key=registry.decrypt_api_token(ctx.secret_box, model),
-        )
+        under_test = saved_model_under_test(ctx.secret_box, registry.get_model(session, model_id))
         return under_test, ai_settings.effective(session, ctx.settings).ai_gateway_url
 
     return in_transaction(ctx, work)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -16,9 +16,10 @@ from enclave.instance.admin_errors import AdminError, NotFoundError
 from enclave.instance.api.deps import context_of, in_transaction
 from enclave.instance.context import InstanceContext
 from enclave.instance.db.models import ModelProvider
+from enclave.instance.web import writes
 from enclave.instance.web.connection_tests import TestRecord, last_results, test_model
 from enclave.instance.web.errors import WebError
-from enclave.instance.web.render import SECURITY_HEADERS, page
+from enclave.instance.web.render import page, redirect
 from enclave.instance.web.routing import WebRoute
 from enclave.instance.web.session_auth import actor_of, first, form_of, signed_in_admin
 from enclave.instance.web_sessions import SignedIn
@@ -112,10 +113,10 @@ async def create_model(request: Request, user: Admin) -> Response:
         )
 
     try:
-        await run_in_threadpool(in_transaction, ctx, work, write=True)
+        await writes.write(ctx, work)
     except AdminError as exc:
         return _form_page(request, values, status=400, error=exc.message)
-    return RedirectResponse(f"{BASE}?notice=model_created", 303, headers=SECURITY_HEADERS)
+    return redirect(f"{BASE}?notice=model_created")
 
 
 def _get(ctx: InstanceContext, model_id: int) -> dict[str, Any]:
@@ -153,9 +154,7 @@ async def update_model(request: Request, model_id: int, user: Admin) -> Response
         )
 
     try:
-        await run_in_threadpool(in_transaction, ctx, work, write=True)
-    except NotFoundError as exc:
-        raise WebError(404, exc.message) from None
+        await writes.write_or_404(ctx, work)
     except AdminError as exc:
         view = await run_in_threadpool(_get, ctx, model_id)
         return _form_page(
@@ -166,7 +165,7 @@ async def update_model(request: Request, model_id: int, user: Admin) -> Response
             status=400,
             error=exc.message,
         )
-    return RedirectResponse(f"{BASE}?notice=model_updated", 303, headers=SECURITY_HEADERS)
+    return redirect(f"{BASE}?notice=model_updated")
 
 
 @router.post(f"{BASE}/{{model_id}}/delete")
@@ -174,17 +173,12 @@ async def delete_model(request: Request, model_id: int, user: Admin) -> Response
     await form_of(request, user)
     ctx = context_of(request)
     try:
-        await run_in_threadpool(
-            in_transaction,
-            ctx,
-            lambda s: registry.delete_model(s, model_id, actor_of(request, user)),
-            write=True,
+        await writes.write_or_404(
+            ctx, lambda s: registry.delete_model(s, model_id, actor_of(request, user))
         )
-    except NotFoundError as exc:
-        raise WebError(404, exc.message) from None
     except AdminError as exc:  # used by features: say which, and keep the model
         return await _list_page(request, status=409, error=exc.message)
-    return RedirectResponse(f"{BASE}?notice=model_deleted", 303, headers=SECURITY_HEADERS)
+    return redirect(f"{BASE}?notice=model_deleted")
 
 
 @router.post(f"{BASE}/{{model_id}}/test")

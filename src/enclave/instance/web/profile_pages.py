@@ -9,20 +9,20 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from enclave.instance import accounts, editor_keys
-from enclave.instance.admin_errors import AdminError, NotFoundError
+from enclave.instance.admin_errors import AdminError
 from enclave.instance.api.deps import context_of, in_transaction
 from enclave.instance.api.editor_keys import openai_base_url, signer_of
 from enclave.instance.db import utcnow
 from enclave.instance.features import FEATURE_TITLES, Feature
 from enclave.instance.pats import KNOWN_SCOPES
 from enclave.instance.usage import usage_report
-from enclave.instance.web.errors import WebError
-from enclave.instance.web.render import SECURITY_HEADERS, page
+from enclave.instance.web import writes
+from enclave.instance.web.render import page, redirect
 from enclave.instance.web.routing import WebRoute
 from enclave.instance.web.session_auth import actor_of, first, form_list, form_of, signed_in_user
 from enclave.instance.web_sessions import SignedIn
@@ -35,10 +35,6 @@ USAGE = "/-/user_settings/usage"
 USAGE_DAYS = 30
 # The features an editor tool uses most: pre-checked on the form.
 EDITOR_DEFAULTS = (Feature.DUO_CHAT.value, Feature.CODE_COMPLETIONS.value)
-
-
-def _redirect(target: str) -> RedirectResponse:
-    return RedirectResponse(target, 303, headers=SECURITY_HEADERS)
 
 
 # --- personal access tokens -----------------------------------------------------------------
@@ -78,23 +74,8 @@ async def tokens_page(request: Request, user: User) -> Response:
 
 @router.post(TOKENS)
 async def create_token(request: Request, user: User) -> Response:
-    raw = await request.body()
-    form = await form_of(request, user)
-    ctx = context_of(request)
-
-    def work(session: Session) -> str:
-        _, created = accounts.create_personal_access_token(
-            session,
-            user.user_id,
-            name=first(form, "name"),
-            scopes=form_list(raw, "scopes"),
-            expires_at=first(form, "expires_at") or None,
-            actor=actor_of(request, user),
-        )
-        return created.plaintext
-
     try:
-        plaintext = await run_in_threadpool(in_transaction, ctx, work, write=True)
+        plaintext = await writes.create_token(request, user, user.user_id)
     except AdminError as exc:
         return await _tokens_page(request, user, status=400, error=exc.message)
     return await _tokens_page(request, user, new_token=plaintext)
@@ -102,20 +83,8 @@ async def create_token(request: Request, user: User) -> Response:
 
 @router.post(f"{TOKENS}/{{token_id}}/revoke")
 async def revoke_token(request: Request, token_id: int, user: User) -> Response:
-    await form_of(request, user)
-    ctx = context_of(request)
-
-    def work(session: Session) -> None:
-        token = accounts.get_token(session, token_id)
-        if token.user_id != user.user_id:  # someone else's: as if it did not exist
-            raise NotFoundError(f"personal access token {token_id} does not exist", field="id")
-        accounts.revoke_token(session, token_id, actor_of(request, user))
-
-    try:
-        await run_in_threadpool(in_transaction, ctx, work, write=True)
-    except NotFoundError as exc:
-        raise WebError(404, exc.message) from None
-    return _redirect(f"{TOKENS}?notice=token_revoked")
+    await writes.revoke_token(request, user, user.user_id, token_id)
+    return redirect(f"{TOKENS}?notice=token_revoked")
 
 
 # --- editor keys ----------------------------------------------------------------------------
@@ -177,7 +146,7 @@ async def create_key(request: Request, user: User) -> Response:
         return {**editor_keys.key_view(made.row), "key": made.key}
 
     try:
-        created = await run_in_threadpool(in_transaction, ctx, work, write=True)
+        created = await writes.write(ctx, work)
     except AdminError as exc:
         return await _keys_page(request, user, status=400, error=exc.message, chosen=features)
     return await _keys_page(request, user, created=created)
@@ -187,16 +156,10 @@ async def create_key(request: Request, user: User) -> Response:
 async def revoke_key(request: Request, key_id: int, user: User) -> Response:
     await form_of(request, user)
     ctx = context_of(request)
-    try:
-        await run_in_threadpool(
-            in_transaction,
-            ctx,
-            lambda s: editor_keys.revoke_key(s, user.user_id, key_id, actor_of(request, user)),
-            write=True,
-        )
-    except NotFoundError as exc:
-        raise WebError(404, exc.message) from None
-    return _redirect(f"{KEYS}?notice=key_revoked")
+    await writes.write_or_404(
+        ctx, lambda s: editor_keys.revoke_key(s, user.user_id, key_id, actor_of(request, user))
+    )
+    return redirect(f"{KEYS}?notice=key_revoked")
 
 
 # --- own usage ------------------------------------------------------------------------------

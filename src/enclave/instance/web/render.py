@@ -8,7 +8,7 @@ from importlib import resources
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 # No script, no frame, no form posting elsewhere, nothing loaded from outside the instance.
@@ -76,6 +76,11 @@ def page(request: Request, template: str, *, status: int = 200, **values: Any) -
         )
     )
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+
+def redirect(target: str) -> RedirectResponse:
+    """303 after a form post (the browser GETs ``target``), with the same headers as pages."""
+    return RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
 
 
 @cache

@@ -61,6 +61,18 @@ def check_same_site(request: HTTPConnection) -> None:
         raise WebError(403, CROSS_SITE)
 
 
+async def resume_session(request: HTTPConnection) -> SignedIn | None:
+    """The valid session of the request's cookie, or None (a write: it records the visit)."""
+    ctx = context_of(request)
+    cookie = request.cookies.get(COOKIE_NAME)
+    return await run_in_threadpool(
+        in_transaction,
+        ctx,
+        lambda s: web_sessions.resume(s, cookie, ctx.settings.instance),
+        write=True,
+    )
+
+
 class SessionAuth(EarlyAuth):
     """The signed-in user of a web page (``admin``: an administrator)."""
 
@@ -71,14 +83,7 @@ class SessionAuth(EarlyAuth):
         cached = getattr(request.state, "web_user", None)
         if cached is None:
             check_same_site(request)
-            ctx = context_of(request)
-            cookie = request.cookies.get(COOKIE_NAME)
-            cached = await run_in_threadpool(
-                in_transaction,
-                ctx,
-                lambda s: web_sessions.resume(s, cookie, ctx.settings.instance),
-                write=True,
-            )
+            cached = await resume_session(request)
             if cached is None:
                 raise SignInRequired()
             request.state.web_user = cached

@@ -15,7 +15,7 @@ import secrets
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -25,7 +25,7 @@ from enclave.instance.actor import Actor
 from enclave.instance.api.deps import context_of, in_transaction
 from enclave.instance.api.errors import InstanceAPIError
 from enclave.instance.web.errors import SIGN_IN_PATH
-from enclave.instance.web.render import SECURITY_HEADERS, page, stylesheet
+from enclave.instance.web.render import page, redirect, stylesheet
 from enclave.instance.web.routing import WebRoute
 from enclave.instance.web.session_auth import (
     check_same_site,
@@ -33,6 +33,7 @@ from enclave.instance.web.session_auth import (
     first,
     form_of,
     parse_form,
+    resume_session,
     set_cookie,
     signed_in_user,
 )
@@ -58,10 +59,6 @@ def _safe_return(value: str | None, is_admin: bool) -> str:
     return "/admin" if is_admin else PROFILE_PATH
 
 
-def _redirect(target: str) -> RedirectResponse:
-    return RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
-
-
 def _form(
     request: Request, *, status: int = 200, error: str | None = None, username: str = ""
 ) -> Response:
@@ -81,17 +78,10 @@ def _form(
 
 @router.get("/")
 async def home(request: Request) -> Response:
-    ctx = context_of(request)
-    cookie = request.cookies.get(COOKIE_NAME)
-    user = await run_in_threadpool(
-        in_transaction,
-        ctx,
-        lambda s: web_sessions.resume(s, cookie, ctx.settings.instance),
-        write=True,
-    )
+    user = await resume_session(request)
     if user is None:
-        return _redirect(SIGN_IN_PATH)
-    return _redirect(_safe_return(None, user.is_admin))
+        return redirect(SIGN_IN_PATH)
+    return redirect(_safe_return(None, user.is_admin))
 
 
 @router.get(SIGN_IN_PATH)
@@ -146,7 +136,7 @@ async def sign_in(request: Request) -> Response:
         return _form(request, status=401, error=WRONG, username=username)
     cookie, signed = result
     log.info("web_signed_in", user_id=signed.user_id)
-    response = _redirect(_safe_return(form.get("return_to"), signed.is_admin))
+    response = redirect(_safe_return(form.get("return_to"), signed.is_admin))
     set_cookie(response, request, COOKIE_NAME, cookie)
     clear_cookie(response, request, SIGN_IN_COOKIE)
     return response
@@ -160,7 +150,7 @@ async def sign_out(
     ctx = context_of(request)
     cookie = request.cookies.get(COOKIE_NAME)
     await run_in_threadpool(in_transaction, ctx, lambda s: web_sessions.end(s, cookie), write=True)
-    response = _redirect(f"{SIGN_IN_PATH}?notice=signed_out")
+    response = redirect(f"{SIGN_IN_PATH}?notice=signed_out")
     clear_cookie(response, request, COOKIE_NAME)
     return response
 

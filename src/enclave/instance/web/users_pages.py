@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -15,20 +15,17 @@ from enclave.instance.admin_errors import AdminError, NotFoundError
 from enclave.instance.api.deps import context_of, in_transaction
 from enclave.instance.context import InstanceContext
 from enclave.instance.pats import KNOWN_SCOPES
+from enclave.instance.web import writes
 from enclave.instance.web.errors import WebError
-from enclave.instance.web.render import SECURITY_HEADERS, page
+from enclave.instance.web.render import page, redirect
 from enclave.instance.web.routing import WebRoute
-from enclave.instance.web.session_auth import actor_of, first, form_list, form_of, signed_in_admin
+from enclave.instance.web.session_auth import actor_of, first, form_of, signed_in_admin
 from enclave.instance.web_sessions import SignedIn
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
 Admin = Annotated[SignedIn, Depends(signed_in_admin)]
 BASE = "/admin/users"
 USERS_PAGE_SIZE = 100
-
-
-def _redirect(target: str) -> RedirectResponse:
-    return RedirectResponse(target, 303, headers=SECURITY_HEADERS)
 
 
 async def _users_page(
@@ -87,10 +84,10 @@ async def create_user(request: Request, user: Admin) -> Response:
         return created.id
 
     try:
-        user_id = await run_in_threadpool(in_transaction, ctx, work, write=True)
+        user_id = await writes.write(ctx, work)
     except AdminError as exc:
         return await _users_page(request, status=400, error=exc.message, values=values)
-    return _redirect(f"{BASE}/{user_id}?notice=user_created")
+    return redirect(f"{BASE}/{user_id}?notice=user_created")
 
 
 def _user(ctx: InstanceContext, user_id: int) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
@@ -138,23 +135,8 @@ async def user_page(request: Request, user_id: int, user: Admin) -> Response:
 
 @router.post(f"{BASE}/{{user_id}}/tokens")
 async def create_token(request: Request, user_id: int, user: Admin) -> Response:
-    raw = await request.body()
-    form = await form_of(request, user)
-    ctx = context_of(request)
-
-    def work(session: Session) -> str:
-        _, created = accounts.create_personal_access_token(
-            session,
-            user_id,
-            name=first(form, "name"),
-            scopes=form_list(raw, "scopes"),
-            expires_at=first(form, "expires_at") or None,
-            actor=actor_of(request, user),
-        )
-        return created.plaintext
-
     try:
-        plaintext = await run_in_threadpool(in_transaction, ctx, work, write=True)
+        plaintext = await writes.create_token(request, user, user_id)
     except NotFoundError as exc:
         raise WebError(404, exc.message) from None
     except AdminError as exc:
@@ -164,20 +146,8 @@ async def create_token(request: Request, user_id: int, user: Admin) -> Response:
 
 @router.post(f"{BASE}/{{user_id}}/tokens/{{token_id}}/revoke")
 async def revoke_token(request: Request, user_id: int, token_id: int, user: Admin) -> Response:
-    await form_of(request, user)
-    ctx = context_of(request)
-
-    def work(session: Session) -> None:
-        token = accounts.get_token(session, token_id)
-        if token.user_id != user_id:
-            raise NotFoundError(f"personal access token {token_id} does not exist", field="id")
-        accounts.revoke_token(session, token_id, actor_of(request, user))
-
-    try:
-        await run_in_threadpool(in_transaction, ctx, work, write=True)
-    except NotFoundError as exc:
-        raise WebError(404, exc.message) from None
-    return _redirect(f"{BASE}/{user_id}?notice=token_revoked")
+    await writes.revoke_token(request, user, user_id, token_id)
+    return redirect(f"{BASE}/{user_id}?notice=token_revoked")
 
 
 @router.post(f"{BASE}/{{user_id}}/block")
@@ -192,17 +162,11 @@ async def block_user(request: Request, user_id: int, user: Admin) -> Response:
             error="You cannot block yourself; sign in as another administrator.",
         )
     ctx = context_of(request)
-    try:
-        await run_in_threadpool(
-            in_transaction,
-            ctx,
-            lambda s: accounts.set_blocked(s, user_id, blocked, actor_of(request, user)),
-            write=True,
-        )
-    except NotFoundError as exc:
-        raise WebError(404, exc.message) from None
+    await writes.write_or_404(
+        ctx, lambda s: accounts.set_blocked(s, user_id, blocked, actor_of(request, user))
+    )
     notice = "user_blocked" if blocked else "user_unblocked"
-    return _redirect(f"{BASE}/{user_id}?notice={notice}")
+    return redirect(f"{BASE}/{user_id}?notice={notice}")
 
 
 @router.post(f"{BASE}/{{user_id}}/password")
@@ -215,9 +179,7 @@ async def set_password(request: Request, user_id: int, user: Admin) -> Response:
         passwords.set_password(session, target, form.get("password", ""), actor_of(request, user))
 
     try:
-        await run_in_threadpool(in_transaction, ctx, work, write=True)
-    except NotFoundError as exc:
-        raise WebError(404, exc.message) from None
+        await writes.write_or_404(ctx, work)
     except AdminError as exc:
         return await _user_page(request, user_id, status=400, error=exc.message)
-    return _redirect(f"{BASE}/{user_id}?notice=password_set")
+    return redirect(f"{BASE}/{user_id}?notice=password_set")
