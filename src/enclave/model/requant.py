@@ -12,6 +12,7 @@ once per data dir.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -158,13 +159,12 @@ def _converted_from(target: Path) -> str | None:
 
 
 def _write_progress(path: Path, percent: int) -> None:
-    try:
+    # Progress is a courtesy: a file that cannot be written must not stop the conversion.
+    with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(f"{percent}\n")
         os.replace(tmp, path)
-    except OSError:
-        pass  # progress is a courtesy; the conversion goes on
 
 
 class PreparationProgress:
