@@ -232,6 +232,21 @@ def _trips_breaker(error: Exception) -> bool:
     )
 
 
+# Fresh tries after a pooled connection turned out dead, on top of the model's retries.
+STALE_CONNECTION_RETRIES: Final = 4
+
+
+def stale_connection(exc: BaseException) -> bool:
+    """Whether the request failed on a connection the server had closed before answering:
+    it disconnected before a status line, or the request could not be written. A refused
+    connection (ClientConnectorError) is the server being down, not this."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError) and not isinstance(
+        exc, aiohttp.ClientConnectorError
+    )
+
+
 class HttpProvider(ABC):
     """Base of the providers that speak HTTP(S) with JSON bodies."""
 
@@ -476,6 +491,7 @@ class HttpProvider(ABC):
         tls = context_for(self._tls, request.endpoint)
         extra: dict[str, Any] = {"ssl": tls} if tls is not None else {}
         attempt = 0
+        stale = 0
         while True:
             attempt += 1
             try:
@@ -488,14 +504,17 @@ class HttpProvider(ABC):
                     **extra,
                 )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                if stale_connection(exc) and stale < STALE_CONNECTION_RETRIES:
+                    # A pooled connection the server had already closed (its keep-alive
+                    # limit): at once, on another connection, and not one of the model's
+                    # retries: several pooled connections can die together.
+                    stale += 1
+                    attempt -= 1
+                    continue
                 error = self.transport_error(request, exc)
-                # The server closing before any status line is a pooled connection it had
-                # already dropped: nothing was generated, so it is as safe to retry as a
-                # refused connection.
-                retry = (
-                    isinstance(error, ModelUnreachable)
-                    or isinstance(exc, aiohttp.ServerDisconnectedError)
-                ) and not isinstance(exc, aiohttp.ClientConnectorDNSError | aiohttp.ClientSSLError)
+                retry = isinstance(error, ModelUnreachable) and not isinstance(
+                    exc, aiohttp.ClientConnectorDNSError | aiohttp.ClientSSLError
+                )
                 wait = self._retry_wait(attempt, None) if retry else None
                 if wait is None:
                     raise error from None

@@ -30,6 +30,7 @@ from enclave.gateway.models.base import (
     ModelTimeout,
     ModelUnreachable,
 )
+from enclave.gateway.models.http_provider import STALE_CONNECTION_RETRIES
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("kind", KINDS)]
 
@@ -135,6 +136,16 @@ async def test_connection_dropped_before_any_answer_is_retried(
     fake.script(Reply(drop=True), success(kind, stream=False))
     assert (await s.client.complete(s.request())).text == ANSWER
     assert len(fake.seen) == 2
+
+
+async def test_a_server_that_always_drops_is_tried_a_bounded_number_of_times(
+    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
+) -> None:
+    s = setup(kind, session, fake)
+    fake.script(Reply(drop=True))
+    with pytest.raises(ModelServerError, match="closed the connection early"):
+        await s.client.complete(s.request())
+    assert len(fake.seen) == 1 + STALE_CONNECTION_RETRIES
 
 
 async def test_500_fails_once_then_the_next_call_succeeds(
