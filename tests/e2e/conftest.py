@@ -6,8 +6,10 @@ temporary data dir and the tiny deterministic GGUF model, so tests can assert ex
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +48,23 @@ class Stack:
     @property
     def model_api_key(self) -> str:
         return (self.data_dir / "model" / "api-key").read_text().strip()
+
+
+class FakeLoop:
+    """An event loop in a thread of the test process, for the fakes (vendor APIs) a stack calls."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
 
 
 def read_lines(stream: Any, out: queue.Queue[str]) -> None:

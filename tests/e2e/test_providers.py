@@ -14,9 +14,7 @@ the model's values winning over the gateway's VERTEX_PROJECT and VERTEX_LOCATION
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ import openai
 import orjson
 import pytest
 
-from tests.e2e.conftest import Stack, running_stack
+from tests.e2e.conftest import FakeLoop, Stack, running_stack
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit" / "gateway" / "providers"))
 
@@ -199,23 +197,6 @@ PROVIDERS = [
     ),
 ]
 BY_KIND = {provider.kind: provider for provider in PROVIDERS}
-
-
-class FakeLoop:
-    """The fakes' event loop, in a thread of the test process."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")

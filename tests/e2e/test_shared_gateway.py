@@ -16,10 +16,8 @@ per instance, and that removing B from the config file refuses B's next request.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ from enclave.common.features import Feature
 from enclave.common.net import free_port
 from enclave.model.tiny_gguf import TINY_ANSWER
 from enclave.supervisor import Role, _wait_ready
-from tests.e2e.conftest import Stack, running_stack, stack_env
+from tests.e2e.conftest import FakeLoop, Stack, running_stack, stack_env
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit" / "gateway" / "providers"))
 
@@ -62,23 +60,6 @@ def anthropic_answer(seen: Seen) -> Reply:
     if isinstance(body, dict) and body.get("stream"):
         return Reply(content_type="text/event-stream", chunks=anthropic_stream())
     return json_reply(ANTHROPIC_MESSAGE)
-
-
-class FakeLoop:
-    """The fake vendor's event loop, in a thread of the test process."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
 
 
 @dataclass
