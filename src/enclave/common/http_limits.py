@@ -20,6 +20,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from enclave.common.logging import get_logger
+from enclave.common.response_writes import CoalescingTransport
 
 log = get_logger("enclave.http")
 
@@ -105,6 +106,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(f"more than {self._limits.max_count} headers", self._limits.count_setting)
             return
         super().on_headers_complete()
+        # The cycle just made writes its head and a whole body in one go (response_writes.py).
+        cycle = self.cycle
+        if cycle is not None:
+            joined = CoalescingTransport(self.transport, self.loop)
+            cycle.transport = cast(asyncio.Transport, joined)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:  # a refused request has no cycle to take its body

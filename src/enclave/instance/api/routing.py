@@ -11,6 +11,11 @@ written as a dependency would run only after an anonymous client's body had been
    naming the limit past it), and kept where FastAPI and ``Request.body()`` look for it, so
    routes parse it as usual.
 
+Routes whose endpoint takes only the request and PAT principals and returns a ``Response``
+(the AI hot paths) are then called directly: FastAPI's dependency solving and response
+serialization would only pass those values through, and cost about a tenth of such a request's
+CPU (bench/README.md, issue 14).
+
 Subclasses pick the limit: :class:`InstanceRoute` the admin/account one
 (``max_body_bytes``), :class:`AiTextRoute` the AI one (``max_ai_body_bytes``), and routes with
 a fixed limit of their own set :attr:`InstanceRoute.fixed_limit`. ``create_app`` refuses to
@@ -19,17 +24,19 @@ start if a route is not an :class:`InstanceRoute`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Coroutine, Iterable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import get_typed_return_annotation
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from enclave.common.body import BodyTooLarge, read_body
-from enclave.instance.api.deps import EarlyAuth, context_of
+from enclave.instance.api.deps import EarlyAuth, PatAuth, context_of
 from enclave.instance.api.errors import InstanceAPIError
 
 
@@ -49,6 +56,52 @@ def _pat_checks(dependant: Dependant) -> Iterator[EarlyAuth]:
         yield from _pat_checks(dependency)
 
 
+# What a lean endpoint is called with: keyword name → the request, or → a PAT check whose
+# principal the route already has.
+LeanArguments = tuple[tuple[str, PatAuth | None], ...]
+
+
+def _only_passes_through(dependant: Dependant) -> bool:
+    """True when FastAPI would compute nothing for ``dependant`` itself: no path, query, header,
+    cookie or body parameters and no special parameters other than the request."""
+    return not (
+        dependant.path_params
+        or dependant.query_params
+        or dependant.header_params
+        or dependant.cookie_params
+        or dependant.body_params
+        or dependant.response_param_name
+        or dependant.background_tasks_param_name
+        or dependant.security_scopes_param_name
+        or dependant.websocket_param_name
+    )
+
+
+def lean_arguments(route: APIRoute) -> LeanArguments | None:
+    """How to call ``route``'s endpoint without FastAPI, or None when FastAPI is needed.
+
+    Lean: the endpoint returns a ``Response`` (nothing to serialize) and takes only the request
+    and results of PAT checks without sub-dependencies (which the route class has run already).
+    """
+    dependant = route.dependant
+    returns = get_typed_return_annotation(route.endpoint)
+    if not (isinstance(returns, type) and issubclass(returns, Response)):
+        return None
+    if not inspect.iscoroutinefunction(route.endpoint):
+        return None  # FastAPI runs plain functions in the thread pool
+    if not _only_passes_through(dependant) or dependant.http_connection_param_name:
+        return None
+    arguments: list[tuple[str, PatAuth | None]] = []
+    if dependant.request_param_name:
+        arguments.append((dependant.request_param_name, None))
+    for dependency in dependant.dependencies:
+        check = dependency.call
+        if not isinstance(check, PatAuth) or dependency.dependencies or not dependency.name:
+            return None
+        arguments.append((dependency.name, check))
+    return tuple(arguments)
+
+
 class InstanceRoute(APIRoute):
     """Authenticate, then read the body with the admin/account limit (module docstring)."""
 
@@ -66,6 +119,8 @@ class InstanceRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         checks = tuple(dict.fromkeys(_pat_checks(self.dependant)))
+        lean = lean_arguments(self)
+        endpoint = self.endpoint
 
         async def route(request: Request) -> Response:
             for check in checks:
@@ -81,7 +136,13 @@ class InstanceRoute(APIRoute):
                     f"the request body is over {size_text(limit)}, the limit of this "
                     f"endpoint{where}; send a smaller body",
                 ) from None
-            return await handler(request)
+            if lean is None:
+                return await handler(request)
+            arguments = {
+                name: request if check is None else await check(request)  # kept result
+                for name, check in lean
+            }
+            return cast(Response, await endpoint(**arguments))
 
         return route
 
