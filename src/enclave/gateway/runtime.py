@@ -201,6 +201,9 @@ class Gateway:
             headers={"User-Agent": USER_AGENT},
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
             trust_env=False,  # model endpoints are inside the network; no surprise proxies
+            # The session serves every instance and user: a cookie a vendor API sets (load
+            # balancer affinity, bot management) must not ride along on someone else's call.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         # Issuers are configured by the administrator, not by requests: only metadata
         # addresses are refused there.

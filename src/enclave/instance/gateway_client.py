@@ -11,6 +11,7 @@ gateway keeps sending.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -82,6 +83,14 @@ def gateway_headers(
     return headers
 
 
+@functools.lru_cache(maxsize=64)
+def _read_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
+    """The timeouts of a request with ``timeout_s`` (one object per value, not per request)."""
+    return aiohttp.ClientTimeout(
+        total=None, sock_connect=min(CONNECT_TIMEOUT_S, timeout_s), sock_read=timeout_s
+    )
+
+
 class GatewayClient:
     """Posts to the gateway over a shared connection pool."""
 
@@ -101,6 +110,9 @@ class GatewayClient:
                 ),
                 # No proxies from the environment: the instance talks to its gateway only.
                 trust_env=False,
+                # One session serves every user: no cookie may carry over between their
+                # requests (and the jar's per-request filtering is work for nothing).
+                cookie_jar=aiohttp.DummyCookieJar(),
                 # Relay bytes as the gateway sent them: ask for no compression (loopback or LAN,
                 # small bodies, and streamed chunks must not wait for a compressor) and never
                 # decompress, so status, body and content type pass through untouched.
@@ -137,9 +149,7 @@ class GatewayClient:
         url = f"{base}{path}"
         options: dict[str, object] = {}
         if timeout_s is not None:
-            options["timeout"] = aiohttp.ClientTimeout(
-                total=None, sock_connect=min(CONNECT_TIMEOUT_S, timeout), sock_read=timeout
-            )
+            options["timeout"] = _read_timeout(timeout)
         # The gateway's model call follows this request's timeout (enclave.common.timeouts).
         headers = {**headers, timeouts.HEADER: f"{timeouts.model_budget(timeout):g}"}
         try:

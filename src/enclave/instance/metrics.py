@@ -10,6 +10,7 @@ like every other path. With several workers each worker counts its own share.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -20,6 +21,23 @@ if TYPE_CHECKING:
     from enclave.instance.usage import Counts
 
 PATH: Final = "/metrics"
+
+
+@dataclass(frozen=True, slots=True)
+class _AiSeries:
+    """One feature and model's AI counters, looked up once (``labels()`` per request costs
+    more than the increments themselves)."""
+
+    requests: Counter
+    errors: Counter
+    input_tokens: Counter
+    output_tokens: Counter
+    seconds: Counter
+
+
+# Feature × model pairs are bounded (the feature list, the administrator's models); the cap
+# only guards against a model list that keeps changing in a long-lived process.
+_MAX_AI_SERIES: Final = 4096
 
 
 class InstanceMetrics:
@@ -83,22 +101,39 @@ class InstanceMetrics:
             "AI requests not recorded in the usage table because the buffer was full.",
             registry=registry,
         )
+        self._ai_series: dict[tuple[str, str], _AiSeries] = {}
         # Children exist from the start, so every series is scraped as 0 before it first counts.
         for name in limit_names:
             self.rate_limited.labels(name)
         for reason in failure_reasons:
             self.failed_authentications.labels(reason)
 
+    def _series(self, feature: str, model: str) -> _AiSeries:
+        key = (feature, model)
+        series = self._ai_series.get(key)
+        if series is None:
+            series = _AiSeries(
+                self.ai_requests.labels(feature, model),
+                self.ai_errors.labels(feature, model),
+                self.ai_tokens.labels(feature, model, "input"),
+                self.ai_tokens.labels(feature, model, "output"),
+                self.ai_seconds.labels(feature, model),
+            )
+            if len(self._ai_series) >= _MAX_AI_SERIES:
+                self._ai_series.clear()
+            self._ai_series[key] = series
+        return series
+
     def observe_usage(self, feature: str, model: str | None, counts: Counts) -> None:
-        labels = (feature, model or "")
-        self.ai_requests.labels(*labels).inc(counts.requests)
+        series = self._series(feature, model or "")
+        series.requests.inc(counts.requests)
         if counts.errors:
-            self.ai_errors.labels(*labels).inc(counts.errors)
+            series.errors.inc(counts.errors)
         if counts.input_tokens:
-            self.ai_tokens.labels(*labels, "input").inc(counts.input_tokens)
+            series.input_tokens.inc(counts.input_tokens)
         if counts.output_tokens:
-            self.ai_tokens.labels(*labels, "output").inc(counts.output_tokens)
-        self.ai_seconds.labels(*labels).inc(counts.latency_ms_total / 1000)
+            series.output_tokens.inc(counts.output_tokens)
+        series.seconds.inc(counts.latency_ms_total / 1000)
 
     def usage_dropped(self, requests: int) -> None:
         self.usage_dropped_requests.inc(requests)

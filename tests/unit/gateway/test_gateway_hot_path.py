@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import pytest
 from gateway_fakes import Harness
 
@@ -52,6 +53,13 @@ async def test_warm_hot_path_makes_no_issuer_calls(
     assert gateway.session is session  # one pooled client, never one per request
     assert gateway.authenticator.verifications == REQUESTS // 2 + 1
     assert gateway.authenticator.cache_hits == REQUESTS // 2 - 1
+
+
+async def test_model_calls_keep_no_cookies(gw: Harness) -> None:
+    """One pooled session serves every instance and user: a cookie a vendor endpoint sets
+    (load balancer affinity, bot management) must never ride along on a later call. aiohttp's
+    default jar keeps cookies of host names (not of the address literals the fakes use)."""
+    assert isinstance(gw.app.state.gateway.session.cookie_jar, aiohttp.DummyCookieJar)
 
 
 async def test_warm_user_tokens_need_no_network_at_all(gw: Harness) -> None:
