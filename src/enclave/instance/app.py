@@ -98,6 +98,10 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
         redoc_url=None,
         openapi_url="/openapi.json",
         lifespan=lifespan,
+        # FastAPI's native OpenTelemetry hooks: Enclave exports nothing (no outbound connection
+        # but the configured ones), and checking for providers on every request cost about as
+        # much as our whole request context middleware.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.ctx = ctx
     install_error_handlers(app)

@@ -38,6 +38,8 @@ class GatewayUnavailableError(Exception):
         self.message = message
 
 
+# Every forwarded request names its user: remembered per user (bounded), not an HMAC each time.
+@functools.lru_cache(maxsize=65536)
 def pseudonymous_user_id(salt: bytes, user_id: int) -> str:
     """X-Gitlab-Global-User-Id: a stable per-instance pseudonym (HMAC-SHA256), never the id."""
     return hmac.new(salt, str(user_id).encode(), hashlib.sha256).hexdigest()
