@@ -47,6 +47,9 @@ class LoadResult:
     mean_ms: float
     max_ms: float
     server_cpu_s: float | None = None
+    # The first server's own process tree only (for the instance target: the instance without
+    # its gateway), so each role's share of the path shows.
+    main_cpu_s: float | None = None
     server_peak_rss: int | None = None
     server_peak_pss: int | None = None
     # CPU used by processes outside this benchmark during the run, as a share of all cores.
@@ -66,9 +69,16 @@ class LoadResult:
             return None
         return self.server_cpu_s * 1e6 / self.requests
 
+    @property
+    def main_cpu_us_per_request(self) -> float | None:
+        if self.main_cpu_s is None or not self.requests:
+            return None
+        return self.main_cpu_s * 1e6 / self.requests
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["cpu_us_per_request"] = self.cpu_us_per_request
+        data["main_cpu_us_per_request"] = self.main_cpu_us_per_request
         return data
 
 
@@ -183,17 +193,18 @@ def run_load(
         ]
         tool = "loadgen.py"
     env = {**os.environ, "WRK_BODY_FILE": str(body_path), "WRK_HEADERS_FILE": str(headers_path)}
-    pids = process_tree(server_pid) if server_pid is not None else []
+    main_pids = process_tree(server_pid) if server_pid is not None else []
+    pids = list(main_pids)
     for pid in also_pids:
         pids += process_tree(pid)
-    cpu_before = cpu_seconds(pids)
+    cpu_before, main_before = cpu_seconds(pids), cpu_seconds(main_pids)
     machine_before, own_before, started = machine_cpu_seconds(), own_cpu_seconds(), time.monotonic()
     sampled = RssSampler(server_pid, also_pids) if server_pid is not None else _NoSampler()
     with sampled as sampler:
         done = subprocess.run(
             argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
         )
-    cpu_after = cpu_seconds(pids)
+    cpu_after, main_after = cpu_seconds(pids), cpu_seconds(main_pids)
     own = own_cpu_seconds() - own_before
     machine = machine_cpu_seconds() - machine_before
     wall = time.monotonic() - started
@@ -201,6 +212,7 @@ def run_load(
     result.foreign_cpu_share = max(0.0, machine - own) / (wall * (os.cpu_count() or 1))
     if server_pid is not None:
         result.server_cpu_s = cpu_after - cpu_before
+        result.main_cpu_s = main_after - main_before
         result.server_peak_rss = sampler.peak or None
         result.server_peak_pss = sampler.peak_pss or None
     return result

@@ -71,6 +71,8 @@ def figures(target: dict[str, Any]) -> dict[str, Any]:
         "max_rps_open": bool(best and best["connections"] == largest),
         "cpu_us_c16": c16.get("cpu_us_per_request") if c16 else None,
         "cpu_us_c1": c1.get("cpu_us_per_request") if c1 else None,
+        # The first server alone (the instance target: the instance without its gateway).
+        "main_cpu_us_c16": c16.get("main_cpu_us_per_request") if c16 else None,
         "rss_idle": (target.get("rss") or {}).get("idle"),
         "rss_load": (target.get("rss") or {}).get("load_peak"),
         "rss_after": (target.get("rss") or {}).get("after"),
@@ -343,6 +345,15 @@ def _ratios(results: dict[str, Any], workers: list[int]) -> list[str]:
             "Instance hop: CPU µs per request (instance path − gateway alone, c=16)",
             lambda d, e, i, lt: (
                 _num(_diff(i["cpu_us_c16"], e["cpu_us_c16"])) if need(e, i) else "—"
+            ),
+        )
+        instance_row(
+            "CPU µs per request at c=16, instance process / its gateway (measured per role)",
+            lambda d, e, i, lt: (
+                f"{_num(i['main_cpu_us_c16'])} / "
+                f"{_num(_diff(i['cpu_us_c16'], i['main_cpu_us_c16']))}"
+                if i.get("main_cpu_us_c16") is not None and i.get("cpu_us_c16") is not None
+                else "—"
             ),
         )
         instance_row(
