@@ -12,7 +12,6 @@ signing key (user tokens) is loaded, or generated, when the app is built.
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from enclave.common.heap import settle_after_start_up
 from enclave.common.logging import configure_logging, get_logger
 from enclave.common.netrules import parse_networks
 from enclave.config import EnclaveSettings, load_settings
@@ -134,11 +134,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
-        # Everything allocated so far (modules, settings, keys, the HTTP session) lives as long
-        # as the process: move it out of the collector's view. Full collections over it were
-        # the gateway's p99 spikes under load (50-120 ms each, seen in bench/ profiles).
-        gc.collect()
-        gc.freeze()
+        # Everything allocated so far lives as long as the process (common/heap.py).
+        settle_after_start_up()
         try:
             yield
         finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +20,7 @@ from starlette.responses import HTMLResponse, Response
 from enclave import __version__
 from enclave.common.api_docs import DOCS_CSP, render_docs_page
 from enclave.common.client_address import ClientAddressMiddleware
+from enclave.common.heap import settle_after_start_up
 from enclave.common.logging import configure_logging, get_logger
 from enclave.common.netrules import parse_networks
 from enclave.config import EnclaveSettings, load_settings
@@ -66,11 +66,9 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
             name="usage-flush",
         )
         await ctx.caches.start()
-        # As the gateway does: what start-up allocated (modules, FastAPI's routes and models,
-        # SQLAlchemy's mappers) lives as long as the process; keep it out of full collections,
-        # which paused the instance for hundreds of ms under load (bench/ instance profile).
-        gc.collect()
-        gc.freeze()
+        # What start-up allocated (FastAPI's routes and models, SQLAlchemy's mappers, ...)
+        # lives as long as the process (common/heap.py).
+        settle_after_start_up()
         log.info(
             "instance_started",
             issuer=ctx.issuer,
