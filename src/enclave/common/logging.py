@@ -167,10 +167,12 @@ def log_request(logger: Any, fields: dict[str, Any]) -> None:
         return
     fields["event"] = "request"
     structlog.contextvars.merge_contextvars(None, "info", fields)
+    for key, value in fields.items():
+        if type(value) not in _PLAIN:  # numbers and None never change (status, duration_ms)
+            fields[key] = redact(value, key)
+    # Written here, not received: nothing to redact in them.
     fields["level"] = "info"
     fields["ts"] = _utc_stamp()
-    for key, value in fields.items():
-        fields[key] = redact(value, key)
     pipeline.write(pipeline.renderer(None, "info", fields))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -90,19 +89,3 @@ def test_request_ids_are_32_hex_characters_and_never_repeat() -> None:
     ids = [new_request_id() for _ in range(10_000)]
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in ids)
-
-
-def test_a_forked_worker_draws_its_own_request_ids() -> None:
-    parent = new_request_id()
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report one id and leave at once
-        os.write(write, new_request_id().encode())
-        os._exit(0)
-    os.close(write)
-    child = os.read(read, 64).decode()
-    os.close(read)
-    os.waitpid(pid, 0)
-    assert re.fullmatch(r"[0-9a-f]{32}", child)
-    # Another process prefix, not merely the next number of the parent's sequence.
-    assert child[:16] != parent[:16]
