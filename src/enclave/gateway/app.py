@@ -2,8 +2,9 @@
 
 ``create_app(settings)`` builds it; ``create_app_from_env()`` is the factory uvicorn imports in
 each worker process (``uvicorn --factory enclave.gateway.app:create_app_from_env``). Hot
-endpoints are plain Starlette routes with orjson bodies behind two pure ASGI middlewares
-(request context, client address allow-list); the outbound clients are two pooled aiohttp
+endpoints are plain Starlette routes with orjson bodies behind three pure ASGI middlewares
+(request context, client address allow-list, exact-path dispatch of the hot POST endpoints
+ahead of the router); the outbound clients are two pooled aiohttp
 sessions opened in the lifespan: one for model calls, whose resolver enforces the model egress
 allow-list, and one for the issuers' keys, which are fetched in the background at start-up
 (never blocking it, even when an issuer is down) and cached in memory. The gateway's own
@@ -42,6 +43,7 @@ from enclave.gateway.api.v2.chat.agent import agent
 from enclave.gateway.api.v2.code.completions import completions
 from enclave.gateway.api.v2.code.generations import generations
 from enclave.gateway.api.v4.code.suggestions import suggestions
+from enclave.gateway.dispatch import HotRouteDispatch
 from enclave.gateway.http import json_response
 from enclave.gateway.metrics import metrics_endpoint
 from enclave.gateway.middleware import ClientAddressMiddleware, RequestContextMiddleware
@@ -159,6 +161,8 @@ def create_app(
                 ),
                 trusted_proxies=parse_networks(settings.gateway.trusted_proxies, "trusted_proxies"),
             ),
+            # Last, after the address check: the hot POST endpoints without the router.
+            Middleware(HotRouteDispatch, routes=ROUTES, on_http_exception=_http_exception),
         ],
         exception_handlers={HTTPException: _http_exception},
         lifespan=lifespan,

@@ -231,6 +231,8 @@ class GatewayMetrics:
         )
 
         self._tenant_children: dict[tuple[str, str], Counter] = {}
+        # (instance, feature, direction) -> its token counter.
+        self._tenant_token_children: dict[tuple[str, str, str], Counter] = {}
 
         # Pre-created children: the hot path only looks them up.
         self._route_duration = {
@@ -290,9 +292,19 @@ class GatewayMetrics:
         if key is None or usage is None:
             return
         if usage.input_tokens:
-            self.tenant_tokens.labels(*key, "input").inc(usage.input_tokens)
+            self._tenant_tokens_child(key, "input").inc(usage.input_tokens)
         if usage.output_tokens:
-            self.tenant_tokens.labels(*key, "output").inc(usage.output_tokens)
+            self._tenant_tokens_child(key, "output").inc(usage.output_tokens)
+
+    def _tenant_tokens_child(self, key: tuple[str, str], direction: str) -> Counter:
+        # A dict lookup on the hot path instead of labels() (a lock and a tuple each time);
+        # created on first use, so /metrics shows the same series as before.
+        child = self._tenant_token_children.get((*key, direction))
+        if child is None:
+            child = self._tenant_token_children[(*key, direction)] = self.tenant_tokens.labels(
+                *key, direction
+            )
+        return child
 
     def tenant_limited(self, instance: str) -> None:
         self.tenant_rate_limited.labels(instance).inc()

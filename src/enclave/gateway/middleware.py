@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -22,7 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enclave.common import wire
 from enclave.common.client_address import ClientAddressMiddleware
-from enclave.common.logging import get_logger
+from enclave.common.logging import get_logger, log_request
+from enclave.common.request_id import new_request_id
 from enclave.gateway.models.base import REQUEST_MODEL_TIMEOUT
 from enclave.gateway.usage import CURRENT, RequestUsage
 
@@ -76,7 +76,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        request_id = _incoming_request_id(scope) or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         request_id_bytes = request_id.encode("ascii")
         status = 500
@@ -122,13 +122,15 @@ class RequestContextMiddleware:
             REQUEST_MODEL_TIMEOUT.reset(budget_token)
             if self._usage is not None and slot.user is not None:
                 self._usage.add(slot, status, elapsed)
-            fields: dict[str, Any] = {
-                "method": scope.get("method"),
-                "route": path if path in self._routes else "<unmatched>",
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 3),
-            }
-            log.info("request", **fields)
+            log_request(
+                log,
+                {
+                    "method": scope.get("method"),
+                    "route": path if path in self._routes else "<unmatched>",
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                },
+            )
             structlog.contextvars.reset_contextvars(**tokens)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from enclave.gateway.prompts.postprocess import (
@@ -59,6 +59,8 @@ CASES = [
     ("def f():\n\t", "", "return 1\nx = 2\n", "return 1\n"),
     # Trailing blank lines inside the block are kept.
     ("def f():\n    ", "", "pass\n\n", "pass\n\n"),
+    # The closing brace's line ends the answer, even when deeper lines follow it.
+    ("function f() {\n  ", "", "return 1;\n}\n  more();\n", "return 1;\n}\n"),
 ]
 
 
@@ -110,3 +112,64 @@ def test_filter_chain_strips_fences_then_cuts_the_block() -> None:
     answer = "```python\nreturn 1\ndef g():\n```\n"
     out = "".join(chain.feed(char) for char in answer) + chain.flush()
     assert out == "return 1\n"
+
+
+class _CharByCharBlockEnd(BlockEndFilter):
+    """The filter's first implementation, one Python step per character: the reference the
+    newline-jumping ``feed`` must agree with."""
+
+    def feed(self, delta: str) -> str:
+        out: list[str] = []
+        start = 0
+        for index, char in enumerate(delta):
+            state = self._state
+            if state == "done":
+                out.append(delta[start:index])
+                return "".join(out)
+            if state in ("first", "in_line", "closing"):
+                if char == "\n":
+                    if state == "closing":
+                        out.append(delta[start : index + 1])
+                        self._state = "done"
+                        return "".join(out)
+                    self._state = "line_start"
+                    out.append(delta[start : index + 1])
+                    start = index + 1
+                continue
+            self._held += char
+            start = index + 1
+            if char.isspace():
+                continue
+            indent = len(self._held.rsplit("\n", 1)[-1].expandtabs(4)) - len(
+                self._held.rsplit("\n", 1)[-1].expandtabs(4).lstrip(" ")
+            )
+            if indent >= self._min_indent:
+                self._state = "in_line"
+            elif char in ("}", ")", "]") and char != self._suffix_head:
+                self._state = "closing"
+            else:
+                self._state = "done"
+                self._held = ""
+                return "".join(out)
+            out.append(self._held)
+            self._held = ""
+        if self._state != "line_start":
+            out.append(delta[start:])
+        return "".join(out)
+
+
+@given(
+    answer=st.text(alphabet=" \t\nab})]:{(", max_size=80),
+    prefix=st.sampled_from(["def f():\n    ", "x = 1\n", "if a {\n  b(", "", "  y\n", "\tz\n\t"]),
+    suffix=st.sampled_from(["", "\n}", "x", ")"]),
+    cuts=st.lists(st.integers(min_value=0, max_value=80), max_size=8),
+)
+@example(answer="a\n}\n    b\n", prefix="def f():\n    ", suffix="", cuts=[3, 4])
+def test_every_chunk_passes_as_the_char_by_char_filter_passes_it(
+    answer: str, prefix: str, suffix: str, cuts: list[int]
+) -> None:
+    bounds = sorted({0, len(answer), *(min(cut, len(answer)) for cut in cuts)})
+    fast, reference = BlockEndFilter(prefix, suffix), _CharByCharBlockEnd(prefix, suffix)
+    for a, b in itertools.pairwise(bounds):
+        assert fast.feed(answer[a:b]) == reference.feed(answer[a:b])
+    assert fast.flush() == reference.flush()

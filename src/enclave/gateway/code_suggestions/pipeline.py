@@ -10,8 +10,8 @@ one generic message for a user) → GitLab's ``text_completion`` response.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -147,7 +147,7 @@ class UseCase:
 def response_body(plan: Plan, result: ModelResult, text: str) -> dict[str, Any]:
     usage = result.usage
     return {
-        "id": uuid.uuid4().hex,
+        "id": os.urandom(16).hex(),  # 32 random hex characters, as uuid4().hex, minus the UUID
         "model": {
             "engine": ENGINE,
             "name": plan.model_name,

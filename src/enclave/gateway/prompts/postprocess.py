@@ -235,24 +235,30 @@ class BlockEndFilter:
     def feed(self, delta: str) -> str:
         out: list[str] = []
         start = 0  # start of the run of ``delta`` passed through unchanged
-        for index, char in enumerate(delta):
+        index = 0
+        while index < len(delta):
             state = self._state
             if state == "done":
                 out.append(delta[start:index])
                 return "".join(out)
-            if state in ("first", "in_line", "closing"):
-                if char == "\n":
-                    if state == "closing":
-                        out.append(delta[start : index + 1])
-                        self._state = "done"
-                        return "".join(out)
-                    self._state = "line_start"
-                    out.append(delta[start : index + 1])
-                    start = index + 1
+            if state != "line_start":
+                # Inside a line everything up to its newline passes: one find, not a Python
+                # step per character (answers run to hundreds of characters).
+                newline = delta.find("\n", index)
+                if newline < 0:
+                    break
+                out.append(delta[start : newline + 1])
+                start = index = newline + 1
+                if state == "closing":
+                    self._state = "done"
+                    return "".join(out)
+                self._state = "line_start"
                 continue
             # line_start: hold characters until the line shows its indentation.
+            char = delta[index]
+            index += 1
             self._held += char
-            start = index + 1
+            start = index
             if char.isspace():
                 continue
             indent = _indent_width(self._held.rsplit("\n", 1)[-1])

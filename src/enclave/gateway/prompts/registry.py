@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import jinja2
 import yaml
+from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import ValidationError
 
@@ -103,9 +104,9 @@ class Prompt:
         self.definition = definition
         self.path = path
         template = definition.prompt_template
-        self._system = env.from_string(template.system) if template.system is not None else None
-        self._user = env.from_string(template.user) if template.user is not None else None
-        self._raw = env.from_string(template.prompt) if template.prompt is not None else None
+        self._system = _compile(env, template.system) if template.system is not None else None
+        self._user = _compile(env, template.user) if template.user is not None else None
+        self._raw = _compile(env, template.prompt) if template.prompt is not None else None
 
     @property
     def api(self) -> Api:
@@ -252,6 +253,58 @@ class PromptRegistry:
                     self._cache[key] = found
                 return found
         raise NoMatchingVersion(f"no version of {prompt_id} matches {constraint!r}")
+
+
+class _Substitution:
+    """A template that is only text and ``{{ name }}`` outputs (every fill-in-the-middle
+    prompt), rendered by joining strings: Jinja's render sets up a context and a generator per
+    call, several times the cost of the join. Anything else, and a name the values lack (Jinja
+    raises StrictUndefined's error), renders through the compiled Jinja template."""
+
+    __slots__ = ("_parts", "_template")
+
+    def __init__(self, parts: tuple[tuple[str, bool], ...], template: jinja2.Template) -> None:
+        self._parts = parts  # (text, is a variable name)
+        self._template = template
+
+    @property
+    def environment(self) -> jinja2.Environment:
+        return self._template.environment  # the sandbox that renders the rest
+
+    def render(self, values: Mapping[str, Any]) -> str:
+        out: list[str] = []
+        for text, is_name in self._parts:
+            if not is_name:
+                out.append(text)
+                continue
+            value = values.get(text, _MISSING)
+            if type(value) is not str:  # missing, or not text: Jinja's own rules
+                return self._template.render(values)
+            out.append(value)
+        return "".join(out)
+
+
+_MISSING: Final = object()
+
+
+def _compile(env: jinja2.Environment, source: str) -> jinja2.Template | _Substitution:
+    """The template for ``source``: a :class:`_Substitution` when it is only text and plain
+    variable outputs (read from Jinja's own parse, so whitespace rules are Jinja's), else Jinja's
+    compiled template."""
+    template = env.from_string(source)
+    body = env.parse(source).body
+    outputs = [node for node in body if isinstance(node, nodes.Output)]
+    if len(body) > 1 or len(outputs) != len(body):
+        return template
+    parts: list[tuple[str, bool]] = []
+    for node in outputs[0].nodes if outputs else ():
+        if isinstance(node, nodes.TemplateData):
+            parts.append((node.data, False))
+        elif isinstance(node, nodes.Name) and node.ctx == "load":
+            parts.append((node.name, True))
+        else:
+            return template
+    return _Substitution(tuple(parts), template)
 
 
 def _environment(root: Path) -> ImmutableSandboxedEnvironment:

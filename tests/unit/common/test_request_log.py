@@ -1,0 +1,91 @@
+"""The request line's own path (``log_request``) writes what the structlog pipeline writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from enclave.common.logging import REDACTED, configure_logging, get_logger, log_request
+from enclave.common.request_id import new_request_id
+
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwOi8vMTI3LjAuMC4xIn0.c2lnbmF0dXJlLXZhbHVl"
+PAT = "enclpat-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
+TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z$")
+
+
+@pytest.fixture()
+def restore_logging() -> Iterator[None]:
+    """configure_logging binds loggers to capsys's stream; undo it for the tests that follow."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _fields() -> dict[str, Any]:
+    # A route and a request id holding secrets: both come from the client.
+    return {"method": "POST", "route": f"/v1/x/{JWT}", "status": 200, "duration_ms": 0.512}
+
+
+def _lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_the_request_line_is_the_pipelines_line_field_for_field(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("gateway", "info", "json")
+    structlog.contextvars.bind_contextvars(request_id=f"id-{PAT}", session_token="s3cr3t")
+    # A fresh name: loggers are cached on first use with the configuration of that time.
+    get_logger("test.request_log.pipeline").info("request", **_fields())
+    log_request(get_logger("test.request_log.fast"), _fields())
+    through_structlog, own_path = _lines(capsys)
+    # Same keys in the same order, same values (the timestamps differ by the time between).
+    assert list(own_path) == list(through_structlog)
+    assert TS.match(own_path["ts"]) and TS.match(through_structlog["ts"])
+    assert {**own_path, "ts": ""} == {**through_structlog, "ts": ""}
+    assert own_path["route"] == f"/v1/x/{REDACTED}"
+    assert own_path["request_id"] == f"id-{REDACTED}"
+    assert own_path["session_token"] == REDACTED
+    assert own_path["component"] == "gateway"
+    assert own_path["level"] == "info" and own_path["event"] == "request"
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_the_request_line_follows_the_level(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("gateway", "warning", "json")
+    log_request(get_logger("test.request_log.level"), _fields())
+    assert _lines(capsys) == []
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_captured_and_console_logs_get_the_request_line_through_structlog(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("gateway", "info", "json")
+    with capture_logs() as logs:
+        log_request(get_logger("test.request_log.captured"), _fields())
+    assert [entry["event"] for entry in logs] == ["request"]
+    assert _lines(capsys) == []
+
+    configure_logging("gateway", "info", "console")
+    log_request(get_logger("test.request_log.console"), _fields())
+    text = capsys.readouterr().err
+    assert "request" in text and "duration_ms=0.512" in text and JWT not in text
+
+
+def test_request_ids_are_32_hex_characters_and_never_repeat() -> None:
+    ids = [new_request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in ids)
