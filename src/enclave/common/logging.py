@@ -195,15 +195,17 @@ def configure_logging(component: str, level: str = "info", fmt: str = "json") ->
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # WriteLogger writes line and newline in one call (one write(2) per line; print()
+        # made two, and the request line is one per request).
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     _json_pipeline = (
         _JsonPipeline(
             processors=structlog.get_config()["processors"],
             renderer=renderer,
-            # A PrintLogger on the same file: the same per-file lock as structlog's lines.
-            write=structlog.PrintLogger(file=sys.stderr).msg,
+            # A WriteLogger on the same file: the same per-file lock as structlog's lines.
+            write=structlog.WriteLogger(file=sys.stderr).msg,
             info_enabled=numeric <= logging.INFO,
         )
         if fmt == "json"
