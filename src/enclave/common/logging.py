@@ -3,7 +3,8 @@
 Every log line has ``ts``, ``level``, ``event`` and ``component``; request lines add
 ``request_id``, ``method``, ``route``, ``status`` and ``duration_ms``. The redaction filter runs
 last on every line, whatever logged it, so an API key or token that slips into an event never
-reaches the output.
+reaches the output. The request line itself takes a shorter way to the same output
+(:func:`log_request`).
 """
 
 from __future__ import annotations
@@ -132,17 +133,20 @@ class _UtcStamp:
     second (a datetime per line cost more than the rest of the request line)."""
 
     def __init__(self) -> None:
-        self._second = -1
-        self._head = ""
+        # (second, its formatted date and time), replaced as one object: safe from threads.
+        self._cached: tuple[int, str] = (-1, "")
 
     def __call__(self) -> str:
         now = time.time()
         second = int(now)
-        if second != self._second:
-            self._head = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
+        cached = self._cached
+        if cached[0] != second:
+            cached = self._cached = (
+                second,
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)),
+            )
         micro = int((now - second) * 1_000_000)
-        return f"{self._head}.{micro:06d}Z" if micro else f"{self._head}Z"
+        return f"{cached[1]}.{micro:06d}Z" if micro else f"{cached[1]}Z"
 
 
 _utc_stamp = _UtcStamp()
