@@ -27,6 +27,7 @@ from enclave.config import EnclaveSettings, load_settings
 from enclave.instance import metrics, usage
 from enclave.instance.api import all_routers
 from enclave.instance.api.errors import install_error_handlers
+from enclave.instance.api.hot_routes import LeanRouteDispatch
 from enclave.instance.api.middleware import RequestContextMiddleware
 from enclave.instance.api.routing import check_routes
 from enclave.instance.bootstrap import BootstrapResult, initialise
@@ -111,7 +112,10 @@ def create_app(settings: EnclaveSettings, *, boot: BootstrapResult | None = None
     app.add_route(DOCS_PATH, docs_page, methods=["GET"], include_in_schema=False)
     # Every route authenticates before it reads a body, and reads it under a limit.
     check_routes(app.routes)
-    # Added first, so it runs inside the request context: refusals are logged with a request id.
+    # Innermost: lean routes (the AI hot path) without FastAPI's router (api/hot_routes.py).
+    app.add_middleware(LeanRouteDispatch, owner=app)
+    # Added before the request context, so it runs inside it: refusals are logged with a
+    # request id.
     app.add_middleware(
         ClientAddressMiddleware,
         allowed=parse_networks(settings.instance.allowed_client_cidrs, "allowed_client_cidrs"),

@@ -108,6 +108,14 @@ class InstanceRoute(APIRoute):
     # The InstanceSettings field with this route's limit, unless it has a fixed one.
     limit_setting: ClassVar[str] = "max_body_bytes"
     fixed_limit: ClassVar[int | None] = None
+    # Request → response without FastAPI, for a lean route (hot_routes.py); None otherwise.
+    lean_handler: Callable[[Request], Coroutine[Any, Any, Response]] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if lean_arguments(self) is not None:
+            # The whole handler, with what subclasses wrap around it (a secret check, ...).
+            self.lean_handler = self.get_route_handler()
 
     def body_limit(self, request: Request) -> tuple[int, str | None]:
         """The limit in bytes, and the setting that changes it (None when fixed)."""
