@@ -12,7 +12,13 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from enclave.common.logging import REDACTED, configure_logging, get_logger, log_request
+from enclave.common.logging import (
+    REDACTED,
+    REQUEST_FIELDS,
+    configure_logging,
+    get_logger,
+    log_request,
+)
 from enclave.common.request_id import new_request_id
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwOi8vMTI3LjAuMC4xIn0.c2lnbmF0dXJlLXZhbHVl"
@@ -89,3 +95,27 @@ def test_request_ids_are_32_hex_characters_and_never_repeat() -> None:
     ids = [new_request_id() for _ in range(10_000)]
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in ids)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_every_line_of_a_request_carries_its_fields_as_they_grow(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("instance", "info", "json")
+    fields: dict[str, Any] = {"request_id": "r-1"}
+    token = REQUEST_FIELDS.set(fields)
+    try:
+        logger = get_logger("test.request_log.fields")
+        logger.info("early")
+        fields["model"] = "codestral"  # what annotate() does once the model is known
+        logger.warning("gateway_timeout", model="own value wins", api_key=PAT)
+        log_request(logger, {"method": "POST", "status": 200})
+    finally:
+        REQUEST_FIELDS.reset(token)
+    logger.info("after")
+    early, later, request, after = _lines(capsys)
+    assert early["request_id"] == "r-1" and "model" not in early
+    assert later["request_id"] == "r-1" and later["model"] == "own value wins"
+    assert later["api_key"] == REDACTED
+    assert request["model"] == "codestral" and request["request_id"] == "r-1"
+    assert "request_id" not in after and "model" not in after

@@ -14,11 +14,10 @@ import re
 import time
 from typing import Any
 
-import structlog
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from enclave.common.logging import get_logger, log_request
+from enclave.common.logging import REQUEST_FIELDS, get_logger, log_request
 from enclave.common.request_id import new_request_id
 from enclave.instance.api.errors import error_response, status_message
 from enclave.instance.api.relay import UpstreamStreamError
@@ -43,9 +42,9 @@ def _request_id(scope: Scope) -> str:
 
 
 def annotate(request: Request, **fields: Any) -> None:
-    """Add fields to the request's log line (and to every later log line of the request)."""
+    """Add fields to the request's log line (and to every later log line of the request: the
+    middleware made this dict the request's ``REQUEST_FIELDS``)."""
     request.scope.setdefault("state", {}).setdefault("log_fields", {}).update(fields)
-    structlog.contextvars.bind_contextvars(**fields)
 
 
 def _route(scope: Scope) -> str:
@@ -65,7 +64,11 @@ class RequestContextMiddleware:
             return
         start = time.perf_counter()
         request_id = _request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        # What every line of this request carries; annotate() adds to it.
+        log_fields: dict[str, Any] = state.setdefault("log_fields", {})
+        log_fields["request_id"] = request_id
         status = 0
         started = False
 
@@ -98,34 +101,36 @@ class RequestContextMiddleware:
                 record_usage()
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_with_id)
-            except UpstreamStreamError:
-                pass  # logged where it happened; returning unfinished aborts the response
-            except Exception:
-                if started:
-                    log.exception("response_aborted")
-                else:
-                    log.exception("unhandled_error")
-                    response = error_response(
+        # The request's lines carry its fields until its request line is written.
+        fields_token = REQUEST_FIELDS.set(log_fields)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except UpstreamStreamError:
+            pass  # logged where it happened; returning unfinished aborts the response
+        except Exception:
+            if started:
+                log.exception("response_aborted")
+            else:
+                log.exception("unhandled_error")
+                response = error_response(
+                    500,
+                    status_message(
                         500,
-                        status_message(
-                            500,
-                            f"unexpected error; the instance log has the details under "
-                            f"request_id {request_id}",
-                        ),
-                    )
-                    await response(scope, receive, send_with_id)
-            finally:
-                record_usage()  # an aborted or unanswered request counts too
-                state = scope.get("state", {})
-                seconds = time.perf_counter() - start
-                # Who asked, by id (never the e-mail): set once the token authenticated.
-                fields = {**state.get("log_fields", {}), "user_id": state.get("user_id")}
-                fields["method"] = scope["method"]
-                fields["route"] = _route(scope)
-                fields["status"] = status
-                fields["duration_ms"] = round(seconds * 1000, 2)
-                fields["request_id"] = request_id  # also bound; explicit so it is always there
-                log_request(log, fields)
+                        f"unexpected error; the instance log has the details under "
+                        f"request_id {request_id}",
+                    ),
+                )
+                await response(scope, receive, send_with_id)
+        finally:
+            record_usage()  # an aborted or unanswered request counts too
+            state = scope.get("state", {})
+            seconds = time.perf_counter() - start
+            # Who asked, by id (never the e-mail): set once the token authenticated.
+            fields = {**state.get("log_fields", {}), "user_id": state.get("user_id")}
+            fields["method"] = scope["method"]
+            fields["route"] = _route(scope)
+            fields["status"] = status
+            fields["duration_ms"] = round(seconds * 1000, 2)
+            fields["request_id"] = request_id  # also bound; explicit so it is always there
+            log_request(log, fields)
+            REQUEST_FIELDS.reset(fields_token)
