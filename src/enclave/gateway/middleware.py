@@ -16,12 +16,11 @@ from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
-import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enclave.common import wire
 from enclave.common.client_address import ClientAddressMiddleware
-from enclave.common.logging import get_logger, log_request
+from enclave.common.logging import REQUEST_FIELDS, get_logger, log_request
 from enclave.common.request_id import new_request_id
 from enclave.gateway.models.base import REQUEST_MODEL_TIMEOUT
 from enclave.gateway.usage import CURRENT, RequestUsage
@@ -101,7 +100,8 @@ class RequestContextMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
-        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        # Every line logged for this request carries its id (common/logging.py).
+        fields_token = REQUEST_FIELDS.set({"request_id": request_id})
         slot_token = CURRENT.set(slot)
         # Per request: the instance's model budget, set by authentication (never inherited).
         budget_token = REQUEST_MODEL_TIMEOUT.set(None)
@@ -131,7 +131,7 @@ class RequestContextMiddleware:
                     "duration_ms": round(elapsed * 1000, 3),
                 },
             )
-            structlog.contextvars.reset_contextvars(**tokens)
+            REQUEST_FIELDS.reset(fields_token)
 
 
 def _internal_error_start() -> Message:

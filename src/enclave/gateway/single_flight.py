@@ -13,7 +13,7 @@ import contextvars
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import structlog
+from enclave.common.logging import REQUEST_FIELDS
 
 
 class SingleFlight:
@@ -29,7 +29,8 @@ class SingleFlight:
         """The fetch in flight, or a new one."""
         if self._task is None or self._task.done():
             context = contextvars.copy_context()
-            context.run(structlog.contextvars.unbind_contextvars, "request_id")
+            # Shared by every request that waits: it logs under none of their ids.
+            context.run(REQUEST_FIELDS.set, None)
             self._task = asyncio.get_running_loop().create_task(self._work(), context=context)
         return self._task
 
