@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
-import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -69,18 +67,6 @@ def test_plain_text_is_untouched() -> None:
     assert redact_text("completion served in 12 ms for calc.py") == (
         "completion served in 12 ms for calc.py"
     )
-
-
-@pytest.fixture()
-def restore_logging() -> Iterator[None]:
-    """configure_logging binds loggers to capsys's stream; undo it for the tests that follow."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.mark.usefixtures("restore_logging")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,18 +22,6 @@ from enclave.common.request_id import new_request_id
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwOi8vMTI3LjAuMC4xIn0.c2lnbmF0dXJlLXZhbHVl"
 PAT = "enclpat-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z$")
-
-
-@pytest.fixture()
-def restore_logging() -> Iterator[None]:
-    """configure_logging binds loggers to capsys's stream; undo it for the tests that follow."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def _fields() -> dict[str, Any]:
