@@ -123,14 +123,13 @@ class RequestContextMiddleware:
                 await response(scope, receive, send_with_id)
         finally:
             record_usage()  # an aborted or unanswered request counts too
-            state = scope.get("state", {})
             seconds = time.perf_counter() - start
-            # Who asked, by id (never the e-mail): set once the token authenticated.
-            fields = {**state.get("log_fields", {}), "user_id": state.get("user_id")}
+            # The request id and what annotate() added, then who asked, by id (never the
+            # e-mail): set once the token authenticated.
+            fields = {**log_fields, "user_id": state.get("user_id")}
             fields["method"] = scope["method"]
             fields["route"] = _route(scope)
             fields["status"] = status
             fields["duration_ms"] = round(seconds * 1000, 2)
-            fields["request_id"] = request_id  # also bound; explicit so it is always there
             log_request(log, fields)
             REQUEST_FIELDS.reset(fields_token)
