@@ -105,11 +105,7 @@ class GatewayClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=POOL_LIMIT, enable_cleanup_closed=True),
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=min(CONNECT_TIMEOUT_S, self.timeout_s),
-                    sock_read=self.timeout_s,
-                ),
+                timeout=_read_timeout(self.timeout_s),
                 # No proxies from the environment: the instance talks to its gateway only.
                 trust_env=False,
                 # One session serves every user: no cookie may carry over between their

@@ -17,7 +17,7 @@ and the client address rules.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -26,19 +26,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from enclave.instance.api.routing import InstanceRoute
+from enclave.instance.api.routing import InstanceRoute, routes_in_order
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
-
-
-def routes_in_order(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
-    """Every route in the order the router tries them, included routers opened in place."""
-    for route in routes:
-        nested = getattr(route, "original_router", None)
-        if nested is not None:
-            yield from routes_in_order(nested.routes)
-        else:
-            yield route
 
 
 def lean_routes(routes: Iterable[BaseRoute]) -> dict[tuple[str, str], InstanceRoute]:

@@ -161,14 +161,20 @@ class AiTextRoute(InstanceRoute):
     limit_setting = "max_ai_body_bytes"
 
 
-def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
-    """Every API route, also inside included routers (which newer FastAPI keeps nested)."""
+def routes_in_order(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """Every route in the order the router tries them, included routers (which newer FastAPI
+    keeps nested) opened in place."""
     for route in routes:
         nested = getattr(route, "original_router", None)
         if nested is not None:
-            yield from api_routes(nested.routes)
-        elif isinstance(route, APIRoute):
+            yield from routes_in_order(nested.routes)
+        else:
             yield route
+
+
+def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
+    """Every API route, also inside included routers."""
+    return (route for route in routes_in_order(routes) if isinstance(route, APIRoute))
 
 
 def check_routes(routes: Iterable[BaseRoute]) -> None:
