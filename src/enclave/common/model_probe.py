@@ -17,6 +17,8 @@ from typing import Final
 
 import aiohttp
 
+from enclave.common.http1 import ConnectFailed, Http1Client, HttpClientError, Timeouts
+
 PROBE_TIMEOUT_S: Final = 1.0
 PROBE_TTL_S: Final = 1.0
 MAX_PROBED: Final = 16  # readiness stays cheap whatever the number of models
@@ -26,14 +28,13 @@ MAX_PROBED: Final = 16  # readiness stays cheap whatever the number of models
 StatusGetter = Callable[[str, float], Awaitable[int]]
 
 
-def session_getter(session: aiohttp.ClientSession) -> StatusGetter:
-    """A :data:`StatusGetter` on ``session`` (no redirects, body discarded)."""
+def client_getter(client: Http1Client) -> StatusGetter:
+    """A :data:`StatusGetter` on the lean pooled client (no redirects, body discarded)."""
 
     async def get(url: str, timeout_s: float) -> int:
-        async with session.get(
-            url, timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False
-        ) as response:
-            return response.status
+        response = await client.get(url, headers={}, timeouts=Timeouts(timeout_s, total=timeout_s))
+        response.close()  # the body is not wanted: do not read it to keep the connection
+        return response.status
 
     return get
 
@@ -90,9 +91,9 @@ class ModelProbe:
             status = await get(url, self._timeout_s)
         except TimeoutError:
             return ModelStatus(name, False, f"no answer within {self._timeout_s:g} s")
-        except aiohttp.ClientConnectorError:
+        except (aiohttp.ClientConnectorError, ConnectFailed):
             return ModelStatus(name, False, "unreachable (connection refused or no route)")
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, HttpClientError, OSError) as exc:
             return ModelStatus(name, False, f"unreachable ({type(exc).__name__})")
         if status >= 500:
             return ModelStatus(name, False, f"answered {status} (starting or failing)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 from urllib.parse import SplitResult, urlsplit
 
@@ -26,6 +26,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from enclave.common.endpoint_url import EndpointUrlError, check_endpoint_url
+from enclave.common.http1.client import DnsCache
 from enclave.common.netrules import (
     BLOCKED_NETWORKS,
     DEFAULT_EGRESS,
@@ -46,8 +47,10 @@ __all__ = [
     "BlockedAddressError",
     "EgressGuard",
     "EgressRefused",
+    "GuardedLookup",
     "GuardedResolver",
     "blocked_address",
+    "check_addresses",
     "display_url",
 ]
 
@@ -232,6 +235,43 @@ class EgressCheckedClient:
         return await self._inner.stream(request)
 
 
+def check_addresses(
+    host: str, port: int, addresses: list[str], policy: EgressPolicy | None
+) -> list[str]:
+    """``addresses`` (what ``host`` resolved to) when every one may be connected to; else
+    :class:`BlockedAddressError` (always for metadata and link-local addresses) or
+    :class:`EgressRefused` (outside ``policy``, unless the host is allowed by name)."""
+    by_name = policy is not None and policy.allows_name(host, port)
+    for address in addresses:
+        ip = parse_ip(address)
+        if ip is None or blocked_ip(ip):
+            raise BlockedAddressError(host, address)
+        if policy is not None and not by_name and not policy.allows_ip(ip, port):
+            raise EgressRefused(host, address, f"which is not in {SETTING}")
+    return addresses
+
+
+class GuardedLookup:
+    """The model-call client's resolver (:data:`enclave.common.http1.Resolve`): the addresses
+    a connection is about to be opened to, each checked (the DNS rebinding guard).
+
+    ``lookup`` answers ``host, port`` with addresses (the system resolver, cached for a
+    minute, by default); address literals are checked the same way.
+    """
+
+    def __init__(
+        self,
+        policy: EgressPolicy | None = None,
+        lookup: Callable[[str, int], Awaitable[list[str]]] | None = None,
+    ) -> None:
+        self._policy = policy
+        self._lookup = lookup if lookup is not None else DnsCache()
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        addresses = [host] if parse_ip(host) is not None else await self._lookup(host, port)
+        return check_addresses(host, port, addresses, self._policy)
+
+
 class GuardedResolver(AbstractResolver):
     """aiohttp resolver that checks the addresses it is about to connect to (DNS rebinding guard).
 
@@ -249,15 +289,7 @@ class GuardedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        policy = self._policy
-        by_name = policy is not None and policy.allows_name(host, port)
-        for result in results:
-            address = str(result["host"])
-            ip = parse_ip(address)
-            if ip is None or blocked_ip(ip):
-                raise BlockedAddressError(host, address)
-            if policy is not None and not by_name and not policy.allows_ip(ip, port):
-                raise EgressRefused(host, address, f"which is not in {SETTING}")
+        check_addresses(host, port, [str(result["host"]) for result in results], self._policy)
         return results
 
     async def close(self) -> None:

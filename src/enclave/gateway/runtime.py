@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Final
 
 import aiohttp
-import orjson
 
 from enclave import __version__
 from enclave.common.features import MODEL_FAMILIES
+from enclave.common.http1 import Http1Client
 from enclave.common.logging import get_logger
 from enclave.common.model_probe import ModelProbe
 from enclave.common.netrules import EgressPolicy
@@ -34,7 +34,7 @@ from enclave.gateway.auth.self_signed import (
 )
 from enclave.gateway.auth.verify import Authenticator
 from enclave.gateway.config_watch import ConfigWatcher
-from enclave.gateway.egress import EgressCheckedClient, EgressGuard, GuardedResolver
+from enclave.gateway.egress import EgressCheckedClient, EgressGuard, GuardedLookup, GuardedResolver
 from enclave.gateway.metrics import GatewayMetrics, InstrumentedModelClient
 from enclave.gateway.models.base import ModelRequest, ModelResult, TextModelClient, TextStream
 from enclave.gateway.models.providers import ProviderRouter, install_settings
@@ -78,7 +78,7 @@ class Gateway:
     ) -> None:
         self.settings = settings
         gateway_settings = settings.gateway
-        self.session: aiohttp.ClientSession | None = None  # model calls
+        self.session: Http1Client | None = None  # model calls
         self.issuer_session: aiohttp.ClientSession | None = None  # issuers' keys
         self.models: TextModelClient = _NotStarted()
         self.providers: ProviderRouter = ProviderRouter({})
@@ -172,7 +172,7 @@ class Gateway:
     def started(self) -> bool:
         return self.session is not None
 
-    def http(self) -> aiohttp.ClientSession:
+    def http(self) -> Http1Client:
         """The model-call session."""
         if self.session is None:
             raise RuntimeError("the gateway's HTTP session is not open (lifespan not started)")
@@ -185,25 +185,18 @@ class Gateway:
         return self.issuer_session
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            ssl=default_tls(self.settings.gateway),
-            limit=MAX_CONNECTIONS,
-            limit_per_host=0,
-            ttl_dns_cache=60,
+        # Model calls: the lean pooled client (no proxies, no cookies: one client serves every
+        # instance and user, so a vendor's affinity cookie must not ride along on someone
+        # else's call), every address it connects to checked against the egress rules.
+        self.session = Http1Client(
+            resolve=GuardedLookup(policy=self.egress_policy),
+            ssl_context=default_tls(self.settings.gateway),
+            headers={"User-Agent": USER_AGENT},
+            max_connections=MAX_CONNECTIONS,
             # Below the idle timeout of the model servers we call (llama.cpp's and uvicorn's,
             # which vLLM uses, are 5 s): reusing a connection the server already closed fails
-            # the request (ServerDisconnectedError / connection reset).
-            keepalive_timeout=MODEL_KEEPALIVE_S,
-            resolver=GuardedResolver(policy=self.egress_policy),
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            headers={"User-Agent": USER_AGENT},
-            json_serialize=lambda obj: orjson.dumps(obj).decode(),
-            trust_env=False,  # model endpoints are inside the network; no surprise proxies
-            # The session serves every instance and user: a cookie a vendor API sets (load
-            # balancer affinity, bot management) must not ride along on someone else's call.
-            cookie_jar=aiohttp.DummyCookieJar(),
+            # the request (retried on a fresh connection, but it costs a round trip).
+            keepalive_s=MODEL_KEEPALIVE_S,
         )
         # Issuers are configured by the administrator, not by requests: only metadata
         # addresses are refused there.
@@ -289,9 +282,10 @@ class Gateway:
         await self.routes_table.aclose()
         if self.shared_store is not None:
             await self.shared_store.close()
-        for session in (self.session, self.issuer_session):
-            if session is not None:
-                await session.close()
+        if self.session is not None:
+            await self.session.close()
+        if self.issuer_session is not None:
+            await self.issuer_session.close()
         self.session = self.issuer_session = None
         self.models = _NotStarted()
         self.providers = ProviderRouter({})

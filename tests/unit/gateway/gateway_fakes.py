@@ -221,6 +221,7 @@ class FakeModel:
     ignore_stream: bool = False  # answer a stream request with one JSON body
     location: str | None = None  # Location header of non-200 answers (redirects)
     delay_s: float = 0.0  # answer this late
+    set_cookie: str | None = None  # a Set-Cookie header on whole answers (vendor affinity)
     requests: list[Recorded] = field(default_factory=list)
     stream_closed: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
@@ -262,7 +263,8 @@ class FakeModel:
         }
         if self.usage is not None:
             answer["usage"] = self.usage
-        return web.json_response(answer)
+        cookie = {"Set-Cookie": self.set_cookie} if self.set_cookie else None
+        return web.json_response(answer, headers=cookie)
 
     def _event(self, text: str, chat: bool, finish: str | None = None) -> bytes:
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish}

@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 from gateway_fakes import Harness
 from pydantic import ValidationError
 
+from enclave.common.http1 import Http1Client
 from enclave.common.netrules import EgressPolicy
 from enclave.config import GatewaySettings
 from enclave.gateway.egress import (
     BlockedAddressError,
     EgressGuard,
     EgressRefused,
+    GuardedLookup,
     GuardedResolver,
     blocked_address,
     display_url,
@@ -108,6 +110,29 @@ class _StaticResolver(AbstractResolver):
         return None
 
 
+def _static_lookup(address: str) -> Callable[[str, int], Awaitable[list[str]]]:
+    """A DNS that answers every name with ``address`` (what a rebinding attacker controls)."""
+
+    async def lookup(host: str, port: int) -> list[str]:
+        return [address]
+
+    return lookup
+
+
+async def test_guarded_lookup_checks_names_and_address_literals() -> None:
+    # The model-call client's resolver hook: the same rules as the aiohttp resolver's.
+    with pytest.raises(BlockedAddressError):
+        await GuardedLookup(lookup=_static_lookup("169.254.169.254"))("x.example", 80)
+    with pytest.raises(BlockedAddressError):  # literals are checked too, without a lookup
+        await GuardedLookup(lookup=_static_lookup("127.0.0.1"))("169.254.169.254", 80)
+    policy = EgressPolicy.parse(["10.0.0.0/8", "trusted.example"])
+    with pytest.raises(EgressRefused, match="not in ENCLAVE_GATEWAY__MODEL_EGRESS_ALLOW"):
+        await GuardedLookup(policy, _static_lookup("203.0.113.7"))("x.example", 80)
+    assert await GuardedLookup(policy, _static_lookup("10.0.0.9"))("x.example", 80) == ["10.0.0.9"]
+    by_name = await GuardedLookup(policy, _static_lookup("203.0.113.7"))("trusted.example", 80)
+    assert by_name == ["203.0.113.7"]
+
+
 async def test_guarded_resolver_refuses_blocked_answers() -> None:
     resolver = GuardedResolver(_StaticResolver("169.254.169.254"))
     with pytest.raises(BlockedAddressError):
@@ -118,8 +143,8 @@ async def test_guarded_resolver_refuses_blocked_answers() -> None:
 
 async def test_dns_rebinding_is_refused_at_connect_time() -> None:
     # The pre-check saw a harmless address; the connection-time answer is the metadata host.
-    connector = aiohttp.TCPConnector(resolver=GuardedResolver(_StaticResolver("169.254.169.254")))
-    async with aiohttp.ClientSession(connector=connector) as session:
+    lookup = GuardedLookup(lookup=_static_lookup("169.254.169.254"))
+    async with Http1Client(resolve=lookup) as session:
         client = OpenAICompatClient(session, timeout_s=5)
         request = ModelRequest(
             endpoint="http://rebinding.example/v1", model="m", api="completions", prompt="x"
@@ -233,8 +258,8 @@ async def test_guarded_resolver_applies_the_policy() -> None:
 
 async def test_rebinding_outside_the_allow_list_is_refused_at_connect_time() -> None:
     policy = EgressPolicy.parse(["10.0.0.0/8"])
-    connector = aiohttp.TCPConnector(resolver=GuardedResolver(_StaticResolver("127.0.0.1"), policy))
-    async with aiohttp.ClientSession(connector=connector) as session:
+    lookup = GuardedLookup(policy, lookup=_static_lookup("127.0.0.1"))
+    async with Http1Client(resolve=lookup) as session:
         client = OpenAICompatClient(session, timeout_s=5)
         request = ModelRequest(
             endpoint="http://rebinding.example:9/v1", model="m", api="completions", prompt="x"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
 import pytest
 from gateway_fakes import Harness
 
@@ -56,10 +55,12 @@ async def test_warm_hot_path_makes_no_issuer_calls(
 
 
 async def test_model_calls_keep_no_cookies(gw: Harness) -> None:
-    """One pooled session serves every instance and user: a cookie a vendor endpoint sets
-    (load balancer affinity, bot management) must never ride along on a later call. aiohttp's
-    default jar keeps cookies of host names (not of the address literals the fakes use)."""
-    assert isinstance(gw.app.state.gateway.session.cookie_jar, aiohttp.DummyCookieJar)
+    """One pooled client serves every instance and user: a cookie a vendor endpoint sets
+    (load balancer affinity, bot management) must never ride along on a later call."""
+    gw.model.set_cookie = "affinity=node-7; Path=/"
+    for _ in range(2):
+        assert (await gw.complete()).status_code == 200
+    assert [r for r in gw.model.requests if "Cookie" in r.headers] == []
 
 
 async def test_warm_user_tokens_need_no_network_at_all(gw: Harness) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from enclave.common.model_probe import ModelStatus, session_getter
+from enclave.common.model_probe import ModelStatus, client_getter
 from enclave.gateway.auth.jwks import IssuerUnavailable
 from enclave.gateway.http import json_response
 from enclave.gateway.models.providers import OPENAI
@@ -75,4 +75,4 @@ async def _model_status(gateway: Gateway) -> list[ModelStatus]:
     }
     if not targets:
         return []
-    return await gateway.model_probe.check(session_getter(gateway.http()), targets)
+    return await gateway.model_probe.check(client_getter(gateway.http()), targets)

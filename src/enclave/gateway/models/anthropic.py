@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-import aiohttp
 import orjson
 
+from enclave.common.http1 import Response
 from enclave.gateway.egress import display_url
 from enclave.gateway.models.base import (
     ChatMessage,
@@ -200,7 +200,7 @@ def parse_anthropic(provider: HttpProvider, request: ModelRequest, data: Any) ->
 async def anthropic_deltas(
     provider: HttpProvider,
     request: ModelRequest,
-    response: aiohttp.ClientResponse,
+    response: Response,
     stream: ProviderStream,
 ) -> AsyncIterator[str]:
     """Text of the ``text_delta`` events; usage from ``message_start`` + ``message_delta``.
@@ -293,6 +293,6 @@ class AnthropicClient(HttpProvider):
         return parse_anthropic(self, request, data)
 
     def deltas(
-        self, request: ModelRequest, response: aiohttp.ClientResponse, stream: ProviderStream
+        self, request: ModelRequest, response: Response, stream: ProviderStream
     ) -> AsyncIterator[str]:
         return anthropic_deltas(self, request, response, stream)

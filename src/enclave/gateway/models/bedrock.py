@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
-import aiohttp
 import orjson
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -36,6 +35,7 @@ from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer, ParserError
 from yarl import URL
 
+from enclave.common.http1 import Response
 from enclave.gateway.egress import display_url
 from enclave.gateway.models.anthropic import tool_arguments, visible_stops
 from enclave.gateway.models.base import (
@@ -301,11 +301,11 @@ class BedrockClient(HttpProvider):
         )
 
     async def deltas(
-        self, request: ModelRequest, response: aiohttp.ClientResponse, stream: ProviderStream
+        self, request: ModelRequest, response: Response, stream: ProviderStream
     ) -> AsyncIterator[str]:
         buffer = EventStreamBuffer()
         blocks: dict[Any, int] = {}  # content block index -> tool call index
-        async for chunk in response.content.iter_any():
+        async for chunk in response.content.chunks():
             buffer.add_data(chunk)
             try:
                 messages = list(buffer)

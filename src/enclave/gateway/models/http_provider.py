@@ -22,14 +22,29 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar, Final
 
-import aiohttp
 import orjson
-from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
+from enclave.common.http1 import (
+    BadResponse,
+    ConnectFailed,
+    ConnectTimeout,
+    DeadlineExceeded,
+    Disconnected,
+    Http1Client,
+    HttpClientError,
+    InvalidRequest,
+    NameNotResolved,
+    ReadTimeout,
+    Response,
+    Timeouts,
+    TlsFailed,
+    TruncatedBody,
+)
+from enclave.common.http1.body import Body
 from enclave.common.logging import redact_text
 from enclave.gateway.egress import EgressRefused, display_url
-from enclave.gateway.http import connect_failure, read_limited
+from enclave.gateway.http import connect_failure
 from enclave.gateway.models.base import (
     REQUEST_MODEL_TIMEOUT,
     ChatMessage,
@@ -139,7 +154,7 @@ def usage_of(data: Any, input_key: str, output_key: str) -> Usage | None:
     )
 
 
-async def sse_events(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str, bytes]]:
+async def sse_events(content: Body) -> AsyncIterator[tuple[str, bytes]]:
     """``(event, data)`` of each server-sent event (W3C EventSource framing).
 
     ``event`` is "" when the event has no ``event:`` field; multi-line data is joined with
@@ -239,12 +254,15 @@ STALE_CONNECTION_RETRIES: Final = 4
 def stale_connection(exc: BaseException) -> bool:
     """Whether the request failed on a connection the server had closed before answering:
     it disconnected before a status line, or the request could not be written. A refused
-    connection (ClientConnectorError) is the server being down, not this."""
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return True
-    return isinstance(exc, aiohttp.ClientOSError) and not isinstance(
-        exc, aiohttp.ClientConnectorError
-    )
+    connection (ConnectFailed) is the server being down, not this."""
+    return isinstance(exc, Disconnected)
+
+
+async def read_whole(response: Response, limit: int) -> bytes:
+    """A response's whole body, or :class:`ValueError` when it is over ``limit`` bytes."""
+    if response.content_length is not None and response.content_length > limit:
+        raise ValueError(f"response of {response.content_length} bytes exceeds {limit}")
+    return await response.content.read_all(limit)
 
 
 class HttpProvider(ABC):
@@ -262,7 +280,7 @@ class HttpProvider(ABC):
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        session: Http1Client,
         timeout_s: float,
         *,
         connect_timeout_s: float | None = None,
@@ -282,10 +300,8 @@ class HttpProvider(ABC):
         self._connect_timeout_s = connect
         # Whole answers: one deadline. Streams: a deadline per read (the first byte, then each
         # chunk), so long answers may flow.
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect)
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect, sock_read=timeout_s
-        )
+        self._timeout = Timeouts(connect=connect, total=timeout_s)
+        self._stream_timeout = Timeouts(connect=connect, read=timeout_s)
         self._retries = retries
         self._backoff_s = backoff_s
         self._max_wait_s = max_wait_s
@@ -296,14 +312,18 @@ class HttpProvider(ABC):
         (enclave.common.timeouts), else ``gateway.model_timeout_s``."""
         return REQUEST_MODEL_TIMEOUT.get() or self._timeout_s
 
-    def _timeouts(self, stream: bool) -> aiohttp.ClientTimeout:
+    def _timeouts(self, stream: bool) -> Timeouts:
         budget = REQUEST_MODEL_TIMEOUT.get()
         if budget is None:
             return self._stream_timeout if stream else self._timeout
         connect = min(self._connect_timeout_s, budget)
         if stream:
-            return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=budget)
-        return aiohttp.ClientTimeout(total=budget, sock_connect=connect)
+            return Timeouts(connect=connect, read=budget)
+        return Timeouts(connect=connect, total=budget)
+
+    def _tls_of(self, request: ModelRequest) -> ssl.SSLContext | None:
+        """The endpoint's own TLS settings; None: the client's gateway-wide default."""
+        return context_for(self._tls, request.endpoint)
 
     # -- what a provider says ---------------------------------------------------------------
 
@@ -317,7 +337,7 @@ class HttpProvider(ABC):
 
     @abstractmethod
     def deltas(
-        self, request: ModelRequest, response: aiohttp.ClientResponse, stream: ProviderStream
+        self, request: ModelRequest, response: Response, stream: ProviderStream
     ) -> AsyncIterator[str]:
         """Text deltas of a streamed answer; sets ``stream.finish_reason`` / ``stream.usage``."""
 
@@ -393,31 +413,31 @@ class HttpProvider(ABC):
 
     def transport_error(self, request: ModelRequest, exc: BaseException) -> Exception:
         endpoint = display_url(request.endpoint)
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        if isinstance(exc, ConnectTimeout):
             return ModelTimeout(
                 f"cannot connect to the model endpoint {endpoint} within "
                 f"{self._connect_timeout_s:g} s; check that it is reachable from the gateway"
             )
-        if isinstance(exc, aiohttp.SocketTimeoutError):
+        if isinstance(exc, ReadTimeout):
             return ModelTimeout(
                 f"the model endpoint {endpoint} sent nothing for {self.timeout_s():g} s"
             )
-        if isinstance(exc, TimeoutError):
+        if isinstance(exc, DeadlineExceeded | TimeoutError):
             return ModelTimeout(
                 f"the model endpoint {endpoint} did not answer within {self.timeout_s():g} s"
             )
-        if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc, ConnectFailed):
             if isinstance(exc.os_error, EgressRefused):
                 return EndpointNotAllowed(
                     f"The model endpoint {endpoint} is not allowed: {exc.os_error}. Register the "
                     "model with the address of the model server itself (http or https)."
                 )
-            if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            if isinstance(exc, NameNotResolved):
                 return ModelUnreachable(
                     f"cannot resolve the host of the model endpoint {endpoint}; check the "
                     "endpoint URL and the gateway's DNS"
                 )
-            if isinstance(exc, aiohttp.ClientSSLError):
+            if isinstance(exc, TlsFailed):
                 return ModelUnreachable(
                     f"TLS handshake with the model endpoint {endpoint} failed; check its "
                     "certificate (the gateway trusts the system CA store, or "
@@ -429,12 +449,16 @@ class HttpProvider(ABC):
                 f"({connect_failure(exc.os_error)}); check that the "
                 "model server is running and reachable from the gateway"
             )
-        if isinstance(exc, aiohttp.ServerDisconnectedError):
+        if isinstance(exc, Disconnected):
             return ModelServerError(f"the model endpoint {endpoint} closed the connection early")
-        if isinstance(exc, aiohttp.ClientPayloadError):
+        if isinstance(exc, TruncatedBody):
             return ModelServerError(f"the model endpoint {endpoint} sent a truncated response")
-        if isinstance(exc, aiohttp.InvalidURL):
-            return ModelRequestRejected(f"the model endpoint URL {endpoint} is not valid")
+        if isinstance(exc, BadResponse):
+            return self.bad_response(request, f"sent an unreadable answer ({exc})")
+        if isinstance(exc, InvalidRequest):
+            return ModelRequestRejected(
+                f"the call to the model endpoint {endpoint} cannot be sent: {exc}"
+            )
         return ModelUnreachable(
             f"the request to the model endpoint {endpoint} failed ({type(exc).__name__})"
         )
@@ -457,7 +481,7 @@ class HttpProvider(ABC):
             wait = max(wait, asked)
         return min(wait, self._max_wait_s)
 
-    async def _open(self, request: ModelRequest, stream: bool) -> aiohttp.ClientResponse:
+    async def _open(self, request: ModelRequest, stream: bool) -> Response:
         """POST the call; a 200 response (body unread), or the mapped error.
 
         Retried, bounded, only where nothing can have been generated yet: the connection
@@ -481,29 +505,24 @@ class HttpProvider(ABC):
             return response
         return await self._open_once(request, stream)
 
-    async def _open_once(self, request: ModelRequest, stream: bool) -> aiohttp.ClientResponse:
+    async def _open_once(self, request: ModelRequest, stream: bool) -> Response:
         url, body, headers = self.build(request, stream)
         if self.authorize is not None:
             await self.authorize(request, headers)
         timeout = self._timeouts(stream)
         # Only when the endpoint has TLS of its own: a request-level ssl=True would override
         # the session's gateway-wide CA bundle.
-        tls = context_for(self._tls, request.endpoint)
-        extra: dict[str, Any] = {"ssl": tls} if tls is not None else {}
+        tls = self._tls_of(request)
         attempt = 0
         stale = 0
         while True:
             attempt += 1
             try:
+                # Redirects are never followed: the credentials go to this endpoint only.
                 response = await self._session.post(
-                    url,
-                    data=body,
-                    headers=headers,
-                    timeout=timeout,
-                    allow_redirects=False,  # the credentials go to this endpoint only
-                    **extra,
+                    url, body=body, headers=headers, timeouts=timeout, ssl_context=tls
                 )
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except HttpClientError as exc:
                 if stale_connection(exc) and stale < STALE_CONNECTION_RETRIES:
                     # A pooled connection the server had already closed (its keep-alive
                     # limit): at once, on another connection, and not one of the model's
@@ -513,7 +532,7 @@ class HttpProvider(ABC):
                     continue
                 error = self.transport_error(request, exc)
                 retry = isinstance(error, ModelUnreachable) and not isinstance(
-                    exc, aiohttp.ClientConnectorDNSError | aiohttp.ClientSSLError
+                    exc, NameNotResolved | TlsFailed
                 )
                 wait = self._retry_wait(attempt, None) if retry else None
                 if wait is None:
@@ -524,7 +543,7 @@ class HttpProvider(ABC):
                 return response
             try:
                 error_body = await response.content.read(MAX_ERROR_BODY_BYTES)
-            except (aiohttp.ClientError, TimeoutError, OSError):
+            except HttpClientError:
                 error_body = b""
             finally:
                 response.release()
@@ -541,10 +560,10 @@ class HttpProvider(ABC):
     async def complete(self, request: ModelRequest) -> ModelResult:
         response = await self._open(request, stream=False)
         try:
-            raw = await read_limited(response, MAX_RESPONSE_BYTES)
+            raw = await read_whole(response, MAX_RESPONSE_BYTES)
         except ValueError:
             raise self.bad_response(request, "returned an oversized response") from None
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except HttpClientError as exc:
             raise self.transport_error(request, exc) from None
         finally:
             response.release()
@@ -576,18 +595,18 @@ class HttpProvider(ABC):
         if self.authorize is not None:
             await self.authorize(request, headers)
         try:
-            async with self._session.get(
-                url, headers=headers, timeout=self._timeout, allow_redirects=False
+            async with await self._session.get(
+                url, headers=headers, timeouts=self._timeout, ssl_context=self._tls_of(request)
             ) as response:
                 if response.status != 200:
                     body = await response.content.read(MAX_ERROR_BODY_BYTES)
                     raise self.http_error(request, response.status, response.headers, body)
-                raw = await read_limited(response, MAX_RESPONSE_BYTES)
+                raw = await read_whole(response, MAX_RESPONSE_BYTES)
         except ModelError:
             raise
         except ValueError:
             raise self.bad_response(request, "returned an oversized model list") from None
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except HttpClientError as exc:
             raise self.transport_error(request, exc) from None
         data = self.load_json(request, raw)
         entries = data.get("data") if isinstance(data, dict) else None
@@ -620,9 +639,7 @@ class ProviderStream:
         "usage",
     )
 
-    def __init__(
-        self, provider: HttpProvider, request: ModelRequest, response: aiohttp.ClientResponse
-    ) -> None:
+    def __init__(self, provider: HttpProvider, request: ModelRequest, response: Response) -> None:
         self._provider = provider
         self._request = request
         self._response = response
@@ -642,7 +659,7 @@ class ProviderStream:
             if provider.stream_content_type not in content_type:
                 # The server ignored "stream": relay its whole answer as one chunk.
                 try:
-                    raw = await read_limited(self._response, MAX_RESPONSE_BYTES)
+                    raw = await read_whole(self._response, MAX_RESPONSE_BYTES)
                 except ValueError:
                     raise provider.bad_response(request, "returned an oversized response") from None
                 result = provider.parse_result(request, provider.load_json(request, raw))
@@ -663,11 +680,10 @@ class ProviderStream:
             self._finished = True
         except ModelError:
             raise
-        except (ValueError, HttpProcessingError):
-            # A corrupt frame, or a line longer than the reader's buffer (aiohttp raises
-            # LineTooLong, an HttpProcessingError, since 3.10; ValueError before).
+        except (ValueError, BadResponse):
+            # A corrupt frame, or a line longer than the reader allows.
             raise provider.bad_response(request, "sent an unreadable stream") from None
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except HttpClientError as exc:
             raise provider.transport_error(request, exc) from None
 
     async def aclose(self) -> None:

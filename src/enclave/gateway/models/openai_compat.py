@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-import aiohttp
 import orjson
 
+from enclave.common.http1 import Response
 from enclave.gateway.egress import display_url
 from enclave.gateway.models.base import (
     ChatMessage,
@@ -228,7 +228,7 @@ class OpenAICompatClient(HttpProvider):
         )
 
     async def deltas(
-        self, request: ModelRequest, response: aiohttp.ClientResponse, stream: ProviderStream
+        self, request: ModelRequest, response: Response, stream: ProviderStream
     ) -> AsyncIterator[str]:
         chat = request.api == "chat"
         async for _, data in sse_events(response.content):

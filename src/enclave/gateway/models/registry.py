@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 
+from enclave.common.http1 import Http1Client
 from enclave.config import GatewaySettings
 from enclave.gateway.models.anthropic import AnthropicClient
 from enclave.gateway.models.azure import AzureOpenAIClient
@@ -54,7 +55,7 @@ def call_options(settings: GatewaySettings) -> dict[str, Any]:
 
 
 def build_providers(
-    session: aiohttp.ClientSession,
+    session: Http1Client,
     settings: GatewaySettings,
     token_session: Callable[[], aiohttp.ClientSession],
 ) -> dict[str, TextModelClient]:

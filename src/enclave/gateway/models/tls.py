@@ -32,10 +32,11 @@ def tls_context(
     return context
 
 
-def default_tls(settings: GatewaySettings) -> ssl.SSLContext | bool:
-    """The gateway-wide TLS for model calls (True: system CAs, no client certificate)."""
+def default_tls(settings: GatewaySettings) -> ssl.SSLContext:
+    """The gateway-wide TLS for model calls (the system CAs and no client certificate, unless
+    set)."""
     if settings.model_ca_bundle is None and settings.model_client_cert is None:
-        return True
+        return ssl.create_default_context()
     return tls_context(
         settings.model_ca_bundle,
         settings.model_client_cert,

@@ -38,6 +38,7 @@ import aiohttp
 import orjson
 from google.auth import crypt, jwt
 
+from enclave.common.http1 import Response
 from enclave.gateway.egress import display_url
 from enclave.gateway.models.anthropic import (
     anthropic_deltas,
@@ -387,14 +388,14 @@ class VertexClient(HttpProvider):
         return text, candidate.get("finishReason"), parts
 
     def deltas(
-        self, request: ModelRequest, response: aiohttp.ClientResponse, stream: ProviderStream
+        self, request: ModelRequest, response: Response, stream: ProviderStream
     ) -> AsyncIterator[str]:
         if is_claude(request.model):
             return anthropic_deltas(self, request, response, stream)
         return self._gemini_deltas(request, response, stream)
 
     async def _gemini_deltas(
-        self, request: ModelRequest, response: aiohttp.ClientResponse, stream: ProviderStream
+        self, request: ModelRequest, response: Response, stream: ProviderStream
     ) -> AsyncIterator[str]:
         calls = 0
         async for _, data in sse_events(response.content):

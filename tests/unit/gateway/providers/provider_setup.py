@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -32,6 +33,7 @@ from wire_fixtures import (
     gemini_stream,
 )
 
+from enclave.common.http1 import Http1Client
 from enclave.gateway.models.anthropic import AnthropicClient
 from enclave.gateway.models.azure import AzureOpenAIClient
 from enclave.gateway.models.base import ChatMessage, ModelRequest
@@ -106,9 +108,29 @@ class Setup:
         return ModelRequest(**fields)
 
 
+# The token session of setup()'s Vertex clients (the token endpoint is called over aiohttp,
+# like the issuers'), opened on first use; the tests' client fixture closes it.
+OPEN_TOKEN_SESSIONS: list[aiohttp.ClientSession] = []
+
+
+def token_session() -> aiohttp.ClientSession:
+    if not OPEN_TOKEN_SESSIONS:
+        OPEN_TOKEN_SESSIONS.append(aiohttp.ClientSession())
+    return OPEN_TOKEN_SESSIONS[0]
+
+
+@asynccontextmanager
+async def model_client() -> AsyncIterator[Http1Client]:
+    """The gateway's model-call client for one test (and the token session, closed after)."""
+    async with Http1Client() as client:
+        yield client
+    while OPEN_TOKEN_SESSIONS:
+        await OPEN_TOKEN_SESSIONS.pop().close()
+
+
 def setup(
     kind: str,
-    session: aiohttp.ClientSession,
+    session: Http1Client,
     fake: FakeProvider,
     *,
     timeout_s: float = 5,
@@ -130,7 +152,7 @@ def setup(
         client = BedrockClient(session, timeout_s, region="us-east-1", **options)
         return Setup(kind, client, base, BEDROCK_MODEL, BEDROCK_KEY, "bedrock")
     tokens = TokenSource(
-        lambda: session, f"{base}/token", timeout_s, **({"clock": clock} if clock else {})
+        token_session, f"{base}/token", timeout_s, **({"clock": clock} if clock else {})
     )
     fake.token_replies = [json_reply(TOKEN_ANSWER)]
     client = VertexClient(session, timeout_s, tokens=tokens, **options)

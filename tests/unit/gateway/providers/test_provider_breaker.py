@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 from provider_fakes import FakeProvider
 from provider_setup import error_reply, no_sleep, success
 from wire_fixtures import ANSWER
 
+from enclave.common.http1 import Http1Client
 from enclave.gateway.models.anthropic import AnthropicClient
 from enclave.gateway.models.base import (
     ModelRequest,
@@ -41,7 +41,7 @@ async def fake() -> AsyncIterator[FakeProvider]:
 async def test_breaker_opens_waits_and_closes(fake: FakeProvider) -> None:
     clock = Clock()
     breaker = CircuitBreaker(threshold=2, cooldown_s=10, clock=clock)
-    async with aiohttp.ClientSession() as session:
+    async with Http1Client() as session:
         client = AnthropicClient(session, 5, retries=0, sleep=no_sleep, breaker=breaker)
         request = ModelRequest(endpoint=fake.base, model="claude", api="chat", api_key="k" * 8)
         fake.script(
@@ -65,7 +65,7 @@ async def test_breaker_opens_waits_and_closes(fake: FakeProvider) -> None:
 
 async def test_caller_errors_do_not_open_the_breaker(fake: FakeProvider) -> None:
     breaker = CircuitBreaker(threshold=1, cooldown_s=10, clock=Clock())
-    async with aiohttp.ClientSession() as session:
+    async with Http1Client() as session:
         client = AnthropicClient(session, 5, retries=0, sleep=no_sleep, breaker=breaker)
         request = ModelRequest(endpoint=fake.base, model="claude", api="chat", api_key="k" * 8)
         fake.script(error_reply("anthropic", 400, "bad request"), success("anthropic", False))

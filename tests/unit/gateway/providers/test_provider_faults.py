@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 from provider_fakes import FakeProvider, Reply
 from provider_setup import (
@@ -13,11 +12,13 @@ from provider_setup import (
     Setup,
     cut_stream,
     error_reply,
+    model_client,
     setup,
     success,
 )
 from wire_fixtures import ANSWER
 
+from enclave.common.http1 import Http1Client
 from enclave.common.net import free_port
 from enclave.gateway.models.base import (
     ContextTooLong,
@@ -44,9 +45,9 @@ async def fake() -> AsyncIterator[FakeProvider]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client_session:
-        yield client_session
+async def session() -> AsyncIterator[Http1Client]:
+    async with model_client() as client:
+        yield client
 
 
 async def streamed(s: Setup) -> str:
@@ -64,7 +65,7 @@ def no_secret(error: BaseException, s: Setup) -> None:
 
 
 async def test_refused_connection_is_unreachable_after_bounded_retries(
-    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
+    kind: str, fake: FakeProvider, session: Http1Client
 ) -> None:
     s = setup(kind, session, fake)
     dead = f"http://127.0.0.1:{free_port()}"
@@ -77,7 +78,7 @@ async def test_refused_connection_is_unreachable_after_bounded_retries(
 
 
 async def test_stalled_server_times_out(
-    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
+    kind: str, fake: FakeProvider, session: Http1Client
 ) -> None:
     s = setup(kind, session, fake, timeout_s=0.3)
     fake.script(Reply(stall=True))
@@ -89,7 +90,7 @@ async def test_stalled_server_times_out(
 
 
 async def test_429_then_success_is_retried(
-    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
+    kind: str, fake: FakeProvider, session: Http1Client
 ) -> None:
     s = setup(kind, session, fake)
     fake.script(error_reply(kind, 429, "slow down"), success(kind, stream=False))
@@ -100,7 +101,7 @@ async def test_429_then_success_is_retried(
 
 
 async def test_429_asking_for_long_waits_is_passed_through(
-    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
+    kind: str, fake: FakeProvider, session: Http1Client
 ) -> None:
     s = setup(kind, session, fake)
     fake.script(error_reply(kind, 429, "slow down", **{"Retry-After": "30"}))
@@ -110,9 +111,7 @@ async def test_429_asking_for_long_waits_is_passed_through(
     assert len(fake.seen) == 1
 
 
-async def test_429_retries_are_bounded(
-    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
-) -> None:
+async def test_429_retries_are_bounded(kind: str, fake: FakeProvider, session: Http1Client) -> None:
     s = setup(kind, session, fake, retries=2)
     fake.script(error_reply(kind, 429, "slow down"))
     with pytest.raises(ModelRateLimited, match="rate limiting"):
@@ -121,7 +120,7 @@ async def test_429_retries_are_bounded(
 
 
 async def test_503_then_success_is_retried(
-    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
+    kind: str, fake: FakeProvider, session: Http1Client
 ) -> None:
     s = setup(kind, session, fake)
     fake.script(error_reply(kind, 503, "warming up"), success(kind, stream=True))
@@ -129,7 +128,7 @@ async def test_503_then_success_is_retried(
 
 
 async def test_connection_dropped_before_any_answer_is_retried(
-    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
+    kind: str, fake: FakeProvider, session: Http1Client
 ) -> None:
     # What a model server's idle timeout does to a pooled connection: nothing was generated.
     s = setup(kind, session, fake)
@@ -139,7 +138,7 @@ async def test_connection_dropped_before_any_answer_is_retried(
 
 
 async def test_a_server_that_always_drops_is_tried_a_bounded_number_of_times(
-    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
+    kind: str, fake: FakeProvider, session: Http1Client
 ) -> None:
     s = setup(kind, session, fake)
     fake.script(Reply(drop=True))
@@ -149,7 +148,7 @@ async def test_a_server_that_always_drops_is_tried_a_bounded_number_of_times(
 
 
 async def test_500_fails_once_then_the_next_call_succeeds(
-    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
+    kind: str, fake: FakeProvider, session: Http1Client
 ) -> None:
     # A 500 may have come after work was done: not retried, reported with the model's reason.
     s = setup(kind, session, fake)
@@ -162,7 +161,7 @@ async def test_500_fails_once_then_the_next_call_succeeds(
 
 
 async def test_garbage_answers_are_bad_responses(
-    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
+    kind: str, fake: FakeProvider, session: Http1Client
 ) -> None:
     s = setup(kind, session, fake)
     fake.script(Reply(body=b"<html>proxy error</html>", content_type="application/json"))
@@ -179,7 +178,7 @@ async def test_garbage_answers_are_bad_responses(
 
 
 async def test_close_mid_stream_is_a_server_error(
-    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
+    kind: str, fake: FakeProvider, session: Http1Client
 ) -> None:
     s = setup(kind, session, fake)
     fake.script(cut_stream(kind))
@@ -213,7 +212,7 @@ async def test_status_maps_to_one_error_class(
     message: str,
     error: type[ModelError],
     fake: FakeProvider,
-    session: aiohttp.ClientSession,
+    session: Http1Client,
 ) -> None:
     s = setup(kind, session, fake)
     fake.script(error_reply(kind, status, message))

@@ -8,7 +8,6 @@ import hmac
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import jwt
 import orjson
 import pytest
@@ -22,6 +21,7 @@ from provider_setup import (
     KINDS,
     SA_PRIVATE,
     Setup,
+    model_client,
     setup,
     success,
 )
@@ -43,6 +43,7 @@ from wire_fixtures import (
     anthropic_stream,
 )
 
+from enclave.common.http1 import Http1Client
 from enclave.gateway.models.base import ModelBadResponse, ModelRateLimited, ModelServerError, Usage
 
 pytestmark = pytest.mark.anyio
@@ -57,9 +58,9 @@ async def fake() -> AsyncIterator[FakeProvider]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client_session:
-        yield client_session
+async def session() -> AsyncIterator[Http1Client]:
+    async with model_client() as client:
+        yield client
 
 
 async def collect(s: Setup, **changes: Any) -> tuple[str, Any]:
@@ -75,7 +76,7 @@ async def collect(s: Setup, **changes: Any) -> tuple[str, Any]:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_whole_answer(kind: str, fake: FakeProvider, session: aiohttp.ClientSession) -> None:
+async def test_whole_answer(kind: str, fake: FakeProvider, session: Http1Client) -> None:
     s = setup(kind, session, fake)
     fake.script(success(kind, stream=False))
     result = await s.client.complete(s.request())
@@ -84,9 +85,7 @@ async def test_whole_answer(kind: str, fake: FakeProvider, session: aiohttp.Clie
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_streamed_answer(
-    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
-) -> None:
+async def test_streamed_answer(kind: str, fake: FakeProvider, session: Http1Client) -> None:
     s = setup(kind, session, fake)
     fake.script(success(kind, stream=True))
     text, stream = await collect(s)
@@ -96,7 +95,7 @@ async def test_streamed_answer(
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_stream_answered_whole_is_relayed(
-    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
+    kind: str, fake: FakeProvider, session: Http1Client
 ) -> None:
     # A server (or proxy) that ignores "stream" and answers JSON: one chunk, same text.
     s = setup(kind, session, fake)
@@ -107,7 +106,7 @@ async def test_stream_answered_whole_is_relayed(
 
 @pytest.mark.parametrize("kind", [k for k in KINDS if k != "openai"])
 async def test_raw_prompt_becomes_one_user_turn(
-    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
+    kind: str, fake: FakeProvider, session: Http1Client
 ) -> None:
     # Chat-only providers: a completions-API prompt (FIM templates) is sent as the user turn.
     s = setup(kind, session, fake)
@@ -120,9 +119,7 @@ async def test_raw_prompt_becomes_one_user_turn(
 # -- Anthropic ----------------------------------------------------------------------------------
 
 
-async def test_anthropic_request_as_sent(
-    fake: FakeProvider, session: aiohttp.ClientSession
-) -> None:
+async def test_anthropic_request_as_sent(fake: FakeProvider, session: Http1Client) -> None:
     s = setup("anthropic", session, fake)
     fake.script(success("anthropic", False), success("anthropic", True))
     await s.client.complete(s.request())
@@ -139,7 +136,7 @@ async def test_anthropic_request_as_sent(
 
 
 async def test_anthropic_endpoint_with_v1_and_turn_order(
-    fake: FakeProvider, session: aiohttp.ClientSession
+    fake: FakeProvider, session: Http1Client
 ) -> None:
     from enclave.gateway.models.base import ChatMessage
 
@@ -160,9 +157,7 @@ async def test_anthropic_endpoint_with_v1_and_turn_order(
     ]
 
 
-async def test_anthropic_length_and_stream_error(
-    fake: FakeProvider, session: aiohttp.ClientSession
-) -> None:
+async def test_anthropic_length_and_stream_error(fake: FakeProvider, session: Http1Client) -> None:
     s = setup("anthropic", session, fake)
     fake.script(Reply(content_type="text/event-stream", chunks=anthropic_stream("max_tokens")))
     _, stream = await collect(s)
@@ -175,7 +170,7 @@ async def test_anthropic_length_and_stream_error(
 # -- Azure OpenAI --------------------------------------------------------------------------------
 
 
-async def test_azure_request_as_sent(fake: FakeProvider, session: aiohttp.ClientSession) -> None:
+async def test_azure_request_as_sent(fake: FakeProvider, session: Http1Client) -> None:
     s = setup("azure", session, fake)
     fake.script(success("azure", False), success("azure", True))
     await s.client.complete(s.request())
@@ -194,7 +189,7 @@ async def test_azure_request_as_sent(fake: FakeProvider, session: aiohttp.Client
 
 
 async def test_azure_entra_token_and_completions_path(
-    fake: FakeProvider, session: aiohttp.ClientSession
+    fake: FakeProvider, session: Http1Client
 ) -> None:
     s = setup("azure", session, fake)
     fake.script(success("openai", False))
@@ -253,7 +248,7 @@ def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 async def test_bedrock_request_as_sent_and_signed(
-    fake: FakeProvider, session: aiohttp.ClientSession, fixed_clock: str
+    fake: FakeProvider, session: Http1Client, fixed_clock: str
 ) -> None:
     s = setup("bedrock", session, fake)
     fake.script(success("bedrock", False), success("bedrock", True))
@@ -273,7 +268,7 @@ async def test_bedrock_request_as_sent_and_signed(
 
 
 async def test_bedrock_session_token_region_from_endpoint_and_api_key(
-    fake: FakeProvider, session: aiohttp.ClientSession, fixed_clock: str
+    fake: FakeProvider, session: Http1Client, fixed_clock: str
 ) -> None:
     s = setup("bedrock", session, fake)
     fake.script(success("bedrock", False))
@@ -290,7 +285,7 @@ async def test_bedrock_session_token_region_from_endpoint_and_api_key(
 async def test_bedrock_region_in_endpoint_host_wins() -> None:
     from enclave.gateway.models.bedrock import BedrockClient
 
-    async with aiohttp.ClientSession() as client_session:
+    async with Http1Client() as client_session:
         client = BedrockClient(client_session, 5, region="us-east-1")
         s = Setup(
             "bedrock",
@@ -308,7 +303,7 @@ async def test_bedrock_region_in_endpoint_host_wins() -> None:
 
 
 async def test_bedrock_stream_exception_and_corrupt_frame(
-    fake: FakeProvider, session: aiohttp.ClientSession
+    fake: FakeProvider, session: Http1Client
 ) -> None:
     s = setup("bedrock", session, fake)
     start = bedrock_event("messageStart", {"role": "assistant"})
@@ -339,9 +334,7 @@ async def test_bedrock_stream_exception_and_corrupt_frame(
 # -- Google Vertex AI -------------------------------------------------------------------------
 
 
-async def test_vertex_gemini_request_as_sent(
-    fake: FakeProvider, session: aiohttp.ClientSession
-) -> None:
+async def test_vertex_gemini_request_as_sent(fake: FakeProvider, session: Http1Client) -> None:
     s = setup("vertex_gemini", session, fake)
     fake.script(success("vertex_gemini", False), success("vertex_gemini", True))
     await s.client.complete(s.request())
@@ -370,9 +363,7 @@ async def test_vertex_gemini_request_as_sent(
     assert claims["exp"] - claims["iat"] == 3600
 
 
-async def test_vertex_claude_request_as_sent(
-    fake: FakeProvider, session: aiohttp.ClientSession
-) -> None:
+async def test_vertex_claude_request_as_sent(fake: FakeProvider, session: Http1Client) -> None:
     s = setup("vertex_claude", session, fake)
     fake.script(success("vertex_claude", False), success("vertex_claude", True))
     await s.client.complete(s.request())
@@ -390,7 +381,7 @@ async def test_vertex_claude_request_as_sent(
 
 
 async def test_vertex_access_token_is_used_as_is_and_token_refusal(
-    fake: FakeProvider, session: aiohttp.ClientSession
+    fake: FakeProvider, session: Http1Client
 ) -> None:
     from provider_fakes import json_reply
 
@@ -406,7 +397,7 @@ async def test_vertex_access_token_is_used_as_is_and_token_refusal(
         await s.client.complete(s.request())
 
 
-async def test_vertex_without_token_url_never_calls_google(session: aiohttp.ClientSession) -> None:
+async def test_vertex_without_token_url_never_calls_google(session: Http1Client) -> None:
     from enclave.gateway.models.base import ModelAuthRefused
     from enclave.gateway.models.vertex import TokenSource
 
@@ -438,7 +429,7 @@ async def test_model_list(
     query: str,
     auth: tuple[str, str],
     fake: FakeProvider,
-    session: aiohttp.ClientSession,
+    session: Http1Client,
 ) -> None:
     from provider_fakes import json_reply
 
@@ -453,7 +444,7 @@ async def test_model_list(
 
 @pytest.mark.parametrize("kind", ["bedrock", "vertex_gemini", "vertex_claude"])
 async def test_health_without_a_list_is_a_one_token_answer(
-    kind: str, fake: FakeProvider, session: aiohttp.ClientSession
+    kind: str, fake: FakeProvider, session: Http1Client
 ) -> None:
     from enclave.gateway.models.base import ModelAuthRefused
 
@@ -472,7 +463,7 @@ async def test_health_without_a_list_is_a_one_token_answer(
 
 
 async def test_anthropic_overloaded_529_is_retried(
-    fake: FakeProvider, session: aiohttp.ClientSession
+    fake: FakeProvider, session: Http1Client
 ) -> None:
     from provider_setup import error_reply
 
@@ -482,9 +473,7 @@ async def test_anthropic_overloaded_529_is_retried(
     assert len(fake.seen) == 2
 
 
-async def test_bedrock_model_timeout_is_a_timeout(
-    fake: FakeProvider, session: aiohttp.ClientSession
-) -> None:
+async def test_bedrock_model_timeout_is_a_timeout(fake: FakeProvider, session: Http1Client) -> None:
     from provider_fakes import json_reply
 
     from enclave.gateway.models.base import ModelTimeout

@@ -1,0 +1,195 @@
+"""One keep-alive HTTP/1.1 connection to one origin, one call at a time.
+
+The request goes out in one write; the answer is parsed by httptools (llhttp, the parser
+uvicorn uses on the server side), which also undoes chunked framing. Headers are bounded;
+bodies go to a :class:`~enclave.common.http1.body.Body` with back-pressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Final
+
+import httptools
+from multidict import CIMultiDict
+
+from enclave.common.http1.body import Body
+from enclave.common.http1.errors import BadResponse, Disconnected, TruncatedBody
+from enclave.common.http1.response import Response
+
+# All header lines of one answer together (aiohttp's and nginx's default is in this range).
+MAX_HEADER_BYTES: Final = 64 * 1024
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback; the callback's reason is kept on the connection."""
+
+
+class Connection(asyncio.Protocol):
+    """The protocol of one pooled connection: writes calls, parses answers."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_done: Callable[[Connection, bool], None],
+        max_header_bytes: int = MAX_HEADER_BYTES,
+    ) -> None:
+        self._loop = loop
+        self._on_done = on_done  # the pool: (connection, reusable) when a call is over
+        self._max_header_bytes = max_header_bytes
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reused = False  # served a call before: it may have been closed while idle
+        self.pool_key: tuple[bool, str, int, int] = (False, "", 0, 0)
+        self.idle_since = 0.0
+        self._head: asyncio.Future[Response] | None = None
+        self._body: Body | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._informational = False
+        self._until_close = False  # the body ends when the connection does (no length given)
+        self._complete = False
+        self._keep_alive = False
+        self._refusal: BadResponse | None = None
+        self._read_timeout: float | None = None
+        self._deadline: float | None = None
+
+    # -- the pool's side --------------------------------------------------------------------
+
+    def send(
+        self, data: bytes, read_timeout: float | None, deadline: float | None
+    ) -> asyncio.Future[Response]:
+        """Write one call; the future gets the answer once its headers are in."""
+        self._headers = []
+        self._header_bytes = 0
+        self._body = None
+        self._complete = False
+        self._until_close = False
+        self._read_timeout = read_timeout
+        self._deadline = deadline
+        head: asyncio.Future[Response] = self._loop.create_future()
+        self._head = head
+        if self.transport is None or self.closed or self.transport.is_closing():
+            head.set_exception(Disconnected("the connection is closed", self.reused))
+        else:
+            self.transport.write(data)
+        return head
+
+    def finish(self, reusable: bool) -> None:
+        """The caller is done with the answer; reusable when its body was read to the end."""
+        keep = reusable and self._complete and self._keep_alive and not self.closed
+        if not keep:
+            self.close()
+        self._on_done(self, keep)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping anything unsent (a call given up half-way)."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- asyncio's side ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but they are transports.
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            reason = self._refusal or BadResponse(f"the answer is not valid HTTP/1.1 ({exc})")
+            self._broken(reason)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        head, body = self._head, self._body
+        if head is not None and not head.done():
+            head.set_exception(
+                Disconnected("the origin closed the connection before answering", self.reused)
+            )
+        elif body is not None and not self._complete:
+            if self._until_close:
+                self._complete = True
+                body.feed_eof()
+            else:
+                body.fail(TruncatedBody("the connection ended before the whole answer"))
+        self._on_done(self, False)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def _broken(self, reason: Exception) -> None:
+        head, body = self._head, self._body
+        if head is not None and not head.done():
+            head.set_exception(reason)
+        elif body is not None:
+            body.fail(reason)
+        self.abort()
+
+    # -- httptools' callbacks ---------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self._max_header_bytes:
+            self._refusal = BadResponse(f"headers over {self._max_header_bytes} bytes")
+            raise _Refused
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:  # 100 Continue, 103 Early Hints: the answer follows
+            self._informational = True
+            self._headers = []
+            self._header_bytes = 0
+            return
+        headers: CIMultiDict[str] = CIMultiDict(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in self._headers
+        )
+        coding = headers.get("Content-Encoding", "identity").strip().lower()
+        if coding not in ("identity", ""):
+            # Calls ask for identity: a compressed answer is a misbehaving origin (and
+            # decompressing it unbounded would be a way to exhaust memory).
+            self._refusal = BadResponse(
+                f"the answer is compressed ({coding}) though the call asked for none"
+            )
+            raise _Refused
+        length = headers.get("Content-Length")
+        content_length = int(length) if length is not None and length.isdigit() else None
+        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        self._until_close = content_length is None and not chunked and status not in (204, 304)
+        body = Body(self._loop, self, read_timeout=self._read_timeout, deadline=self._deadline)
+        self._body = body
+        head = self._head
+        if head is not None and not head.done():
+            head.set_result(Response(status, headers, body, content_length, self))
+
+    def on_body(self, data: bytes) -> None:
+        if self._body is not None:
+            self._body.feed(data)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        self._complete = True
+        # Read now: the parser forgets it once the next message begins.
+        self._keep_alive = self._parser.should_keep_alive()
+        if self._body is not None:
+            self._body.feed_eof()

@@ -1,0 +1,56 @@
+"""One answer of :class:`~enclave.common.http1.client.Http1Client`: status, headers, body."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from multidict import CIMultiDict
+
+from enclave.common.http1.body import Body
+
+if TYPE_CHECKING:
+    from enclave.common.http1.connection import Connection
+
+
+class Response:
+    """Status and headers as received; the body arrives in :attr:`content`.
+
+    Call :meth:`release` when done with it (the connection goes back to the pool if the whole
+    body was read) or :meth:`close` to drop the connection (an abandoned stream: the origin
+    notices and stops generating).
+    """
+
+    __slots__ = ("_connection", "_released", "content", "content_length", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: CIMultiDict[str],
+        content: Body,
+        content_length: int | None,
+        connection: Connection,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.content = content
+        self.content_length = content_length
+        self._connection = connection
+        self._released = False
+
+    def release(self) -> None:
+        """Done: the connection is reused when the body was complete, else closed."""
+        if not self._released:
+            self._released = True
+            self._connection.finish(reusable=self.content.at_eof)
+
+    def close(self) -> None:
+        """Drop the connection, whatever is left of the body."""
+        if not self._released:
+            self._released = True
+            self._connection.finish(reusable=False)
+
+    async def __aenter__(self) -> Response:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
