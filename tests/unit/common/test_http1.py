@@ -1,0 +1,466 @@
+"""The lean HTTP/1.1 client of the model calls, against real loopback servers that send exact
+bytes: framing, keep-alive, limits, deadlines and every failure's class."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from enclave.common.http1 import (
+    BadResponse,
+    ConnectFailed,
+    ConnectTimeout,
+    DeadlineExceeded,
+    Disconnected,
+    Http1Client,
+    InvalidRequest,
+    NameNotResolved,
+    ReadTimeout,
+    Timeouts,
+    TruncatedBody,
+)
+from enclave.common.http1.body import Body
+
+pytestmark = pytest.mark.anyio
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+WHOLE = Timeouts(connect=2, total=2)
+STREAM = Timeouts(connect=2, read=2)
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Server:
+    """A loopback server that runs ``handler`` per connection and records what it read."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> Server:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/completions?x=1"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self._handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        request = head + await reader.readexactly(length)
+        self.requests.append(request)
+        return request
+
+
+def answering(*answers: bytes, then_close: bool = False) -> Callable[[Server], Handler]:
+    """A handler that answers each request on a connection with the next of ``answers``."""
+
+    def make(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for answer in answers:
+                await server.read_request(reader)
+                writer.write(answer)
+                await writer.drain()
+            if not then_close:
+                await reader.read()  # keep the connection until the client closes it
+
+        return handler
+
+    return make
+
+
+async def serve(make: Callable[[Server], Handler]) -> Server:
+    server = Server(lambda r, w: asyncio.sleep(0))
+    server._handler = make(server)
+    return await server.__aenter__()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Http1Client]:
+    async with Http1Client(headers={"User-Agent": "enclave-test"}) as c:
+        yield c
+
+
+async def post(client: Http1Client, url: str, timeouts: Timeouts = WHOLE) -> tuple[int, bytes]:
+    response = await client.post(
+        url, body=b'{"a":1}', headers={"Content-Type": "application/json"}, timeouts=timeouts
+    )
+    try:
+        return response.status, await response.content.read_all(1 << 20)
+    finally:
+        response.release()
+
+
+# -- what goes out ----------------------------------------------------------------------------
+
+
+async def test_the_request_is_one_exact_http11_message(client: Http1Client) -> None:
+    server = await serve(answering(OK))
+    await post(client, server.url)
+    request = server.requests[0]
+    head, body = request.split(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /v1/completions?x=1 HTTP/1.1"
+    assert f"Host: 127.0.0.1:{server.port}".encode() in lines
+    assert b"User-Agent: enclave-test" in lines
+    assert b"Accept-Encoding: identity" in lines  # never a compressed answer to unpack
+    assert b"Content-Length: 7" in lines
+    assert body == b'{"a":1}'
+    await server.__aexit__()
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("X-Key", "a\r\nInjected: yes"),
+        ("X-Key", "a\nb"),
+        ("X-Key", "a\0b"),
+        ("Bad Name", "secret-value"),
+    ],
+)
+async def test_headers_that_would_split_the_request_are_refused(
+    client: Http1Client, name: str, value: str
+) -> None:
+    server = await serve(answering(OK))
+    with pytest.raises(InvalidRequest) as refused:
+        await client.post(server.url, body=b"", headers={name: value}, timeouts=WHOLE)
+    assert "Injected" not in str(refused.value) and value not in str(refused.value)
+    assert server.requests == []  # nothing was sent
+    await server.__aexit__()
+
+
+async def test_urls_that_are_not_http_are_refused(client: Http1Client) -> None:
+    for url in ("ftp://127.0.0.1/x", "/relative", "http:///nohost"):
+        with pytest.raises(InvalidRequest):
+            await client.post(url, body=b"", headers={}, timeouts=WHOLE)
+
+
+# -- framing and keep-alive -------------------------------------------------------------------
+
+
+async def test_a_connection_is_reused_for_calls_in_a_row(client: Http1Client) -> None:
+    server = await serve(answering(OK, OK, OK))
+    for _ in range(3):
+        assert await post(client, server.url) == (200, b"{}")
+    assert server.connections == 1
+    await server.__aexit__()
+
+
+async def test_chunked_answers_are_unframed(client: Http1Client) -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
+    )
+    server = await serve(answering(chunked, OK))
+    assert await post(client, server.url) == (200, b"abcdefg")
+    assert await post(client, server.url) == (200, b"{}")  # still in step
+    assert server.connections == 1
+    await server.__aexit__()
+
+
+async def test_connection_close_answers_are_not_reused(client: Http1Client) -> None:
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"
+    server = await serve(answering(closing, then_close=True))
+    assert await post(client, server.url) == (200, b"hi")
+    assert await post(client, server.url) == (200, b"hi")
+    assert server.connections == 2
+    await server.__aexit__()
+
+
+async def test_a_body_without_length_ends_with_the_connection(client: Http1Client) -> None:
+    until_close = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it"
+    server = await serve(answering(until_close, then_close=True))
+    assert await post(client, server.url) == (200, b"all of it")
+    await server.__aexit__()
+
+
+async def test_informational_answers_are_skipped(client: Http1Client) -> None:
+    server = await serve(answering(b"HTTP/1.1 100 Continue\r\n\r\n" + OK))
+    assert await post(client, server.url) == (200, b"{}")
+    await server.__aexit__()
+
+
+async def test_error_answers_keep_status_headers_and_body(client: Http1Client) -> None:
+    busy = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nContent-Length: 4\r\n\r\nbusy"
+    server = await serve(answering(busy))
+    response = await client.post(server.url, body=b"", headers={}, timeouts=WHOLE)
+    assert response.status == 429
+    assert response.headers["retry-after"] == "3"  # case-insensitive
+    assert await response.content.read(64 * 1024) == b"busy"
+    response.release()
+    await server.__aexit__()
+
+
+async def test_redirects_are_answers_not_followed(client: Http1Client) -> None:
+    moved = b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n"
+    server = await serve(answering(moved))
+    assert (await post(client, server.url))[0] == 302
+    assert len(server.requests) == 1
+    await server.__aexit__()
+
+
+async def test_stream_lines_arrive_as_sent(client: Http1Client) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for frame in (b"data: one\n\n", b"data: t", b"wo\n\ndata: three"):
+            writer.write(b"%x\r\n%s\r\n" % (len(frame), frame))
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        writer.write(b"0\r\n\r\n")
+        await reader.read()
+
+    server = await serve(lambda s: handler)
+    response = await client.post(server.url, body=b"", headers={}, timeouts=STREAM)
+    lines = [line async for line in response.content]
+    response.release()
+    assert lines == [b"data: one\n", b"\n", b"data: two\n", b"\n", b"data: three"]
+    await server.__aexit__()
+
+
+# -- limits -----------------------------------------------------------------------------------
+
+
+async def test_oversized_headers_are_a_bad_response(client: Http1Client) -> None:
+    huge = b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\nContent-Length: 0\r\n\r\n"
+    server = await serve(answering(huge))
+    with pytest.raises(BadResponse, match="headers over"):
+        await post(client, server.url)
+    await server.__aexit__()
+
+
+async def test_compressed_answers_are_refused(client: Http1Client) -> None:
+    gzipped = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\nxx"
+    server = await serve(answering(gzipped))
+    with pytest.raises(BadResponse, match="compressed"):
+        await post(client, server.url)
+    await server.__aexit__()
+
+
+async def test_garbage_is_a_bad_response(client: Http1Client) -> None:
+    server = await serve(answering(b"SSH-2.0-OpenSSH_9.2\r\n\r\n"))
+    with pytest.raises(BadResponse):
+        await post(client, server.url)
+    await server.__aexit__()
+
+
+async def test_read_all_stops_at_its_limit(client: Http1Client) -> None:
+    server = await serve(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"))
+    response = await client.post(server.url, body=b"", headers={}, timeouts=WHOLE)
+    with pytest.raises(ValueError, match="exceeds 5 bytes"):
+        await response.content.read_all(5)
+    response.release()
+    await server.__aexit__()
+
+
+async def test_a_slow_reader_pauses_the_socket() -> None:
+    # Back-pressure: the client stops reading at the high-water mark, so the server's writes
+    # back up instead of the gateway buffering the whole answer.
+    sent = asyncio.Event()
+    size = 8 * 1024 * 1024
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        writer.write(b"x" * size)
+        await writer.drain()
+        sent.set()
+        await reader.read()
+
+    server = await serve(lambda s: handler)
+    async with Http1Client() as client:
+        response = await client.post(server.url, body=b"", headers={}, timeouts=STREAM)
+        await asyncio.sleep(0.3)
+        assert not sent.is_set()  # the server is blocked: nobody reads
+        got = 0
+        async for chunk in response.content.chunks():
+            got += len(chunk)
+        assert got == size
+        response.release()
+    await server.__aexit__()
+
+
+def test_lines_over_the_limit_are_refused() -> None:
+    async def read(data: bytes) -> list[bytes]:
+        body = Body(asyncio.get_running_loop(), max_line=8)
+        body.feed(data)
+        body.feed_eof()
+        return [line async for line in body]
+
+    assert asyncio.run(read(b"short\n")) == [b"short\n"]
+    with pytest.raises(BadResponse, match="longer than 8"):
+        asyncio.run(read(b"much too long\n"))
+    with pytest.raises(BadResponse, match="longer than 8"):
+        asyncio.run(read(b"x" * 9 + b"\n"))
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+async def test_a_refused_connection_is_connect_failed(client: Http1Client) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ConnectFailed) as failed:
+        await post(client, f"http://127.0.0.1:{port}/v1")
+    assert isinstance(failed.value.os_error, ConnectionRefusedError)
+
+
+async def test_an_unresolvable_name_is_name_not_resolved() -> None:
+    async def nxdomain(host: str, port: int) -> list[str]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    async with Http1Client(resolve=nxdomain) as client:
+        with pytest.raises(NameNotResolved):
+            await post(client, "http://no-such-host.invalid/v1")
+
+
+async def test_the_resolver_can_refuse_an_address() -> None:
+    # The gateway's egress rules run here, on the addresses about to be connected to.
+    async def refuse(host: str, port: int) -> list[str]:
+        raise PermissionError(f"{host} resolves to 169.254.169.254")
+
+    async with Http1Client(resolve=refuse) as client:
+        with pytest.raises(ConnectFailed) as refused:
+            await post(client, "http://rebinding.example/v1")
+    assert isinstance(refused.value.os_error, PermissionError)
+
+
+async def test_a_silent_server_is_a_deadline_or_read_timeout(client: Http1Client) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    server = await serve(lambda s: silent)
+    with pytest.raises(DeadlineExceeded):
+        await post(client, server.url, Timeouts(connect=1, total=0.2))
+    with pytest.raises(ReadTimeout):
+        await post(client, server.url, Timeouts(connect=1, read=0.2))
+    await server.__aexit__()
+
+
+async def test_a_stream_that_stalls_mid_body_times_out(client: Http1Client) -> None:
+    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await reader.read()
+
+    server = await serve(lambda s: stalls)
+    response = await client.post(server.url, body=b"", headers={}, timeouts=Timeouts(1, read=0.2))
+    assert await response.content.read(5) == b"first"
+    with pytest.raises(ReadTimeout):
+        await response.content.read(1)
+    response.close()
+    await server.__aexit__()
+
+
+async def test_a_cut_body_is_truncated(client: Http1Client) -> None:
+    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this"
+    server = await serve(answering(cut, then_close=True))
+    with pytest.raises(TruncatedBody):
+        await post(client, server.url)
+    await server.__aexit__()
+
+
+async def test_a_close_before_answering_is_disconnected(client: Http1Client) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+
+    server = await serve(lambda s: hang_up)
+    with pytest.raises(Disconnected) as closed:
+        await post(client, server.url)
+    assert closed.value.reused is False
+    await server.__aexit__()
+
+
+async def test_a_pooled_connection_closed_while_idle_is_a_reused_disconnect(
+    client: Http1Client,
+) -> None:
+    # The server answers once then closes without saying so; the client learns it at the
+    # next call (or earlier, when the close arrives first): either way no answer is mixed up.
+    server = await serve(answering(OK, then_close=True))
+    assert await post(client, server.url) == (200, b"{}")
+    try:
+        assert await post(client, server.url) == (200, b"{}")  # the pool dropped it in time
+    except Disconnected as exc:
+        assert exc.reused
+    await server.__aexit__()
+
+
+async def test_connections_idle_past_the_keepalive_are_not_reused() -> None:
+    server = await serve(answering(OK, OK))
+    async with Http1Client(keepalive_s=0.05) as client:
+        await post(client, server.url)
+        await asyncio.sleep(0.1)
+        await post(client, server.url)
+    assert server.connections == 2
+    await server.__aexit__()
+
+
+async def test_the_connection_limit_queues_calls_and_bounds_the_wait() -> None:
+    release = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        await release.wait()
+        writer.write(OK)
+        await writer.drain()
+        await reader.read()
+
+    server = await serve(lambda s: slow)
+    async with Http1Client(max_connections=1) as client:
+        first = asyncio.create_task(post(client, server.url))
+        await asyncio.sleep(0.05)
+        with pytest.raises(ConnectTimeout):  # no free connection within the connect timeout
+            await post(client, server.url, Timeouts(connect=0.1, total=1))
+        release.set()
+        assert await first == (200, b"{}")
+    await server.__aexit__()
+
+
+async def test_a_cancelled_call_drops_its_connection(client: Http1Client) -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        await asyncio.sleep(0.2)
+        writer.write(OK)  # the answer to a call nobody waits for any more
+        await writer.drain()
+        await server.read_request(reader)
+        writer.write(OK)
+        await reader.read()
+
+    server = await serve(lambda s: slow)
+    call = asyncio.create_task(post(client, server.url))
+    await asyncio.sleep(0.05)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    # The next call gets a connection of its own: the late answer is never taken for its.
+    assert await post(client, server.url) == (200, b"{}")
+    assert server.connections == 2
+    await server.__aexit__()
