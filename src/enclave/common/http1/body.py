@@ -11,6 +11,7 @@ in :class:`~enclave.common.http1.errors.ReadTimeout` or
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Final, Protocol
 
@@ -46,9 +47,11 @@ class Body:
         "_flow",
         "_high_water",
         "_loop",
+        "_marks",
         "_max_line",
         "_paused",
         "_scanned",
+        "_taken",
         "_waiter",
         "deadline",
         "read_timeout",
@@ -74,6 +77,10 @@ class Body:
         self._high_water = high_water
         self._max_line = max_line
         self._scanned = 0  # bytes of the buffer known to hold no newline
+        self._taken = 0  # bytes read so far
+        # Where each HTTP chunk that arrived whole ends (offsets counted from the body's start),
+        # for relaying a chunked answer chunk for chunk; None: not a chunked answer.
+        self._marks: deque[int] | None = None
         # Seconds a single wait may take; loop time by which the whole call must be done.
         self.read_timeout = read_timeout
         self.deadline = deadline
@@ -86,6 +93,18 @@ class Body:
         if self._flow is not None and not self._paused and len(self._buffer) > self._high_water:
             self._paused = True
             self._flow.pause_reading()
+
+    def start_chunks(self) -> None:
+        """The answer is chunked: :meth:`end_chunk` will mark where each chunk ends."""
+        self._marks = deque()
+
+    def end_chunk(self) -> None:
+        marks = self._marks
+        if marks is not None:
+            end = self._taken + len(self._buffer)
+            if not marks or marks[-1] < end:  # empty chunks mark nothing
+                marks.append(end)
+                self._wake()
 
     def feed_eof(self) -> None:
         self._eof = True
@@ -152,6 +171,7 @@ class Body:
     def _take(self, n: int) -> bytes:
         data = bytes(self._buffer[:n])
         del self._buffer[:n]
+        self._taken += n
         self._scanned = 0
         if self._paused and len(self._buffer) <= self._high_water // 2 and self._flow is not None:
             self._paused = False
@@ -181,6 +201,27 @@ class Body:
             if self._buffer:
                 yield self._take(len(self._buffer))
             elif self._eof:
+                return
+            else:
+                await self._wait()
+
+    async def http_chunks(self) -> AsyncIterator[bytes]:
+        """A chunked answer chunk for chunk, as the origin framed it: a relay passes each
+        frame on as it came (two frames that arrived together are not merged, a frame split
+        over two reads is not cut). Other answers in the pieces they arrive in."""
+        marks = self._marks
+        if marks is None:
+            async for piece in self.chunks():
+                yield piece
+            return
+        while True:
+            while marks and marks[0] <= self._taken:
+                marks.popleft()  # already read by another reader
+            if marks:
+                yield self._take(marks.popleft() - self._taken)
+            elif self._eof:
+                if self._buffer:
+                    yield self._take(len(self._buffer))
                 return
             else:
                 await self._wait()

@@ -175,6 +175,8 @@ class Connection(asyncio.Protocol):
         chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
         self._until_close = content_length is None and not chunked and status not in (204, 304)
         body = Body(self._loop, self, read_timeout=self._read_timeout, deadline=self._deadline)
+        if chunked:
+            body.start_chunks()
         self._body = body
         head = self._head
         if head is not None and not head.done():
@@ -183,6 +185,10 @@ class Connection(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         if self._body is not None:
             self._body.feed(data)
+
+    def on_chunk_complete(self) -> None:
+        if self._body is not None:
+            self._body.end_chunk()
 
     def on_message_complete(self) -> None:
         if self._informational:

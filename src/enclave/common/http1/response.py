@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from multidict import CIMultiDict
 
@@ -10,6 +10,9 @@ from enclave.common.http1.body import Body
 
 if TYPE_CHECKING:
     from enclave.common.http1.connection import Connection
+
+# What read() takes at most unless told: answers on these hops are small JSON or text.
+MAX_READ_BYTES: Final = 64 * 1024 * 1024
 
 
 class Response:
@@ -20,7 +23,15 @@ class Response:
     notices and stops generating).
     """
 
-    __slots__ = ("_connection", "_released", "content", "content_length", "headers", "status")
+    __slots__ = (
+        "_body",
+        "_connection",
+        "_released",
+        "content",
+        "content_length",
+        "headers",
+        "status",
+    )
 
     def __init__(
         self,
@@ -36,6 +47,18 @@ class Response:
         self.content_length = content_length
         self._connection = connection
         self._released = False
+        self._body: bytes | None = None
+
+    async def read(self, limit: int = MAX_READ_BYTES) -> bytes:
+        """The whole body, then the connection goes back to the pool. Kept: a second call
+        returns the same bytes (a caller may look at an answer before relaying it).
+        :class:`ValueError` when the body is over ``limit`` bytes."""
+        if self._body is None:
+            try:
+                self._body = await self.content.read_all(limit)
+            finally:
+                self.release()
+        return self._body
 
     def release(self) -> None:
         """Done: the connection is reused when the body was complete, else closed."""
