@@ -43,7 +43,9 @@ def strip_echoed_prefix(text: str, prefix: str, max_lines: int = 20) -> str:
     """
     if not text or not prefix:
         return text
-    lines = prefix.split("\n")
+    # Only the last max_lines lines can be echoed: split off no more (the text above the
+    # cursor runs to 100,000 characters; a full split cost ~200 µs).
+    lines = prefix.rsplit("\n", max_lines)
     for count in range(min(max_lines, len(lines)), 0, -1):
         tail = "\n".join(lines[-count:])
         if tail.strip() and text.startswith(tail):
