@@ -9,7 +9,8 @@ prometheus-client's own, sample for sample (``tests/unit/gateway/test_plain_metr
 Only for one process: a worker in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``) must write
 its values to prometheus-client's shared files, so :func:`metric_types` gives the stock classes
 there. Unlocked ``+=`` is safe because the gateway updates its metrics on the event loop's
-thread only (its worker threads read files, never count).
+thread only (its worker threads read files, never count). Exemplars are not kept: the gateway
+records none, and the text format it serves has no place for them.
 """
 
 from __future__ import annotations
