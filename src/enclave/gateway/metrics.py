@@ -3,8 +3,9 @@
 Each app has its own :class:`~prometheus_client.CollectorRegistry` (tests build many apps in
 one process). The hot path never creates metric objects: label children are created when the
 app is built (routes, model families, issuers, scopes, auth failure reasons) or, for
-``(route, status)`` pairs, once on first use and then looked up in a plain dict; no locks are
-taken beyond prometheus-client's own.
+``(route, status)`` pairs, once on first use and then looked up in a plain dict. In one process
+the values are plain floats without locks (:mod:`enclave.gateway.plain_metrics`); rendering is
+prometheus-client's.
 
 ``/metrics`` needs no token (as in GitLab's gateway) but is subject to the client address
 allow-list like every other path.
@@ -27,7 +28,6 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
 )
@@ -44,6 +44,7 @@ from enclave.gateway.models.base import (
     ToolCallDelta,
     Usage,
 )
+from enclave.gateway.plain_metrics import metric_types
 from enclave.gateway.tenant_usage import USAGE_KEY
 from enclave.gateway.usage import add_tokens
 
@@ -135,67 +136,69 @@ class GatewayMetrics:
     ) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=False)
         self.multiprocess = multiprocess_dir() is not None
-        self.requests = Counter(
+        # Plain-float values in one process, prometheus-client's shared files across workers.
+        types = metric_types(self.multiprocess)
+        self.requests = types.counter(
             "enclave_gateway_requests",
             "HTTP requests answered, by route template and status.",
             ["route", "status"],
             registry=registry,
         )
-        self.request_duration = Histogram(
+        self.request_duration = types.histogram(
             "enclave_gateway_request_duration_seconds",
             "Time to answer an HTTP request (streams: until the last byte), by route template.",
             ["route"],
             buckets=REQUEST_BUCKETS,
             registry=registry,
         )
-        self.model_requests = Counter(
+        self.model_requests = types.counter(
             "enclave_gateway_model_requests",
             "Model calls, by model family and outcome (success, error).",
             ["family", "outcome"],
             registry=registry,
         )
-        self.model_duration = Histogram(
+        self.model_duration = types.histogram(
             "enclave_gateway_model_request_duration_seconds",
             "Duration of model calls (streams: until the stream ends), by model family.",
             ["family"],
             buckets=MODEL_BUCKETS,
             registry=registry,
         )
-        self.model_inflight = Gauge(
+        self.model_inflight = types.gauge(
             "enclave_gateway_model_inflight",
             "Model calls in progress.",
             registry=registry,
             multiprocess_mode="livesum",
         )
-        self.tokens = Counter(
+        self.tokens = types.counter(
             "enclave_gateway_tokens",
             "Tokens the model servers reported, by direction (input, output).",
             ["direction"],
             registry=registry,
         )
-        self.auth_failures = Counter(
+        self.auth_failures = types.counter(
             "enclave_gateway_auth_failures",
             "Requests refused by authentication, by reason.",
             ["reason"],
             registry=registry,
         )
-        self.jwks_fetches = Counter(
+        self.jwks_fetches = types.counter(
             "enclave_gateway_jwks_fetches",
             "Fetches of the issuers' signing keys, by issuer and outcome (success, failure).",
             ["issuer", "outcome"],
             registry=registry,
         )
-        self.token_cache_hits = Counter(
+        self.token_cache_hits = types.counter(
             "enclave_gateway_token_cache_hits",
             "Tokens found in the verified-token cache.",
             registry=registry,
         )
-        self.token_cache_misses = Counter(
+        self.token_cache_misses = types.counter(
             "enclave_gateway_token_cache_misses",
             "Tokens not in the verified-token cache (verified in full).",
             registry=registry,
         )
-        self.rate_limited = Counter(
+        self.rate_limited = types.counter(
             "enclave_gateway_rate_limited",
             "Requests refused by the rate limiter, by scope (instance, user).",
             ["scope"],
@@ -204,25 +207,25 @@ class GatewayMetrics:
 
         # Shared-gateway usage per tenant (instance = the issuer URL) and feature: children are
         # created on first use, bounded by trusted instances x features.
-        self.tenant_requests = Counter(
+        self.tenant_requests = types.counter(
             "enclave_gateway_instance_requests",
             "Requests served per trusted instance and feature (after authentication).",
             ["instance", "feature"],
             registry=registry,
         )
-        self.tenant_tokens = Counter(
+        self.tenant_tokens = types.counter(
             "enclave_gateway_instance_tokens",
             "Model tokens per trusted instance, feature and direction (input, output).",
             ["instance", "feature", "direction"],
             registry=registry,
         )
-        self.tenant_rate_limited = Counter(
+        self.tenant_rate_limited = types.counter(
             "enclave_gateway_instance_rate_limited",
             "Requests refused by a trusted instance's own rate limit.",
             ["instance"],
             registry=registry,
         )
-        self.tenant_limit_rps = Gauge(
+        self.tenant_limit_rps = types.gauge(
             "enclave_gateway_instance_rate_limit_rps",
             "Each trusted instance's request rate limit (requests per second; 0: off).",
             ["instance"],

@@ -38,7 +38,9 @@ def test_the_request_line_is_the_pipelines_line_field_for_field(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     configure_logging("gateway", "info", "json")
-    structlog.contextvars.bind_contextvars(request_id=f"id-{PAT}", session_token="s3cr3t")
+    structlog.contextvars.bind_contextvars(
+        request_id=f"id-{PAT}", session_token="s3cr3t", api_key="", credentials=["c"]
+    )
     # A fresh name: loggers are cached on first use with the configuration of that time.
     get_logger("test.request_log.pipeline").info("request", **_fields())
     log_request(get_logger("test.request_log.fast"), _fields())
@@ -50,6 +52,7 @@ def test_the_request_line_is_the_pipelines_line_field_for_field(
     assert own_path["route"] == f"/v1/x/{REDACTED}"
     assert own_path["request_id"] == f"id-{REDACTED}"
     assert own_path["session_token"] == REDACTED
+    assert own_path["api_key"] == "" and own_path["credentials"] == REDACTED
     assert own_path["component"] == "gateway"
     assert own_path["level"] == "info" and own_path["event"] == "request"
 

@@ -129,3 +129,34 @@ def test_generation_stream_filter_matches_the_whole_answer(cuts: list[int]) -> N
         out = "".join(stream.feed(text[a:b]) for a, b in itertools.pairwise(bounds))
         out += stream.flush()
         assert out == pp.postprocess_generation(text)
+
+
+def _strip_echoed_prefix_by_split(text: str, prefix: str, max_lines: int) -> str:
+    """The first implementation (the whole prefix split into lines): the reference."""
+    if not text or not prefix:
+        return text
+    lines = prefix.split("\n")
+    for count in range(min(max_lines, len(lines)), 0, -1):
+        tail = "\n".join(lines[-count:])
+        if tail.strip() and text.startswith(tail):
+            return text[len(tail) :]
+    current = lines[-1]
+    if current and not current.strip() and text.startswith(current):
+        return text[len(current) :]
+    return text
+
+
+@given(
+    lines=st.lists(st.sampled_from(["", " ", "  x = 1", "def f():", "    return x"]), max_size=9),
+    echoed=st.integers(min_value=0, max_value=9),
+    rest=st.sampled_from(["", "\n    y", " + 1"]),
+    max_lines=st.integers(min_value=1, max_value=6),
+)
+def test_strip_echoed_prefix_splits_off_only_the_lines_it_compares(
+    lines: list[str], echoed: int, rest: str, max_lines: int
+) -> None:
+    prefix = "\n".join(lines)
+    answer = "\n".join(lines[len(lines) - min(echoed, len(lines)) :]) + rest
+    assert pp.strip_echoed_prefix(answer, prefix, max_lines) == _strip_echoed_prefix_by_split(
+        answer, prefix, max_lines
+    )

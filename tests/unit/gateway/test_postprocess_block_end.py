@@ -9,9 +9,11 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from enclave.gateway.prompts.postprocess import (
+    _BLOCK_OPENERS,
     BlockEndFilter,
     FenceStripper,
     FilterChain,
+    _block_indent,
     stop_at_block_end,
 )
 
@@ -173,3 +175,26 @@ def test_every_chunk_passes_as_the_char_by_char_filter_passes_it(
     for a, b in itertools.pairwise(bounds):
         assert fast.feed(answer[a:b]) == reference.feed(answer[a:b])
     assert fast.flush() == reference.flush()
+
+
+def _indent_by_split(prefix: str) -> int:
+    """The block's indentation as first written (split the prefix into lines): the reference
+    for the backwards search."""
+    lines = prefix.split("\n")
+    cursor_line = lines[-1]
+    if cursor_line.strip():
+        return len(cursor_line.expandtabs(4)) - len(cursor_line.expandtabs(4).lstrip(" "))
+    above = next((line for line in reversed(lines[:-1]) if line.strip()), "")
+    width = len(above.expandtabs(4)) - len(above.expandtabs(4).lstrip(" "))
+    return width + (1 if above.rstrip().endswith(_BLOCK_OPENERS) else 0)
+
+
+@given(prefix=st.text(alphabet=" \t\n\r\x0bab:{(=>", max_size=60))
+@example(prefix="")
+@example(prefix="\n")
+@example(prefix="a\n")
+@example(prefix="\n\nx\n  \n")
+@example(prefix="  if a:\n\n \t\n")
+def test_block_indent_is_the_one_found_by_splitting_into_lines(prefix: str) -> None:
+    assert _block_indent(prefix) == _indent_by_split(prefix)
+    assert BlockEndFilter(prefix)._min_indent == _indent_by_split(prefix)

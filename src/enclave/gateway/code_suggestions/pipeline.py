@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 from starlette.requests import Request
 from starlette.responses import Response
 
+from enclave.gateway.answers import JsonAnswer
 from enclave.gateway.api.schemas import PromptMessage, field_error
 from enclave.gateway.api.steps import authenticate, model_failure, parse_body
 from enclave.gateway.auth.verify import Principal
@@ -170,7 +171,9 @@ def response_body(plan: Plan, result: ModelResult, text: str) -> dict[str, Any]:
     }
 
 
-async def serve(request: Request, use_case: UseCase) -> Response | RawTextStreamResponse:
+async def serve(
+    request: Request, use_case: UseCase
+) -> Response | JsonAnswer | RawTextStreamResponse:
     """The whole pipeline for one code-suggestions request."""
     gateway: Gateway = request.app.state.gateway
     principal = await authenticate(request, user_tokens=True)
@@ -197,4 +200,4 @@ async def serve(request: Request, use_case: UseCase) -> Response | RawTextStream
         result = await gateway.models.complete(plan.request)
     except (EndpointNotAllowed, ModelError) as exc:
         return model_failure(request, principal, exc)
-    return json_response(response_body(plan, result, plan.postprocess(result.text)))
+    return JsonAnswer(response_body(plan, result, plan.postprocess(result.text)))

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common.features import Feature
+from enclave.gateway.answers import JsonAnswer
 from enclave.gateway.api.openai.common import (
     Call,
     OpenAIStreamResponse,
@@ -29,7 +30,7 @@ from enclave.gateway.api.openai.tools import check_tools
 DEFAULT_MODEL = Feature.DUO_CHAT.value
 
 
-async def chat_completions(request: Request) -> Response | OpenAIStreamResponse:
+async def chat_completions(request: Request) -> Response | JsonAnswer | OpenAIStreamResponse:
     try:
         principal, routes = await authenticate(request)
         body = await read_json_object(request)

@@ -35,6 +35,7 @@ from starlette.types import Message, Receive, Scope, Send
 from enclave.common import wire
 from enclave.common.logging import get_logger
 from enclave.gateway import usage
+from enclave.gateway.answers import JsonAnswer
 from enclave.gateway.auth.jws import TokenError, parse_token
 from enclave.gateway.auth.verify import AuthError, Principal
 from enclave.gateway.http import BodyTooLarge, json_response, read_body
@@ -664,7 +665,7 @@ def completion_id(api: Api) -> str:
     return ("chatcmpl-" if api == "chat" else "cmpl-") + secrets.token_hex(12)
 
 
-async def forward(request: Request, call: Call) -> Response | OpenAIStreamResponse:
+async def forward(request: Request, call: Call) -> JsonAnswer | OpenAIStreamResponse:
     """Answer ``call`` through the gateway's model chain (egress check → metrics → provider).
 
     Every token of this API is a user's: model failures are answered generically (raises
@@ -682,7 +683,7 @@ async def forward(request: Request, call: Call) -> Response | OpenAIStreamRespon
         result = await gateway.models.complete(model_call)
     except (ModelError, EndpointNotAllowed) as exc:
         raise _model_failure(request, exc) from None
-    return json_response(completion_body(call, result, completion_id(call.api)))
+    return JsonAnswer(completion_body(call, result, completion_id(call.api)))
 
 
 # -- streaming ------------------------------------------------------------------------------

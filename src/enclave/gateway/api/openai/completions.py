@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common.features import Feature
+from enclave.gateway.answers import JsonAnswer
 from enclave.gateway.api.openai.common import (
     Call,
     OpenAIStreamResponse,
@@ -26,7 +27,7 @@ from enclave.gateway.api.openai.common import (
 DEFAULT_MODEL = Feature.CODE_COMPLETIONS.value
 
 
-async def completions(request: Request) -> Response | OpenAIStreamResponse:
+async def completions(request: Request) -> Response | JsonAnswer | OpenAIStreamResponse:
     try:
         principal, routes = await authenticate(request)
         body = await read_json_object(request)

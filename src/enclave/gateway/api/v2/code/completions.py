@@ -9,10 +9,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from enclave.gateway.answers import JsonAnswer
 from enclave.gateway.code_suggestions.completions import COMPLETIONS
 from enclave.gateway.code_suggestions.pipeline import serve
 from enclave.gateway.streaming import RawTextStreamResponse
 
 
-async def completions(request: Request) -> Response | RawTextStreamResponse:
+async def completions(request: Request) -> Response | JsonAnswer | RawTextStreamResponse:
     return await serve(request, COMPLETIONS)
