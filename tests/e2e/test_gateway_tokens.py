@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,9 @@ def test_token_signed_by_the_instance_is_accepted(stack: Stack, expected_answer:
     response = call_gateway(stack, sign(stack, claims(stack)))
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["text"] == expected_answer
+    # As HTTP asks of a server with a clock; and no software banner.
+    assert parsedate_to_datetime(response.headers["date"]).tzinfo is not None
+    assert "server" not in response.headers
 
 
 def test_tampered_payload_is_401(stack: Stack) -> None:

@@ -52,7 +52,9 @@ def serve(
         # Never let uvicorn rewrite the client address from X-Forwarded-For: the apps honour
         # that header only from configured trusted proxies (enclave.common.netrules).
         proxy_headers=False,
-        server_header=False,
-        date_header=False,
+        server_header=False,  # no software banner for scanners
+        # HTTP requires a Date on every answer of a server with a clock (RFC 9110 §6.6.1);
+        # uvicorn renders it once a second, so it costs a header line, not a clock read.
+        date_header=True,
         timeout_graceful_shutdown=5,
     )

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from enclave.common.http1 import HttpClientError
 from enclave.common.logging import get_logger, redact_text
 from enclave.instance.db.models import SelfHostedModel
 from enclave.instance.gateway_client import (
@@ -174,7 +175,7 @@ async def check_connection(
         return ConnectionResult(False, "gateway_unreachable", exc.message)
     try:
         body = await response.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (HttpClientError, ValueError) as exc:
         response.close()
         return ConnectionResult(
             False,

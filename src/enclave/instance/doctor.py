@@ -14,12 +14,12 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import aiohttp
 import orjson
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from enclave.common.features import GITLAB_GATEWAY_CODE_FAMILIES
+from enclave.common.http1 import HttpClientError
 from enclave.config import EnclaveSettings
 from enclave.instance import ai_settings
 from enclave.instance.connection import ModelUnderTest, check_connection
@@ -364,7 +364,7 @@ async def _network_checks(
                     "see that answer and the instance log",
                 )
             )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (HttpClientError, TimeoutError) as exc:
             add(
                 Check(
                     "instance",
@@ -379,7 +379,7 @@ async def _network_checks(
             await _vendored_gateway_check(client, effective.vendored_ai_gateway_url, add)
         try:
             status = await client.get(f"{gateway_url}/monitoring/healthz", HTTP_TIMEOUT_S)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (HttpClientError, TimeoutError) as exc:
             add(
                 Check(
                     "AI gateway",
@@ -449,7 +449,7 @@ async def _vendored_gateway_check(client: GatewayClient, url: str, add: Any) -> 
     each call would be billed by the vendor; a vendored request shows the rest."""
     try:
         status = await client.get(f"{url}/monitoring/healthz", HTTP_TIMEOUT_S)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (HttpClientError, TimeoutError) as exc:
         add(
             Check(
                 "vendored AI gateway",
@@ -479,7 +479,7 @@ async def is_enclave_gateway(client: GatewayClient, gateway_url: str) -> bool | 
     (404). None when it cannot be told."""
     try:
         status = await client.get(f"{gateway_url}/v1/models", HTTP_TIMEOUT_S)
-    except (aiohttp.ClientError, TimeoutError):
+    except (HttpClientError, TimeoutError):
         return None
     if status == 404:
         return False

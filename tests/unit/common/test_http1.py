@@ -464,3 +464,36 @@ async def test_a_cancelled_call_drops_its_connection(client: Http1Client) -> Non
     assert await post(client, server.url) == (200, b"{}")
     assert server.connections == 2
     await server.__aexit__()
+
+
+async def test_a_chunked_answer_can_be_read_chunk_for_chunk(client: Http1Client) -> None:
+    # A relay passes each frame on as it came: two chunks that arrive in one read stay two,
+    # one chunk split over two reads stays one.
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"3\r\none\r\n3\r\ntwo\r\n")  # two frames in one write
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"5\r\nth")  # one frame in two writes
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"ree\r\n0\r\n\r\n")
+        await reader.read()
+
+    server = await serve(lambda s: handler)
+    response = await client.post(server.url, body=b"", headers={}, timeouts=STREAM)
+    frames = [chunk async for chunk in response.content.http_chunks()]
+    response.release()
+    assert frames == [b"one", b"two", b"three"]
+    await server.__aexit__()
+
+
+async def test_read_keeps_the_body_and_frees_the_connection(client: Http1Client) -> None:
+    server = await serve(answering(OK, OK))
+    response = await client.post(server.url, body=b"", headers={}, timeouts=WHOLE)
+    assert await response.read() == b"{}"
+    assert await response.read() == b"{}"  # looked at twice, read once
+    assert await post(client, server.url) == (200, b"{}")
+    assert server.connections == 1
+    await server.__aexit__()

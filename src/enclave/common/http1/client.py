@@ -137,11 +137,14 @@ class Http1Client:
         headers: Mapping[str, str] | None = None,
         max_connections: int = 1024,
         keepalive_s: float = 4.0,
+        ask_identity: bool = True,
     ) -> None:
         self._resolve: Resolve = resolve if resolve is not None else DnsCache()
         self._ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
-        # Sent with every call unless the call sets them itself.
-        self._headers = {"Accept-Encoding": "identity", **(headers or {})}
+        # Sent with every call unless the call sets them itself. ``ask_identity``: say that
+        # only uncompressed answers are wanted (a compressed one is refused either way).
+        asked = {"Accept-Encoding": "identity"} if ask_identity else {}
+        self._headers = {**asked, **(headers or {})}
         self._max_connections = max_connections
         self._keepalive_s = keepalive_s
         self._idle: dict[tuple[bool, str, int, int], list[Connection]] = {}

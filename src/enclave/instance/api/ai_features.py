@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,6 +37,7 @@ from starlette.responses import Response
 
 from enclave.common import wire
 from enclave.common.features import FEATURE_PROMPT_IDS
+from enclave.common.http1 import Response as UpstreamResponse
 from enclave.common.logging import get_logger
 from enclave.instance import gateway_api, limits
 from enclave.instance.api.deps import authenticated, context_of
@@ -411,7 +411,7 @@ async def forward_feature(
     model, effective = await resolve_for_request(ctx, spec.feature)
     identity = forward_identity(ctx, request, principal)
 
-    async def send(serving: ResolvedModel) -> aiohttp.ClientResponse:
+    async def send(serving: ResolvedModel) -> UpstreamResponse:
         route = effective.route(serving.vendored)
         minted = ctx.minter.token(spec.scopes, audience=route.audience)
         annotate(request, model=serving.name, signing_kid=minted.kid)

@@ -45,7 +45,6 @@ from dataclasses import dataclass, replace
 from typing import Annotated, Any, Final
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,6 +52,7 @@ from starlette.responses import Response
 
 from enclave.common import wire
 from enclave.common.features import FEATURE_PROMPT_IDS
+from enclave.common.http1 import Response as UpstreamResponse
 from enclave.common.logging import get_logger
 from enclave.instance import gateway_api, limits
 from enclave.instance.ai_settings import EffectiveAiSettings
@@ -350,7 +350,7 @@ async def ask_gateway(
     scopes = {FEATURE_UNIT_PRIMITIVES[call.feature], *gateway_api.chat_scopes(ctx)}
     identity = forward_identity(ctx, request, principal)
 
-    async def send(serving: ResolvedModel) -> aiohttp.ClientResponse:
+    async def send(serving: ResolvedModel) -> UpstreamResponse:
         path, payload = gateway_request(ctx, replace(call, model=serving), stream=stream)
         route = call.effective.route(serving.vendored)
         return await ctx.gateway.post(
@@ -401,7 +401,7 @@ async def chat_completions(
 
 
 async def _answer(
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     model: ResolvedModel,
     request: Request,
     principal: Principal,
@@ -502,7 +502,7 @@ def agent_answer(
     return "".join(parts)
 
 
-def ndjson_text_stream(upstream: aiohttp.ClientResponse, request: Request) -> Response:
+def ndjson_text_stream(upstream: UpstreamResponse, request: Request) -> Response:
     """A ``/v2/chat/agent`` stream relayed as the answer's text, chunk by chunk; an ``error``
     line breaks the transfer off (as a broken raw text stream does)."""
 
@@ -554,7 +554,7 @@ def _unreachable(
 
 
 def _gateway_failure(
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     content: bytes,
     model: ResolvedModel,
     request: Request,

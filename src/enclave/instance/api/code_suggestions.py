@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import aiohttp
 import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from enclave.common.http1 import Response as UpstreamResponse
 from enclave.common.logging import get_logger
 from enclave.instance import gateway_api, limits
 from enclave.instance.api.deps import authenticated, context_of
@@ -92,7 +92,7 @@ async def completions(
     model, effective = await resolve_for_request(ctx, feature)
     identity = forward_identity(ctx, request, principal)
 
-    async def send(serving: ResolvedModel) -> aiohttp.ClientResponse:
+    async def send(serving: ResolvedModel) -> UpstreamResponse:
         route = effective.route(serving.vendored)
         minted = ctx.minter.token(
             gateway_api.code_suggestion_scopes(ctx, [FEATURE_UNIT_PRIMITIVES[feature]]),

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
-import aiohttp
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from enclave.common import wire
+from enclave.common.http1 import HttpClientError
+from enclave.common.http1 import Response as UpstreamResponse
 from enclave.common.logging import get_logger
 from enclave.instance import ai_settings
 from enclave.instance.api.errors import InstanceAPIError
@@ -96,14 +97,14 @@ PROMPT_MODEL_FAILED: Final = 421
 INFERENCE_FAILED_STATUSES: Final = frozenset({429, 502, 503})
 INFERENCE_FAILED: Final = "Inference failed"
 
-Send = Callable[[ResolvedModel], Awaitable[aiohttp.ClientResponse]]
+Send = Callable[[ResolvedModel], Awaitable[UpstreamResponse]]
 
 
-async def model_failed(upstream: aiohttp.ClientResponse, model: ResolvedModel) -> bool:
+async def model_failed(upstream: UpstreamResponse, model: ResolvedModel) -> bool:
     """Whether the gateway's answer says the model (not the gateway, not the request) failed.
 
-    Reads the body of a candidate answer without releasing the response: aiohttp keeps the
-    body, so the caller reads (and releases) it again as if nobody had looked.
+    Reads the body of a candidate answer: the response keeps it, so the caller reads it
+    again as if nobody had looked.
     """
     if upstream.status == PROMPT_MODEL_FAILED:
         return True
@@ -111,7 +112,7 @@ async def model_failed(upstream: aiohttp.ClientResponse, model: ResolvedModel) -
         return False
     try:
         content = await upstream.read()
-    except (TimeoutError, aiohttp.ClientError):
+    except (HttpClientError, ValueError):
         return False  # the body broke off: the caller's read reports it as usual
     return INFERENCE_FAILED in gateway_reason(content, model.api_key, limit=2000)
 
@@ -147,7 +148,7 @@ async def fallback_for(ctx: InstanceContext, feature: Feature) -> ResolvedModel 
 
 async def post_with_fallback(
     ctx: InstanceContext, feature: Feature, model: ResolvedModel, send: Send
-) -> tuple[aiohttp.ClientResponse, ResolvedModel]:
+) -> tuple[UpstreamResponse, ResolvedModel]:
     """``send(model)``; when the gateway says the model failed (before any byte of the answer,
     since nothing is relayed yet) and the feature has a fallback model, ``send(fallback)``
     once and that answer. Returns the answer to relay and the model that gave it.

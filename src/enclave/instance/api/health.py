@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from enclave.common.http1 import HttpClientError
 from enclave.common.logging import get_logger
 from enclave.common.model_probe import ModelProbe
 from enclave.instance import ai_settings
@@ -82,7 +82,7 @@ async def gateway_check(ctx: InstanceContext) -> dict[str, str]:
         url = ctx.gateway.base_url
     try:
         status = await ctx.gateway.get(f"{url}/monitoring/healthz", GATEWAY_CHECK_TIMEOUT_S)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (HttpClientError, TimeoutError) as exc:
         return {
             "status": "failed",
             "message": f"AI gateway {url} unreachable ({type(exc).__name__})",

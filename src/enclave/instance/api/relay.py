@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
-import aiohttp
 import anyio
 import orjson
 from starlette.requests import Request
@@ -30,6 +29,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from enclave.common import wire
+from enclave.common.http1 import HttpClientError
+from enclave.common.http1 import Response as UpstreamResponse
 from enclave.common.logging import get_logger
 from enclave.instance.api.errors import InstanceAPIError, status_message
 from enclave.instance.gateway_client import GatewayUnavailableError
@@ -116,19 +117,17 @@ class DisconnectAwareStreamingResponse(StreamingResponse):
             raise
 
 
-async def upstream_chunks(upstream: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
+async def upstream_chunks(upstream: UpstreamResponse) -> AsyncGenerator[bytes, None]:
     finished = False
     tail = b""
     try:
-        # One piece per HTTP chunk of the gateway: reading "whatever is buffered" (iter_any)
-        # merged a fast model's pieces whenever two arrived before the instance read them.
-        async for chunk, _ in upstream.content.iter_chunks():
-            if not chunk:
-                continue  # aiohttp reports the end of a chunk it had already handed out
+        # One piece per HTTP chunk of the gateway: reading "whatever is buffered" merged a
+        # fast model's pieces whenever two arrived before the instance read them.
+        async for chunk in upstream.content.http_chunks():
             tail = chunk[-2:]
             yield chunk
         finished = True
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except HttpClientError as exc:
         cause = type(exc).__name__
         frame = error_frame(upstream.headers, cause, tail)
         log.warning("gateway_stream_interrupted", error=cause, error_event=frame is not None)
@@ -142,14 +141,14 @@ async def upstream_chunks(upstream: aiohttp.ClientResponse) -> AsyncGenerator[by
             upstream.close()  # client gone or stream broken: drop the connection upstream
 
 
-def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+def _response_headers(upstream: UpstreamResponse) -> dict[str, str]:
     headers = {"content-type": upstream.headers.get("Content-Type", DEFAULT_CONTENT_TYPE)}
     if "X-Streaming-Format" in upstream.headers:  # says "SSE" where the type cannot (v4)
         headers["x-streaming-format"] = upstream.headers["X-Streaming-Format"]
     return headers
 
 
-async def relay(upstream: aiohttp.ClientResponse, *, stream: bool) -> Response:
+async def relay(upstream: UpstreamResponse, *, stream: bool) -> Response:
     """The client response for ``upstream``; streams successful answers when ``stream``."""
     headers = _response_headers(upstream)
     if stream and upstream.status < 300:
@@ -162,18 +161,18 @@ async def relay(upstream: aiohttp.ClientResponse, *, stream: bool) -> Response:
     return Response(content, status_code=upstream.status, headers=headers)
 
 
-async def read_body(upstream: aiohttp.ClientResponse) -> bytes:
+async def read_body(upstream: UpstreamResponse) -> bytes:
     """The whole body; a gateway that stalls or breaks off mid-body becomes 504/502."""
     try:
         content = await upstream.read()
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except TimeoutError as exc:
         upstream.close()
         raise InstanceAPIError(
             504,
             "the AI gateway stopped answering in the middle of a response. Check the gateway "
             "and model server logs; for slow models raise ENCLAVE_INSTANCE__GATEWAY_TIMEOUT_S.",
         ) from exc
-    except aiohttp.ClientError as exc:
+    except (HttpClientError, ValueError) as exc:
         upstream.close()
         raise InstanceAPIError(
             502, f"the AI gateway's response broke off ({type(exc).__name__}); check its logs."
@@ -212,7 +211,7 @@ def gateway_error(
 
 
 async def relay_to_caller(
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     *,
     stream: bool,
     request: Request,
