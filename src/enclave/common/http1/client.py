@@ -12,6 +12,7 @@ compression (it asks for identity).
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 import time
@@ -40,7 +41,10 @@ Resolve = Callable[[str, int], Awaitable[list[str]]]
 
 _DNS_TTL_S: Final = 60.0
 _DNS_CACHE_MAX: Final = 1024
-_FORBIDDEN_IN_HEADERS: Final = ("\r", "\n", "\0")
+# Header names the client writes itself: a call's own are dropped rather than sent twice.
+_FRAMING: Final = frozenset({"host", "content-length", "transfer-encoding"})
+# A field name is a token (RFC 9110 §5.1): no separators, spaces or controls.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +95,21 @@ def _origin(url: URL) -> _Origin:
     return _Origin(url.scheme == "https", host, port, host_header, target)
 
 
-def _check_header(name: str, value: str) -> None:
-    for bad in _FORBIDDEN_IN_HEADERS:
-        if bad in name or bad in value:
-            raise InvalidRequest(f"the header {name[:40]!r} holds a line break or NUL")
-    if not name or ":" in name or " " in name:
+@lru_cache(maxsize=1024)
+def _header_name(name: str) -> str:
+    """``name`` lower-cased, once it is known to be a valid field name (calls reuse a handful
+    of names, so each is checked once); :class:`InvalidRequest` otherwise."""
+    if not _TOKEN.fullmatch(name):
         raise InvalidRequest(f"{name[:40]!r} is not a valid header name")
+    return name.lower()
+
+
+def _split_value(headers: Mapping[str, str]) -> InvalidRequest:
+    """The error naming the header whose value would start a line of its own (or hold NUL)."""
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\0" in value:
+            return InvalidRequest(f"the header {name[:40]!r} holds a line break or NUL")
+    return InvalidRequest("a header holds a line break or NUL")
 
 
 def _expire(future: asyncio.Future[Response], error: Exception) -> None:
@@ -144,7 +157,10 @@ class Http1Client:
         # Sent with every call unless the call sets them itself. ``ask_identity``: say that
         # only uncompressed answers are wanted (a compressed one is refused either way).
         asked = {"Accept-Encoding": "identity"} if ask_identity else {}
-        self._headers = {**asked, **(headers or {})}
+        self._default_lines = [
+            (_header_name(name), f"{name}: {value}\r\n")
+            for name, value in {**asked, **(headers or {})}.items()
+        ]
         self._max_connections = max_connections
         self._keepalive_s = keepalive_s
         self._idle: dict[tuple[bool, str, int, int], list[Connection]] = {}
@@ -218,20 +234,27 @@ class Http1Client:
     def _encode(
         self, method: str, origin: _Origin, body: bytes | None, headers: Mapping[str, str]
     ) -> bytes:
-        lines = [f"{method} {origin.target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
-        given = {name.lower() for name in headers}
-        for name, value in self._headers.items():
-            if name.lower() not in given:
-                lines.append(f"{name}: {value}\r\n")
+        given: set[str] = set()
+        own: list[str] = []
         for name, value in headers.items():
-            _check_header(name, value)
-            if name.lower() not in ("host", "content-length", "transfer-encoding"):
-                lines.append(f"{name}: {value}\r\n")
+            lower = _header_name(name)
+            given.add(lower)
+            if lower not in _FRAMING:
+                own.append(f"{name}: {value}\r\n")
+        lines = [f"{method} {origin.target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
+        lines += [line for lower, line in self._default_lines if lower not in given]
+        lines += own
         if body is not None:
             lines.append(f"Content-Length: {len(body)}\r\n")
         lines.append("\r\n")
+        text = "".join(lines)
+        # Each piece ends in one CR LF (the first in two) and holds no other: a value with a
+        # line break of its own (header injection) or a NUL changes these counts.
+        breaks = len(lines) + 1
+        if text.count("\n") != breaks or text.count("\r") != breaks or "\0" in text:
+            raise _split_value(headers)
         try:
-            head = "".join(lines).encode("latin-1")
+            head = text.encode("latin-1")
         except UnicodeEncodeError:
             raise InvalidRequest("a header holds characters HTTP/1.1 cannot carry") from None
         return head + body if body else head
