@@ -4,6 +4,7 @@ bytes: framing, keep-alive, limits, deadlines and every failure's class."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -496,4 +497,16 @@ async def test_read_keeps_the_body_and_frees_the_connection(client: Http1Client)
     assert await response.read() == b"{}"  # looked at twice, read once
     assert await post(client, server.url) == (200, b"{}")
     assert server.connections == 1
+    await server.__aexit__()
+
+
+async def test_a_response_dropped_unreleased_gives_its_connection_back() -> None:
+    # A stream whose consumer never started (the caller went away first) holds a connection;
+    # once the response is garbage, the connection is closed and its slot is free again.
+    server = await serve(answering(OK, OK))
+    async with Http1Client(max_connections=1) as one:
+        response = await one.post(server.url, body=b"", headers={}, timeouts=WHOLE)
+        del response
+        gc.collect()
+        assert await post(one, server.url, Timeouts(connect=0.5, total=1)) == (200, b"{}")
     await server.__aexit__()

@@ -178,7 +178,9 @@ class Connection(asyncio.Protocol):
         if chunked:
             body.start_chunks()
         self._body = body
-        head = self._head
+        # Handed over and forgotten: the connection must not keep its answer alive (an answer
+        # dropped unreleased is closed when it is collected, see Response.__del__).
+        head, self._head = self._head, None
         if head is not None and not head.done():
             head.set_result(Response(status, headers, body, content_length, self))
 

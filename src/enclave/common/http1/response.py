@@ -72,6 +72,13 @@ class Response:
             self._released = True
             self._connection.finish(reusable=False)
 
+    def __del__(self) -> None:
+        # A response dropped unreleased (a stream whose consumer never started) must not keep
+        # its connection counted against the pool's limit for ever.
+        if not self._released:
+            self._released = True
+            self._connection.finish(reusable=False)
+
     async def __aenter__(self) -> Response:
         return self
 
