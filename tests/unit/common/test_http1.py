@@ -610,3 +610,74 @@ async def test_a_header_line_that_never_ends_is_refused_at_the_limit(
         await post(client, server.url, Timeouts(connect=2, total=10))
     assert asyncio.get_running_loop().time() - started < 5
     await server.__aexit__()
+
+
+async def test_a_call_waiting_for_room_gets_it_when_a_connection_goes_idle() -> None:
+    # At the limit, a connection going back to the pool woke no one: a call to another
+    # origin waited its whole connect timeout though an idle connection could be closed.
+    release = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await first.read_request(reader)
+        await release.wait()
+        writer.write(OK)
+        await writer.drain()
+        await reader.read()
+
+    first = await serve(lambda s: slow)
+    second = await serve(answering(OK))
+    async with Http1Client(max_connections=1) as client:
+        busy = asyncio.create_task(post(client, first.url))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(post(client, second.url, Timeouts(connect=1, total=2)))
+        await asyncio.sleep(0.05)
+        release.set()
+        assert await busy == (200, b"{}")
+        started = asyncio.get_running_loop().time()
+        assert await waiting == (200, b"{}")
+        assert asyncio.get_running_loop().time() - started < 0.5
+    await first.__aexit__()
+    await second.__aexit__()
+
+
+async def test_a_wake_taken_by_a_cancelled_waiter_is_passed_on() -> None:
+    client = Http1Client(max_connections=1)
+    client._connecting = 1  # the limit is reached
+    one = asyncio.create_task(client._slot())
+    two = asyncio.create_task(client._slot())
+    await asyncio.sleep(0)
+    client._connecting = 0
+    client._free_slot()  # wakes the first waiter...
+    one.cancel()  # ...whose call is cancelled (its timeout) before it runs
+    await asyncio.wait_for(two, 1)  # the second one gets the room
+    with pytest.raises(asyncio.CancelledError):
+        await one
+    await client.close()
+
+
+async def test_a_connection_opened_while_closing_is_not_left_open() -> None:
+    resolving = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def slow_resolve(host: str, port: int) -> list[str]:
+        resolving.set()
+        await go_on.wait()
+        return ["127.0.0.1"]
+
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        closed.set()
+
+    server = await serve(lambda s: handler)
+    client = Http1Client(resolve=slow_resolve)
+    call = asyncio.create_task(post(client, server.url))
+    await resolving.wait()
+    await client.close()
+    go_on.set()
+    with pytest.raises(RuntimeError, match="closed"):
+        await call
+    assert not client._open
+    await asyncio.wait_for(closed.wait(), 1)  # the origin saw it closed
+    await server.__aexit__()
