@@ -612,6 +612,27 @@ async def test_a_header_line_that_never_ends_is_refused_at_the_limit(
     await server.__aexit__()
 
 
+async def test_a_trailer_line_that_never_ends_is_refused_at_the_limit(
+    client: Http1Client,
+) -> None:
+    # The same buffering for trailer lines, after the body's last chunk.
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: ")
+        for _ in range(200):
+            writer.write(b"a" * 16 * 1024)
+            await writer.drain()
+            await asyncio.sleep(0.005)
+        await reader.read()
+
+    server = await serve(lambda s: endless)
+    response = await client.post(server.url, body=b"", headers={}, timeouts=STREAM)
+    with pytest.raises(BadResponse, match="headers over"):
+        await asyncio.wait_for(response.content.read_all(1 << 20), 5)
+    response.close()
+    await server.__aexit__()
+
+
 async def test_a_call_waiting_for_room_gets_it_when_a_connection_goes_idle() -> None:
     # At the limit, a connection going back to the pool woke no one: a call to another
     # origin waited its whole connect timeout though an idle connection could be closed.

@@ -50,8 +50,9 @@ class Connection(asyncio.Protocol):
         self._header_bytes = 0
         self._informational = False
         self._asked = False  # a call is waiting for (the rest of) its answer
-        self._in_head = False  # between a status line and the end of its headers
-        self._head_bytes = 0
+        # Bytes received since the parser last delivered something (headers, body bytes, a
+        # chunk's end): header and trailer lines, which httptools buffers whole.
+        self._stalled_bytes = 0
         self._until_close = False  # the body ends when the connection does (no length given)
         self._complete = False
         self._keep_alive = False
@@ -73,6 +74,7 @@ class Connection(asyncio.Protocol):
         self._read_timeout = read_timeout
         self._deadline = deadline
         self._asked = True
+        self._stalled_bytes = 0
         head: asyncio.Future[Response] = self._loop.create_future()
         self._head = head
         if self.transport is None or self.closed or self.transport.is_closing():
@@ -112,8 +114,7 @@ class Connection(asyncio.Protocol):
             # kept, they would be read as the start of the next call's answer.
             self._broken(BadResponse("the origin sent bytes nobody asked for"))
             return
-        if self._in_head:
-            self._head_bytes += len(data)
+        self._stalled_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -123,10 +124,9 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:  # not an HttpParserError: a 101 to an upgrade
             self._broken(BadResponse("the origin switched protocols, which was not asked for"))
             return
-        # httptools buffers a header line until its end: a line that never ends must not
-        # grow without bound (counted from the read after the status line's, so the bound
-        # is the limit plus one read).
-        if self._in_head and self._head_bytes > self._max_header_bytes and not self.closed:
+        # httptools buffers a header (or trailer) line until its end: a line that never ends
+        # must not grow without bound (a reset mid-read undercounts by at most one read).
+        if self._stalled_bytes > self._max_header_bytes and not self.closed:
             self._broken(BadResponse(f"headers over {self._max_header_bytes} bytes"))
 
     def eof_received(self) -> bool | None:
@@ -169,8 +169,6 @@ class Connection(asyncio.Protocol):
         if not self._asked:  # a second answer after the whole first one
             self._refusal = BadResponse("the origin sent an answer nobody asked for")
             raise _Refused
-        self._in_head = True
-        self._head_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
@@ -180,7 +178,7 @@ class Connection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._stalled_bytes = 0
         status = self._parser.get_status_code()
         if status < 200:  # 100 Continue, 103 Early Hints: the answer follows
             self._informational = True
@@ -218,14 +216,17 @@ class Connection(asyncio.Protocol):
             head.set_result(Response(status, headers, body, content_length, self))
 
     def on_body(self, data: bytes) -> None:
+        self._stalled_bytes = 0
         if self._body is not None:
             self._body.feed(data)
 
     def on_chunk_complete(self) -> None:
+        self._stalled_bytes = 0
         if self._body is not None:
             self._body.end_chunk()
 
     def on_message_complete(self) -> None:
+        self._stalled_bytes = 0
         if self._informational:
             self._informational = False
             return
