@@ -9,6 +9,7 @@ from tests.fuzz.summary import EXAMPLES, status_text
 # Summary label -> (test module, counter key).
 FUZZERS = {
     "hypothesis fuzz, stream parsers": ("test_fuzz_stream_parsers.py", "stream parsers"),
+    "hypothesis fuzz, HTTP/1.1 client": ("test_fuzz_http1.py", "http1 client"),
     "hypothesis fuzz, prompt rendering": ("test_fuzz_prompts.py", "prompt rendering"),
     "schemathesis, gateway API": ("test_fuzz_api.py", "gateway API"),
     "schemathesis, instance API": ("test_fuzz_api.py", "instance API"),

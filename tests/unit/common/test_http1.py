@@ -509,4 +509,208 @@ async def test_a_response_dropped_unreleased_gives_its_connection_back() -> None
         del response
         gc.collect()
         assert await post(one, server.url, Timeouts(connect=0.5, total=1)) == (200, b"{}")
+
+
+# -- hostile answers (found by tests/fuzz/test_fuzz_http1.py or by reading) -------------------
+
+
+def loop_errors() -> list[dict[str, object]]:
+    """What reaches the loop's exception handler from now on (an exception escaping a
+    protocol callback lands there, not in the call)."""
+    seen: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: seen.append(context))
+    return seen
+
+
+async def test_a_101_answer_is_a_bad_response(client: Http1Client) -> None:
+    # httptools raises HttpParserUpgrade, which is not an HttpParserError: it escaped
+    # data_received and asyncio closed the transport with a "Fatal error" log.
+    errors = loop_errors()
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
+    server = await serve(answering(upgrade))
+    with pytest.raises(BadResponse, match="switched protocols"):
+        await post(client, server.url)
+    await asyncio.sleep(0.01)
+    assert errors == []
+    await server.__aexit__()
+
+
+async def test_an_answer_nobody_asked_for_never_reaches_the_next_call(
+    client: Http1Client,
+) -> None:
+    # A whole answer, then the start of another in the same write: the pool took the
+    # connection back and the next call read the leftover as its own answer's start.
+    extra = OK + b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nleft"
+    fresh = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh"
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = server.connections == 1
+        while True:  # the first connection's answers carry the leftover
+            await server.read_request(reader)
+            writer.write(extra if first else fresh)
+            await writer.drain()
+
+    server = await serve(lambda s: handler)
+    assert await post(client, server.url) == (200, b"{}")
+    assert await post(client, server.url) == (200, b"fresh")
+    assert server.connections == 2
+    await server.__aexit__()
+
+
+async def test_bytes_on_an_idle_connection_close_it(client: Http1Client) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nstale")  # while idle
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+        await reader.read()
+
+    server = await serve(lambda s: handler)
+    assert await post(client, server.url) == (200, b"{}")
+    await asyncio.sleep(0.1)
+    assert not client._open  # dropped as soon as the stray bytes came
+    assert await post(client, server.url) == (200, b"{}")  # a fresh connection, in step
+    await server.__aexit__()
+
+
+async def test_a_length_with_trailing_blanks_still_frames_the_body(client: Http1Client) -> None:
+    # llhttp keeps "10 " as the value; "10 ".isdigit() is False, so the body was taken as
+    # ending with the connection: a cut body read as whole.
+    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 10 \r\n\r\n01234"
+    server = await serve(answering(cut, then_close=True))
+    response = await client.post(server.url, body=b"", headers={}, timeouts=WHOLE)
+    assert response.content_length == 10
+    with pytest.raises(TruncatedBody):
+        await response.content.read_all(1 << 20)
+    response.release()
+    await server.__aexit__()
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"chunked, gzip", b"xchunked"])
+async def test_transfer_codings_other_than_chunked_are_refused(
+    client: Http1Client, coding: bytes
+) -> None:
+    # llhttp reads such a body until the connection ends, still encoded (a way around the
+    # Content-Encoding check); "xchunked" also passed the old substring test for chunked.
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\nxxxx"
+    server = await serve(answering(answer, then_close=True))
+    with pytest.raises(BadResponse, match="transfer coding"):
+        await post(client, server.url)
+    await server.__aexit__()
+
+
+async def test_a_header_line_that_never_ends_is_refused_at_the_limit(
+    client: Http1Client,
+) -> None:
+    # httptools buffers a header value until its line ends, so the per-header check never
+    # ran: memory grew for as long as the origin kept sending, until the deadline.
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        for _ in range(200):
+            writer.write(b"a" * 16 * 1024)
+            await writer.drain()
+            await asyncio.sleep(0.005)
+        await reader.read()
+
+    server = await serve(lambda s: endless)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(BadResponse, match="headers over"):
+        await post(client, server.url, Timeouts(connect=2, total=10))
+    assert asyncio.get_running_loop().time() - started < 5
+    await server.__aexit__()
+
+
+async def test_a_trailer_line_that_never_ends_is_refused_at_the_limit(
+    client: Http1Client,
+) -> None:
+    # The same buffering for trailer lines, after the body's last chunk.
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: ")
+        for _ in range(200):
+            writer.write(b"a" * 16 * 1024)
+            await writer.drain()
+            await asyncio.sleep(0.005)
+        await reader.read()
+
+    server = await serve(lambda s: endless)
+    response = await client.post(server.url, body=b"", headers={}, timeouts=STREAM)
+    with pytest.raises(BadResponse, match="headers over"):
+        await asyncio.wait_for(response.content.read_all(1 << 20), 5)
+    response.close()
+    await server.__aexit__()
+
+
+async def test_a_call_waiting_for_room_gets_it_when_a_connection_goes_idle() -> None:
+    # At the limit, a connection going back to the pool woke no one: a call to another
+    # origin waited its whole connect timeout though an idle connection could be closed.
+    release = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await first.read_request(reader)
+        await release.wait()
+        writer.write(OK)
+        await writer.drain()
+        await reader.read()
+
+    first = await serve(lambda s: slow)
+    second = await serve(answering(OK))
+    async with Http1Client(max_connections=1) as client:
+        busy = asyncio.create_task(post(client, first.url))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(post(client, second.url, Timeouts(connect=1, total=2)))
+        await asyncio.sleep(0.05)
+        release.set()
+        assert await busy == (200, b"{}")
+        started = asyncio.get_running_loop().time()
+        assert await waiting == (200, b"{}")
+        assert asyncio.get_running_loop().time() - started < 0.5
+    await first.__aexit__()
+    await second.__aexit__()
+
+
+async def test_a_wake_taken_by_a_cancelled_waiter_is_passed_on() -> None:
+    client = Http1Client(max_connections=1)
+    client._connecting = 1  # the limit is reached
+    one = asyncio.create_task(client._slot())
+    two = asyncio.create_task(client._slot())
+    await asyncio.sleep(0)
+    client._connecting = 0
+    client._free_slot()  # wakes the first waiter...
+    one.cancel()  # ...whose call is cancelled (its timeout) before it runs
+    await asyncio.wait_for(two, 1)  # the second one gets the room
+    with pytest.raises(asyncio.CancelledError):
+        await one
+    await client.close()
+
+
+async def test_a_connection_opened_while_closing_is_not_left_open() -> None:
+    resolving = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def slow_resolve(host: str, port: int) -> list[str]:
+        resolving.set()
+        await go_on.wait()
+        return ["127.0.0.1"]
+
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        closed.set()
+
+    server = await serve(lambda s: handler)
+    client = Http1Client(resolve=slow_resolve)
+    call = asyncio.create_task(post(client, server.url))
+    await resolving.wait()
+    await client.close()
+    go_on.set()
+    with pytest.raises(RuntimeError, match="closed"):
+        await call
+    assert not client._open
+    await asyncio.wait_for(closed.wait(), 1)  # the origin saw it closed
     await server.__aexit__()

@@ -309,6 +309,10 @@ class Http1Client:
             raise ConnectTimeout(
                 f"no connection to {origin.host_header} within {limit:g} s"
             ) from None
+        if self._closed:  # closed while connecting: close() did not see this one
+            connection.close()
+            self._free_slot()
+            raise RuntimeError("the HTTP client is closed")
         self._open.add(connection)
         return connection
 
@@ -357,6 +361,12 @@ class Http1Client:
             self._slot_waiters.append(waiter)
             try:
                 await waiter
+            except BaseException:
+                # Woken, then cancelled (its timeout) before it could take the slot: pass
+                # the wake on, or the next waiter sleeps though there is room.
+                if waiter.done() and not waiter.cancelled():
+                    self._free_slot()
+                raise
             finally:
                 if waiter in self._slot_waiters:
                     self._slot_waiters.remove(waiter)
@@ -383,6 +393,8 @@ class Http1Client:
             connection.reused = True
             connection.idle_since = time.monotonic()
             self._idle.setdefault(connection.pool_key, []).append(connection)
+            # A call waiting for room (to another origin) can now close this one to make it.
+            self._free_slot()
             return
         self._forget(connection)
 
@@ -407,6 +419,8 @@ class Http1Client:
             connection.close()
         self._open.clear()
         self._idle.clear()
+        while self._slot_waiters:  # they end at once instead of at their timeout
+            self._free_slot()
 
 
 __all__ = [

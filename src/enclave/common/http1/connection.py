@@ -49,6 +49,10 @@ class Connection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._informational = False
+        self._asked = False  # a call is waiting for (the rest of) its answer
+        # Bytes received since the parser last delivered something (headers, body bytes, a
+        # chunk's end): header and trailer lines, which httptools buffers whole.
+        self._stalled_bytes = 0
         self._until_close = False  # the body ends when the connection does (no length given)
         self._complete = False
         self._keep_alive = False
@@ -69,6 +73,8 @@ class Connection(asyncio.Protocol):
         self._until_close = False
         self._read_timeout = read_timeout
         self._deadline = deadline
+        self._asked = True
+        self._stalled_bytes = 0
         head: asyncio.Future[Response] = self._loop.create_future()
         self._head = head
         if self.transport is None or self.closed or self.transport.is_closing():
@@ -103,11 +109,25 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self._asked:
+            # Bytes while no call is in flight (after a whole answer, or before any call):
+            # kept, they would be read as the start of the next call's answer.
+            self._broken(BadResponse("the origin sent bytes nobody asked for"))
+            return
+        self._stalled_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             reason = self._refusal or BadResponse(f"the answer is not valid HTTP/1.1 ({exc})")
             self._broken(reason)
+            return
+        except httptools.HttpParserUpgrade:  # not an HttpParserError: a 101 to an upgrade
+            self._broken(BadResponse("the origin switched protocols, which was not asked for"))
+            return
+        # httptools buffers a header (or trailer) line until its end: a line that never ends
+        # must not grow without bound (a reset mid-read undercounts by at most one read).
+        if self._stalled_bytes > self._max_header_bytes and not self.closed:
+            self._broken(BadResponse(f"headers over {self._max_header_bytes} bytes"))
 
     def eof_received(self) -> bool | None:
         return None  # close our side too: connection_lost follows
@@ -145,6 +165,11 @@ class Connection(asyncio.Protocol):
 
     # -- httptools' callbacks ---------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if not self._asked:  # a second answer after the whole first one
+            self._refusal = BadResponse("the origin sent an answer nobody asked for")
+            raise _Refused
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self._max_header_bytes:
@@ -153,6 +178,7 @@ class Connection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._stalled_bytes = 0
         status = self._parser.get_status_code()
         if status < 200:  # 100 Continue, 103 Early Hints: the answer follows
             self._informational = True
@@ -170,9 +196,16 @@ class Connection(asyncio.Protocol):
                 f"the answer is compressed ({coding}) though the call asked for none"
             )
             raise _Refused
-        length = headers.get("Content-Length")
-        content_length = int(length) if length is not None and length.isdigit() else None
-        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        codings = ",".join(headers.getall("Transfer-Encoding", ())).lower().split(",")
+        chunked = codings[-1].strip() == "chunked"
+        if codings != [""] and not chunked:
+            # llhttp would read such a body until the connection ends, still encoded.
+            self._refusal = BadResponse("the answer has a transfer coding other than chunked")
+            raise _Refused
+        # llhttp has checked the value (digits, no duplicates) but keeps trailing blanks;
+        # isascii(): str.isdigit() also takes "²", which int() refuses.
+        length = (headers.get("Content-Length") or "").strip()
+        content_length = int(length) if length.isascii() and length.isdigit() else None
         self._until_close = content_length is None and not chunked and status not in (204, 304)
         body = Body(self._loop, self, read_timeout=self._read_timeout, deadline=self._deadline)
         if chunked:
@@ -185,18 +218,22 @@ class Connection(asyncio.Protocol):
             head.set_result(Response(status, headers, body, content_length, self))
 
     def on_body(self, data: bytes) -> None:
+        self._stalled_bytes = 0
         if self._body is not None:
             self._body.feed(data)
 
     def on_chunk_complete(self) -> None:
+        self._stalled_bytes = 0
         if self._body is not None:
             self._body.end_chunk()
 
     def on_message_complete(self) -> None:
+        self._stalled_bytes = 0
         if self._informational:
             self._informational = False
             return
         self._complete = True
+        self._asked = False
         # Read now: the parser forgets it once the next message begins.
         self._keep_alive = self._parser.should_keep_alive()
         if self._body is not None:
