@@ -602,21 +602,30 @@ async def test_transfer_codings_other_than_chunked_are_refused(
     await server.__aexit__()
 
 
+def endless_line_after(start: bytes) -> Callable[[Server], Handler]:
+    """A handler that answers ``start`` and then a line that never ends (3 MiB of it)."""
+
+    def make(server: Server) -> Handler:
+        async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(start)
+            for _ in range(200):
+                writer.write(b"a" * 16 * 1024)
+                await writer.drain()
+                await asyncio.sleep(0.005)
+            await reader.read()
+
+        return endless
+
+    return make
+
+
 async def test_a_header_line_that_never_ends_is_refused_at_the_limit(
     client: Http1Client,
 ) -> None:
     # httptools buffers a header value until its line ends, so the per-header check never
     # ran: memory grew for as long as the origin kept sending, until the deadline.
-    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
-        for _ in range(200):
-            writer.write(b"a" * 16 * 1024)
-            await writer.drain()
-            await asyncio.sleep(0.005)
-        await reader.read()
-
-    server = await serve(lambda s: endless)
+    server = await serve(endless_line_after(b"HTTP/1.1 200 OK\r\nX-Endless: "))
     started = asyncio.get_running_loop().time()
     with pytest.raises(BadResponse, match="headers over"):
         await post(client, server.url, Timeouts(connect=2, total=10))
@@ -628,16 +637,8 @@ async def test_a_trailer_line_that_never_ends_is_refused_at_the_limit(
     client: Http1Client,
 ) -> None:
     # The same buffering for trailer lines, after the body's last chunk.
-    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: ")
-        for _ in range(200):
-            writer.write(b"a" * 16 * 1024)
-            await writer.drain()
-            await asyncio.sleep(0.005)
-        await reader.read()
-
-    server = await serve(lambda s: endless)
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: "
+    server = await serve(endless_line_after(chunked))
     response = await client.post(server.url, body=b"", headers={}, timeouts=STREAM)
     with pytest.raises(BadResponse, match="headers over"):
         await asyncio.wait_for(response.content.read_all(1 << 20), 5)
