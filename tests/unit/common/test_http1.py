@@ -715,3 +715,17 @@ async def test_a_connection_opened_while_closing_is_not_left_open() -> None:
     assert not client._open
     await asyncio.wait_for(closed.wait(), 1)  # the origin saw it closed
     await server.__aexit__()
+
+
+async def test_read_refuses_an_announced_oversized_body_at_once(client: Http1Client) -> None:
+    # The headers say 10 MB: refused without waiting for (or buffering) any of it.
+    async def announces(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
+        await reader.read()
+
+    server = await serve(lambda s: announces)
+    response = await client.post(server.url, body=b"", headers={}, timeouts=WHOLE)
+    with pytest.raises(ValueError, match="10000000 bytes exceeds 5"):
+        await asyncio.wait_for(response.read(5), 0.5)
+    await server.__aexit__()

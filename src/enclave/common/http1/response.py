@@ -52,9 +52,12 @@ class Response:
     async def read(self, limit: int = MAX_READ_BYTES) -> bytes:
         """The whole body, then the connection goes back to the pool. Kept: a second call
         returns the same bytes (a caller may look at an answer before relaying it).
-        :class:`ValueError` when the body is over ``limit`` bytes."""
+        :class:`ValueError` when the body is over ``limit`` bytes (at once when the headers
+        announce that many)."""
         if self._body is None:
             try:
+                if self.content_length is not None and self.content_length > limit:
+                    raise ValueError(f"response of {self.content_length} bytes exceeds {limit}")
                 self._body = await self.content.read_all(limit)
             finally:
                 self.release()

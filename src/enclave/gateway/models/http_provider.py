@@ -258,13 +258,6 @@ def stale_connection(exc: BaseException) -> bool:
     return isinstance(exc, Disconnected)
 
 
-async def read_whole(response: Response, limit: int) -> bytes:
-    """A response's whole body, or :class:`ValueError` when it is over ``limit`` bytes."""
-    if response.content_length is not None and response.content_length > limit:
-        raise ValueError(f"response of {response.content_length} bytes exceeds {limit}")
-    return await response.content.read_all(limit)
-
-
 class HttpProvider(ABC):
     """Base of the providers that speak HTTP(S) with JSON bodies."""
 
@@ -560,13 +553,11 @@ class HttpProvider(ABC):
     async def complete(self, request: ModelRequest) -> ModelResult:
         response = await self._open(request, stream=False)
         try:
-            raw = await read_whole(response, MAX_RESPONSE_BYTES)
+            raw = await response.read(MAX_RESPONSE_BYTES)  # the connection is free after it
         except ValueError:
             raise self.bad_response(request, "returned an oversized response") from None
         except HttpClientError as exc:
             raise self.transport_error(request, exc) from None
-        finally:
-            response.release()
         return self.parse_result(request, self.load_json(request, raw))
 
     def load_json(self, request: ModelRequest, raw: bytes) -> Any:
@@ -601,7 +592,7 @@ class HttpProvider(ABC):
                 if response.status != 200:
                     body = await response.content.read(MAX_ERROR_BODY_BYTES)
                     raise self.http_error(request, response.status, response.headers, body)
-                raw = await read_whole(response, MAX_RESPONSE_BYTES)
+                raw = await response.read(MAX_RESPONSE_BYTES)
         except ModelError:
             raise
         except ValueError:
@@ -659,7 +650,7 @@ class ProviderStream:
             if provider.stream_content_type not in content_type:
                 # The server ignored "stream": relay its whole answer as one chunk.
                 try:
-                    raw = await read_whole(self._response, MAX_RESPONSE_BYTES)
+                    raw = await self._response.read(MAX_RESPONSE_BYTES)
                 except ValueError:
                     raise provider.bad_response(request, "returned an oversized response") from None
                 result = provider.parse_result(request, provider.load_json(request, raw))
