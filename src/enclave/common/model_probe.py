@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-import aiohttp
-
 from enclave.common.http1 import ConnectFailed, Http1Client, HttpClientError, Timeouts
 
 PROBE_TIMEOUT_S: Final = 1.0
@@ -24,7 +22,8 @@ PROBE_TTL_S: Final = 1.0
 MAX_PROBED: Final = 16  # readiness stays cheap whatever the number of models
 
 
-# GET an absolute URL with a timeout; the HTTP status, or raises aiohttp/timeout errors.
+# GET an absolute URL with a timeout; the HTTP status, or raises the lean client's errors
+# (enclave.common.http1: both roles probe through it).
 StatusGetter = Callable[[str, float], Awaitable[int]]
 
 
@@ -91,9 +90,9 @@ class ModelProbe:
             status = await get(url, self._timeout_s)
         except TimeoutError:
             return ModelStatus(name, False, f"no answer within {self._timeout_s:g} s")
-        except (aiohttp.ClientConnectorError, ConnectFailed):
+        except ConnectFailed:
             return ModelStatus(name, False, "unreachable (connection refused or no route)")
-        except (aiohttp.ClientError, HttpClientError, OSError) as exc:
+        except (HttpClientError, OSError) as exc:
             return ModelStatus(name, False, f"unreachable ({type(exc).__name__})")
         if status >= 500:
             return ModelStatus(name, False, f"answered {status} (starting or failing)")

@@ -3,10 +3,10 @@ a model alone); ``/monitoring/healthz`` does not depend on them. Plus the probe'
 
 from __future__ import annotations
 
-import aiohttp
 import pytest
 from openai_harness import OpenAIFactory, OpenAIHarness, make_openai, oai
 
+from enclave.common.http1 import ConnectFailed
 from enclave.common.model_probe import ModelProbe
 
 __all__ = ["make_openai", "oai"]  # fixtures
@@ -69,7 +69,8 @@ async def test_probe_results_are_cached_for_the_ttl() -> None:
     async def get(url: str, timeout_s: float) -> int:
         calls.append(url)
         if url == "http://c/v1/models":
-            raise aiohttp.ClientConnectionError("refused")
+            # What the probe's client raises for a refused connection.
+            raise ConnectFailed("cannot connect to c", ConnectionRefusedError())
         return statuses[url]
 
     targets = [("a", "http://a/v1"), ("b", "http://b/v1")]
