@@ -174,9 +174,8 @@ async def check_connection(
     except GatewayUnavailableError as exc:
         return ConnectionResult(False, "gateway_unreachable", exc.message)
     try:
-        body = await response.read()
+        body = await response.read()  # the connection is handed back (or closed) either way
     except (HttpClientError, ValueError) as exc:
-        response.close()
         return ConnectionResult(
             False,
             "gateway_unreachable",
@@ -184,7 +183,6 @@ async def check_connection(
             "its logs",
         )
     status = response.status
-    response.release()
     where = model.endpoint or f"the {model.provider} service"
     if status == 200:
         return ConnectionResult(

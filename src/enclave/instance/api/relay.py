@@ -162,23 +162,22 @@ async def relay(upstream: UpstreamResponse, *, stream: bool) -> Response:
 
 
 async def read_body(upstream: UpstreamResponse) -> bytes:
-    """The whole body; a gateway that stalls or breaks off mid-body becomes 504/502."""
+    """The whole body; a gateway that stalls or breaks off mid-body becomes 504/502.
+
+    ``read()`` hands the connection back (or closes it when the body did not end) either way.
+    """
     try:
-        content = await upstream.read()
+        return await upstream.read()
     except TimeoutError as exc:
-        upstream.close()
         raise InstanceAPIError(
             504,
             "the AI gateway stopped answering in the middle of a response. Check the gateway "
             "and model server logs; for slow models raise ENCLAVE_INSTANCE__GATEWAY_TIMEOUT_S.",
         ) from exc
     except (HttpClientError, ValueError) as exc:
-        upstream.close()
         raise InstanceAPIError(
             502, f"the AI gateway's response broke off ({type(exc).__name__}); check its logs."
         ) from exc
-    upstream.release()
-    return content
 
 
 def json_or_text(content: bytes) -> Any:
