@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from starlette.types import Receive, Scope, Send
@@ -36,35 +37,56 @@ class TextFilter(Protocol):
     def flush(self) -> str: ...
 
 
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
+@dataclass(frozen=True, slots=True)
+class PumpOutcome:
+    """How a relayed stream ended: ``error`` is what the pump raised (None when it finished or
+    was stopped because the client left)."""
+
+    error: Exception | None
+    client_left: bool
 
 
-async def run_until_disconnect(
-    pump: Coroutine[Any, Any, None], receive: Receive
-) -> tuple[asyncio.Task[None], bool]:
+async def run_until_disconnect(pump: Coroutine[Any, Any, None], receive: Receive) -> PumpOutcome:
     """Run ``pump`` (which sends the response) while watching for the client going away.
 
-    Returns the pump's task (finished, failed or cancelled: check it) and whether the client
-    left before it finished. Neither task is left running, so the caller can then release or
-    drop its upstream connection.
+    The pump runs in the calling task, so the answer's head and first chunk go out in the
+    same turn of the event loop as the call (a task of its own would start a turn later, and
+    cost a task plus ``asyncio.wait`` per stream). A watcher task waits for the client's
+    ``http.disconnect`` and cancels the pump if it comes first. Nothing is left running when
+    this returns, so the caller can then release or drop its upstream connection.
     """
-    task = asyncio.ensure_future(pump)
-    watch = asyncio.ensure_future(_wait_for_disconnect(receive))
+    task = asyncio.current_task()
+    if task is None:  # pragma: no cover - ASGI apps always run in a task
+        raise RuntimeError("run_until_disconnect must run inside an asyncio task")
     client_left = False
+
+    async def watch() -> None:
+        nonlocal client_left
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        client_left = True
+        task.cancel()  # the pump is the only thing the calling task awaits meanwhile
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    error: Exception | None = None
     try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            client_left = True
-            log.info("client_disconnected_during_stream")
+        await pump
+    except asyncio.CancelledError:
+        if not client_left:
+            raise  # cancelled from outside (shutdown): not ours to swallow
+    except Exception as exc:
+        error = exc
     finally:
-        for running in (task, watch):
-            running.cancel()
-        await asyncio.gather(task, watch, return_exceptions=True)
-    return task, client_left
+        # The watcher only runs while the pump is awaited: cancelled here, it can no longer
+        # cancel the calling task.
+        watcher.cancel()
+    if client_left:
+        # Our own cancellation, delivered (or swallowed by the pump): take it back, so the
+        # caller's clean-up and any enclosing timeout see an uncancelled task.
+        if task.cancelling():
+            task.uncancel()
+        log.info("client_disconnected_during_stream")
+    return PumpOutcome(error, client_left)
 
 
 class _Aborted(Exception):
@@ -109,13 +131,12 @@ class RawTextStreamResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            pump, self.client_disconnected = await run_until_disconnect(self._pump(send), receive)
+            outcome = await run_until_disconnect(self._pump(send), receive)
         finally:
             # Releases the connection when the answer was complete, drops it otherwise.
             await self._stream.aclose()
-        if pump.cancelled():
-            return
-        error = pump.exception()
+        self.client_disconnected = outcome.client_left
+        error = outcome.error
         if isinstance(error, _Aborted):
             return  # the server closes the connection: the client sees an incomplete answer
         if isinstance(error, OSError):

@@ -787,14 +787,13 @@ class OpenAIStreamResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            pump, self.client_disconnected = await run_until_disconnect(self._pump(send), receive)
+            outcome = await run_until_disconnect(self._pump(send), receive)
         finally:
             # Releases the connection when the answer was complete, drops it otherwise (the
             # model server stops generating).
             await self._stream.aclose()
-        if pump.cancelled():
-            return
-        error_raised = pump.exception()
+        self.client_disconnected = outcome.client_left
+        error_raised = outcome.error
         if isinstance(error_raised, OSError):
             self.client_disconnected = True
             return
