@@ -21,7 +21,6 @@ limit; the precise cause goes to the gateway's log under that request id.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from enclave.common import wire
 from enclave.common.logging import get_logger
+from enclave.common.request_id import new_short_id
 from enclave.gateway import usage
 from enclave.gateway.answers import JsonAnswer
 from enclave.gateway.auth.jws import TokenError, parse_token
@@ -662,7 +662,7 @@ def completion_body(call: Call, result: ModelResult, completion_id: str) -> dict
 
 
 def completion_id(api: Api) -> str:
-    return ("chatcmpl-" if api == "chat" else "cmpl-") + secrets.token_hex(12)
+    return ("chatcmpl-" if api == "chat" else "cmpl-") + new_short_id()
 
 
 async def forward(request: Request, call: Call) -> JsonAnswer | OpenAIStreamResponse:
