@@ -8,7 +8,7 @@ authentication alone made seven per request. The ASGI server hands names over lo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 
 def first_values(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -18,4 +18,13 @@ def first_values(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(raw)}
 
 
-__all__ = ["first_values"]
+def first_value(raw: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The first value of ``name`` (lowercase bytes), as ``Headers.get`` answers it: for a
+    single look-up, a scan without building any mapping."""
+    for key, value in raw:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+__all__ = ["first_value", "first_values"]

@@ -8,7 +8,7 @@ from starlette.datastructures import Headers
 
 from enclave.common import timeouts, wire
 from enclave.gateway.api import steps
-from enclave.gateway.request_headers import first_values
+from enclave.gateway.request_headers import first_value, first_values
 
 _NAMES = st.sampled_from(
     [wire.H_AUTHORIZATION, wire.H_AUTH_TYPE, wire.H_REALM, "content-length", "x-a", "x-b"]
@@ -44,3 +44,10 @@ def test_the_names_the_request_steps_look_up_are_lowercase() -> None:
     ):
         assert name == name.lower()
     assert timeouts.HEADER.lower() == steps._MODEL_TIMEOUT
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=10), _NAMES)
+def test_first_value_is_headers_get(pairs: list[tuple[str, bytes]], name: str) -> None:
+    raw = [(key.encode(), value) for key, value in pairs]
+    assert first_value(raw, name.encode()) == Headers(raw=raw).get(name)
