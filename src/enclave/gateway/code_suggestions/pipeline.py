@@ -59,9 +59,11 @@ def model_target(payload: SuggestionsRequest) -> ModelTarget:
 
 def names_model(payload: SuggestionsRequest) -> bool:
     """Whether the body names a model of its own (a vendored request names none)."""
-    return any(
-        (value or "").strip()
-        for value in (payload.model_endpoint, payload.model_api_key, payload.model_identifier)
+    # Spelled out, not any() over a generator: this runs on every request.
+    return bool(
+        (payload.model_endpoint or "").strip()
+        or (payload.model_api_key or "").strip()
+        or (payload.model_identifier or "").strip()
     )
 
 
