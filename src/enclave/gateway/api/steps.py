@@ -11,11 +11,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common import timeouts
+from enclave.common.body import read_body
 from enclave.common.logging import get_logger
 from enclave.common.wire import CLAIM_SURFACE, H_GLOBAL_USER_ID
 from enclave.gateway.api.schemas import validation_detail
 from enclave.gateway.auth.verify import AuthError, Principal
-from enclave.gateway.http import MAX_BODY_BYTES, BodyTooLarge, detail, json_response, read_body
+from enclave.gateway.http import MAX_BODY_BYTES, BodyTooLarge, detail, json_response
 from enclave.gateway.models.base import REQUEST_MODEL_TIMEOUT, EndpointNotAllowed, ModelError
 from enclave.gateway.rate_limit import RateLimited
 from enclave.gateway.request_headers import first_values
@@ -113,7 +114,8 @@ async def authorize(
 async def parse_body(request: Request, schema: type[BodyT]) -> BodyT | Response:
     """The request body validated as ``schema``, or the 413/422 response to send."""
     try:
-        body = await read_body(request)
+        # common/body.py's directly: gateway/http.py's read_body is one more coroutine.
+        body = await read_body(request, MAX_BODY_BYTES)
     except BodyTooLarge:
         return detail(f"Request body larger than {MAX_BODY_BYTES} bytes", 413)
     try:

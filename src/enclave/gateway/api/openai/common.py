@@ -32,13 +32,14 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from enclave.common import wire
+from enclave.common.body import read_body
 from enclave.common.logging import get_logger
 from enclave.common.request_id import new_short_id
 from enclave.gateway import usage
 from enclave.gateway.answers import JsonAnswer
 from enclave.gateway.auth.jws import TokenError, parse_token
 from enclave.gateway.auth.verify import AuthError, Principal
-from enclave.gateway.http import BodyTooLarge, json_response, read_body
+from enclave.gateway.http import BodyTooLarge, json_response
 from enclave.gateway.models.base import (
     ChatMessage,
     EndpointNotAllowed,
