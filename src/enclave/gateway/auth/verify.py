@@ -128,7 +128,7 @@ class Principal:
 
     def can(self, *scopes: str) -> bool:
         """True when the token grants any of ``scopes`` (unit primitives)."""
-        return any(scope in self.scopes for scope in scopes)
+        return not self.scopes.isdisjoint(scopes)  # one C call, not a generator per request
 
 
 @dataclass(slots=True)
