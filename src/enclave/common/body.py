@@ -7,7 +7,12 @@ bytes (plus one chunk) are ever held, whatever the client sends.
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from typing import Final
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Scope
+
+_CONTENT_LENGTH: Final = b"content-length"
 
 
 class BodyTooLarge(Exception):
@@ -18,11 +23,52 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
+def declared_length(scope: Scope) -> int | None:
+    """The first ``Content-Length`` header's value (as ``request.headers`` would give it),
+    when it is a plain decimal number; None otherwise."""
+    # One pass over the raw names (the server hands them over lowercased) instead of
+    # building Starlette's Headers for a single look-up.
+    for name, value in scope["headers"]:
+        if name == _CONTENT_LENGTH:
+            # bytes.isdigit() is ASCII digits only (str.isdigit() also takes "²", which
+            # int() refuses).
+            return int(value) if value.isdigit() else None
+    return None
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, or :class:`BodyTooLarge` once it is known to exceed ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = declared_length(request.scope)
+    if declared is not None and declared > limit:
         raise BodyTooLarge(limit)
+    if hasattr(request, "_body") or request._stream_consumed:
+        # Read before (cached by a caller, or consumed): Starlette's stream says what it has.
+        return await _read_stream(request, limit)
+    # The usual case, a body nobody has read yet: the server's messages read directly, as
+    # Request.stream() reads them, without its generator's resumes per message.
+    receive = request.receive
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                # What stream() records: a later body()/stream() says "Stream consumed".
+                request._stream_consumed = True
+                return b"".join(chunks)
+        elif kind == "http.disconnect":
+            request._is_disconnected = True
+            raise ClientDisconnect()
+
+
+async def _read_stream(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

@@ -63,13 +63,6 @@ class RequestContextMiddleware:
         self._route_templates = dict(route_templates or {})
         self._endpoint_templates = dict(endpoint_templates or {})
 
-    def _route_template(self, scope: Scope, path: str) -> str:
-        """The matched route's template (metrics label), never the raw path."""
-        template = self._route_templates.get(path)
-        if template is None:
-            template = self._endpoint_templates.get(scope.get("endpoint"), "<unmatched>")
-        return template
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -89,9 +82,12 @@ class RequestContextMiddleware:
                 started = True
                 status = message["status"]
                 elapsed = time.perf_counter() - start
-                headers = list(message.get("headers", ()))
-                headers.append((_REQUEST_ID_HEADER, request_id_bytes))
-                headers.append((b"x-process-time", f"{elapsed:.6f}".encode()))
+                # A new list and message: the app's own are left as they were.
+                headers = [
+                    *message.get("headers", ()),
+                    (_REQUEST_ID_HEADER, request_id_bytes),
+                    (b"x-process-time", f"{elapsed:.6f}".encode()),
+                ]
                 # The model's token counts when the answer is whole (not streamed): the
                 # instance records them as the request's usage.
                 if slot.input_tokens or slot.output_tokens:
@@ -117,7 +113,11 @@ class RequestContextMiddleware:
             path: str = scope.get("path", "")
             elapsed = time.perf_counter() - start
             if self._metrics is not None:
-                self._metrics.observe_request(self._route_template(scope, path), status, elapsed)
+                # The matched route's template (metrics label), never the raw path.
+                template = self._route_templates.get(path)
+                if template is None:
+                    template = self._endpoint_templates.get(scope.get("endpoint"), "<unmatched>")
+                self._metrics.observe_request(template, status, elapsed)
             CURRENT.reset(slot_token)
             REQUEST_MODEL_TIMEOUT.reset(budget_token)
             if self._usage is not None and slot.user is not None:

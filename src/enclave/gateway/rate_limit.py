@@ -153,12 +153,6 @@ class RedisTokenBuckets:
 Buckets = TokenBuckets | RedisTokenBuckets
 
 
-async def _take(buckets: Buckets, key: object) -> float:
-    if isinstance(buckets, TokenBuckets):
-        return buckets.take(key)  # in process: no await on the hot path
-    return await buckets.take(key)
-
-
 def _retry_after(wait_s: float) -> int:
     return max(1, math.ceil(wait_s))
 
@@ -209,38 +203,42 @@ class RateLimiter:
         the shared store is away in closed mode (503).
 
         The per-user limit is checked first, so that one user's flood does not use up the
-        instance's allowance.
+        instance's allowance. In-process buckets are taken without an await (one coroutine
+        per request, not one per limit: this runs on every request).
         """
         try:
-            await self._check(issuer, instance_id, user_id)
+            users = self.users
+            if users is not None and user_id:
+                key: tuple[str | None, str | None] = (instance_id, user_id)
+                wait = users.take(key) if isinstance(users, TokenBuckets) else await users.take(key)
+                if wait:
+                    self._count("user")
+                    raise RateLimited(
+                        "user",
+                        f"Rate limit exceeded for user {user_id} of instance {instance_id}: "
+                        f"{_number(self.per_user_rpm)} requests per minute; retry after "
+                        f"{_retry_after(wait)} s",
+                        _retry_after(wait),
+                    )
+            instances = self.instances
+            if instances is not None:
+                key = (issuer, instance_id)
+                wait = (
+                    instances.take(key)
+                    if isinstance(instances, TokenBuckets)
+                    else await instances.take(key)
+                )
+                if wait:
+                    self._count("instance")
+                    raise RateLimited(
+                        "instance",
+                        f"Rate limit exceeded for instance {instance_id}: "
+                        f"{_number(self.per_instance_rps)} requests per second; retry after "
+                        f"{_retry_after(wait)} s",
+                        _retry_after(wait),
+                    )
         except SharedStateUnavailable as exc:
             raise RateLimited("store", exc.message, exc.retry_after_s, status=503) from None
-
-    async def _check(self, issuer: str, instance_id: str | None, user_id: str | None) -> None:
-        users = self.users
-        if users is not None and user_id:
-            wait = await _take(users, (instance_id, user_id))
-            if wait:
-                self._count("user")
-                raise RateLimited(
-                    "user",
-                    f"Rate limit exceeded for user {user_id} of instance {instance_id}: "
-                    f"{_number(self.per_user_rpm)} requests per minute; retry after "
-                    f"{_retry_after(wait)} s",
-                    _retry_after(wait),
-                )
-        instances = self.instances
-        if instances is not None:
-            wait = await _take(instances, (issuer, instance_id))
-            if wait:
-                self._count("instance")
-                raise RateLimited(
-                    "instance",
-                    f"Rate limit exceeded for instance {instance_id}: "
-                    f"{_number(self.per_instance_rps)} requests per second; retry after "
-                    f"{_retry_after(wait)} s",
-                    _retry_after(wait),
-                )
 
     def _count(self, scope: str) -> None:
         counter = self._limited.get(scope)

@@ -11,13 +11,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common import timeouts
+from enclave.common.body import read_body
 from enclave.common.logging import get_logger
 from enclave.common.wire import CLAIM_SURFACE, H_GLOBAL_USER_ID
 from enclave.gateway.api.schemas import validation_detail
 from enclave.gateway.auth.verify import AuthError, Principal
-from enclave.gateway.http import MAX_BODY_BYTES, BodyTooLarge, detail, json_response, read_body
+from enclave.gateway.http import MAX_BODY_BYTES, BodyTooLarge, detail, json_response
 from enclave.gateway.models.base import REQUEST_MODEL_TIMEOUT, EndpointNotAllowed, ModelError
 from enclave.gateway.rate_limit import RateLimited
+from enclave.gateway.request_headers import first_values
 from enclave.gateway.user_access import USER_ONLY_COMPLETIONS, user_model_failure
 
 if TYPE_CHECKING:
@@ -48,6 +50,9 @@ def model_failure(
     return model_error_response(error)
 
 
+# Look-up names of the request's header dict are lowercase (gateway/request_headers.py).
+_MODEL_TIMEOUT: Final = timeouts.HEADER.lower()
+
 OPENAI_ONLY_MESSAGE: Final = (
     "This token is only valid for the OpenAI-compatible API (/v1/models, /v1/chat/completions, "
     "/v1/completions)"
@@ -61,7 +66,7 @@ async def authenticate(request: Request, *, user_tokens: bool = False) -> Princi
     only); elsewhere the body names the model, which only the instance's tokens may do.
     """
     gateway: Gateway = request.app.state.gateway
-    headers = request.headers
+    headers = first_values(request.scope["headers"])
     try:
         principal = await gateway.authenticator.authenticate(headers)
     except AuthError as exc:
@@ -75,7 +80,7 @@ async def authenticate(request: Request, *, user_tokens: bool = False) -> Princi
     if not principal.user_token:
         # The instance's timeout for this request reaches the model call (common/timeouts.py);
         # a user's token does not choose how long the gateway waits.
-        budget = timeouts.parse_budget(headers.get(timeouts.HEADER))
+        budget = timeouts.parse_budget(headers.get(_MODEL_TIMEOUT))
         if budget is not None:
             REQUEST_MODEL_TIMEOUT.set(budget)
     limiter = gateway.rate_limiter_for(principal.issuer)
@@ -109,7 +114,8 @@ async def authorize(
 async def parse_body(request: Request, schema: type[BodyT]) -> BodyT | Response:
     """The request body validated as ``schema``, or the 413/422 response to send."""
     try:
-        body = await read_body(request)
+        # common/body.py's directly: gateway/http.py's read_body is one more coroutine.
+        body = await read_body(request, MAX_BODY_BYTES)
     except BodyTooLarge:
         return detail(f"Request body larger than {MAX_BODY_BYTES} bytes", 413)
     try:

@@ -10,7 +10,6 @@ one generic message for a user) → GitLab's ``text_completion`` response.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 from starlette.requests import Request
 from starlette.responses import Response
 
+from enclave.common.request_id import new_request_id
 from enclave.gateway.answers import JsonAnswer
 from enclave.gateway.api.schemas import PromptMessage, field_error
 from enclave.gateway.api.steps import authenticate, model_failure, parse_body
@@ -59,9 +59,11 @@ def model_target(payload: SuggestionsRequest) -> ModelTarget:
 
 def names_model(payload: SuggestionsRequest) -> bool:
     """Whether the body names a model of its own (a vendored request names none)."""
-    return any(
-        (value or "").strip()
-        for value in (payload.model_endpoint, payload.model_api_key, payload.model_identifier)
+    # Spelled out, not any() over a generator: this runs on every request.
+    return bool(
+        (payload.model_endpoint or "").strip()
+        or (payload.model_api_key or "").strip()
+        or (payload.model_identifier or "").strip()
     )
 
 
@@ -148,7 +150,7 @@ class UseCase:
 def response_body(plan: Plan, result: ModelResult, text: str) -> dict[str, Any]:
     usage = result.usage
     return {
-        "id": os.urandom(16).hex(),  # 32 random hex characters, as uuid4().hex, minus the UUID
+        "id": new_request_id(),  # 32 random hex characters, as uuid4().hex, minus the UUID
         "model": {
             "engine": ENGINE,
             "name": plan.model_name,

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from enclave.common.features import MODEL_FAMILIES
 from enclave.gateway.models.base import Api, ChatMessage
+from enclave.gateway.prompts.current_date import current_date
 from enclave.gateway.prompts.definition import Definition, ModelParams
 from enclave.gateway.prompts.semver import InvalidVersion, Version, parse_constraint
 
@@ -103,6 +104,10 @@ class Prompt:
         self.version = version
         self.definition = definition
         self.path = path
+        # The declared inputs as bind() checks them, read once (definitions never change).
+        self._inputs: tuple[tuple[str, bool, int | None], ...] = tuple(
+            (name, spec.required, spec.max_chars) for name, spec in definition.inputs.items()
+        )
         template = definition.prompt_template
         self._system = _compile(env, template.system) if template.system is not None else None
         self._user = _compile(env, template.user) if template.user is not None else None
@@ -126,20 +131,20 @@ class Prompt:
         Inputs the definition does not declare are ignored, as GitLab's registry does.
         """
         values: dict[str, str] = {}
-        for name, spec in self.definition.inputs.items():
+        for name, required, max_chars in self._inputs:
             value = inputs.get(name)
             if value is None:
-                if spec.required:
+                if required:
                     raise InputError(name, "missing", f"{name} is required")
                 value = ""
             elif not isinstance(value, str):
                 raise InputError(name, "string_type", f"{name} must be a string")
-            elif spec.max_chars is not None and len(value) > spec.max_chars:
+            elif max_chars is not None and len(value) > max_chars:
                 raise InputError(
-                    name, "string_too_long", f"{name} must be at most {spec.max_chars} characters"
+                    name, "string_too_long", f"{name} must be at most {max_chars} characters"
                 )
             values[name] = value
-        values["current_date"] = (today or dt.date.today()).isoformat()
+        values["current_date"] = today.isoformat() if today is not None else current_date()
         return values
 
     def render(self, inputs: Mapping[str, Any], today: dt.date | None = None) -> Rendered:

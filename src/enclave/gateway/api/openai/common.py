@@ -21,9 +21,8 @@ limit; the precise cause goes to the gateway's log under that request id.
 
 from __future__ import annotations
 
-import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -33,12 +32,14 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from enclave.common import wire
+from enclave.common.body import read_body
 from enclave.common.logging import get_logger
+from enclave.common.request_id import new_short_id
 from enclave.gateway import usage
 from enclave.gateway.answers import JsonAnswer
 from enclave.gateway.auth.jws import TokenError, parse_token
 from enclave.gateway.auth.verify import AuthError, Principal
-from enclave.gateway.http import BodyTooLarge, json_response, read_body
+from enclave.gateway.http import BodyTooLarge, json_response
 from enclave.gateway.models.base import (
     ChatMessage,
     EndpointNotAllowed,
@@ -52,6 +53,7 @@ from enclave.gateway.models.base import (
 )
 from enclave.gateway.models.providers import AZURE, OPENAI
 from enclave.gateway.rate_limit import RateLimited
+from enclave.gateway.request_headers import first_value
 from enclave.gateway.routes_table import FeatureRoute, RoutesUnavailable
 from enclave.gateway.streaming import run_until_disconnect
 from enclave.gateway.targets import messages_as_text
@@ -199,15 +201,19 @@ def _claim_stand_ins(token: str) -> tuple[tuple[str, str], ...] | None:
     return found
 
 
-def _auth_view(headers: Mapping[str, str]) -> dict[str, str]:
-    """The request's headers, completed from the token where the client left them out.
+_AUTHORIZATION: Final = wire.H_AUTHORIZATION.encode()
+
+
+def _auth_view(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The request's headers (the raw ASGI pairs), completed from the token where the client
+    left them out. A name sent twice keeps its last value.
 
     An OpenAI client sends only ``Authorization``. The authenticator demands GitLab's headers
     and matches them against the verified claims; filling the absent ones from the (not yet
     verified) claims makes "absent" mean "not checked" while a header that *is* sent must still
     match, and the signature check still covers the claims themselves.
     """
-    view = {name.lower(): value for name, value in headers.items()}
+    view = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
     view.setdefault(wire.H_AUTH_TYPE, wire.AUTH_TYPE_OIDC)
     scheme, _, token = view.get(wire.H_AUTHORIZATION, "").strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -223,17 +229,19 @@ def _auth_view(headers: Mapping[str, str]) -> dict[str, str]:
 async def authenticate(request: Request) -> tuple[Principal, Mapping[str, FeatureRoute]]:
     """The verified caller (within its rate limits) and the routes; raises :class:`RequestError`."""
     gateway: Gateway = request.app.state.gateway
-    if wire.H_AUTHORIZATION not in request.headers:
+    raw = request.scope["headers"]
+    authorization = first_value(raw, _AUTHORIZATION)
+    if authorization is None:
         raise RequestError(
             401,
             f"No API key provided: send Authorization: Bearer <token>; {ACCESS_HINT}",
             "invalid_api_key",
         )
-    scheme, _, presented = request.headers[wire.H_AUTHORIZATION].strip().partition(" ")
+    scheme, _, presented = authorization.strip().partition(" ")
     if scheme.lower() == "bearer" and presented.strip().startswith(PAT_PREFIXES):
         raise RequestError(401, PAT_SENT, "invalid_api_key")
     try:
-        principal = await gateway.authenticator.authenticate(_auth_view(request.headers))
+        principal = await gateway.authenticator.authenticate(_auth_view(raw))
     except AuthError as exc:
         # Revoked (401 token_revoked) and revocation state unknown (503) keep their own code.
         if exc.status == 503:
@@ -662,7 +670,7 @@ def completion_body(call: Call, result: ModelResult, completion_id: str) -> dict
 
 
 def completion_id(api: Api) -> str:
-    return ("chatcmpl-" if api == "chat" else "cmpl-") + secrets.token_hex(12)
+    return ("chatcmpl-" if api == "chat" else "cmpl-") + new_short_id()
 
 
 async def forward(request: Request, call: Call) -> JsonAnswer | OpenAIStreamResponse:
