@@ -1,4 +1,4 @@
-"""Request ids: random hex from a per-process generator, reseeded in a forked child."""
+"""Request ids: random hex from the operating system, never repeated by a forked child."""
 
 from __future__ import annotations
 
