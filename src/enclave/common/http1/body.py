@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Final, Protocol
 
 from enclave.common.http1.errors import BadResponse, DeadlineExceeded, ReadTimeout
@@ -195,7 +195,7 @@ class Body:
             raise ValueError(f"response exceeds {limit} bytes")
         return self._take(len(self._buffer))
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body in the pieces it arrives in."""
         while True:
             if self._buffer:
@@ -227,9 +227,9 @@ class Body:
                 await self._wait()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._lines()
+        return self.lines()
 
-    async def _lines(self) -> AsyncIterator[bytes]:
+    async def lines(self) -> AsyncGenerator[bytes, None]:
         """Each line with its ``\\n``; the last one without when the body does not end in one.
 
         :class:`BadResponse` for a line over the line limit (a stream that never breaks its

@@ -16,6 +16,7 @@ Vertex AI (:mod:`enclave.gateway.models.vertex`), which differs only in URL and 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any, Final
 
 import orjson
@@ -210,56 +211,59 @@ async def anthropic_deltas(
     """
     input_tokens = 0
     tool_index: dict[Any, int] = {}  # content block index -> tool call index
-    async for name, data in sse_events(response.content):
-        event = json_event(provider, request, data)
-        if not isinstance(event, dict):
-            continue
-        kind = event.get("type") or name
-        if kind == "content_block_delta":
-            delta = event.get("delta")
-            if not isinstance(delta, dict):
+    async with aclosing(sse_events(response.content)) as events:
+        async for name, data in events:
+            event = json_event(provider, request, data)
+            if not isinstance(event, dict):
                 continue
-            if delta.get("type") == "text_delta":
-                text = delta.get("text")
-                if isinstance(text, str) and text:
-                    yield text
-            elif delta.get("type") == "input_json_delta":
-                index = tool_index.get(event.get("index"))
-                partial = delta.get("partial_json")
-                if index is not None and isinstance(partial, str) and partial:
-                    stream.tool_deltas.append(ToolCallDelta(index, arguments=partial))
+            kind = event.get("type") or name
+            if kind == "content_block_delta":
+                delta = event.get("delta")
+                if not isinstance(delta, dict):
+                    continue
+                if delta.get("type") == "text_delta":
+                    text = delta.get("text")
+                    if isinstance(text, str) and text:
+                        yield text
+                elif delta.get("type") == "input_json_delta":
+                    index = tool_index.get(event.get("index"))
+                    partial = delta.get("partial_json")
+                    if index is not None and isinstance(partial, str) and partial:
+                        stream.tool_deltas.append(ToolCallDelta(index, arguments=partial))
+                        yield ""
+            elif kind == "content_block_start":
+                block = event.get("content_block")
+                if isinstance(block, dict) and block.get("type") == "tool_use":
+                    index = tool_index[event.get("index")] = len(tool_index)
+                    stream.tool_deltas.append(
+                        ToolCallDelta(
+                            index, str(block.get("id") or ""), str(block.get("name") or "")
+                        )
+                    )
                     yield ""
-        elif kind == "content_block_start":
-            block = event.get("content_block")
-            if isinstance(block, dict) and block.get("type") == "tool_use":
-                index = tool_index[event.get("index")] = len(tool_index)
-                stream.tool_deltas.append(
-                    ToolCallDelta(index, str(block.get("id") or ""), str(block.get("name") or ""))
+            elif kind == "message_start":
+                message = event.get("message")
+                usage = _usage(message.get("usage")) if isinstance(message, dict) else None
+                if usage is not None:
+                    input_tokens = usage.input_tokens
+                    stream.usage = usage
+            elif kind == "message_delta":
+                delta = event.get("delta")
+                if isinstance(delta, dict) and delta.get("stop_reason"):
+                    stream.finish_reason = finish_reason(delta["stop_reason"])
+                usage = _usage(event.get("usage"))
+                if usage is not None:
+                    stream.usage = Usage(usage.input_tokens or input_tokens, usage.output_tokens)
+            elif kind == "message_stop":
+                return
+            elif kind == "error":
+                error = event.get("error")
+                said = error.get("message") if isinstance(error, dict) else error
+                raise ModelServerError(
+                    f"the model endpoint {display_url(request.endpoint)} failed while streaming: "
+                    f"{clean_error_message(said, provider.secret(request))}"
                 )
-                yield ""
-        elif kind == "message_start":
-            message = event.get("message")
-            usage = _usage(message.get("usage")) if isinstance(message, dict) else None
-            if usage is not None:
-                input_tokens = usage.input_tokens
-                stream.usage = usage
-        elif kind == "message_delta":
-            delta = event.get("delta")
-            if isinstance(delta, dict) and delta.get("stop_reason"):
-                stream.finish_reason = finish_reason(delta["stop_reason"])
-            usage = _usage(event.get("usage"))
-            if usage is not None:
-                stream.usage = Usage(usage.input_tokens or input_tokens, usage.output_tokens)
-        elif kind == "message_stop":
-            return
-        elif kind == "error":
-            error = event.get("error")
-            said = error.get("message") if isinstance(error, dict) else error
-            raise ModelServerError(
-                f"the model endpoint {display_url(request.endpoint)} failed while streaming: "
-                f"{clean_error_message(said, provider.secret(request))}"
-            )
-        # ping, content_block_stop: nothing to relay
+            # ping, content_block_stop: nothing to relay
 
 
 class AnthropicClient(HttpProvider):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
@@ -305,18 +306,19 @@ class BedrockClient(HttpProvider):
     ) -> AsyncIterator[str]:
         buffer = EventStreamBuffer()
         blocks: dict[Any, int] = {}  # content block index -> tool call index
-        async for chunk in response.content.chunks():
-            buffer.add_data(chunk)
-            try:
-                messages = list(buffer)
-            except ParserError:
-                raise self.bad_response(request, "sent a corrupt event-stream frame") from None
-            for message in messages:
-                text = self._event(request, message.headers, message.payload, stream, blocks)
-                if text is None:
-                    return
-                if text or stream.tool_deltas:
-                    yield text
+        async with aclosing(response.content.chunks()) as chunks:
+            async for chunk in chunks:
+                buffer.add_data(chunk)
+                try:
+                    messages = list(buffer)
+                except ParserError:
+                    raise self.bad_response(request, "sent a corrupt event-stream frame") from None
+                for message in messages:
+                    text = self._event(request, message.headers, message.payload, stream, blocks)
+                    if text is None:
+                        return
+                    if text or stream.tool_deltas:
+                        yield text
 
     def _event(
         self,

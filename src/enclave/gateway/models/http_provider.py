@@ -18,7 +18,8 @@ import re
 import ssl
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import replace
 from typing import Any, ClassVar, Final
 
@@ -154,30 +155,37 @@ def usage_of(data: Any, input_key: str, output_key: str) -> Usage | None:
     )
 
 
-async def sse_events(content: Body) -> AsyncIterator[tuple[str, bytes]]:
+async def sse_events(content: Body) -> AsyncGenerator[tuple[str, bytes], None]:
     """``(event, data)`` of each server-sent event (W3C EventSource framing).
 
     ``event`` is "" when the event has no ``event:`` field; multi-line data is joined with
     newlines. Comments (``:`` lines, keep-alives), ``id:`` and ``retry:`` are skipped.
+
+    A reader that stops before the end (at ``[DONE]``, ``message_stop``) should close it
+    (``contextlib.aclosing``): an async generator dropped unfinished is closed by the event
+    loop's finalizer hook instead, which uvloop runs as a new task woken through
+    ``call_soon_threadsafe`` (an eventfd write and an extra loop turn, two per stream with the
+    line reader inside, landing on whatever request comes next).
     """
     event = ""
     data: list[bytes] = []
-    async for raw in content:
-        line = raw.rstrip(b"\r\n")
-        if not line:
-            if data:
-                yield event, b"\n".join(data)
-            event, data = "", []
-            continue
-        if line[:1] == b":":
-            continue
-        name, _, value = line.partition(b":")
-        if value[:1] == b" ":
-            value = value[1:]
-        if name == b"data":
-            data.append(value)
-        elif name == b"event":
-            event = value.decode("utf-8", "replace")
+    async with aclosing(content.lines()) as lines:
+        async for raw in lines:
+            line = raw.rstrip(b"\r\n")
+            if not line:
+                if data:
+                    yield event, b"\n".join(data)
+                event, data = "", []
+                continue
+            if line[:1] == b":":
+                continue
+            name, _, value = line.partition(b":")
+            if value[:1] == b" ":
+                value = value[1:]
+            if name == b"data":
+                data.append(value)
+            elif name == b"event":
+                event = value.decode("utf-8", "replace")
     if data:  # a last event without its blank line: servers that close right after it
         yield event, b"\n".join(data)
 

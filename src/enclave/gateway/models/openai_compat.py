@@ -12,6 +12,7 @@ and the stream (:mod:`enclave.gateway.models.azure`).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any, Final
 
 import orjson
@@ -231,38 +232,39 @@ class OpenAICompatClient(HttpProvider):
         self, request: ModelRequest, response: Response, stream: ProviderStream
     ) -> AsyncIterator[str]:
         chat = request.api == "chat"
-        async for _, data in sse_events(response.content):
-            if data == _DONE:
-                return
-            event = json_event(self, request, data)
-            if not isinstance(event, dict):
-                continue
-            if event.get("error"):
-                said = upstream_error_message(data, request.api_key)
-                raise ModelServerError(
-                    f"the model endpoint {display_url(request.endpoint)} failed while "
-                    f"streaming: {said}"
-                )
-            usage = usage_of(event.get("usage"), "prompt_tokens", "completion_tokens")
-            if usage is not None:
-                stream.usage = usage
-            choices = event.get("choices")
-            if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-                continue
-            choice = choices[0]
-            if choice.get("finish_reason"):
-                stream.finish_reason = finish_reason(choice["finish_reason"])
-            if chat:
-                delta = choice.get("delta")
-                text = delta.get("content") if isinstance(delta, dict) else None
-                if isinstance(delta, dict) and delta.get("tool_calls"):
-                    stream.tool_deltas.extend(openai_tool_deltas(delta["tool_calls"]))
-                    if not text:
-                        yield ""
-            else:
-                text = choice.get("text")
-            if isinstance(text, str) and text:
-                yield text
+        async with aclosing(sse_events(response.content)) as events:
+            async for _, data in events:
+                if data == _DONE:
+                    return
+                event = json_event(self, request, data)
+                if not isinstance(event, dict):
+                    continue
+                if event.get("error"):
+                    said = upstream_error_message(data, request.api_key)
+                    raise ModelServerError(
+                        f"the model endpoint {display_url(request.endpoint)} failed while "
+                        f"streaming: {said}"
+                    )
+                usage = usage_of(event.get("usage"), "prompt_tokens", "completion_tokens")
+                if usage is not None:
+                    stream.usage = usage
+                choices = event.get("choices")
+                if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+                    continue
+                choice = choices[0]
+                if choice.get("finish_reason"):
+                    stream.finish_reason = finish_reason(choice["finish_reason"])
+                if chat:
+                    delta = choice.get("delta")
+                    text = delta.get("content") if isinstance(delta, dict) else None
+                    if isinstance(delta, dict) and delta.get("tool_calls"):
+                        stream.tool_deltas.extend(openai_tool_deltas(delta["tool_calls"]))
+                        if not text:
+                            yield ""
+                else:
+                    text = choice.get("text")
+                if isinstance(text, str) and text:
+                    yield text
         if stream.finish_reason is None:
             # Neither [DONE] nor a finish_reason: the server went away mid-answer (a
             # connection closed without chunked framing ends the loop quietly).

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from secrets import token_hex
 from typing import Any, Final
 from urllib.parse import quote
@@ -398,32 +399,33 @@ class VertexClient(HttpProvider):
         self, request: ModelRequest, response: Response, stream: ProviderStream
     ) -> AsyncIterator[str]:
         calls = 0
-        async for _, data in sse_events(response.content):
-            event = json_event(self, request, data)
-            if not isinstance(event, dict):
-                continue
-            if event.get("error"):
-                error = event["error"]
-                said = error.get("message") if isinstance(error, dict) else error
-                raise ModelServerError(
-                    f"the model endpoint {display_url(request.endpoint)} failed while "
-                    f"streaming: {clean_error_message(said, self.secret(request))}"
-                )
-            usage = self._usage(event)
-            if usage is not None:
-                stream.usage = usage
-            text, reason, parts = self._candidate(request, event)
-            if reason:
-                stream.finish_reason = finish_reason(reason)
-            if text:
-                yield text
-            if request.tools and parts:
-                for call in _function_calls(parts):  # whole calls, one piece each
-                    stream.tool_deltas.append(
-                        ToolCallDelta(calls, call.id, call.name, call.arguments)
+        async with aclosing(sse_events(response.content)) as events:
+            async for _, data in events:
+                event = json_event(self, request, data)
+                if not isinstance(event, dict):
+                    continue
+                if event.get("error"):
+                    error = event["error"]
+                    said = error.get("message") if isinstance(error, dict) else error
+                    raise ModelServerError(
+                        f"the model endpoint {display_url(request.endpoint)} failed while "
+                        f"streaming: {clean_error_message(said, self.secret(request))}"
                     )
-                    calls += 1
-                if stream.tool_deltas:
-                    yield ""
+                usage = self._usage(event)
+                if usage is not None:
+                    stream.usage = usage
+                text, reason, parts = self._candidate(request, event)
+                if reason:
+                    stream.finish_reason = finish_reason(reason)
+                if text:
+                    yield text
+                if request.tools and parts:
+                    for call in _function_calls(parts):  # whole calls, one piece each
+                        stream.tool_deltas.append(
+                            ToolCallDelta(calls, call.id, call.name, call.arguments)
+                        )
+                        calls += 1
+                    if stream.tool_deltas:
+                        yield ""
         if calls and stream.finish_reason == "stop":
             stream.finish_reason = "tool_calls"

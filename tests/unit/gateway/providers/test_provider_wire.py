@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import gc
 import hashlib
 import hmac
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -91,6 +94,34 @@ async def test_streamed_answer(kind: str, fake: FakeProvider, session: Http1Clie
     text, stream = await collect(s)
     assert text == ANSWER
     assert (stream.finish_reason, stream.usage) == ("stop", Usage(25, 12))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_read_stream_leaves_no_generator_to_the_loops_finalizer(
+    kind: str, fake: FakeProvider, session: Http1Client
+) -> None:
+    # Readers stop at the stream's end event ([DONE], message_stop, ...) before the body's
+    # end: the event and line generators they leave must be closed there, not by the loop's
+    # finalizer hook (a task woken through call_soon_threadsafe per generator, uvloop).
+    finalized: list[str] = []
+    hooks = sys.get_asyncgen_hooks()
+
+    def finalizer(agen: Any) -> None:
+        finalized.append(agen.ag_code.co_qualname)
+        if hooks.finalizer is not None:
+            hooks.finalizer(agen)
+
+    s = setup(kind, session, fake)
+    fake.script(success(kind, stream=True))
+    sys.set_asyncgen_hooks(firstiter=hooks.firstiter, finalizer=finalizer)
+    try:
+        text, _ = await collect(s)
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+    assert text == ANSWER
+    assert finalized == []
 
 
 @pytest.mark.parametrize("kind", KINDS)
