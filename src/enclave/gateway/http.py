@@ -1,4 +1,5 @@
-"""Small HTTP helpers shared by the gateway's endpoints: orjson responses, bounded body reads."""
+"""Small HTTP helpers shared by the gateway's endpoints: orjson responses, bounded reads of
+outbound answers, connection-failure reasons."""
 
 from __future__ import annotations
 
@@ -8,11 +9,9 @@ from typing import Any
 
 import aiohttp
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common.body import BodyTooLarge
-from enclave.common.body import read_body as common_read_body
 
 JSON_MEDIA_TYPE = "application/json"
 
@@ -36,11 +35,6 @@ def json_response(
 def detail(message: str, status_code: int, headers: Mapping[str, str] | None = None) -> Response:
     """FastAPI-style error body ``{"detail": "..."}`` (GitLab's gateway shape for 403/5xx)."""
     return json_response({"detail": message}, status_code, headers)
-
-
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """Read the whole body, refusing early (:class:`BodyTooLarge`) when it is over ``limit``."""
-    return await common_read_body(request, limit)
 
 
 async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -80,6 +74,5 @@ __all__ = [
     "connect_failure",
     "detail",
     "json_response",
-    "read_body",
     "read_limited",
 ]

@@ -114,7 +114,6 @@ async def authorize(
 async def parse_body(request: Request, schema: type[BodyT]) -> BodyT | Response:
     """The request body validated as ``schema``, or the 413/422 response to send."""
     try:
-        # common/body.py's directly: gateway/http.py's read_body is one more coroutine.
         body = await read_body(request, MAX_BODY_BYTES)
     except BodyTooLarge:
         return detail(f"Request body larger than {MAX_BODY_BYTES} bytes", 413)
