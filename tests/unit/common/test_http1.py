@@ -98,6 +98,22 @@ def answering(*answers: bytes, then_close: bool = False) -> Callable[[Server], H
     return make
 
 
+def answering_once_released(release: asyncio.Event) -> Callable[[Server], Handler]:
+    """A handler that reads a request and answers OK only once ``release`` is set."""
+
+    def make(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            await release.wait()
+            writer.write(OK)
+            await writer.drain()
+            await reader.read()
+
+        return handler
+
+    return make
+
+
 async def serve(make: Callable[[Server], Handler]) -> Server:
     server = Server(lambda r, w: asyncio.sleep(0))
     server._handler = make(server)
@@ -367,12 +383,9 @@ async def test_a_silent_server_is_a_deadline_or_read_timeout(client: Http1Client
 
 
 async def test_a_stream_that_stalls_mid_body_times_out(client: Http1Client) -> None:
-    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-        await reader.read()
-
-    server = await serve(lambda s: stalls)
+    server = await serve(
+        answering(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+    )
     response = await client.post(server.url, body=b"", headers={}, timeouts=Timeouts(1, read=0.2))
     assert await response.content.read(5) == b"first"
     with pytest.raises(ReadTimeout):
@@ -426,15 +439,7 @@ async def test_connections_idle_past_the_keepalive_are_not_reused() -> None:
 
 async def test_the_connection_limit_queues_calls_and_bounds_the_wait() -> None:
     release = asyncio.Event()
-
-    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.read_request(reader)
-        await release.wait()
-        writer.write(OK)
-        await writer.drain()
-        await reader.read()
-
-    server = await serve(lambda s: slow)
+    server = await serve(answering_once_released(release))
     async with Http1Client(max_connections=1) as client:
         first = asyncio.create_task(post(client, server.url))
         await asyncio.sleep(0.05)
@@ -650,15 +655,7 @@ async def test_a_call_waiting_for_room_gets_it_when_a_connection_goes_idle() -> 
     # At the limit, a connection going back to the pool woke no one: a call to another
     # origin waited its whole connect timeout though an idle connection could be closed.
     release = asyncio.Event()
-
-    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await first.read_request(reader)
-        await release.wait()
-        writer.write(OK)
-        await writer.drain()
-        await reader.read()
-
-    first = await serve(lambda s: slow)
+    first = await serve(answering_once_released(release))
     second = await serve(answering(OK))
     async with Http1Client(max_connections=1) as client:
         busy = asyncio.create_task(post(client, first.url))
@@ -719,12 +716,7 @@ async def test_a_connection_opened_while_closing_is_not_left_open() -> None:
 
 async def test_read_refuses_an_announced_oversized_body_at_once(client: Http1Client) -> None:
     # The headers say 10 MB: refused without waiting for (or buffering) any of it.
-    async def announces(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
-        await reader.read()
-
-    server = await serve(lambda s: announces)
+    server = await serve(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n"))
     response = await client.post(server.url, body=b"", headers={}, timeouts=WHOLE)
     with pytest.raises(ValueError, match="10000000 bytes exceeds 5"):
         await asyncio.wait_for(response.read(5), 0.5)
