@@ -1,4 +1,4 @@
-"""CPU per request of the server layer alone: the bounded protocol and its cycle, in-process.
+"""CPU per request of the server layer alone: the server protocol, in-process.
 
 Feeds a keep-alive request as the gateway's hot endpoint gets it (POST with a small JSON body,
 eight headers) to the protocol ``enclave serve`` uses, on a transport that only counts what is
@@ -28,7 +28,8 @@ import uvicorn
 import uvloop
 from uvicorn.server import ServerState
 
-from enclave.common.http_limits import HeaderLimits, bounded_protocol
+from enclave.common.http_limits import HeaderLimits
+from enclave.common.server_protocol import lean_protocol
 
 REQUEST = (
     b"POST /v2/code/completions HTTP/1.1\r\nHost: 127.0.0.1:5052\r\n"
@@ -188,7 +189,7 @@ async def measure(requests: int) -> tuple[float, int]:
     config.load()
     state = ServerState()
     state.default_headers = [(b"date", b"Sat, 05 Dec 2026 08:00:00 GMT")]
-    protocol = bounded_protocol(HeaderLimits(16384, 100, "detail"))(
+    protocol = lean_protocol(HeaderLimits(16384, 100, "detail"))(
         config=config, server_state=state, app_state={}
     )
     per_request, writes = await _timed(protocol, requests)

@@ -1,6 +1,6 @@
 """Attack cases against the gateway's request head limits, under the real server protocol.
 
-The gateway runs under uvicorn with :func:`enclave.common.http_limits.bounded_protocol`, as
+The gateway runs under uvicorn with :func:`enclave.common.server_protocol.lean_protocol`, as
 ``enclave gateway`` serves it: an oversize head or too many headers get ``431 {"detail"}``
 (the AI gateway's error shape) and the connection is closed; normal requests, keep-alive and
 pipelined requests whose heads are each within the limit are untouched. Nothing reaches the
@@ -22,9 +22,9 @@ import pytest
 import uvicorn
 from gateway_fakes import Harness
 
-from enclave.common.http_limits import bounded_protocol
 from enclave.common.net import free_port
 from enclave.common.serve import header_limits
+from enclave.common.server_protocol import lean_protocol
 from enclave.config import GatewaySettings
 
 pytestmark = pytest.mark.anyio
@@ -38,7 +38,7 @@ class _Server:
         self.port = free_port()
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
-            lifespan="off", loop="none", http=bounded_protocol(header_limits(settings)),
+            lifespan="off", loop="none", http=lean_protocol(header_limits(settings)),
         )  # fmt: skip
         self.server = uvicorn.Server(config)
         self.task: asyncio.Task[None] | None = None

@@ -6,7 +6,8 @@ from typing import Any
 
 import uvicorn
 
-from enclave.common.http_limits import HeaderLimits, bounded_protocol
+from enclave.common.http_limits import HeaderLimits
+from enclave.common.server_protocol import lean_protocol
 from enclave.config import GatewaySettings, InstanceSettings
 
 
@@ -45,8 +46,8 @@ def serve(
         workers=workers if workers > 1 else None,
         factory=factory,
         loop="uvloop",
-        # httptools, with bounds on the request head (uvicorn has none for it).
-        http=bounded_protocol(limits),
+        # Our own protocol on httptools, with bounds on the request head (server_protocol.py).
+        http=lean_protocol(limits),
         log_config=None,  # logging is configured already (enclave.common.logging)
         access_log=False,  # each app writes its own structured request line
         # Never let uvicorn rewrite the client address from X-Forwarded-For: the apps honour
