@@ -134,7 +134,9 @@ class LeanHttpProtocol(asyncio.Protocol):
         self.scheme = "http"
         self.read_paused = False
         self.write_paused = False
-        self.drained: asyncio.Future[None] | None = None
+        # Set while the transport takes more: made at the first pause (a rare path), an Event so
+        # that a cancelled sender cannot cancel another's wait.
+        self.writable: asyncio.Event | None = None
         self.pipeline: deque[tuple[_Exchange, ASGIApp]] = deque()
         self.exchange: _Exchange | None = None  # the request being parsed or the last one
         self.keepalive: asyncio.TimerHandle | None = None
@@ -180,14 +182,15 @@ class LeanHttpProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         if not self.write_paused:
             self.write_paused = True
-            self.drained = self.loop.create_future()
+            if self.writable is None:
+                self.writable = asyncio.Event()
+            self.writable.clear()
 
     def resume_writing(self) -> None:
         if self.write_paused:
             self.write_paused = False
-            drained, self.drained = self.drained, None
-            if drained is not None and not drained.done():
-                drained.set_result(None)
+            if self.writable is not None:
+                self.writable.set()
 
     def pause_reading(self) -> None:
         if not self.read_paused:
@@ -456,7 +459,7 @@ class _Exchange:
     # Something for receive() happened since it last returned (body, end, answer, close):
     # uvicorn's asyncio.Event, without creating one per request.
     pending = False
-    waiter: asyncio.Future[None] | None = None
+    waiters: list[asyncio.Future[None]] | None = None  # receive() calls waiting for it
     disconnected = False
     started = False
     complete = False
@@ -481,11 +484,10 @@ class _Exchange:
 
     def wake(self) -> None:
         self.pending = True
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        if self.waiters:
+            for waiter in self.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def run(self, app: ASGIApp) -> None:
         try:
@@ -523,8 +525,17 @@ class _Exchange:
         if not self.disconnected and not self.complete:
             connection.resume_reading()
             if not self.pending:
-                waiter = self.waiter = connection.loop.create_future()
-                await waiter
+                # Several tasks may wait at once (a disconnect watcher beside the app), and
+                # one may be cancelled (Starlette's is_disconnected()): each waits on its own.
+                waiter: asyncio.Future[None] = connection.loop.create_future()
+                waiters = self.waiters
+                if waiters is None:
+                    waiters = self.waiters = []
+                waiters.append(waiter)
+                try:
+                    await waiter
+                finally:
+                    waiters.remove(waiter)
             self.pending = False
         if self.disconnected or self.complete:
             return _DISCONNECT
@@ -534,10 +545,8 @@ class _Exchange:
 
     async def send(self, message: Message) -> None:
         connection = self.connection
-        if connection.write_paused and not self.disconnected:
-            drained = connection.drained
-            if drained is not None:
-                await drained
+        if connection.write_paused and not self.disconnected and connection.writable is not None:
+            await connection.writable.wait()
         if self.disconnected:
             return
         kind = message["type"]

@@ -15,6 +15,7 @@ protocol Enclave served with before (``tests/unit/common/uvicorn_reference.py``)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import re
@@ -798,6 +799,78 @@ async def test_disconnect_while_the_app_waits_in_receive() -> None:
     assert out.notes == [b"abc", {"type": "http.disconnect"}, "sent"]
     assert out.final.data == b"" and out.seen[0] == [b"abc"]
     assert out.seen[2][1] is False  # no longer in server_state.connections
+
+
+async def test_two_tasks_waiting_in_receive_both_learn_of_the_disconnect() -> None:
+    """A disconnect watcher beside the app, and a third wait cancelled at once (Starlette's
+    ``is_disconnected()``): the cancelled one must not cost the others their wake-up."""
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        notes = scope["state"]["notes"]
+        notes.append(await read_body(receive))
+
+        async def watch(name: str) -> None:
+            notes.append((name, await receive()))
+
+        first = asyncio.create_task(watch("first"))
+        second = asyncio.create_task(watch("second"))
+        await asyncio.sleep(0)
+        polled = asyncio.create_task(receive())
+        await asyncio.sleep(0)
+        polled.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await polled
+        notes.append("polled")
+        await asyncio.gather(first, second)
+
+    async def script(c: Conn) -> list[Any]:
+        await c.feed(post(b"abc"))
+        await settle()
+        waiting = list(c.notes)
+        await c.lose()
+        await settle()
+        return [waiting]
+
+    out = await both(app, script)
+    assert out.seen[0] == [b"abc", "polled"]
+    assert sorted(out.notes[2:]) == [
+        ("first", {"type": "http.disconnect"}),
+        ("second", {"type": "http.disconnect"}),
+    ]
+
+
+async def test_a_cancelled_send_while_writing_is_paused_leaves_the_next_send_waiting() -> None:
+    """A send cancelled while the transport is full must not break the next one's wait."""
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        notes = scope["state"]["notes"]
+        await send(start(200))
+        await send(body(b"one", more=True))
+        await scope["state"]["gate"].wait()
+        stuck = asyncio.create_task(send(body(b"lost", more=True)))
+        await asyncio.sleep(0)
+        stuck.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stuck
+        notes.append("cancelled")
+        await send(body(b"two"))
+        notes.append("sent two")
+
+    async def script(c: Conn) -> list[Any]:
+        gate = c.gate()
+        await c.feed(get())
+        c.protocol.pause_writing()
+        gate.set()
+        await settle()
+        held = list(c.notes)
+        c.protocol.resume_writing()
+        await settle()
+        return [held, c.snap()]
+
+    out = await both(app, script)
+    assert out.seen[0] == ["cancelled"]  # the next send waits for the transport
+    assert out.notes == ["cancelled", "sent two"]
+    assert out.final.data.endswith(b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n")
 
 
 async def test_disconnect_while_streaming() -> None:
