@@ -70,31 +70,29 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CHUNK_END = b"0\r\n\r\n"
 _DISCONNECT: Message = {"type": "http.disconnect"}
 _BAD_REQUEST = "Invalid HTTP request received."
-_500_START: Message = {
-    "type": "http.response.start",
-    "status": 500,
-    "headers": [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", b"21"),
-        (b"connection", b"close"),
-    ],
-}
-_500_BODY: Message = {"type": "http.response.body", "body": b"Internal Server Error"}
+
+
+def _closing_answer(status: int, text: bytes) -> tuple[Message, Message]:
+    """The two messages of uvicorn's own plain-text answers (500, 503), which close."""
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(text)),
+            (b"connection", b"close"),
+        ],
+    }
+    return start, {"type": "http.response.body", "body": text}
+
+
+_500 = _closing_answer(500, b"Internal Server Error")
+_503 = _closing_answer(503, b"Service Unavailable")
 
 
 async def _service_unavailable(scope: Any, receive: Any, send: Any) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", b"19"),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": b"Service Unavailable"})
+    await send(_503[0])
+    await send(_503[1])
 
 
 class LeanHttpProtocol(asyncio.Protocol):
@@ -513,8 +511,8 @@ class _Exchange:
             self.finished = True
 
     async def _send_500(self) -> None:
-        await self.send(_500_START)
-        await self.send(_500_BODY)
+        await self.send(_500[0])
+        await self.send(_500[1])
 
     # -- ASGI -------------------------------------------------------------------------------
 
