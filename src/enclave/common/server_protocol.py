@@ -68,7 +68,6 @@ def _status_line(code: int) -> bytes:
 _STATUS_LINES = {code: _status_line(code) for code in range(100, 600)}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CHUNK_END = b"0\r\n\r\n"
-_DISCONNECT: Message = {"type": "http.disconnect"}
 _BAD_REQUEST = "Invalid HTTP request received."
 
 
@@ -537,7 +536,7 @@ class _Exchange:
                     waiters.remove(waiter)
             self.pending = False
         if self.disconnected or self.complete:
-            return _DISCONNECT
+            return {"type": "http.disconnect"}  # a new dict: the app may keep or change it
         message = {"type": "http.request", "body": self.body, "more_body": self.more_body}
         self.body = b""
         return message
