@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from enclave.common.heap import settle_after_start_up
-from enclave.common.logging import configure_logging, get_logger
+from enclave.common.logging import configure_logging, get_logger, write_request_lines_per_loop_turn
 from enclave.common.netrules import parse_networks
 from enclave.config import EnclaveSettings, load_settings
 from enclave.gateway.api import monitoring
@@ -175,6 +175,7 @@ def create_app_from_env() -> Starlette:
     """uvicorn factory for worker processes: settings from ``ENCLAVE_*`` / the config file."""
     settings = load_settings()
     configure_logging("gateway", settings.log_level, settings.log_format)
+    write_request_lines_per_loop_turn()  # a server's worker: one write per loop turn
     config = os.environ.get("ENCLAVE_CONFIG")
     # The config file is watched for trusted-issuer changes (gateway.config_reload_s).
     return create_app(settings, config_file=Path(config) if config else None)

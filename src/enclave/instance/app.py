@@ -21,7 +21,7 @@ from enclave import __version__
 from enclave.common.api_docs import DOCS_CSP, render_docs_page
 from enclave.common.client_address import ClientAddressMiddleware
 from enclave.common.heap import settle_after_start_up
-from enclave.common.logging import configure_logging, get_logger
+from enclave.common.logging import configure_logging, get_logger, write_request_lines_per_loop_turn
 from enclave.common.netrules import parse_networks
 from enclave.config import EnclaveSettings, load_settings
 from enclave.instance import metrics, usage
@@ -133,4 +133,5 @@ def create_app_from_env() -> FastAPI:
     """uvicorn factory: settings from ``ENCLAVE_*`` / the config file, JSON logging."""
     settings = load_settings()
     configure_logging(COMPONENT, settings.log_level, settings.log_format)
+    write_request_lines_per_loop_turn()  # a server's worker: one write per loop turn
     return create_app(settings)

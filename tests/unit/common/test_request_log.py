@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -10,12 +11,14 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from enclave.common import logging as logging_module
 from enclave.common.logging import (
     REDACTED,
     REQUEST_FIELDS,
     configure_logging,
     get_logger,
     log_request,
+    write_request_lines_per_loop_turn,
 )
 from enclave.common.request_id import new_request_id
 
@@ -108,3 +111,58 @@ def test_every_line_of_a_request_carries_its_fields_as_they_grow(
     assert later["api_key"] == REDACTED
     assert request["model"] == "codestral" and request["request_id"] == "r-1"
     assert "request_id" not in after and "model" not in after
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_servers_request_lines_leave_once_per_loop_turn_in_order(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("gateway", "info", "json")
+    write_request_lines_per_loop_turn()
+    write_request_lines_per_loop_turn()  # once is enough: a second call changes nothing
+    pipeline = logging_module._json_pipeline
+    assert pipeline is not None
+    batched = pipeline.write
+    assert isinstance(batched, logging_module._LinesPerLoopTurn)
+    writes: list[str] = []
+    target = batched._write
+    batched._write = lambda text: (writes.append(text), target(text))[1]
+    logger = get_logger("test.request_log.batched")
+
+    async def serve_three() -> list[str]:
+        for status in (200, 201, 202):
+            log_request(
+                logger, {"method": "POST", "route": "/v2/code/completions", "status": status}
+            )
+        during = capsys.readouterr().err  # nothing yet: the turn is not over
+        await asyncio.sleep(0)
+        return [during, *writes]
+
+    during, *calls = asyncio.run(serve_three())
+    assert during == "" and len(calls) == 1
+    assert [line["status"] for line in _lines(capsys)] == [200, 201, 202]
+
+    # Outside a running loop a line is written at once.
+    log_request(logger, {"method": "GET", "route": "/metrics", "status": 200})
+    assert [line["route"] for line in _lines(capsys)] == ["/metrics"]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_request_lines_waiting_for_their_turn_are_written_by_flush_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("gateway", "info", "json")
+    write_request_lines_per_loop_turn()
+    pipeline = logging_module._json_pipeline
+    assert pipeline is not None and isinstance(pipeline.write, logging_module._LinesPerLoopTurn)
+    flush = pipeline.write.flush
+
+    async def log_and_flush() -> tuple[list[Any], list[Any]]:
+        log_request(get_logger("test.request_log.exit"), {"method": "POST", "status": 200})
+        flush()  # what the exit hook does for lines still waiting
+        flushed = _lines(capsys)
+        await asyncio.sleep(0)  # the turn's own flush finds nothing left
+        return flushed, _lines(capsys)
+
+    flushed, after_turn = asyncio.run(log_and_flush())
+    assert [line["status"] for line in flushed] == [200] and after_turn == []
