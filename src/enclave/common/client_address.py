@@ -69,6 +69,12 @@ class ClientAddressMiddleware:
             return
         await self.app(scope, receive, send)
 
+    def passes(self, scope: Scope) -> bool:
+        """Whether the request comes straight from a peer already judged allowed (not a
+        proxy): the check would hand it on unchanged. False means "ask ``__call__``"."""
+        client = scope.get("client")
+        return client is not None and self._verdicts.get(client[0], _UNKNOWN) is None
+
     def _judge(self, scope: Scope, host: str | None) -> str | None:
         """Refusal message, or None when allowed (may rewrite ``scope['client']``)."""
         if host is None:

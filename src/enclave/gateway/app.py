@@ -4,7 +4,8 @@
 each worker process (``uvicorn --factory enclave.gateway.app:create_app_from_env``). Hot
 endpoints are plain Starlette routes with orjson bodies behind three pure ASGI middlewares
 (request context, client address allow-list, exact-path dispatch of the hot POST endpoints
-ahead of the router); the outbound clients are two pooled aiohttp
+ahead of the router), and a hot POST from an address already allowed runs the request context
+and the dispatch alone (gateway/dispatch.py, ``GatewayStarlette``); the outbound clients are two pooled aiohttp
 sessions opened in the lifespan: one for model calls, whose resolver enforces the model egress
 allow-list, and one for the issuers' keys, which are fetched in the background at start-up
 (never blocking it, even when an issuer is down) and cached in memory. The gateway's own
@@ -43,7 +44,7 @@ from enclave.gateway.api.v2.chat.agent import agent
 from enclave.gateway.api.v2.code.completions import completions
 from enclave.gateway.api.v2.code.generations import generations
 from enclave.gateway.api.v4.code.suggestions import suggestions
-from enclave.gateway.dispatch import HotRouteDispatch
+from enclave.gateway.dispatch import GatewayStarlette, HotRouteDispatch
 from enclave.gateway.http import json_response
 from enclave.gateway.metrics import metrics_endpoint
 from enclave.gateway.middleware import ClientAddressMiddleware, RequestContextMiddleware
@@ -143,7 +144,7 @@ def create_app(
         finally:
             await gateway.stop()
 
-    app = Starlette(
+    app = GatewayStarlette(
         routes=list(ROUTES),
         middleware=[
             Middleware(

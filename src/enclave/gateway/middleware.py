@@ -67,6 +67,11 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send, self.app)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
+        """Serve an HTTP request with ``app`` inside its context (the hot path names the
+        dispatch directly, gateway/dispatch.py; the stack names the next middleware)."""
         start = time.perf_counter()
         request_id = _incoming_request_id(scope) or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
@@ -102,7 +107,7 @@ class RequestContextMiddleware:
         # Per request: the instance's model budget, set by authentication (never inherited).
         budget_token = REQUEST_MODEL_TIMEOUT.set(None)
         try:
-            await self.app(scope, receive, send_with_context)
+            await app(scope, receive, send_with_context)
         except Exception:
             log.exception("unhandled_error", path=scope.get("path"))
             status = 500

@@ -1,7 +1,10 @@
-"""Exact-path dispatch of the hot POST endpoints: the same answers as Starlette's router."""
+"""Exact-path dispatch of the hot POST endpoints: the same answers as Starlette's router, and
+the gateway app's hot path past the outer layers of its stack."""
 
 from __future__ import annotations
 
+import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -9,9 +12,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
+from starlette.types import Receive, Scope, Send
 
-from enclave.gateway.app import ROUTES
-from enclave.gateway.dispatch import HotRouteDispatch, hot_routes
+from enclave.common.client_address import ClientAddressMiddleware
+from enclave.common.netrules import parse_networks
+from enclave.config import EnclaveSettings
+from enclave.gateway.app import ROUTES, create_app
+from enclave.gateway.dispatch import GatewayStarlette, HotRouteDispatch, _HotPath, hot_routes
+from enclave.gateway.middleware import RequestContextMiddleware
 
 
 async def _echo(request: Request) -> Response:
@@ -103,3 +111,92 @@ def test_everything_else_still_goes_through_the_router() -> None:
 def test_an_http_exception_from_a_hot_endpoint_gets_the_handlers_answer() -> None:
     answer = _client().post("/teapot")
     assert (answer.status_code, answer.json()) == (418, {"detail": "no tea"})
+
+
+# -- GatewayStarlette: the hot path past the outer layers of the stack -----------------------
+
+
+class _CountingAddressCheck(ClientAddressMiddleware):
+    """The address check, counting the requests that reach it as a layer of the stack."""
+
+    calls = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            type(self).calls += 1
+        await super().__call__(scope, receive, send)
+
+
+async def _boom(request: Request) -> Response:
+    raise RuntimeError("a bug")
+
+
+def _gateway_style_app(allowed: str) -> GatewayStarlette:
+    routes = [*TEST_ROUTES, Route("/boom", _boom, methods=["POST"])]
+    return GatewayStarlette(
+        routes=routes,
+        middleware=[
+            Middleware(RequestContextMiddleware, routes=["/hot", "/boom"]),
+            Middleware(_CountingAddressCheck, allowed=parse_networks([allowed], "allowed")),
+            Middleware(HotRouteDispatch, routes=routes, on_http_exception=_on_http_exception),
+        ],
+        exception_handlers={HTTPException: _on_http_exception},
+    )
+
+
+def _async_client(app: GatewayStarlette, host: str = "127.0.0.1") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(host, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://gw")
+
+
+@pytest.mark.anyio
+async def test_hot_posts_from_an_address_already_allowed_skip_the_outer_layers() -> None:
+    _CountingAddressCheck.calls = 0
+    async with _async_client(_gateway_style_app("127.0.0.0/8")) as client:
+        first = await client.post("/hot", content=b"one")  # a new address: judged by the stack
+        second = await client.post("/hot", content=b"two")  # known and allowed: the hot path
+        assert _CountingAddressCheck.calls == 1
+        for answer, body in ((first, "one"), (second, "two")):
+            assert answer.status_code == 200
+            assert answer.json()["body"] == body and answer.json()["via_router"] is False
+            assert len(answer.headers["x-request-id"]) == 32  # the request context ran
+            assert float(answer.headers["x-process-time"]) >= 0
+        read = await client.get("/read")  # not a hot path: the whole stack
+        assert (read.status_code, _CountingAddressCheck.calls) == (200, 2)
+        teapot = await client.post("/teapot")
+        assert (teapot.status_code, teapot.json()) == (418, {"detail": "no tea"})
+        assert _CountingAddressCheck.calls == 2
+
+
+@pytest.mark.anyio
+async def test_a_refused_address_is_refused_on_the_hot_paths_every_time() -> None:
+    async with _async_client(_gateway_style_app("10.0.0.0/8")) as client:
+        for _ in range(2):
+            answer = await client.post("/hot", content=b"x")
+            assert answer.status_code == 403
+            assert "127.0.0.1 is not allowed" in answer.json()["detail"]
+
+
+@pytest.mark.anyio
+async def test_a_failing_hot_endpoint_gets_the_request_contexts_json_500_either_way() -> None:
+    async with _async_client(_gateway_style_app("127.0.0.0/8")) as client:
+        for _ in range(2):  # the first through the stack, the second on the hot path
+            answer = await client.post("/boom")
+            request_id = answer.headers["x-request-id"]
+            assert answer.status_code == 500
+            assert answer.json() == {
+                "detail": f"Internal error in the AI gateway (request id {request_id}); the "
+                "gateway log has the details"
+            }
+
+
+def test_the_gateway_app_has_its_hot_path() -> None:
+    app = create_app(EnclaveSettings())
+    hot = _HotPath.find(app.build_middleware_stack())
+    assert hot is not None
+    assert hot.dispatch.takes(
+        {"type": "http", "method": "POST", "path": "/v2/code/completions", "root_path": ""}
+    )
+    assert not hot.dispatch.takes(
+        {"type": "http", "method": "POST", "path": "/v2/code/completions", "root_path": "/ai"}
+    )
