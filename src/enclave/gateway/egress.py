@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from typing import Final
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final
 from urllib.parse import SplitResult, urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -117,10 +117,14 @@ class EgressGuard:
         self._allowed: dict[str, float] = {}
         self.resolutions = 0  # DNS look-ups made, for tests and metrics
 
+    def allowed_now(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` was found allowed recently enough to skip :meth:`check`."""
+        until = self._allowed.get(endpoint)
+        return until is not None and until > self._clock()
+
     async def check(self, endpoint: str) -> None:
         """Raise :class:`EndpointNotAllowed` when ``endpoint`` must not be called."""
-        until = self._allowed.get(endpoint)
-        if until is not None and until > self._clock():
+        if self.allowed_now(endpoint):
             return
         await self._check(endpoint)
         if len(self._allowed) >= _RESOLVE_CACHE_MAX:
@@ -226,11 +230,24 @@ class EgressCheckedClient:
         self._inner = inner
         self._guard = guard
 
-    async def complete(self, request: ModelRequest) -> ModelResult:
+    # An endpoint allowed a moment ago (the usual request) goes straight to the inner
+    # client's coroutine: no await level of this wrapper's own for the whole call.
+
+    def complete(self, request: ModelRequest) -> Coroutine[Any, Any, ModelResult]:
+        if self._guard.allowed_now(request.endpoint):
+            return self._inner.complete(request)
+        return self._checked_complete(request)
+
+    def stream(self, request: ModelRequest) -> Coroutine[Any, Any, TextStream]:
+        if self._guard.allowed_now(request.endpoint):
+            return self._inner.stream(request)
+        return self._checked_stream(request)
+
+    async def _checked_complete(self, request: ModelRequest) -> ModelResult:
         await self._guard.check(request.endpoint)
         return await self._inner.complete(request)
 
-    async def stream(self, request: ModelRequest) -> TextStream:
+    async def _checked_stream(self, request: ModelRequest) -> TextStream:
         await self._guard.check(request.endpoint)
         return await self._inner.stream(request)
 

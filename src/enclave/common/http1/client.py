@@ -16,10 +16,10 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
 from yarl import URL
 
@@ -171,7 +171,10 @@ class Http1Client:
 
     # -- calls ------------------------------------------------------------------------------
 
-    async def post(
+    # ``post`` and ``get`` hand back :meth:`request`'s coroutine rather than awaiting it in
+    # one of their own: a model call's every step resumes each await level above it.
+
+    def post(
         self,
         url: str | URL,
         *,
@@ -179,18 +182,18 @@ class Http1Client:
         headers: Mapping[str, str],
         timeouts: Timeouts,
         ssl_context: ssl.SSLContext | None = None,
-    ) -> Response:
-        return await self.request("POST", url, body, headers, timeouts, ssl_context)
+    ) -> Coroutine[Any, Any, Response]:
+        return self.request("POST", url, body, headers, timeouts, ssl_context)
 
-    async def get(
+    def get(
         self,
         url: str | URL,
         *,
         headers: Mapping[str, str],
         timeouts: Timeouts,
         ssl_context: ssl.SSLContext | None = None,
-    ) -> Response:
-        return await self.request("GET", url, None, headers, timeouts, ssl_context)
+    ) -> Coroutine[Any, Any, Response]:
+        return self.request("GET", url, None, headers, timeouts, ssl_context)
 
     async def request(
         self,

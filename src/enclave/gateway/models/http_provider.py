@@ -486,7 +486,9 @@ class HttpProvider(ABC):
         """POST the call; a 200 response (body unread), or the mapped error.
 
         Retried, bounded, only where nothing can have been generated yet: the connection
-        failed, or the provider answered 429, 503 or 529 before any answer.
+        failed, or the provider answered 429, 503 or 529 before any answer. The endpoint's
+        circuit breaker sees the outcome of the whole call (one coroutine, not a wrapper
+        around another: every await level is resumed at each step of the call).
         """
         breaker = self._breaker
         if breaker is not None:
@@ -496,67 +498,63 @@ class HttpProvider(ABC):
                     f"the model endpoint {display_url(request.endpoint)} failed several times "
                     f"in a row; not calling it for another {left:.0f} s"
                 )
-            try:
-                response = await self._open_once(request, stream)
-            except ModelError as exc:
-                if _trips_breaker(exc):
-                    breaker.failed(request.endpoint)
-                raise
-            breaker.succeeded(request.endpoint)
-            return response
-        return await self._open_once(request, stream)
-
-    async def _open_once(self, request: ModelRequest, stream: bool) -> Response:
-        url, body, headers = self.build(request, stream)
-        if self.authorize is not None:
-            await self.authorize(request, headers)
-        timeout = self._timeouts(stream)
-        # Only when the endpoint has TLS of its own: a request-level ssl=True would override
-        # the session's gateway-wide CA bundle.
-        tls = self._tls_of(request)
-        attempt = 0
-        stale = 0
-        while True:
-            attempt += 1
-            try:
-                # Redirects are never followed: the credentials go to this endpoint only.
-                response = await self._session.post(
-                    url, body=body, headers=headers, timeouts=timeout, ssl_context=tls
-                )
-            except HttpClientError as exc:
-                if stale_connection(exc) and stale < STALE_CONNECTION_RETRIES:
-                    # A pooled connection the server had already closed (its keep-alive
-                    # limit): at once, on another connection, and not one of the model's
-                    # retries: several pooled connections can die together.
-                    stale += 1
-                    attempt -= 1
+        try:
+            url, body, headers = self.build(request, stream)
+            if self.authorize is not None:
+                await self.authorize(request, headers)
+            timeout = self._timeouts(stream)
+            # Only when the endpoint has TLS of its own: a request-level ssl=True would override
+            # the session's gateway-wide CA bundle.
+            tls = self._tls_of(request)
+            attempt = 0
+            stale = 0
+            while True:
+                attempt += 1
+                try:
+                    # Redirects are never followed: the credentials go to this endpoint only.
+                    response = await self._session.post(
+                        url, body=body, headers=headers, timeouts=timeout, ssl_context=tls
+                    )
+                except HttpClientError as exc:
+                    if stale_connection(exc) and stale < STALE_CONNECTION_RETRIES:
+                        # A pooled connection the server had already closed (its keep-alive
+                        # limit): at once, on another connection, and not one of the model's
+                        # retries: several pooled connections can die together.
+                        stale += 1
+                        attempt -= 1
+                        continue
+                    error = self.transport_error(request, exc)
+                    retry = isinstance(error, ModelUnreachable) and not isinstance(
+                        exc, NameNotResolved | TlsFailed
+                    )
+                    wait = self._retry_wait(attempt, None) if retry else None
+                    if wait is None:
+                        raise error from None
+                    await self._sleep(wait)
                     continue
-                error = self.transport_error(request, exc)
-                retry = isinstance(error, ModelUnreachable) and not isinstance(
-                    exc, NameNotResolved | TlsFailed
+                if response.status == 200:
+                    if breaker is not None:
+                        breaker.succeeded(request.endpoint)
+                    return response
+                try:
+                    error_body = await response.content.read(MAX_ERROR_BODY_BYTES)
+                except HttpClientError:
+                    error_body = b""
+                finally:
+                    response.release()
+                error = self.http_error(request, response.status, response.headers, error_body)
+                wait = (
+                    self._retry_wait(attempt, error.retry_after)
+                    if isinstance(error, ModelRateLimited) or response.status in _RETRY_STATUSES
+                    else None
                 )
-                wait = self._retry_wait(attempt, None) if retry else None
                 if wait is None:
-                    raise error from None
+                    raise error
                 await self._sleep(wait)
-                continue
-            if response.status == 200:
-                return response
-            try:
-                error_body = await response.content.read(MAX_ERROR_BODY_BYTES)
-            except HttpClientError:
-                error_body = b""
-            finally:
-                response.release()
-            error = self.http_error(request, response.status, response.headers, error_body)
-            wait = (
-                self._retry_wait(attempt, error.retry_after)
-                if isinstance(error, ModelRateLimited) or response.status in _RETRY_STATUSES
-                else None
-            )
-            if wait is None:
-                raise error
-            await self._sleep(wait)
+        except ModelError as exc:
+            if breaker is not None and _trips_breaker(exc):
+                breaker.failed(request.endpoint)
+            raise
 
     async def complete(self, request: ModelRequest) -> ModelResult:
         response = await self._open(request, stream=False)
