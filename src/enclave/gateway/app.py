@@ -5,10 +5,10 @@ each worker process (``uvicorn --factory enclave.gateway.app:create_app_from_env
 endpoints are plain Starlette routes with orjson bodies behind three pure ASGI middlewares
 (request context, client address allow-list, exact-path dispatch of the hot POST endpoints
 ahead of the router), and a hot POST from an address already allowed runs the request context
-and the dispatch alone (gateway/dispatch.py, ``GatewayStarlette``); the outbound clients are two pooled aiohttp
-sessions opened in the lifespan: one for model calls, whose resolver enforces the model egress
-allow-list, and one for the issuers' keys, which are fetched in the background at start-up
-(never blocking it, even when an issuer is down) and cached in memory. The gateway's own
+and the dispatch alone (gateway/dispatch.py, ``GatewayStarlette``); the outbound clients are
+two pooled sessions opened in the lifespan: one for model calls, whose resolver enforces the
+model egress allow-list, and one for the issuers' keys, which are fetched in the background
+at start-up (never blocking it, even when an issuer is down) and cached in memory. The gateway's own
 signing key (user tokens) is loaded, or generated, when the app is built.
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 
 from enclave.common.request_id import new_request_id, new_short_id
 
@@ -39,3 +40,19 @@ def test_a_forked_child_draws_other_ids_than_its_parent() -> None:
     parent = new_request_id() + new_short_id()
     assert len(child) == 56
     assert child[:32] != parent[:32] and child[32:] != parent[32:]
+
+
+def test_threads_drawing_ids_at_once_never_get_the_same_one() -> None:
+    drawn: list[list[str]] = [[] for _ in range(4)]
+
+    def draw(into: list[str]) -> None:
+        for _ in range(5_000):  # many read-ahead blocks each
+            into.append(new_request_id())
+
+    threads = [threading.Thread(target=draw, args=(ids,)) for ids in drawn]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [value for ids in drawn for value in ids]
+    assert len(every) == 20_000 and len(set(every)) == 20_000
