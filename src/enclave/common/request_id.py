@@ -46,8 +46,15 @@ class _IdPool:
 
 _REQUEST_IDS = _IdPool(32)
 _SHORT_IDS = _IdPool(24)
+
+
+def _drop_read_ahead() -> None:
+    _REQUEST_IDS.drop()
+    _SHORT_IDS.drop()
+
+
 # A forked worker must not hand out the ids its parent had read ahead.
-os.register_at_fork(after_in_child=lambda: (_REQUEST_IDS.drop(), _SHORT_IDS.drop()))
+os.register_at_fork(after_in_child=_drop_read_ahead)
 
 
 def new_request_id() -> str:
