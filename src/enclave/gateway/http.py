@@ -4,6 +4,7 @@ outbound answers, connection-failure reasons."""
 from __future__ import annotations
 
 import errno
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,8 +25,13 @@ def json_response(
     content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
     """A JSON response rendered with orjson (several times faster than the stdlib encoder)."""
+    try:
+        body = orjson.dumps(content, default=str)
+    except TypeError:
+        # orjson stops at 64-bit integers; a 422 may echo a bigger one a client sent.
+        body = json.dumps(content, default=str, ensure_ascii=False).encode()
     return Response(
-        orjson.dumps(content, default=str),
+        body,
         status_code=status_code,
         headers=headers,
         media_type=JSON_MEDIA_TYPE,

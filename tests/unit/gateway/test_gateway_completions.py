@@ -514,3 +514,13 @@ async def test_harness_issuer_is_untouched_by_model_errors(make_harness: Harness
     assert (await gw.complete()).status_code == 503
     assert (await gw.complete()).status_code == 503
     assert gw.issuer.jwks_hits == 1
+
+
+async def test_a_422_echoes_an_integer_past_64_bits_as_sent(gw: Harness) -> None:
+    # orjson stops at 64-bit integers: the echo used to fail into a 500.
+    huge = -9223372247141013987
+    response = await gw.complete(gw.body(prompt_version=huge))
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert (error["loc"], error["input"]) == (["body", "prompt_version"], huge)
+    assert gw.model.requests == []
