@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from enclave.gateway.code_suggestions.completions import plan_completion
 from enclave.gateway.code_suggestions.generations import plan_generation
 from enclave.gateway.code_suggestions.pipeline import check_prompt_shape, model_target
-from enclave.gateway.code_suggestions.schemas import SuggestionsRequest
+from enclave.gateway.code_suggestions.schemas import SuggestionsRequest, as_body
 from enclave.gateway.prompts.registry import InputError, Prompt, load_registry
 from enclave.gateway.targets import PlanError
 from tests.fuzz.fuzz_settings import FUZZ
@@ -145,7 +145,7 @@ def test_code_suggestion_prompts_and_answer_clean_up(
 ) -> None:
     count_example("prompt rendering")
     try:
-        payload = SuggestionsRequest.model_validate(body)
+        payload = as_body(SuggestionsRequest.model_validate(body))
     except ValidationError as exc:
         assert exc.errors()  # the 422's detail
         return

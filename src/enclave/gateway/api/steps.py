@@ -4,6 +4,7 @@ failed model call. (The OpenAI-compatible API has its own, OpenAI-shaped, in ``a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
+DecodedT = TypeVar("DecodedT")
 
 
 def model_error_response(error: ModelError) -> Response:
@@ -113,12 +115,18 @@ async def authorize(
 
 async def parse_body(request: Request, schema: type[BodyT]) -> BodyT | Response:
     """The request body validated as ``schema``, or the 413/422 response to send."""
+    return await decode_body(request, schema.model_validate_json)
+
+
+async def decode_body(request: Request, decode: Callable[[bytes], DecodedT]) -> DecodedT | Response:
+    """The request body through ``decode``, or the 413/422 response to send: 422 for the
+    :class:`pydantic.ValidationError` ``decode`` raises."""
     try:
         body = await read_body(request, MAX_BODY_BYTES)
     except BodyTooLarge:
         return detail(f"Request body larger than {MAX_BODY_BYTES} bytes", 413)
     try:
-        return schema.model_validate_json(body)
+        return decode(body)
     except ValidationError as exc:
         return json_response({"detail": validation_detail(exc)}, 422)
 

@@ -20,7 +20,7 @@ from enclave.gateway.code_suggestions.pipeline import (
     UseCase,
     messages_from,
 )
-from enclave.gateway.code_suggestions.schemas import SuggestionsRequest
+from enclave.gateway.code_suggestions.schemas import SuggestionsBody
 from enclave.gateway.models.base import ChatMessage
 from enclave.gateway.prompts.context import detect_language, trim_context
 from enclave.gateway.prompts.postprocess import (
@@ -56,7 +56,7 @@ def completion_family(model_name: str | None) -> str:
     return family
 
 
-def plan_completion(payload: SuggestionsRequest, target: ModelTarget) -> Plan:
+def plan_completion(payload: SuggestionsBody, target: ModelTarget) -> Plan:
     family = completion_family(payload.model_name)
     definition = get_registry().resolve(PROMPT_ID, family)
     params = definition.params

@@ -20,7 +20,7 @@ from enclave.gateway.code_suggestions.pipeline import (
     UseCase,
     messages_from,
 )
-from enclave.gateway.code_suggestions.schemas import SuggestionsRequest
+from enclave.gateway.code_suggestions.schemas import SuggestionsBody
 from enclave.gateway.models.base import ChatMessage
 from enclave.gateway.prompts.context import detect_language
 from enclave.gateway.prompts.postprocess import GenerationStreamFilter, postprocess_generation
@@ -33,7 +33,7 @@ MAX_PREFIX_CHARS: Final = 16000
 MAX_SUFFIX_CHARS: Final = 8000
 
 
-def plan_generation(payload: SuggestionsRequest, target: ModelTarget) -> Plan:
+def plan_generation(payload: SuggestionsBody, target: ModelTarget) -> Plan:
     family = (payload.model_name or FAMILY_GENERAL).strip().lower() or FAMILY_GENERAL
     current = payload.current_file
     lang = detect_language(current.language_identifier, current.file_name)

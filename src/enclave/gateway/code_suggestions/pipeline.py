@@ -15,15 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from enclave.common.request_id import new_request_id
 from enclave.gateway.answers import JsonAnswer
-from enclave.gateway.api.schemas import PromptMessage, field_error
-from enclave.gateway.api.steps import authenticate, model_failure, parse_body
+from enclave.gateway.api.schemas import field_error
+from enclave.gateway.api.steps import authenticate, decode_body, model_failure
 from enclave.gateway.auth.verify import Principal
-from enclave.gateway.code_suggestions.schemas import SuggestionsRequest
+from enclave.gateway.code_suggestions.schemas import Message, SuggestionsBody, decode_suggestions
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import (
     ChatMessage,
@@ -46,7 +47,7 @@ ENGINE: Final = "litellm"
 REGION: Final = "self-hosted"
 
 
-def model_target(payload: SuggestionsRequest) -> ModelTarget:
+def model_target(payload: SuggestionsBody) -> ModelTarget:
     """Where and what to call, from the LiteLLM-style fields GitLab's instance sends."""
     return resolve_target(
         payload.model_provider,
@@ -57,7 +58,7 @@ def model_target(payload: SuggestionsRequest) -> ModelTarget:
     )
 
 
-def names_model(payload: SuggestionsRequest) -> bool:
+def names_model(payload: SuggestionsBody) -> bool:
     """Whether the body names a model of its own (a vendored request names none)."""
     # Spelled out, not any() over a generator: this runs on every request.
     return bool(
@@ -68,8 +69,8 @@ def names_model(payload: SuggestionsRequest) -> bool:
 
 
 def target_for(
-    gateway: Gateway, principal: Principal, feature: str, payload: SuggestionsRequest
-) -> tuple[SuggestionsRequest, ModelTarget, VendorTarget | None]:
+    gateway: Gateway, principal: Principal, feature: str, payload: SuggestionsBody
+) -> tuple[SuggestionsBody, ModelTarget, VendorTarget | None]:
     """The model to call, the payload to plan with and the vendor model when it is one;
     :class:`PlanError` (403/422/503).
 
@@ -82,7 +83,7 @@ def target_for(
             gateway.tenants, principal, feature, names_model(payload), lambda: model_target(payload)
         )
         if vendor is not None:
-            payload = payload.model_copy(update={"model_name": vendor.family})
+            payload = msgspec.structs.replace(payload, model_name=vendor.family)
         return payload, target, vendor
     named = NamedModel(
         payload.model_provider,
@@ -91,7 +92,7 @@ def target_for(
         payload.model_identifier,
     )
     target, family = admin_model(gateway, feature, named, principal.subject)
-    return payload.model_copy(update={"model_name": family or None}), target, None
+    return msgspec.structs.replace(payload, model_name=family or None), target, None
 
 
 def with_vendor(plan: Plan, vendor: VendorTarget | None) -> Plan:
@@ -101,11 +102,11 @@ def with_vendor(plan: Plan, vendor: VendorTarget | None) -> Plan:
     return dataclasses.replace(plan, request=vendor.apply(plan.request))
 
 
-def messages_from(prompt: list[PromptMessage]) -> tuple[ChatMessage, ...]:
+def messages_from(prompt: list[Message]) -> tuple[ChatMessage, ...]:
     return tuple(ChatMessage(m.role, m.content) for m in prompt)
 
 
-def check_prompt_shape(payload: SuggestionsRequest) -> None:
+def check_prompt_shape(payload: SuggestionsBody) -> None:
     """``prompt_version`` is the discriminator of ``prompt``'s type (as in GitLab's schema)."""
     version, prompt = payload.prompt_version, payload.prompt
     if version == 2 and isinstance(prompt, list):
@@ -140,7 +141,7 @@ class UseCase:
     name: str  # "code completions"
     feature: str  # the instance's feature, whose model serves user tokens
     scopes: tuple[str, ...]  # any of these unit primitives grants access
-    plan: Callable[[SuggestionsRequest, ModelTarget], Plan]
+    plan: Callable[[SuggestionsBody, ModelTarget], Plan]
 
     @property
     def unauthorized(self) -> str:
@@ -183,7 +184,7 @@ async def serve(
         return principal
     if not principal.can(*use_case.scopes):
         return detail(use_case.unauthorized, 403)
-    payload = await parse_body(request, SuggestionsRequest)
+    payload = await decode_body(request, decode_suggestions)
     if isinstance(payload, Response):
         return payload
     try:

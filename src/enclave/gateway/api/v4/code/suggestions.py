@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
+import msgspec
 import orjson
 from pydantic import Field
 from starlette.requests import Request
@@ -47,11 +48,10 @@ from enclave.gateway.code_suggestions.pipeline import (
 )
 from enclave.gateway.code_suggestions.schemas import (
     CodeContextPayload,
-    CurrentFile,
     FileContent,
     PromptMessage,
     Str255,
-    SuggestionsRequest,
+    SuggestionsBody,
 )
 from enclave.gateway.http import detail, json_response
 from enclave.gateway.models.base import EndpointNotAllowed, ModelError, TextStream
@@ -169,8 +169,8 @@ def editor_component(body: V4SuggestionsRequest) -> EditorComponent:
     return editors[0]
 
 
-def as_v2(body: V4SuggestionsRequest, editor: EditorComponent) -> SuggestionsRequest:
-    """The v2 request the v2 use cases plan from."""
+def as_v2(body: V4SuggestionsRequest, editor: EditorComponent) -> SuggestionsBody:
+    """The v2 request the v2 use cases plan from (checked against v2's limits, as a v2 body is)."""
     payload = editor.payload
     metadata = body.model_metadata
     provider, name, endpoint, api_key, identifier = (
@@ -186,24 +186,30 @@ def as_v2(body: V4SuggestionsRequest, editor: EditorComponent) -> SuggestionsReq
         name = name or metadata.name
         endpoint, api_key = metadata.endpoint, api_key or metadata.api_key
         identifier = identifier or metadata.identifier
-    return SuggestionsRequest(
-        current_file=CurrentFile(
-            file_name=payload.file_name,
-            language_identifier=payload.language_identifier,
-            content_above_cursor=payload.content_above_cursor,
-            content_below_cursor=payload.content_below_cursor,
-        ),
-        stream=payload.stream,
-        context=[c.payload for c in body.prompt_components if isinstance(c, ContextComponent)],
-        prompt_version=v2_prompt_version(payload),
-        prompt=payload.prompt,
-        prompt_id=payload.prompt_id,
-        model_provider=provider,
-        model_name=name,
-        model_endpoint=endpoint,
-        model_api_key=api_key,
-        model_identifier=identifier,
-    )
+    prompt = payload.prompt
+    v2 = {
+        "current_file": {
+            "file_name": payload.file_name,
+            "language_identifier": payload.language_identifier,
+            "content_above_cursor": payload.content_above_cursor,
+            "content_below_cursor": payload.content_below_cursor,
+        },
+        "stream": payload.stream,
+        "context": [
+            c.payload.model_dump()
+            for c in body.prompt_components
+            if isinstance(c, ContextComponent)
+        ],
+        "prompt_version": v2_prompt_version(payload),
+        "prompt": [m.model_dump() for m in prompt] if isinstance(prompt, list) else prompt,
+        "prompt_id": payload.prompt_id,
+        "model_provider": provider,
+        "model_name": name,
+        "model_endpoint": endpoint,
+        "model_api_key": api_key,
+        "model_identifier": identifier,
+    }
+    return msgspec.convert(v2, SuggestionsBody)
 
 
 def model_metadata(plan: Plan) -> dict[str, Any]:
