@@ -15,7 +15,13 @@ import httptools
 from multidict import CIMultiDict
 
 from enclave.common.http1.body import Body
-from enclave.common.http1.errors import BadResponse, Disconnected, TruncatedBody
+from enclave.common.http1.errors import (
+    BadResponse,
+    DeadlineExceeded,
+    Disconnected,
+    ReadTimeout,
+    TruncatedBody,
+)
 from enclave.common.http1.response import Response
 
 # All header lines of one answer together (aiohttp's and nginx's default is in this range).
@@ -59,13 +65,23 @@ class Connection(asyncio.Protocol):
         self._refusal: BadResponse | None = None
         self._read_timeout: float | None = None
         self._deadline: float | None = None
+        # The wait for an answer's head is bounded by one timer per connection, armed lazily,
+        # rather than one timer made and cancelled per call: most calls are answered long
+        # before their limit, and the next call on the connection reuses the armed timer.
+        # ``_head_expires``: loop time the waiting call gives up (None: no limit);
+        # ``_head_deadline``: whether that is the call's deadline (else its read timeout).
+        self._head_expires: float | None = None
+        self._head_deadline = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when the timer fires
 
     # -- the pool's side --------------------------------------------------------------------
 
     def send(
         self, data: bytes, read_timeout: float | None, deadline: float | None
     ) -> asyncio.Future[Response]:
-        """Write one call; the future gets the answer once its headers are in."""
+        """Write one call; the future gets the answer once its headers are in, or
+        :class:`ReadTimeout` / :class:`DeadlineExceeded` when they are not in time."""
         self._headers = []
         self._header_bytes = 0
         self._body = None
@@ -81,7 +97,41 @@ class Connection(asyncio.Protocol):
             head.set_exception(Disconnected("the connection is closed", self.reused))
         else:
             self.transport.write(data)
+            self._limit_head(read_timeout, deadline)
         return head
+
+    def _limit_head(self, read_timeout: float | None, deadline: float | None) -> None:
+        """Bound the wait for the head: the deadline or the read timeout, whichever is first."""
+        loop = self._loop
+        read_at = None if read_timeout is None else loop.time() + read_timeout
+        if deadline is not None and (read_at is None or deadline <= read_at):
+            expires, self._head_deadline = deadline, True
+        elif read_at is not None:
+            expires, self._head_deadline = read_at, False
+        else:
+            self._head_expires = None
+            return
+        self._head_expires = expires
+        timer = self._timer
+        # An armed timer that fires no later serves: then it re-arms for the time left.
+        if timer is None or self._timer_at > expires:
+            if timer is not None:
+                timer.cancel()
+            self._timer_at = expires
+            self._timer = loop.call_at(expires, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        head, expires = self._head, self._head_expires
+        if head is None or head.done() or expires is None:
+            return  # no call is waiting for a head: the next call arms the timer again
+        if expires > self._timer_at:  # armed for an earlier call: this one has time left
+            self._timer_at = expires
+            self._timer = self._loop.call_at(expires, self._on_timer)
+        elif self._head_deadline:
+            head.set_exception(DeadlineExceeded("no answer within the call's deadline"))
+        else:
+            head.set_exception(ReadTimeout(f"no answer for {self._read_timeout:g} s"))
 
     def finish(self, reusable: bool) -> None:
         """The caller is done with the answer; reusable when its body was read to the end."""
@@ -134,6 +184,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         head, body = self._head, self._body
         if head is not None and not head.done():
             head.set_exception(
