@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -20,10 +21,12 @@ from enclave.common.http1 import (
     InvalidRequest,
     NameNotResolved,
     ReadTimeout,
+    Response,
     Timeouts,
     TruncatedBody,
 )
 from enclave.common.http1.body import Body
+from enclave.common.http1.connection import Connection
 
 pytestmark = pytest.mark.anyio
 
@@ -858,3 +861,100 @@ async def test_read_refuses_an_announced_oversized_body_at_once(client: Http1Cli
     with pytest.raises(ValueError, match="10000000 bytes exceeds 5"):
         await asyncio.wait_for(response.read(5), 0.5)
     await server.__aexit__()
+
+
+# -- the answer's headers: the framing ones read from the raw lines, the rest on demand --------
+
+
+class FakeTransport:
+    """Enough of a transport to drive a :class:`Connection` without a socket."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def answer_to(answer: bytes) -> Response:
+    """The response a connection makes of ``answer`` (its head's exception raised)."""
+    connection = Connection(asyncio.get_running_loop(), lambda c, reusable: None)
+    connection.connection_made(FakeTransport())  # type: ignore[arg-type]
+    head = connection.send(b"GET / HTTP/1.1\r\n\r\n", None, None)
+    connection.data_received(answer)
+    return await head
+
+
+@pytest.mark.parametrize(
+    ("lines", "content_length", "chunked"),
+    [
+        (b"content-LENGTH: 2\r\n", 2, False),
+        (b"Content-Length: 2  \r\n", 2, False),
+        (b"transfer-ENCODING: chunked\r\n", None, True),
+        # Values joined over lines, as CIMultiDict.getall() gave them.
+        (b"Transfer-Encoding: gzip\r\nTRANSFER-encoding: chunked\r\n", None, True),
+        # The first Content-Encoding counts (CIMultiDict.get()); NBSP (latin-1 \xa0) is
+        # stripped as str.strip() does, which bytes.strip() would not.
+        (
+            b"Content-Encoding: identity\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n",
+            2,
+            False,
+        ),
+        (b"content-encoding: IDENTITY\xa0\r\nContent-Length: 2\r\n", 2, False),
+        (b"Content-Encoding:\r\nContent-Length: 2\r\n", 2, False),
+    ],
+)
+async def test_framing_headers_are_found_whatever_their_case(
+    lines: bytes, content_length: int | None, chunked: bool
+) -> None:
+    body = b"2\r\nhi\r\n0\r\n\r\n" if chunked else b"hi"
+    response = await answer_to(b"HTTP/1.1 200 OK\r\n" + lines + b"\r\n" + body)
+    assert response.content_length == content_length
+    assert await response.content.read_all(100) == b"hi"
+
+
+@pytest.mark.parametrize(
+    ("lines", "refused"),
+    [
+        (b"CONTENT-ENCODING: GZip \r\n", "compressed (gzip)"),
+        (b"Content-Encoding: br\r\ncontent-encoding: identity\r\n", "compressed (br)"),
+        (b"Transfer-Encoding: chunked\r\ntransfer-encoding: gzip\r\n", "transfer coding"),
+    ],
+)
+async def test_framing_headers_refused_whatever_their_case(lines: bytes, refused: str) -> None:
+    with pytest.raises(BadResponse, match=re.escape(refused)):
+        await answer_to(b"HTTP/1.1 200 OK\r\n" + lines + b"\r\nxx")
+
+
+async def test_headers_are_all_there_as_received_and_trailers_are_not_among_them() -> None:
+    response = await answer_to(
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Type: text/plain; charset=\xe9\r\n"
+        b"Transfer-Encoding: chunked\r\nx-a: 2\r\n\r\n"
+        b"2\r\nhi\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    )
+    assert await response.content.read_all(100) == b"hi"  # the trailer is in, too
+    headers = response.headers
+    assert list(headers.items()) == [
+        ("X-A", "1"),
+        ("Content-Type", "text/plain; charset=é"),
+        ("Transfer-Encoding", "chunked"),
+        ("x-a", "2"),
+    ]
+    assert headers.getall("x-A") == ["1", "2"]
+    assert "X-Trailer" not in headers
+    assert response.headers is headers  # built once

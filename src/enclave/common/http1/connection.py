@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Final
 
 import httptools
-from multidict import CIMultiDict
 
 from enclave.common.http1.body import Body
 from enclave.common.http1.errors import (
@@ -26,6 +25,11 @@ from enclave.common.http1.response import Response
 
 # All header lines of one answer together (aiohttp's and nginx's default is in this range).
 MAX_HEADER_BYTES: Final = 64 * 1024
+# The lengths of the names on_headers_complete reads (Content-Length, Content-Encoding,
+# Transfer-Encoding).
+_FRAMING_LENGTHS: Final = frozenset(
+    map(len, (b"content-length", b"content-encoding", b"transfer-encoding"))
+)
 
 
 class _Refused(Exception):
@@ -238,10 +242,26 @@ class Connection(asyncio.Protocol):
             self._headers = []
             self._header_bytes = 0
             return
-        headers: CIMultiDict[str] = CIMultiDict(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in self._headers
-        )
-        coding = headers.get("Content-Encoding", "identity").strip().lower()
+        # The three headers needed here, found in the raw lines: decoding them all into a
+        # CIMultiDict is left to Response.headers, which most callers never read. Names are
+        # tokens (llhttp refuses others): ASCII, so bytes.lower() matches as CIMultiDict does.
+        # Values are decoded (latin-1) before str.strip() and lower(), as they were read from
+        # the CIMultiDict. The first Content-Encoding and Content-Length, as .get() answers.
+        raw = self._headers
+        encoding = length_value = None
+        transfer: list[str] = []
+        for name, value in raw:
+            if len(name) in _FRAMING_LENGTHS:  # skips lower() for nearly every other name
+                lower = name.lower()
+                if lower == b"content-length":
+                    if length_value is None:
+                        length_value = value
+                elif lower == b"transfer-encoding":
+                    transfer.append(value.decode("latin-1"))
+                elif lower == b"content-encoding" and encoding is None:
+                    encoding = value
+        coding = "identity" if encoding is None else encoding.decode("latin-1")
+        coding = coding.strip().lower()
         if coding not in ("identity", ""):
             # Calls ask for identity: a compressed answer is a misbehaving origin (and
             # decompressing it unbounded would be a way to exhaust memory).
@@ -249,7 +269,7 @@ class Connection(asyncio.Protocol):
                 f"the answer is compressed ({coding}) though the call asked for none"
             )
             raise _Refused
-        codings = ",".join(headers.getall("Transfer-Encoding", ())).lower().split(",")
+        codings = ",".join(transfer).lower().split(",")
         chunked = codings[-1].strip() == "chunked"
         if codings != [""] and not chunked:
             # llhttp would read such a body until the connection ends, still encoded.
@@ -257,7 +277,7 @@ class Connection(asyncio.Protocol):
             raise _Refused
         # llhttp has checked the value (digits, no duplicates) but keeps trailing blanks;
         # isascii(): str.isdigit() also takes "²", which int() refuses.
-        length = (headers.get("Content-Length") or "").strip()
+        length = "" if length_value is None else length_value.decode("latin-1").strip()
         content_length = int(length) if length.isascii() and length.isdigit() else None
         self._until_close = content_length is None and not chunked and status not in (204, 304)
         body = Body(self._loop, self, read_timeout=self._read_timeout, deadline=self._deadline)
@@ -267,8 +287,10 @@ class Connection(asyncio.Protocol):
         # Handed over and forgotten: the connection must not keep its answer alive (an answer
         # dropped unreleased is closed when it is collected, see Response.__del__).
         head, self._head = self._head, None
+        # The answer keeps these lines; trailers (on_header again) go to a list of their own.
+        self._headers = []
         if head is not None and not head.done():
-            head.set_result(Response(status, headers, body, content_length, self))
+            head.set_result(Response(status, raw, body, content_length, self))
 
     def on_body(self, data: bytes) -> None:
         self._stalled_bytes = 0
