@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -20,10 +21,12 @@ from enclave.common.http1 import (
     InvalidRequest,
     NameNotResolved,
     ReadTimeout,
+    Response,
     Timeouts,
     TruncatedBody,
 )
 from enclave.common.http1.body import Body
+from enclave.common.http1.connection import Connection
 
 pytestmark = pytest.mark.anyio
 
@@ -382,6 +385,143 @@ async def test_a_silent_server_is_a_deadline_or_read_timeout(client: Http1Client
     await server.__aexit__()
 
 
+# The wait for an answer's head is bounded by one timer per connection, armed by the first
+# call and kept for the next ones: each call must still end at its own limit, never at an
+# earlier call's, and never late.
+
+
+def answered_once_then_silent(server: Server) -> Handler:
+    """Answers the first request on a connection at once; reads the next and never answers."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await server.read_request(reader)
+        await reader.read()
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("timeouts", "error", "message"),
+    [
+        (Timeouts(connect=1, total=0.3), DeadlineExceeded, "no answer within the call's deadline"),
+        (Timeouts(connect=1, read=0.3), ReadTimeout, "no answer for 0.3 s"),
+        (Timeouts(connect=1, total=0.3, read=5), DeadlineExceeded, "call's deadline"),
+        (Timeouts(connect=1, total=5, read=0.3), ReadTimeout, "no answer for 0.3 s"),
+    ],
+)
+async def test_a_reused_connection_times_out_at_its_own_calls_limit(
+    client: Http1Client, timeouts: Timeouts, error: type[Exception], message: str
+) -> None:
+    # The first call on the connection armed its timer for 0.3 s after it began; when that
+    # fires the second call (begun 0.1 s later) still has 0.1 s left.
+    server = await serve(answered_once_then_silent)
+    loop = asyncio.get_running_loop()
+    assert await post(client, server.url, timeouts) == (200, b"{}")
+    await asyncio.sleep(0.1)
+    started = loop.time()
+    with pytest.raises(error, match=message):
+        await post(client, server.url, timeouts)
+    elapsed = loop.time() - started
+    assert 0.3 <= elapsed < 0.55
+    assert server.connections == 1 and len(server.requests) == 2  # the same connection
+    await server.__aexit__()
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "error"),
+    [
+        (Timeouts(connect=1, total=5), Timeouts(connect=1, total=0.2), DeadlineExceeded),
+        (Timeouts(connect=1, read=5), Timeouts(connect=1, read=0.2), ReadTimeout),
+        (Timeouts(connect=1, total=5), Timeouts(connect=1, read=0.2), ReadTimeout),
+    ],
+)
+async def test_a_call_with_a_shorter_limit_than_the_last_one_is_not_held_to_it(
+    client: Http1Client, first: Timeouts, second: Timeouts, error: type[Exception]
+) -> None:
+    server = await serve(answered_once_then_silent)
+    loop = asyncio.get_running_loop()
+    assert await post(client, server.url, first) == (200, b"{}")
+    started = loop.time()
+    with pytest.raises(error):
+        await post(client, server.url, second)
+    assert 0.2 <= loop.time() - started < 0.45
+    assert server.connections == 1 and len(server.requests) == 2
+    await server.__aexit__()
+
+
+async def test_a_call_without_limits_outlives_an_earlier_calls_timer(
+    client: Http1Client,
+) -> None:
+    async def answer_late_the_second_time(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await server.read_request(reader)
+        writer.write(OK)
+        await server.read_request(reader)
+        await asyncio.sleep(0.3)  # past the first call's deadline
+        writer.write(OK)
+        await reader.read()
+
+    server = await serve(lambda s: answer_late_the_second_time)
+    assert await post(client, server.url, Timeouts(connect=1, total=0.1)) == (200, b"{}")
+    assert await post(client, server.url, Timeouts(connect=1)) == (200, b"{}")
+    assert server.connections == 1
+    await server.__aexit__()
+
+
+async def test_a_late_answer_after_a_timeout_is_not_the_next_calls() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        await asyncio.sleep(0.3)
+        writer.write(OK)  # the answer to a call that timed out
+        await writer.drain()
+        await server.read_request(reader)
+        writer.write(OK)
+        await reader.read()
+
+    server = await serve(lambda s: slow)
+    async with Http1Client(max_connections=1) as client:
+        with pytest.raises(DeadlineExceeded):
+            await post(client, server.url, Timeouts(connect=1, total=0.1))
+        assert await post(client, server.url) == (200, b"{}")
+    assert server.connections == 2  # the timed-out call's connection was dropped
+    await server.__aexit__()
+
+
+@pytest.mark.parametrize(
+    ("timeouts", "error", "at_least"),
+    [
+        # The deadline counts from the call's start, the wait for room included...
+        (Timeouts(connect=1, total=0.5, read=0.4), DeadlineExceeded, 0.5),
+        # ...the read timeout from the moment the request is sent (after about 0.25 s).
+        (Timeouts(connect=1, read=0.3), ReadTimeout, 0.55),
+    ],
+)
+async def test_a_call_that_waited_for_a_connection_keeps_its_limits(
+    timeouts: Timeouts, error: type[Exception], at_least: float
+) -> None:
+    release = asyncio.Event()
+    busy_server = await serve(answering_once_released(release))
+    silent_server = await serve(answering_once_released(asyncio.Event()))
+    loop = asyncio.get_running_loop()
+    async with Http1Client(max_connections=1) as client:
+        busy = asyncio.create_task(post(client, busy_server.url))
+        await asyncio.sleep(0.05)
+        started = loop.time()
+        waiting = asyncio.create_task(post(client, silent_server.url, timeouts))
+        await asyncio.sleep(0.25)
+        release.set()
+        assert await busy == (200, b"{}")
+        with pytest.raises(error):
+            await waiting
+        assert at_least <= loop.time() - started < at_least + 0.25
+    await busy_server.__aexit__()
+    await silent_server.__aexit__()
+
+
 async def test_a_stream_that_stalls_mid_body_times_out(client: Http1Client) -> None:
     server = await serve(
         answering(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
@@ -721,3 +861,100 @@ async def test_read_refuses_an_announced_oversized_body_at_once(client: Http1Cli
     with pytest.raises(ValueError, match="10000000 bytes exceeds 5"):
         await asyncio.wait_for(response.read(5), 0.5)
     await server.__aexit__()
+
+
+# -- the answer's headers: the framing ones read from the raw lines, the rest on demand --------
+
+
+class FakeTransport:
+    """Enough of a transport to drive a :class:`Connection` without a socket."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def answer_to(answer: bytes) -> Response:
+    """The response a connection makes of ``answer`` (its head's exception raised)."""
+    connection = Connection(asyncio.get_running_loop(), lambda c, reusable: None)
+    connection.connection_made(FakeTransport())  # type: ignore[arg-type]
+    head = connection.send(b"GET / HTTP/1.1\r\n\r\n", None, None)
+    connection.data_received(answer)
+    return await head
+
+
+@pytest.mark.parametrize(
+    ("lines", "content_length", "chunked"),
+    [
+        (b"content-LENGTH: 2\r\n", 2, False),
+        (b"Content-Length: 2  \r\n", 2, False),
+        (b"transfer-ENCODING: chunked\r\n", None, True),
+        # Values joined over lines, as CIMultiDict.getall() gave them.
+        (b"Transfer-Encoding: gzip\r\nTRANSFER-encoding: chunked\r\n", None, True),
+        # The first Content-Encoding counts (CIMultiDict.get()); NBSP (latin-1 \xa0) is
+        # stripped as str.strip() does, which bytes.strip() would not.
+        (
+            b"Content-Encoding: identity\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n",
+            2,
+            False,
+        ),
+        (b"content-encoding: IDENTITY\xa0\r\nContent-Length: 2\r\n", 2, False),
+        (b"Content-Encoding:\r\nContent-Length: 2\r\n", 2, False),
+    ],
+)
+async def test_framing_headers_are_found_whatever_their_case(
+    lines: bytes, content_length: int | None, chunked: bool
+) -> None:
+    body = b"2\r\nhi\r\n0\r\n\r\n" if chunked else b"hi"
+    response = await answer_to(b"HTTP/1.1 200 OK\r\n" + lines + b"\r\n" + body)
+    assert response.content_length == content_length
+    assert await response.content.read_all(100) == b"hi"
+
+
+@pytest.mark.parametrize(
+    ("lines", "refused"),
+    [
+        (b"CONTENT-ENCODING: GZip \r\n", "compressed (gzip)"),
+        (b"Content-Encoding: br\r\ncontent-encoding: identity\r\n", "compressed (br)"),
+        (b"Transfer-Encoding: chunked\r\ntransfer-encoding: gzip\r\n", "transfer coding"),
+    ],
+)
+async def test_framing_headers_refused_whatever_their_case(lines: bytes, refused: str) -> None:
+    with pytest.raises(BadResponse, match=re.escape(refused)):
+        await answer_to(b"HTTP/1.1 200 OK\r\n" + lines + b"\r\nxx")
+
+
+async def test_headers_are_all_there_as_received_and_trailers_are_not_among_them() -> None:
+    response = await answer_to(
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Type: text/plain; charset=\xe9\r\n"
+        b"Transfer-Encoding: chunked\r\nx-a: 2\r\n\r\n"
+        b"2\r\nhi\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    )
+    assert await response.content.read_all(100) == b"hi"  # the trailer is in, too
+    headers = response.headers
+    assert list(headers.items()) == [
+        ("X-A", "1"),
+        ("Content-Type", "text/plain; charset=é"),
+        ("Transfer-Encoding", "chunked"),
+        ("x-a", "2"),
+    ]
+    assert headers.getall("x-A") == ["1", "2"]
+    assert "X-Trailer" not in headers
+    assert response.headers is headers  # built once

@@ -31,7 +31,6 @@ from enclave.common.http1.errors import (
     Disconnected,
     InvalidRequest,
     NameNotResolved,
-    ReadTimeout,
     TlsFailed,
 )
 from enclave.common.http1.response import Response
@@ -110,11 +109,6 @@ def _split_value(headers: Mapping[str, str]) -> InvalidRequest:
         if "\r" in value or "\n" in value or "\0" in value:
             return InvalidRequest(f"the header {name[:40]!r} holds a line break or NUL")
     return InvalidRequest("a header holds a line break or NUL")
-
-
-def _expire(future: asyncio.Future[Response], error: Exception) -> None:
-    if not future.done():
-        future.set_exception(error)
 
 
 class DnsCache:
@@ -216,23 +210,14 @@ class Http1Client:
         data = self._encode(method, origin, body, headers)
         context = (ssl_context or self._ssl) if origin.tls else None
         connection = await self._acquire(loop, origin, context, timeouts, deadline)
+        # The connection bounds the wait (ReadTimeout or DeadlineExceeded, see send()).
         head = connection.send(data, timeouts.read, deadline)
-        read = timeouts.read
-        handle = None
-        if deadline is not None and (read is None or deadline <= loop.time() + read):
-            error: Exception = DeadlineExceeded("no answer within the call's deadline")
-            handle = loop.call_at(deadline, _expire, head, error)
-        elif read is not None:
-            handle = loop.call_later(read, _expire, head, ReadTimeout(f"no answer for {read:g} s"))
         try:
             return await head
         except BaseException:
             connection.abort()  # a late answer must not be read as the next call's
             self._done(connection, False)
             raise
-        finally:
-            if handle is not None:
-                handle.cancel()
 
     def _encode(
         self, method: str, origin: _Origin, body: bytes | None, headers: Mapping[str, str]

@@ -12,14 +12,24 @@ from collections.abc import Callable
 from typing import Final
 
 import httptools
-from multidict import CIMultiDict
 
 from enclave.common.http1.body import Body
-from enclave.common.http1.errors import BadResponse, Disconnected, TruncatedBody
+from enclave.common.http1.errors import (
+    BadResponse,
+    DeadlineExceeded,
+    Disconnected,
+    ReadTimeout,
+    TruncatedBody,
+)
 from enclave.common.http1.response import Response
 
 # All header lines of one answer together (aiohttp's and nginx's default is in this range).
 MAX_HEADER_BYTES: Final = 64 * 1024
+# The lengths of the names on_headers_complete reads (Content-Length, Content-Encoding,
+# Transfer-Encoding).
+_FRAMING_LENGTHS: Final = frozenset(
+    map(len, (b"content-length", b"content-encoding", b"transfer-encoding"))
+)
 
 
 class _Refused(Exception):
@@ -59,13 +69,23 @@ class Connection(asyncio.Protocol):
         self._refusal: BadResponse | None = None
         self._read_timeout: float | None = None
         self._deadline: float | None = None
+        # The wait for an answer's head is bounded by one timer per connection, armed lazily,
+        # rather than one timer made and cancelled per call: most calls are answered long
+        # before their limit, and the next call on the connection reuses the armed timer.
+        # ``_head_expires``: loop time the waiting call gives up (None: no limit);
+        # ``_head_deadline``: whether that is the call's deadline (else its read timeout).
+        self._head_expires: float | None = None
+        self._head_deadline = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when the timer fires
 
     # -- the pool's side --------------------------------------------------------------------
 
     def send(
         self, data: bytes, read_timeout: float | None, deadline: float | None
     ) -> asyncio.Future[Response]:
-        """Write one call; the future gets the answer once its headers are in."""
+        """Write one call; the future gets the answer once its headers are in, or
+        :class:`ReadTimeout` / :class:`DeadlineExceeded` when they are not in time."""
         self._headers = []
         self._header_bytes = 0
         self._body = None
@@ -81,7 +101,41 @@ class Connection(asyncio.Protocol):
             head.set_exception(Disconnected("the connection is closed", self.reused))
         else:
             self.transport.write(data)
+            self._limit_head(read_timeout, deadline)
         return head
+
+    def _limit_head(self, read_timeout: float | None, deadline: float | None) -> None:
+        """Bound the wait for the head: the deadline or the read timeout, whichever is first."""
+        loop = self._loop
+        read_at = None if read_timeout is None else loop.time() + read_timeout
+        if deadline is not None and (read_at is None or deadline <= read_at):
+            expires, self._head_deadline = deadline, True
+        elif read_at is not None:
+            expires, self._head_deadline = read_at, False
+        else:
+            self._head_expires = None
+            return
+        self._head_expires = expires
+        timer = self._timer
+        # An armed timer that fires no later serves: then it re-arms for the time left.
+        if timer is None or self._timer_at > expires:
+            if timer is not None:
+                timer.cancel()
+            self._timer_at = expires
+            self._timer = loop.call_at(expires, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        head, expires = self._head, self._head_expires
+        if head is None or head.done() or expires is None:
+            return  # no call is waiting for a head: the next call arms the timer again
+        if expires > self._timer_at:  # armed for an earlier call: this one has time left
+            self._timer_at = expires
+            self._timer = self._loop.call_at(expires, self._on_timer)
+        elif self._head_deadline:
+            head.set_exception(DeadlineExceeded("no answer within the call's deadline"))
+        else:
+            head.set_exception(ReadTimeout(f"no answer for {self._read_timeout:g} s"))
 
     def finish(self, reusable: bool) -> None:
         """The caller is done with the answer; reusable when its body was read to the end."""
@@ -134,6 +188,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         head, body = self._head, self._body
         if head is not None and not head.done():
             head.set_exception(
@@ -185,10 +242,26 @@ class Connection(asyncio.Protocol):
             self._headers = []
             self._header_bytes = 0
             return
-        headers: CIMultiDict[str] = CIMultiDict(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in self._headers
-        )
-        coding = headers.get("Content-Encoding", "identity").strip().lower()
+        # The three headers needed here, found in the raw lines: decoding them all into a
+        # CIMultiDict is left to Response.headers, which most callers never read. Names are
+        # tokens (llhttp refuses others): ASCII, so bytes.lower() matches as CIMultiDict does.
+        # Values are decoded (latin-1) before str.strip() and lower(), as they were read from
+        # the CIMultiDict. The first Content-Encoding and Content-Length, as .get() answers.
+        raw = self._headers
+        encoding = length_value = None
+        transfer: list[str] = []
+        for name, value in raw:
+            if len(name) in _FRAMING_LENGTHS:  # skips lower() for nearly every other name
+                lower = name.lower()
+                if lower == b"content-length":
+                    if length_value is None:
+                        length_value = value
+                elif lower == b"transfer-encoding":
+                    transfer.append(value.decode("latin-1"))
+                elif lower == b"content-encoding" and encoding is None:
+                    encoding = value
+        coding = "identity" if encoding is None else encoding.decode("latin-1")
+        coding = coding.strip().lower()
         if coding not in ("identity", ""):
             # Calls ask for identity: a compressed answer is a misbehaving origin (and
             # decompressing it unbounded would be a way to exhaust memory).
@@ -196,7 +269,7 @@ class Connection(asyncio.Protocol):
                 f"the answer is compressed ({coding}) though the call asked for none"
             )
             raise _Refused
-        codings = ",".join(headers.getall("Transfer-Encoding", ())).lower().split(",")
+        codings = ",".join(transfer).lower().split(",")
         chunked = codings[-1].strip() == "chunked"
         if codings != [""] and not chunked:
             # llhttp would read such a body until the connection ends, still encoded.
@@ -204,7 +277,7 @@ class Connection(asyncio.Protocol):
             raise _Refused
         # llhttp has checked the value (digits, no duplicates) but keeps trailing blanks;
         # isascii(): str.isdigit() also takes "²", which int() refuses.
-        length = (headers.get("Content-Length") or "").strip()
+        length = "" if length_value is None else length_value.decode("latin-1").strip()
         content_length = int(length) if length.isascii() and length.isdigit() else None
         self._until_close = content_length is None and not chunked and status not in (204, 304)
         body = Body(self._loop, self, read_timeout=self._read_timeout, deadline=self._deadline)
@@ -214,8 +287,10 @@ class Connection(asyncio.Protocol):
         # Handed over and forgotten: the connection must not keep its answer alive (an answer
         # dropped unreleased is closed when it is collected, see Response.__del__).
         head, self._head = self._head, None
+        # The answer keeps these lines; trailers (on_header again) go to a list of their own.
+        self._headers = []
         if head is not None and not head.done():
-            head.set_result(Response(status, headers, body, content_length, self))
+            head.set_result(Response(status, raw, body, content_length, self))
 
     def on_body(self, data: bytes) -> None:
         self._stalled_bytes = 0

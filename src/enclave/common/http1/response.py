@@ -26,28 +26,42 @@ class Response:
     __slots__ = (
         "_body",
         "_connection",
+        "_headers",
+        "_raw_headers",
         "_released",
         "content",
         "content_length",
-        "headers",
         "status",
     )
 
     def __init__(
         self,
         status: int,
-        headers: CIMultiDict[str],
+        raw_headers: list[tuple[bytes, bytes]],
         content: Body,
         content_length: int | None,
         connection: Connection,
     ) -> None:
         self.status = status
-        self.headers = headers
+        self._raw_headers = raw_headers  # (name, value) as received
+        self._headers: CIMultiDict[str] | None = None
         self.content = content
         self.content_length = content_length
         self._connection = connection
         self._released = False
         self._body: bytes | None = None
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        """The headers as received, names and values decoded as latin-1. Built on first use:
+        most calls never read them (the connection reads the framing ones itself)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = CIMultiDict(
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in self._raw_headers
+            )
+        return headers
 
     async def read(self, limit: int = MAX_READ_BYTES) -> bytes:
         """The whole body, then the connection goes back to the pool. Kept: a second call
