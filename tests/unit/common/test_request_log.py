@@ -113,17 +113,23 @@ def test_every_line_of_a_request_carries_its_fields_as_they_grow(
     assert "request_id" not in after and "model" not in after
 
 
+def _lines_per_loop_turn() -> Any:
+    """JSON logging as a server's worker sets it up; its request-line writer."""
+    configure_logging("gateway", "info", "json")
+    write_request_lines_per_loop_turn()
+    pipeline = logging_module._json_pipeline
+    assert pipeline is not None and isinstance(pipeline.write, logging_module._LinesPerLoopTurn)
+    return pipeline.write
+
+
 @pytest.mark.usefixtures("restore_logging")
 def test_a_servers_request_lines_leave_once_per_loop_turn_in_order(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    configure_logging("gateway", "info", "json")
-    write_request_lines_per_loop_turn()
+    batched = _lines_per_loop_turn()
     write_request_lines_per_loop_turn()  # once is enough: a second call changes nothing
-    pipeline = logging_module._json_pipeline
-    assert pipeline is not None
-    batched = pipeline.write
-    assert isinstance(batched, logging_module._LinesPerLoopTurn)
+    assert logging_module._json_pipeline is not None
+    assert logging_module._json_pipeline.write is batched
     writes: list[str] = []
     target = batched._write
     batched._write = lambda text: (writes.append(text), target(text))[1]
@@ -151,11 +157,7 @@ def test_a_servers_request_lines_leave_once_per_loop_turn_in_order(
 def test_request_lines_waiting_for_their_turn_are_written_by_flush_once(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    configure_logging("gateway", "info", "json")
-    write_request_lines_per_loop_turn()
-    pipeline = logging_module._json_pipeline
-    assert pipeline is not None and isinstance(pipeline.write, logging_module._LinesPerLoopTurn)
-    flush = pipeline.write.flush
+    flush = _lines_per_loop_turn().flush
 
     async def log_and_flush() -> tuple[list[Any], list[Any]]:
         log_request(get_logger("test.request_log.exit"), {"method": "POST", "status": 200})
