@@ -72,18 +72,14 @@ class HotRouteDispatch:
         self._hot = hot_routes(routes)
         self._on_http_exception = on_http_exception
 
-    def takes(self, scope: Scope) -> bool:
-        """Whether ``scope`` (an HTTP request) goes straight to a hot endpoint."""
-        return (
-            scope["method"] == "POST" and scope["path"] in self._hot and not scope.get("root_path")
-        )
+    def route_for(self, scope: Scope) -> Route | None:
+        """The hot route an HTTP request's scope goes straight to, or None."""
+        if scope["method"] == "POST" and not scope.get("root_path"):
+            return self._hot.get(scope["path"])
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = (
-            self._hot.get(scope["path"])
-            if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path")
-            else None
-        )
+        route = self.route_for(scope) if scope["type"] == "http" else None
         if route is None:
             await self.app(scope, receive, send)
             return
@@ -153,7 +149,7 @@ class GatewayStarlette(Starlette):
         if (
             hot is not None
             and scope["type"] == "http"
-            and hot.dispatch.takes(scope)
+            and hot.dispatch.route_for(scope) is not None
             and hot.address.passes(scope)
         ):
             scope["app"] = self
